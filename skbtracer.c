@@ -1,0 +1,487 @@
+/*
+ * skbtracer.c - the eBPF half of skbtracer.py.
+ *
+ * skbtracer.py prepends a block of #defines (struct layouts, filters, modes)
+ * and appends one line per probe point (ROUTE_KPROBE(...), ...). Run
+ * `skbtracer.py --ebpf` to see the complete program for your kernel.
+ *
+ * Struct layouts: by default every field offset comes from the running
+ * kernel's BTF (L_<NAME>_OFF/_SIZE, and _SHIFT/_BITS for bitfields), so no
+ * kernel struct header is included and the offsets are right even when the
+ * installed headers belong to another kernel. With SKBT_LAYOUT_HEADERS the
+ * same macros are computed from the installed headers instead (kernels
+ * without BTF).
+ */
+#include <uapi/linux/ptrace.h>
+
+#ifdef SKBT_LAYOUT_HEADERS
+#include <linux/skbuff.h>
+#include <linux/netdevice.h>
+#include <net/sock.h>
+#include <net/net_namespace.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/x_tables.h>
+#include <net/netfilter/nf_tables.h>
+#define LAYOUT(name, type, member) \
+    enum { L_##name##_OFF = offsetof(type, member), \
+           L_##name##_SIZE = sizeof(((type *)0)->member) };
+LAYOUT(SKB_LEN, struct sk_buff, len)
+LAYOUT(SKB_DEV, struct sk_buff, dev)
+LAYOUT(SKB_SK, struct sk_buff, sk)
+LAYOUT(SKB_HEAD, struct sk_buff, head)
+LAYOUT(SKB_DATA, struct sk_buff, data)
+LAYOUT(SKB_NETWORK_HEADER, struct sk_buff, network_header)
+LAYOUT(SKB_MAC_HEADER, struct sk_buff, mac_header)
+LAYOUT(SKB_PROTOCOL, struct sk_buff, protocol)
+LAYOUT(DEV_NAME, struct net_device, name)
+LAYOUT(DEV_IFINDEX, struct net_device, ifindex)
+LAYOUT(DEV_NET, struct net_device, nd_net.net)
+LAYOUT(NET_INUM, struct net, ns.inum)
+LAYOUT(SK_NET, struct sock, __sk_common.skc_net.net)
+LAYOUT(STATE_HOOK, struct nf_hook_state, hook)
+LAYOUT(STATE_PF, struct nf_hook_state, pf)
+LAYOUT(XT_TABLE_NAME, struct xt_table, name)
+LAYOUT(NFT_PKT_SKB, struct nft_pktinfo, skb)
+LAYOUT(NFT_PKT_STATE, struct nft_pktinfo, state)
+LAYOUT(NFT_CHAIN_TABLE, struct nft_chain, table)
+LAYOUT(NFT_CHAIN_NAME, struct nft_chain, name)
+LAYOUT(NFT_TABLE_NAME, struct nft_table, name)
+/* pkt_type is a 3-bit field right after the __pkt_type_offset marker */
+enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
+       L_SKB_PKT_TYPE_SIZE = 1, L_SKB_PKT_TYPE_SHIFT = 0, L_SKB_PKT_TYPE_BITS = 3 };
+#endif
+
+/* Read a scalar field (at most 8 bytes) of a kernel object. */
+#define KREAD(obj, F) ({ u64 __v = 0; \
+    bpf_probe_read_kernel(&__v, L_##F##_SIZE, (void *)(obj) + L_##F##_OFF); __v; })
+#define KREAD_PTR(obj, F) ((void *)KREAD(obj, F))
+#define KREAD_BITS(obj, F) ((KREAD(obj, F) >> L_##F##_SHIFT) & ((1 << L_##F##_BITS) - 1))
+
+#define KIND_ROUTE   1
+#define KIND_IPTABLE 2
+#define KIND_DROP    3
+
+#define ETH_HLEN        14
+#define MAC_UNSET       0xffff  /* (u16)~0U: mac/network header not set */
+#define PROTO_IPV4_BE   0x0008  /* htons(ETH_P_IP) on this little-endian host */
+#define PROTO_IPV6_BE   0xdd86  /* htons(ETH_P_IPV6) */
+
+/* One row. skbtracer_lib/events.py mirrors this layout byte for byte. */
+struct event_t {
+    u64 ts_ns;          /* bpf_ktime_get_ns() */
+    u64 skb;
+    u64 location;       /* drop rows: where the skb was freed */
+    u32 netns;
+    u32 ifindex;
+    u32 pid;
+    u32 drop_reason;
+    u32 verdict;
+    s32 stack_id;
+    u32 tcp_seq;        /* network byte order, as are the 16-bit fields below */
+    u32 len;
+    u16 probe;          /* index into skbtracer.py's probe list */
+    u16 ip_id;
+    u16 sport;
+    u16 dport;
+    u16 icmp_id;
+    u8  kind;
+    u8  pkt_type;
+    u8  family;         /* 4 or 6 */
+    u8  l4proto;
+    u8  tcp_flags;
+    u8  icmp_type;
+    u8  ttl;
+    u8  pf;
+    u8  hook;
+    u8  pad;
+    char ifname[16];
+    u8  dmac[6];
+    u8  smac[6];
+    u8  saddr[16];
+    u8  daddr[16];
+    char table[32];
+    char chain[32];
+};
+
+BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
+BPF_PERF_OUTPUT(events);
+#if defined(STACK_ALL) || defined(STACK_DROPS)
+BPF_STACK_TRACE(stacks, STACK_ENTRIES);
+#endif
+#ifdef KEEP
+/* skbs that matched once: followed until freed (--keep) */
+BPF_HASH(keep_skbs, u64, u8, KEEP_ENTRIES);
+#endif
+
+/* Find the IP header: where network_header says, else at data (receive
+ * paths), else right after an Ethernet header at data (transmit paths).
+ * The version nibble must agree with skb->protocol. */
+static __always_inline void *find_l3(void *head, void *data, u16 nh, u8 family, u8 *hdr)
+{
+    void *candidates[3] = { nh != MAC_UNSET ? head + nh : 0, data, data + ETH_HLEN };
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        void *p = candidates[i];
+        if (!p)
+            continue;
+        int err = family == 4 ? bpf_probe_read_kernel(hdr, 20, p)
+                              : bpf_probe_read_kernel(hdr, 40, p);
+        if (!err && (hdr[0] >> 4) == family)
+            return p;
+    }
+    return 0;
+}
+
+/* Fill the packet fields of e from skb; 0 when skb is not an IP packet. */
+static __always_inline int parse_skb(void *skb, struct event_t *e)
+{
+    u16 proto = KREAD(skb, SKB_PROTOCOL);
+    if (proto == PROTO_IPV4_BE)
+        e->family = 4;
+    else if (proto == PROTO_IPV6_BE)
+        e->family = 6;
+    else
+        return 0;
+
+    void *head = KREAD_PTR(skb, SKB_HEAD);
+    void *data = KREAD_PTR(skb, SKB_DATA);
+    u16 nh = KREAD(skb, SKB_NETWORK_HEADER);
+    u8 hdr[40] = {};
+    void *l3 = find_l3(head, data, nh, e->family, hdr);
+    if (!l3)
+        return 0;
+
+    void *l4;
+    int fragment = 0;
+    if (e->family == 4) {
+        e->ip_id = *(u16 *)&hdr[4];
+        e->ttl = hdr[8];
+        e->l4proto = hdr[9];
+        __builtin_memcpy(e->saddr, &hdr[12], 4);
+        __builtin_memcpy(e->daddr, &hdr[16], 4);
+        fragment = (hdr[6] & 0x1f) | hdr[7];  /* fragment offset != 0 */
+        l4 = l3 + (hdr[0] & 0xf) * 4;
+    } else {
+        e->l4proto = hdr[6];
+        e->ttl = hdr[7];
+        __builtin_memcpy(e->saddr, &hdr[8], 16);
+        __builtin_memcpy(e->daddr, &hdr[24], 16);
+        l4 = l3 + 40;
+    }
+
+    if (!fragment) {
+        u8 l4hdr[16] = {};
+        bpf_probe_read_kernel(l4hdr, sizeof(l4hdr), l4);
+        if (e->l4proto == 6 || e->l4proto == 17) {  /* TCP, UDP */
+            e->sport = *(u16 *)&l4hdr[0];
+            e->dport = *(u16 *)&l4hdr[2];
+            if (e->l4proto == 6) {
+                e->tcp_seq = *(u32 *)&l4hdr[4];
+                e->tcp_flags = l4hdr[13];
+            }
+        } else if (e->l4proto == 1 || e->l4proto == 58) {  /* ICMP, ICMPv6 */
+            e->icmp_type = l4hdr[0];
+            e->icmp_id = *(u16 *)&l4hdr[4];
+        }
+    }
+
+    /* Ethernet header: at data when the IP header follows it directly
+     * (transmit), else where mac_header points (receive). */
+    u16 mh = KREAD(skb, SKB_MAC_HEADER);
+    void *eth = 0;
+    if (l3 == data + ETH_HLEN)
+        eth = data;
+    else if (mh != MAC_UNSET && head + mh + ETH_HLEN <= l3)
+        eth = head + mh;
+    if (eth) {
+        bpf_probe_read_kernel(e->dmac, 6, eth);
+        bpf_probe_read_kernel(e->smac, 6, eth + 6);
+    }
+    return 1;
+}
+
+/* Everything but the packet: device, namespace, skb facts. */
+static __always_inline void fill_context(void *skb, struct event_t *e)
+{
+    void *dev = KREAD_PTR(skb, SKB_DEV);
+    void *net = 0;
+    if (dev) {
+        bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev + L_DEV_NAME_OFF);
+        e->ifindex = KREAD(dev, DEV_IFINDEX);
+        net = KREAD_PTR(dev, DEV_NET);
+    } else {
+        void *sk = KREAD_PTR(skb, SKB_SK);
+        if (sk)
+            net = KREAD_PTR(sk, SK_NET);
+    }
+    if (net)
+        e->netns = KREAD(net, NET_INUM);
+    e->pkt_type = KREAD_BITS(skb, SKB_PKT_TYPE);
+    e->len = KREAD(skb, SKB_LEN);
+}
+
+/* Filters given on the command line, compiled in as numbers. */
+static __always_inline int filter_match(struct event_t *e)
+{
+#ifdef FILTER_PID
+    if (e->pid != FILTER_PID)
+        return 0;
+#endif
+#ifdef FILTER_NETNS
+    if (e->netns != FILTER_NETNS)
+        return 0;
+#endif
+#ifdef FILTER_L4PROTO
+    if (e->l4proto != FILTER_L4PROTO)
+        return 0;
+#endif
+#ifdef FILTER_ICMP
+    if (!(e->family == 4 && e->l4proto == 1) && !(e->family == 6 && e->l4proto == 58))
+        return 0;
+#endif
+#ifdef FILTER_PORT
+    if (e->sport != FILTER_PORT && e->dport != FILTER_PORT)
+        return 0;
+#endif
+#ifdef FILTER_ICMPID
+    if (e->icmp_id != FILTER_ICMPID)
+        return 0;
+#endif
+#ifdef FILTER_ADDR4
+    if (e->family != 4 ||
+        (*(u32 *)e->saddr != FILTER_ADDR4 && *(u32 *)e->daddr != FILTER_ADDR4))
+        return 0;
+#endif
+#ifdef FILTER_ADDR6_0
+    if (e->family != 6)
+        return 0;
+    u64 *s = (u64 *)e->saddr, *d = (u64 *)e->daddr;
+    if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
+        !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
+        return 0;
+#endif
+    return 1;
+}
+
+/* Build the event for skb in the per-CPU scratch slot; NULL when the skb
+ * is not IP or does not pass the filters (and is not being kept). */
+static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force)
+{
+    int zero = 0;
+    struct event_t *e = scratch.lookup(&zero);
+    if (!e || !skb)
+        return 0;
+    __builtin_memset(e, 0, sizeof(*e));
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+#if defined(FILTER_PID) && !defined(KEEP)
+    if (!force && e->pid != FILTER_PID)
+        return 0;  /* the cheapest reject first */
+#endif
+    if (!parse_skb(skb, e))
+        return 0;
+    fill_context(skb, e);
+
+    u64 key = (u64)skb;
+#ifdef KEEP
+    if (keep_skbs.lookup(&key))
+        force = 1;
+#endif
+    if (!force && !filter_match(e))
+        return 0;
+#ifdef KEEP
+    u8 one = 1;
+    keep_skbs.update(&key, &one);
+#endif
+    e->ts_ns = bpf_ktime_get_ns();
+    e->skb = key;
+    e->probe = probe;
+    e->kind = kind;
+    e->stack_id = -1;
+    return e;
+}
+
+static __always_inline void submit(void *ctx, struct event_t *e)
+{
+#ifdef STACK_ALL
+    e->stack_id = stacks.get_stackid(ctx, 0);
+#elif defined(STACK_DROPS)
+    if (e->kind == KIND_DROP)
+        e->stack_id = stacks.get_stackid(ctx, 0);
+#endif
+    events.perf_submit(ctx, e, sizeof(*e));
+}
+
+static __always_inline int on_route(void *ctx, void *skb, u16 probe)
+{
+    struct event_t *e = prepare(skb, probe, KIND_ROUTE, 0);
+    if (e)
+        submit(ctx, e);
+    return 0;
+}
+
+/* Per-probe entry points; skbtracer.py instantiates one per attach point
+ * with the argument position that holds the skb on this kernel. */
+#define ROUTE_KPROBE(id, argn) \
+int route_##id(struct pt_regs *ctx) \
+{ return on_route(ctx, (void *)PT_REGS_PARM##argn(ctx), id); }
+
+/* for struct sk_buff **pskb arguments (br_handle_frame) */
+#define ROUTE_KPROBE_DEREF(id, argn) \
+int route_##id(struct pt_regs *ctx) \
+{ void *skb = 0; \
+  bpf_probe_read_kernel(&skb, sizeof(skb), (void *)PT_REGS_PARM##argn(ctx)); \
+  return on_route(ctx, skb, id); }
+
+#define ROUTE_RAW_TP(id, argi) \
+int route_##id(struct bpf_raw_tracepoint_args *ctx) \
+{ return on_route(ctx, (void *)ctx->args[argi], id); }
+
+/* ------------------------------------------------------------------ */
+/* Netfilter verdicts: the entry probe remembers the call, the return
+ * probe reads the verdict and reports the packet as the table left it
+ * (after NAT). A packet that matched on entry is reported even if NAT
+ * changed it out of the filter. */
+#ifdef MODE_IPTABLE
+struct nf_call {
+    u64 skb;
+    u64 state;
+    u64 table;      /* xt_table * or nft_chain * */
+    u8 matched;
+    u8 is_nft;
+};
+BPF_HASH(nf_calls, u64, struct nf_call, 4096);
+
+static __always_inline int nf_enter(void *skb, void *state, void *table, u16 probe, u8 is_nft)
+{
+    struct nf_call call = {};
+    call.skb = (u64)skb;
+    call.state = (u64)state;
+    call.table = (u64)table;
+    call.is_nft = is_nft;
+    call.matched = prepare(skb, probe, KIND_IPTABLE, 0) != 0;
+    u64 tid = bpf_get_current_pid_tgid();
+    nf_calls.update(&tid, &call);
+    return 0;
+}
+
+static __always_inline int nf_return(struct pt_regs *ctx, u16 probe)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    struct nf_call *found = nf_calls.lookup(&tid);
+    if (!found)
+        return 0;
+    struct nf_call call = *found;
+    nf_calls.delete(&tid);
+
+    struct event_t *e = prepare((void *)call.skb, probe, KIND_IPTABLE, call.matched);
+    if (!e)
+        return 0;
+    e->verdict = PT_REGS_RC(ctx);
+    e->hook = KREAD(call.state, STATE_HOOK);
+    e->pf = KREAD(call.state, STATE_PF);
+    if (call.is_nft) {
+#ifdef HAVE_NFT_LAYOUT
+        void *table = KREAD_PTR(call.table, NFT_CHAIN_TABLE);
+        bpf_probe_read_kernel_str(e->table, sizeof(e->table), KREAD_PTR(table, NFT_TABLE_NAME));
+        bpf_probe_read_kernel_str(e->chain, sizeof(e->chain), KREAD_PTR(call.table, NFT_CHAIN_NAME));
+#endif
+    } else {
+#ifdef HAVE_XT_LAYOUT
+        bpf_probe_read_kernel_str(e->table, sizeof(e->table), (void *)call.table + L_XT_TABLE_NAME_OFF);
+#endif
+    }
+    submit(ctx, e);
+    return 0;
+}
+
+/* ipt_do_table/ip6t_do_table: (skb, state, table) before 5.16,
+ * (table, skb, state) since; skbtracer.py passes the positions. */
+#define XT_KPROBES(id, skb_arg, state_arg, table_arg) \
+int nf_enter_##id(struct pt_regs *ctx) \
+{ return nf_enter((void *)PT_REGS_PARM##skb_arg(ctx), (void *)PT_REGS_PARM##state_arg(ctx), \
+                  (void *)PT_REGS_PARM##table_arg(ctx), id, 0); } \
+int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
+
+/* nft_do_chain(struct nft_pktinfo *pkt, void *priv = struct nft_chain *) */
+#define NFT_KPROBES(id) \
+int nf_enter_##id(struct pt_regs *ctx) \
+{ void *pkt = (void *)PT_REGS_PARM1(ctx); \
+  return nf_enter(KREAD_PTR(pkt, NFT_PKT_SKB), KREAD_PTR(pkt, NFT_PKT_STATE), \
+                  (void *)PT_REGS_PARM2(ctx), id, 1); } \
+int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
+#endif /* MODE_IPTABLE */
+
+/* ------------------------------------------------------------------ */
+/* skb:kfree_skb (a drop) and skb:consume_skb (a normal free), as raw
+ * tracepoints: args[0] is the skb, args[1] the location, args[2] (5.17+)
+ * the drop reason. Both also end --keep's interest in the skb. */
+static __always_inline void forget_skb(void *skb)
+{
+#ifdef KEEP
+    u64 key = (u64)skb;
+    keep_skbs.delete(&key);
+#endif
+}
+
+int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *skb = (void *)ctx->args[0];
+#ifdef MODE_DROP
+#ifdef DROP_REASON_ARG
+    u32 reason = ctx->args[DROP_REASON_ARG];
+#ifdef DROP_REASON_CONSUMED
+    if (reason == DROP_REASON_CONSUMED) {  /* 6.x: a normal free */
+        forget_skb(skb);
+        return 0;
+    }
+#endif
+#endif
+    struct event_t *e = prepare(skb, DROP_PROBE_ID, KIND_DROP, 0);
+    if (e) {
+        e->location = ctx->args[1];
+#ifdef DROP_REASON_ARG
+        e->drop_reason = reason;
+#endif
+        submit(ctx, e);
+    }
+#endif
+    forget_skb(skb);
+    return 0;
+}
+
+int on_consume_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+    forget_skb((void *)ctx->args[0]);
+    return 0;
+}
+
+/* --keep on kprobe kernels: a clone of a kept skb is kept too. */
+#ifdef KEEP
+BPF_HASH(clone_src, u64, u64, 4096);
+
+int on_clone_enter(struct pt_regs *ctx)
+{
+    u64 src = PT_REGS_PARM1(ctx);
+    if (!keep_skbs.lookup(&src))
+        return 0;
+    u64 tid = bpf_get_current_pid_tgid();
+    clone_src.update(&tid, &src);
+    return 0;
+}
+
+int on_clone_return(struct pt_regs *ctx)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    if (!clone_src.lookup(&tid))
+        return 0;
+    clone_src.delete(&tid);
+    u64 clone = PT_REGS_RC(ctx);
+    u8 one = 1;
+    if (clone)
+        keep_skbs.update(&clone, &one);
+    return 0;
+}
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Probe instances generated by skbtracer.py follow. */

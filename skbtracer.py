@@ -1,0 +1,104 @@
+#!/usr/bin/python3
+#
+# skbtracer  Trace the path of packets through the Linux kernel's network
+#            stack: one row per function, tracepoint or netfilter hook an
+#            skb passes. For Linux, uses BCC, eBPF.
+#
+# USAGE: skbtracer.py [-h] [-H ADDR] [--proto PROTO] [-P N] [--icmpid N]
+#                     [-p N] [-N NS] [-c N] [-T | -t] [--route] [--iptable]
+#                     [--drop] [--dropstack] [--callstack] [--keep]
+#                     [--backend B] [-v]
+#
+# The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
+# flags (config), BPF building (program, probes, layout), decoding (events)
+# and output (output, session).
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+
+from skbtracer_lib import config, kernel  # noqa: E402
+from skbtracer_lib.program import Program, Loaded  # noqa: E402
+
+
+def fail(message, status=1):
+    sys.stderr.write("skbtracer: %s\n" % message)
+    return status
+
+
+def report(program, headers, loaded):
+    """-v: what was attached, what was skipped and why, and from where."""
+    say = sys.stderr.write
+    say("skbtracer: backend %s; struct layouts from %s\n"
+        % (program.backend, program.layouts.description))
+    say("skbtracer: bcc includes from %s\n" % headers.description)
+    from skbtracer_lib.probes import drop_reasons
+    if "drop" in program.cfg.modes:
+        say("skbtracer: drop reason names from %s\n" % drop_reasons().source)
+    for probe, attach_type, target in loaded.attached:
+        where = " [%s]" % probe.module if probe.module else ""
+        note = " (%s)" % probe.note if probe.note else ""
+        say("skbtracer: attached %s %s%s%s\n" % (attach_type, target, where, note))
+    for name, reason in loaded.skipped:
+        say("skbtracer: skipped %s: %s\n" % (name, reason))
+    for note in program.plan.notes:
+        say("skbtracer: note: %s\n" % note)
+
+
+def main(argv=None):
+    cfg = config.parse_args(argv)
+    try:
+        program = Program(cfg)
+    except kernel.KernelError as e:
+        return fail(e)
+    if cfg.ebpf:
+        sys.stdout.write(program.text)
+        return 0
+    if os.geteuid() != 0:
+        return fail("must be run as root (it loads eBPF programs)")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return fail("cannot import bcc for %s: install python3-bpfcc (Debian/Ubuntu) "
+                    "and run with /usr/bin/python3" % sys.executable)
+    if program.notice:
+        sys.stderr.write(program.notice + "\n")
+    iptable_skips = [reason for name, reason in program.plan.skipped if name == "--iptable"]
+    if iptable_skips:
+        if cfg.modes == {"iptable"}:
+            return fail("--iptable: " + iptable_skips[0])
+        sys.stderr.write("skbtracer: --iptable: %s; no verdict rows\n" % iptable_skips[0])
+
+    from skbtracer_lib.session import Session
+    headers = None
+    loaded = None
+    try:
+        headers = kernel.find_header_tree()
+        loaded = Loaded(program, headers)
+        if cfg.verbose:
+            report(program, headers, loaded)
+        return Session(cfg, loaded).run()
+    except kernel.KernelError as e:
+        return fail(e)
+    except Exception as e:  # bcc raises plain Exception for compile/load errors
+        return fail("cannot load the BPF program: %s" % str(e).strip())
+    finally:
+        if loaded:
+            loaded.close()
+        if headers:
+            headers.close()
+
+
+def run():
+    status = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `| head` closed the pipe: leave quietly, without a flush error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,223 @@
+"""Command-line flags and their validation.
+
+Everything the user types is checked here and turned into plain numbers
+before any BPF is built: only those numbers ever reach the C text.
+A bad value is one line on stderr and exit status 2.
+"""
+
+import argparse
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+PROG = "skbtracer"
+
+EXAMPLES = """examples:
+    skbtracer.py                                      # trace the packet path of every packet
+    skbtracer.py -H 10.244.0.3 --proto udp --route --iptable
+                                                      # one pod's UDP: path and netfilter verdicts
+    skbtracer.py --proto icmp -H 1.2.3.4 --icmpid 22  # one ping (echo id 22)
+    skbtracer.py --proto tcp -H 1.2.3.4 -P 22         # TCP to or from 1.2.3.4 port 22
+    skbtracer.py -H fd00::2 --proto icmp              # ICMPv6 of one IPv6 address
+    skbtracer.py -N server --drop --dropstack         # drops in netns "server", with stacks
+    skbtracer.py -H 10.96.0.10 --keep                 # follow a service IP's packets past DNAT
+    skbtracer.py -p 1234 -c 20 -T                     # 20 rows from process 1234's context
+"""
+
+L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
+
+
+class UsageError(Exception):
+    """A bad flag value: reported as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (PROG, message))
+
+
+@dataclass
+class Config:
+    addr: object = None             # ipaddress.IPv4Address / IPv6Address
+    proto: str = "any"
+    port: int = None
+    icmpid: int = None
+    pid: int = None
+    netns: int = None               # inode
+    netns_label: str = None         # what the user typed for -N
+    count: int = None
+    timestamp: bool = False         # -t: seconds since the first event
+    clock: bool = False             # -T: HH:MM:SS of the event (also the default)
+    modes: set = field(default_factory=set)
+    stacks: str = None              # None, "drops" or "all"
+    keep: bool = False
+    ebpf: bool = False
+    verbose: bool = False
+    backend: str = "auto"
+    layout: str = "auto"
+
+
+def build_parser():
+    p = _Parser(
+        prog=PROG,
+        description="Trace the path of packets through the kernel: one row per "
+                    "function or netfilter hook an skb passes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES)
+    p.add_argument("-H", "--ipaddr", metavar="ADDR",
+                   help="packet's source or destination is ADDR (IPv4 or IPv6)")
+    p.add_argument("--proto", default="any", metavar="PROTO",
+                   help="tcp, udp, icmp (ICMPv6 for IPv6 packets) or any (default)")
+    p.add_argument("-P", "--port", metavar="N", help="TCP/UDP source or destination port")
+    p.add_argument("--icmpid", metavar="N", help="ICMP echo id (needs --proto icmp)")
+    p.add_argument("-p", "--pid", metavar="N",
+                   help="only events in the context of this process")
+    p.add_argument("-N", "--netns", metavar="NS",
+                   help="only this network namespace: an inode number, a name "
+                        "from 'ip netns', or a path like /proc/PID/ns/net")
+    p.add_argument("-c", "--catch-count", metavar="N", dest="count",
+                   help="stop after N rows (default: unlimited)")
+    p.add_argument("-T", "--time", action="store_true",
+                   help="show the event's time as HH:MM:SS (the default)")
+    p.add_argument("-t", "--timestamp", action="store_true",
+                   help="show seconds since the first event, us resolution")
+    p.add_argument("--route", action="store_true",
+                   help="packet path rows (the default when no mode is given)")
+    p.add_argument("--iptable", action="store_true", help="netfilter verdict rows")
+    p.add_argument("--drop", action="store_true",
+                   help="rows for packets freed as drops, with reason and location")
+    p.add_argument("--dropstack", action="store_true",
+                   help="kernel stack under every drop row (implies --drop)")
+    p.add_argument("--callstack", action="store_true", help="kernel stack under every row")
+    p.add_argument("--keep", action="store_true",
+                   help="keep following a matched skb (and its clones) after NAT "
+                        "changes its addresses, until it is freed")
+    p.add_argument("--backend", default="auto", metavar="B",
+                   help="auto (default), kprobe or tracepoint")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say which probes attached, which were skipped and why")
+    p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+    # Where struct layouts come from: btf (default when the kernel has it) or
+    # the installed headers. For tests and benchmarks.
+    p.add_argument("--layout", default="auto", help=argparse.SUPPRESS)
+    return p
+
+
+def _number(text, what, low, high):
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", text.strip()):
+        raise UsageError("%s must be a number, not %r" % (what, text))
+    value = int(text)
+    if not low <= value <= high:
+        raise UsageError("%s must be between %d and %d, not %d" % (what, low, high, value))
+    return value
+
+
+def parse_address(text):
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise UsageError("-H: %r is not an IPv4 or IPv6 address" % text) from None
+
+
+def resolve_netns(text):
+    """-N value -> (inode, label). Accepts an inode number, an 'ip netns'
+    name or a path to a namespace file; the namespace must exist."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9]+", text):
+        inode = int(text)
+        if inode not in known_netns_inodes():
+            raise UsageError("-N: no network namespace with inode %d" % inode)
+        return inode, text
+    if "/" in text:
+        path = text
+    elif re.fullmatch(r"[A-Za-z0-9_.@-]+", text):
+        path = os.path.join("/run/netns", text)
+    else:
+        raise UsageError("-N: %r is not a namespace inode, name or path" % text)
+    try:
+        return os.stat(path).st_ino, text
+    except OSError:
+        raise UsageError("-N: no network namespace %r" % text) from None
+
+
+def known_netns_inodes():
+    """Inodes of every network namespace a process or /run/netns holds."""
+    inodes = set()
+    for directory, suffix in (("/proc", "ns/net"), ("/run/netns", "")):
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            if directory == "/proc" and not entry.isdigit():
+                continue
+            try:
+                inodes.add(os.stat(os.path.join(directory, entry, suffix)).st_ino)
+            except OSError:
+                pass
+    return inodes
+
+
+def validate(ns):
+    """argparse namespace -> Config, or UsageError."""
+    cfg = Config()
+    if ns.ipaddr is not None:
+        cfg.addr = parse_address(ns.ipaddr)
+    proto = ns.proto.strip().lower()
+    if proto not in L4_PROTOCOLS:
+        raise UsageError("--proto must be one of tcp, udp, icmp, any; not %r" % ns.proto)
+    cfg.proto = proto
+    cfg.port = _number(ns.port, "-P/--port", 1, 65535)
+    if cfg.port is not None and proto == "icmp":
+        raise UsageError("-P/--port does not apply to --proto icmp")
+    cfg.icmpid = _number(ns.icmpid, "--icmpid", 0, 65535)
+    if cfg.icmpid is not None and proto != "icmp":
+        raise UsageError("--icmpid needs --proto icmp")
+    cfg.pid = _number(ns.pid, "-p/--pid", 1, 2**22)
+    if cfg.pid is not None and not os.path.exists("/proc/%d" % cfg.pid):
+        raise UsageError("-p: no process %d" % cfg.pid)
+    if ns.netns is not None:
+        cfg.netns, cfg.netns_label = resolve_netns(ns.netns)
+    cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
+    if ns.time and ns.timestamp:
+        raise UsageError("-T/--time and -t/--timestamp exclude each other")
+    cfg.clock, cfg.timestamp = ns.time, ns.timestamp
+
+    if ns.route:
+        cfg.modes.add("route")
+    if ns.iptable:
+        cfg.modes.add("iptable")
+    if ns.drop or ns.dropstack:
+        cfg.modes.add("drop")
+    if not cfg.modes:
+        cfg.modes.add("route")
+    if ns.callstack:
+        cfg.stacks = "all"
+    elif ns.dropstack:
+        cfg.stacks = "drops"
+    cfg.keep = ns.keep
+    cfg.ebpf = ns.ebpf
+    cfg.verbose = ns.verbose
+
+    cfg.backend = ns.backend.strip().lower()
+    if cfg.backend not in ("auto", "kprobe", "tracepoint"):
+        raise UsageError("--backend must be auto, kprobe or tracepoint; not %r" % ns.backend)
+    cfg.layout = ns.layout.strip().lower()
+    if cfg.layout not in ("auto", "btf", "headers"):
+        raise UsageError("--layout must be auto, btf or headers; not %r" % ns.layout)
+    return cfg
+
+
+def parse_args(argv=None, parser=None):
+    """Parse and validate; on a bad value print one line and exit 2."""
+    parser = parser or build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return validate(ns)
+    except UsageError as e:
+        sys.stderr.write("%s: error: %s\n" % (PROG, e))
+        sys.exit(2)

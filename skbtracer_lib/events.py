@@ -1,0 +1,104 @@
+"""Decoding the raw events that skbtracer.c writes into the perf buffer."""
+
+import socket
+import struct
+
+# Mirrors struct event_t in skbtracer.c (little-endian, 200 bytes).
+EVENT = struct.Struct("<QQQ IIIIIiII HHHHH BBBBBBBBB x 16s 6s 6s 16s 16s 32s 32s")
+EVENT_SIZE = EVENT.size
+
+KIND_ROUTE, KIND_IPTABLE, KIND_DROP = 1, 2, 3
+
+PKT_TYPES = {0: "HOST", 1: "BROADCAST", 2: "MULTICAST", 3: "OTHERHOST",
+             4: "OUTGOING", 5: "LOOPBACK", 6: "USER", 7: "KERNEL"}
+NF_PROTOCOLS = {0: "UNSPEC", 1: "INET", 2: "IPV4", 3: "ARP", 5: "NETDEV", 7: "BRIDGE", 10: "IPV6"}
+NF_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING", 5: "INGRESS"}
+NF_BRIDGE_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING",
+                   5: "BROUTING"}
+NF_VERDICTS = {0: "DROP", 1: "ACCEPT", 2: "STOLEN", 3: "QUEUE", 4: "REPEAT", 5: "STOP"}
+
+
+def _swap16(value):
+    return ((value & 0xFF) << 8) | (value >> 8)
+
+
+class Event:
+    """One decoded event; 16-bit and 32-bit header fields in host order."""
+
+    __slots__ = ("ts_ns", "skb", "location", "netns", "ifindex", "pid", "drop_reason",
+                 "verdict", "stack_id", "tcp_seq", "len", "probe", "ip_id", "sport",
+                 "dport", "icmp_id", "kind", "pkt_type", "family", "l4proto", "tcp_flags",
+                 "icmp_type", "ttl", "pf", "hook", "ifname", "dmac", "smac", "saddr",
+                 "daddr", "table", "chain")
+
+    def __init__(self, raw):
+        (self.ts_ns, self.skb, self.location, self.netns, self.ifindex, self.pid,
+         self.drop_reason, self.verdict, self.stack_id, tcp_seq, self.len, self.probe,
+         ip_id, sport, dport, icmp_id, self.kind, self.pkt_type, self.family,
+         self.l4proto, self.tcp_flags, self.icmp_type, self.ttl, self.pf, self.hook,
+         ifname, self.dmac, self.smac, saddr, daddr, table, chain) = EVENT.unpack_from(raw)
+        self.tcp_seq = int.from_bytes(tcp_seq.to_bytes(4, "little"), "big")
+        self.ip_id = _swap16(ip_id)
+        self.sport = _swap16(sport)
+        self.dport = _swap16(dport)
+        self.icmp_id = _swap16(icmp_id)
+        self.ifname = ifname.split(b"\0", 1)[0].decode("ascii", "replace")
+        if self.family == 4:
+            self.saddr = socket.inet_ntop(socket.AF_INET, saddr[:4])
+            self.daddr = socket.inet_ntop(socket.AF_INET, daddr[:4])
+        else:
+            self.saddr = socket.inet_ntop(socket.AF_INET6, saddr)
+            self.daddr = socket.inet_ntop(socket.AF_INET6, daddr)
+        self.table = table.split(b"\0", 1)[0].decode("ascii", "replace")
+        self.chain = chain.split(b"\0", 1)[0].decode("ascii", "replace")
+        self.verdict &= 0xFF   # NF_DROP_ERR() keeps an errno in the upper bits
+
+    @property
+    def hook_name(self):
+        hooks = NF_BRIDGE_HOOKS if self.pf == 7 else NF_HOOKS
+        return hooks.get(self.hook, str(self.hook))
+
+    @property
+    def verdict_name(self):
+        return NF_VERDICTS.get(self.verdict, str(self.verdict))
+
+    @property
+    def is_icmp(self):
+        return (self.family == 4 and self.l4proto == 1) or (self.family == 6 and self.l4proto == 58)
+
+    @property
+    def icmp_kind(self):
+        """'request', 'reply' or '' for other ICMP messages."""
+        if self.family == 4:
+            return {8: "request", 0: "reply"}.get(self.icmp_type, "")
+        return {128: "request", 129: "reply"}.get(self.icmp_type, "")
+
+
+def encode(**fields):
+    """Raw event bytes from keyword fields, as the kernel would write them.
+    For tests and benchmarks; addresses are strings, ports host order."""
+    family = fields.get("family", 4)
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+
+    def addr(text):
+        return socket.inet_pton(af, text).ljust(16, b"\0")
+
+    def be16(value):
+        return _swap16(value)
+
+    return EVENT.pack(
+        fields.get("ts_ns", 0), fields.get("skb", 0), fields.get("location", 0),
+        fields.get("netns", 0), fields.get("ifindex", 0), fields.get("pid", 0),
+        fields.get("drop_reason", 0), fields.get("verdict", 0), fields.get("stack_id", -1),
+        int.from_bytes(fields.get("tcp_seq", 0).to_bytes(4, "big"), "little"),
+        fields.get("len", 0), fields.get("probe", 0), be16(fields.get("ip_id", 0)),
+        be16(fields.get("sport", 0)), be16(fields.get("dport", 0)),
+        be16(fields.get("icmp_id", 0)), fields.get("kind", KIND_ROUTE),
+        fields.get("pkt_type", 0), family, fields.get("l4proto", 17),
+        fields.get("tcp_flags", 0), fields.get("icmp_type", 0), fields.get("ttl", 64),
+        fields.get("pf", 0), fields.get("hook", 0), fields.get("ifname", "").encode(),
+        bytes.fromhex(fields.get("dmac", "000000000000")),
+        bytes.fromhex(fields.get("smac", "000000000000")),
+        addr(fields.get("saddr", "0.0.0.0" if family == 4 else "::")),
+        addr(fields.get("daddr", "0.0.0.0" if family == 4 else "::")),
+        fields.get("table", "").encode(), fields.get("chain", "").encode())

@@ -1,0 +1,90 @@
+"""Struct layouts for skbtracer.c: L_<NAME>_OFF/_SIZE (and _SHIFT/_BITS for
+bitfields), read from the running kernel's BTF. Without BTF the C program
+computes the same macros from the installed headers (SKBT_LAYOUT_HEADERS)."""
+
+from . import kernel
+from .btf import BTFError
+
+# macro name -> (struct, member path) of every field skbtracer.c reads
+CORE_FIELDS = {
+    "SKB_LEN": ("sk_buff", "len"),
+    "SKB_DEV": ("sk_buff", "dev"),
+    "SKB_SK": ("sk_buff", "sk"),
+    "SKB_HEAD": ("sk_buff", "head"),
+    "SKB_DATA": ("sk_buff", "data"),
+    "SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+    "SKB_MAC_HEADER": ("sk_buff", "mac_header"),
+    "SKB_PROTOCOL": ("sk_buff", "protocol"),
+    "SKB_PKT_TYPE": ("sk_buff", "pkt_type"),
+    "DEV_NAME": ("net_device", "name"),
+    "DEV_IFINDEX": ("net_device", "ifindex"),
+    "DEV_NET": ("net_device", "nd_net.net"),
+    "NET_INUM": ("net", "ns.inum"),
+    "SK_NET": ("sock", "__sk_common.skc_net.net"),
+}
+NF_STATE_FIELDS = {
+    "STATE_HOOK": ("nf_hook_state", "hook"),
+    "STATE_PF": ("nf_hook_state", "pf"),
+}
+XT_FIELDS = {
+    "XT_TABLE_NAME": ("xt_table", "name"),
+}
+NFT_FIELDS = {
+    "NFT_PKT_SKB": ("nft_pktinfo", "skb"),
+    "NFT_PKT_STATE": ("nft_pktinfo", "state"),
+    "NFT_CHAIN_TABLE": ("nft_chain", "table"),
+    "NFT_CHAIN_NAME": ("nft_chain", "name"),
+    "NFT_TABLE_NAME": ("nft_table", "name"),
+}
+
+
+class Layouts:
+    """The source of struct layouts and the #defines that carry them."""
+
+    def __init__(self, source):
+        self.source = source          # "btf" or "headers"
+        self.defines = {}
+        self.description = ""
+        if source == "headers":
+            self.defines["SKBT_LAYOUT_HEADERS"] = 1
+            self.description = "the installed kernel headers"
+            return
+        self.btf = kernel.btf()
+        self.description = "BTF (/sys/kernel/btf)"
+        self._add_fields(CORE_FIELDS, None)
+        self._add_fields(NF_STATE_FIELDS, None)
+
+    def _add_fields(self, fields, module):
+        found = {}
+        for macro, (struct_name, path) in fields.items():
+            member = self.btf.member(struct_name, path, module)
+            found["L_%s_OFF" % macro] = member.byte_offset
+            found["L_%s_SIZE" % macro] = member.size
+            if member.bit_size:
+                found["L_%s_SHIFT" % macro] = member.bit_shift
+                found["L_%s_BITS" % macro] = member.bit_size
+        self.defines.update(found)
+
+    def netfilter(self, module, is_nft):
+        """Can the netfilter probes of module be built? (ok, reason)"""
+        fields, flag = (NFT_FIELDS, "HAVE_NFT_LAYOUT") if is_nft else (XT_FIELDS, "HAVE_XT_LAYOUT")
+        if self.source == "btf":
+            try:
+                self._add_fields(fields, module)
+            except BTFError as e:
+                return False, "no layout in BTF: %s" % e
+        self.defines[flag] = 1
+        return True, ""
+
+
+def choose(requested):
+    """Layouts for --layout auto|btf|headers."""
+    have_btf = kernel.btf() is not None
+    if requested == "btf" and not have_btf:
+        raise kernel.KernelError("--layout btf: this kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    if requested == "headers" or not have_btf:
+        return Layouts("headers")
+    try:
+        return Layouts("btf")
+    except BTFError as e:
+        raise kernel.KernelError("cannot read struct layouts from BTF: %s" % e) from None

@@ -1,0 +1,283 @@
+"""Which kernel functions and tracepoints skbtracer attaches to, and where
+the skb is among their arguments on the running kernel."""
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+from . import kernel
+
+# --route with kprobes: the original tool's set plus what newer kernels need
+# to tell the same story. The number is the skb's argument position when the
+# kernel has no BTF to say (positions as on 4.4+ / 6.1).
+ROUTE_FUNCTIONS = [
+    ("netif_rx", 1),
+    ("__netif_receive_skb", 1),
+    ("napi_gro_receive", 2),
+    ("tpacket_rcv", 1),
+    ("packet_rcv", 1),
+    ("__dev_queue_xmit", 1),
+    ("br_handle_frame", 1),            # struct sk_buff **pskb
+    ("br_handle_frame_finish", 3),
+    ("br_nf_pre_routing", 2),
+    ("br_nf_pre_routing_finish", 3),
+    ("br_nf_pre_routing_finish_bridge", 3),
+    ("br_pass_frame_up", 1),
+    ("br_netif_receive_skb", 3),
+    ("br_forward", 2),
+    ("deliver_clone", 2),              # inlined on 6.1: see skb_clone
+    ("skb_clone", 1),
+    ("__br_forward", 2),
+    ("br_forward_finish", 3),
+    ("br_nf_forward_ip", 2),
+    ("br_nf_forward_finish", 3),
+    ("br_nf_post_routing", 2),
+    ("br_nf_dev_queue_xmit", 3),
+    ("br_dev_xmit", 1),
+    ("ip_rcv", 1),
+    ("ip_rcv_finish", 3),
+    ("ip_forward", 1),
+    ("ip_output", 3),
+    ("ip_finish_output", 3),
+    ("ipv6_rcv", 1),
+    ("ip6_rcv_finish", 3),
+    ("ip6_forward", 1),
+    ("ip6_output", 3),
+    ("ip6_finish_output", 3),
+]
+
+# --route without kprobes (and, for delivery to a socket, with them):
+# (category, event, index of the skb in the raw tracepoint's args)
+ROUTE_TRACEPOINTS = [
+    ("net", "netif_rx", 0),
+    ("net", "napi_gro_receive_entry", 0),
+    ("net", "netif_receive_skb", 0),
+    ("net", "net_dev_queue", 0),
+    ("net", "net_dev_start_xmit", 0),
+]
+DELIVERY_TRACEPOINT = ("skb", "skb_copy_datagram_iovec", 0)
+
+# --iptable: legacy x_tables and nf_tables
+XT_FUNCTIONS = ["ipt_do_table", "ip6t_do_table"]
+NFT_FUNCTION = "nft_do_chain"
+
+
+@dataclass
+class Probe:
+    id: int
+    name: str                 # shown in TRACE_INFO
+    kind: str                 # route / iptable / drop / helper
+    c_line: str = ""          # the line instantiating its C functions
+    attach: list = field(default_factory=list)   # (type, target, C function)
+    module: str = ""          # kernel module the function lives in
+    note: str = ""            # how the skb argument was found
+
+
+@dataclass
+class ProbePlan:
+    backend: str
+    probes: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (name, reason)
+    defines: dict = field(default_factory=dict)  # extra #defines
+    notes: list = field(default_factory=list)
+
+    def add(self, name, kind, **kw):
+        probe = Probe(len(self.probes), name, kind, **kw)
+        self.probes.append(probe)
+        return probe
+
+    def skip(self, name, reason):
+        self.skipped.append((name, reason))
+
+    def name_of(self, probe_id):
+        return self.probes[probe_id].name
+
+
+def skb_argument(function, module, default):
+    """(position, deref, how) of the sk_buff argument: from BTF when the
+    kernel has it, else the built-in default."""
+    btf = kernel.btf()
+    if btf:
+        params = btf.for_symbol(module).func_params(function)
+        if params is not None:
+            for position, (_name, type_id) in enumerate(params, 1):
+                struct, depth = btf.for_symbol(module).pointee_struct(type_id)
+                if struct == "sk_buff" and depth in (1, 2):
+                    return position, depth == 2, "BTF"
+            return None, False, "BTF: no sk_buff argument"
+    return default, function == "br_handle_frame", "default position"
+
+
+def _function_missing(function):
+    """Why a function cannot be kprobed, or None when it can be tried."""
+    symbols = kernel.kallsyms()
+    if function in symbols:
+        return None
+    copies = kernel.optimized_copies(function)
+    if copies:
+        return "only optimized copies exist (%s)" % ", ".join(copies[:3])
+    return "not in /proc/kallsyms (inlined, or its module is not loaded)"
+
+
+def _plan_route_kprobes(plan):
+    symbols = kernel.kallsyms()
+    for function, default in ROUTE_FUNCTIONS:
+        missing = _function_missing(function)
+        if missing:
+            plan.skip(function, missing)
+            continue
+        module = symbols[function]
+        position, deref, how = skb_argument(function, module, default)
+        if not position or position > 5:
+            plan.skip(function, how)
+            continue
+        probe = plan.add(function, "route", module=module, note="skb is arg %d (%s)" % (position, how))
+        macro = "ROUTE_KPROBE_DEREF" if deref else "ROUTE_KPROBE"
+        probe.c_line = "%s(%d, %d)" % (macro, probe.id, position)
+        probe.attach = [("kprobe", function, "route_%d" % probe.id)]
+
+
+def _plan_route_tracepoints(plan, points):
+    for category, event, index in points:
+        probe = plan.add(event, "route", note="tracepoint %s:%s" % (category, event))
+        probe.c_line = "ROUTE_RAW_TP(%d, %d)" % (probe.id, index)
+        probe.attach = [("raw_tracepoint", event, "route_%d" % probe.id)]
+
+
+def _xt_argument_positions(function, module):
+    """(skb, state, table) positions of ipt_do_table: the order changed in 5.16."""
+    btf = kernel.btf()
+    params = btf.for_symbol(module).func_params(function) if btf else None
+    if params:
+        found = {}
+        for position, (name, type_id) in enumerate(params, 1):
+            struct, _depth = btf.for_symbol(module).pointee_struct(type_id)
+            if struct == "sk_buff":
+                found["skb"] = position
+            elif struct == "nf_hook_state":
+                found["state"] = position
+            elif struct == "xt_table" or name in ("priv", "table"):
+                found["table"] = position
+        if len(found) == 3:
+            return found["skb"], found["state"], found["table"], "BTF"
+    if kernel.version() >= (5, 16):
+        return 2, 3, 1, "5.16+ order"
+    return 1, 2, 3, "pre-5.16 order"
+
+
+def _plan_iptable(plan, layouts):
+    symbols = kernel.kallsyms()
+    for function in XT_FUNCTIONS + [NFT_FUNCTION]:
+        missing = _function_missing(function)
+        if missing:
+            reason = missing
+            if function == "ipt_do_table":
+                reason += "; legacy iptables is not in use"
+            plan.skip(function, reason)
+            continue
+        module = symbols[function]
+        is_nft = function == NFT_FUNCTION
+        layout_ok, why = layouts.netfilter(module, is_nft)
+        if not layout_ok:
+            plan.skip(function, why)
+            continue
+        probe = plan.add(function, "iptable", module=module)
+        if is_nft:
+            probe.c_line = "NFT_KPROBES(%d)" % probe.id
+            probe.note = "pkt is arg 1, chain arg 2"
+        else:
+            skb, state, table, how = _xt_argument_positions(function, module)
+            probe.c_line = "XT_KPROBES(%d, %d, %d, %d)" % (probe.id, skb, state, table)
+            probe.note = "skb arg %d, state arg %d, table arg %d (%s)" % (skb, state, table, how)
+        probe.attach = [("kprobe", function, "nf_enter_%d" % probe.id),
+                        ("kretprobe", function, "nf_return_%d" % probe.id)]
+
+
+def drop_reason_arg():
+    """Index of the reason in skb:kfree_skb's raw tracepoint args, or None
+    on kernels before 5.17 that have no reason."""
+    btf = kernel.btf()
+    params = btf.vmlinux.typedef_func_params("btf_trace_kfree_skb") if btf else None
+    if params:
+        # (void *__data, struct sk_buff *skb, void *location, enum skb_drop_reason ...)
+        for index, (_name, type_id) in enumerate(params):
+            if btf.vmlinux.type_name(type_id) == "skb_drop_reason":
+                return index - 1
+        return None
+    fmt = kernel.tracepoint_format("skb", "kfree_skb")
+    if fmt and "enum skb_drop_reason reason" in fmt:
+        return 2
+    return None
+
+
+def plan_probes(cfg, backend, layouts):
+    """The probe points for cfg's modes on this kernel."""
+    plan = ProbePlan(backend)
+    if "route" in cfg.modes:
+        if backend == "kprobe":
+            _plan_route_kprobes(plan)
+            _plan_route_tracepoints(plan, [DELIVERY_TRACEPOINT])
+        else:
+            _plan_route_tracepoints(plan, ROUTE_TRACEPOINTS + [DELIVERY_TRACEPOINT])
+    if "iptable" in cfg.modes:
+        if backend == "kprobe":
+            _plan_iptable(plan, layouts)
+        else:
+            plan.skip("--iptable", "netfilter verdict rows need kprobes (ipt_do_table, "
+                                   "nft_do_chain); this kernel has no kprobes")
+    if "drop" in cfg.modes or cfg.keep:
+        drop = plan.add("kfree_skb", "drop" if "drop" in cfg.modes else "helper",
+                        c_line="", attach=[("raw_tracepoint", "kfree_skb", "on_kfree_skb")])
+        plan.defines["DROP_PROBE_ID"] = drop.id
+        reason_arg = drop_reason_arg()
+        if reason_arg is not None:
+            plan.defines["DROP_REASON_ARG"] = reason_arg
+            consumed = drop_reasons().get_value("SKB_CONSUMED")
+            if consumed is not None:
+                plan.defines["DROP_REASON_CONSUMED"] = consumed
+            drop.note = "reason is arg %d" % reason_arg
+        else:
+            drop.note = "this kernel's kfree_skb has no reason"
+    if cfg.keep:
+        plan.add("consume_skb", "helper",
+                 attach=[("raw_tracepoint", "consume_skb", "on_consume_skb")])
+        if backend == "kprobe":
+            plan.add("skb_clone", "helper",
+                     attach=[("kprobe", "skb_clone", "on_clone_enter"),
+                             ("kretprobe", "skb_clone", "on_clone_return")])
+        else:
+            plan.notes.append("--keep cannot follow skb clones without kprobes")
+    return plan
+
+
+class DropReasons:
+    """Drop reason numbers -> names, read from the running kernel."""
+
+    PREFIX = "SKB_DROP_REASON_"
+
+    def __init__(self, names, source):
+        self.names = names
+        self.source = source
+        self._by_name = {v: k for k, v in names.items()}
+
+    def name(self, value):
+        return self.names.get(value, str(value))
+
+    def get_value(self, name):
+        return self._by_name.get(name)
+
+
+@functools.lru_cache(maxsize=1)
+def drop_reasons():
+    """From BTF's enum skb_drop_reason, else the kfree_skb format file's
+    __print_symbolic table; never from a table of our own."""
+    btf = kernel.btf()
+    values = btf.vmlinux.enum_values("skb_drop_reason") if btf else None
+    if values:
+        names = {value: name[len(DropReasons.PREFIX):] if name.startswith(DropReasons.PREFIX)
+                 else name for value, name in values.items()}
+        return DropReasons(names, "BTF enum skb_drop_reason")
+    fmt = kernel.tracepoint_format("skb", "kfree_skb") or ""
+    names = {int(value): name for value, name in
+             re.findall(r'\{\s*(\d+),\s*"([A-Z0-9_]+)"\s*\}', fmt)}
+    return DropReasons(names, "the kfree_skb format file" if names else "nowhere")
