@@ -1,0 +1,35 @@
+"""Tests that run skbtracer against real traffic on whatever kernel they
+run on: the host (no kprobes: the tracepoint backend) and the qemu guests
+(Debian kernels with kprobes: the kprobe backend)."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from skbtracer_lib import kernel  # noqa: E402
+
+BACKEND = "kprobe" if kernel.kprobes_available() else "tracepoint"
+# Route-row function names per backend for "the packet arrived on this device"
+ARRIVAL = {"kprobe": {"netif_rx", "__netif_receive_skb", "ip_rcv"},
+           "tracepoint": {"netif_rx", "netif_receive_skb"}}[BACKEND]
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason="needs root"))
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return BACKEND
+
+
+@pytest.fixture(scope="session")
+def settle():
+    """Seconds of quiet before counting what arrived; TCG guests are slow."""
+    return 1.0 if BACKEND == "kprobe" else 0.3
