@@ -237,15 +237,18 @@ class BTF:
         type_id = self.find(enum_name, (ENUM, ENUM64))
         if not type_id:
             return None
-        kind, _kf, vlen, _name, _size, pos = self._type(type_id)
+        kind, kind_flag, vlen, _name, _size, pos = self._type(type_id)
         data = self._owner(type_id)._data
         values = {}
         for i in range(vlen):
+            # kind_flag marks a signed enum (BTF since 6.0); unsigned otherwise
             if kind == ENUM:
-                name_off, value = struct.unpack_from("<Ii", data, pos + 8 * i)
+                name_off, value = struct.unpack_from("<Ii" if kind_flag else "<II", data, pos + 8 * i)
             else:
                 name_off, low, high = struct.unpack_from("<III", data, pos + 12 * i)
                 value = low | (high << 32)
+                if kind_flag and value >= 1 << 63:
+                    value -= 1 << 64
             values[value] = self.string(name_off)
         return values
 

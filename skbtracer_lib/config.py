@@ -6,6 +6,7 @@ A bad value is one line on stderr and exit status 2.
 """
 
 import argparse
+import fcntl
 import ipaddress
 import os
 import re
@@ -25,6 +26,10 @@ EXAMPLES = """examples:
     skbtracer.py -H 10.96.0.10 --keep                 # follow a service IP's packets past DNAT
     skbtracer.py -p 1234 -c 20 -T                     # 20 rows from process 1234's context
 """
+
+# ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
 
 L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
 
@@ -134,31 +139,42 @@ def resolve_netns(text):
         return inode, text
     if "/" in text:
         path = text
-    elif re.fullmatch(r"[A-Za-z0-9_.@-]+", text):
+    elif re.fullmatch(r"[A-Za-z0-9_.@-]+", text) and text not in (".", ".."):
         path = os.path.join("/run/netns", text)
     else:
         raise UsageError("-N: %r is not a namespace inode, name or path" % text)
+    if not is_network_namespace(path):
+        raise UsageError("-N: no network namespace %r" % text)
+    return os.stat(path).st_ino, text
+
+
+def is_network_namespace(path):
+    """Is path a network namespace file (/run/netns/NAME, /proc/PID/ns/net)?"""
     try:
-        return os.stat(path).st_ino, text
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        raise UsageError("-N: no network namespace %r" % text) from None
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:          # not a namespace file at all
+        return False
+    finally:
+        os.close(fd)
 
 
 def known_netns_inodes():
     """Inodes of every network namespace a process or /run/netns holds."""
+    paths = ["/proc/%s/ns/net" % pid for pid in os.listdir("/proc") if pid.isdigit()]
+    try:
+        paths += [os.path.join("/run/netns", name) for name in os.listdir("/run/netns")]
+    except OSError:
+        pass
     inodes = set()
-    for directory, suffix in (("/proc", "ns/net"), ("/run/netns", "")):
+    for path in paths:
         try:
-            entries = os.listdir(directory)
+            inodes.add(os.stat(path).st_ino)
         except OSError:
-            continue
-        for entry in entries:
-            if directory == "/proc" and not entry.isdigit():
-                continue
-            try:
-                inodes.add(os.stat(os.path.join(directory, entry, suffix)).st_ino)
-            except OSError:
-                pass
+            pass    # the process exited meanwhile
     return inodes
 
 

@@ -15,6 +15,9 @@ NF_PROTOCOLS = {0: "UNSPEC", 1: "INET", 2: "IPV4", 3: "ARP", 5: "NETDEV", 7: "BR
 NF_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING", 5: "INGRESS"}
 NF_BRIDGE_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING",
                    5: "BROUTING"}
+NF_HOOKS_BY_PF = {3: {0: "IN", 1: "OUT", 2: "FORWARD"},          # arp
+                  5: {0: "INGRESS", 1: "EGRESS"},                 # netdev
+                  7: NF_BRIDGE_HOOKS}
 NF_VERDICTS = {0: "DROP", 1: "ACCEPT", 2: "STOLEN", 3: "QUEUE", 4: "REPEAT", 5: "STOP"}
 
 
@@ -55,7 +58,7 @@ class Event:
 
     @property
     def hook_name(self):
-        hooks = NF_BRIDGE_HOOKS if self.pf == 7 else NF_HOOKS
+        hooks = NF_HOOKS_BY_PF.get(self.pf, NF_HOOKS)
         return hooks.get(self.hook, str(self.hook))
 
     @property

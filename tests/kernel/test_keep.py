@@ -1,0 +1,41 @@
+"""--keep: once a packet matches, follow its skb (and its clones) past NAT."""
+
+import pytest
+
+from conftest import BACKEND
+from testbed.topology import SeedCluster
+from testbed.tracer import TracerRun
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with SeedCluster(promisc=True) as c:
+        c.start_udp_receiver("server")
+        yield c
+
+
+def trace_service(cluster, settle, extra):
+    service = cluster.ip["service"]
+    with TracerRun(["-H", service, "--proto", "udp"] + extra) as run:
+        cluster.reset_counts()
+        cluster.send_udp("client", service, cluster.SERVICE_PORT)
+        cluster.received("server", settle=settle)
+    return run
+
+
+def test_without_keep_rows_stop_at_the_address_change(cluster, settle):
+    run = trace_service(cluster, settle, [])
+    assert run.rows, run.stdout + run.stderr
+    assert all("->%s:" % cluster.ip["service"] in r.pkt for r in run.rows)
+
+
+def test_keep_follows_the_dnated_skb_and_its_clones(cluster, settle):
+    run = trace_service(cluster, settle, ["--keep"])
+    after_nat = [r for r in run.rows if "->%s:9000" % cluster.ip["server"] in r.pkt]
+    assert after_nat, run.stdout
+    before = {r.skb for r in run.rows if "->%s:" % cluster.ip["service"] in r.pkt}
+    assert before & {r.skb for r in after_nat}, "the same skb is followed across DNAT"
+    server = cluster.ns_inode["server"]
+    reaching = {r.skb for r in after_nat if r.netns == server and r.ifname == "eth0"}
+    # tracepoints cannot follow clones: only the routed copy is kept there
+    assert len(reaching) == (2 if BACKEND == "kprobe" else 1), run.stdout

@@ -1,0 +1,100 @@
+"""How skbtracer behaves as a running program: signals, pipes, -v, clocks,
+backend choice."""
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BACKEND
+from testbed.topology import SeedCluster
+from testbed.tracer import PYTHON, SKBTRACER, TracerRun
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with SeedCluster(promisc=False) as c:
+        c.start_udp_receiver("server")
+        yield c
+
+
+def test_sigterm_detaches_and_prints_summary(cluster):
+    run = TracerRun(["--proto", "udp", "-H", cluster.ip["client"]])
+    run.start()
+    cluster.send_udp("client", cluster.ip["server"], 9000)
+    time.sleep(0.5)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(30) == 0
+    assert re.search(r"skbtracer: \d+ rows printed, \d+ events lost", run.stderr), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_closed_pipe_exits_quietly(cluster):
+    """`skbtracer.py | head -n 2`: no traceback, no BrokenPipeError."""
+    proc = subprocess.Popen([PYTHON, SKBTRACER, "--proto", "udp"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    header = proc.stdout.readline()
+    assert header.startswith("time")
+    cluster.send_udp("client", cluster.ip["server"], 9000, count=5)
+    proc.stdout.readline()
+    proc.stdout.close()                       # what head does after its lines
+    cluster.send_udp("client", cluster.ip["server"], 9000, count=5)
+    try:
+        rc = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_verbose_lists_probes(cluster):
+    with TracerRun(["-v", "--route", "--drop"]) as run:
+        pass
+    assert "backend %s" % BACKEND in run.stderr
+    assert "struct layouts from BTF" in run.stderr
+    if BACKEND == "kprobe":
+        assert "attached kprobe ip_rcv" in run.stderr
+        assert re.search(r"skipped deliver_clone: ", run.stderr), run.stderr
+    else:
+        assert "attached raw_tracepoint netif_receive_skb" in run.stderr
+    assert "attached raw_tracepoint kfree_skb" in run.stderr
+
+
+def test_event_clock_and_relative_timestamps(cluster):
+    with TracerRun(["-t", "--proto", "udp", "-H", cluster.ip["client"]]) as run:
+        cluster.send_udp("client", cluster.ip["server"], 9000)
+        time.sleep(0.3)
+    times = [float(r.time) for r in run.rows]
+    assert times and times[0] == 0.0 and times == sorted(times) or len({r.time for r in run.rows}) > 1
+    assert all(re.fullmatch(r"\d+\.\d{6}", r.time) for r in run.rows)
+    with TracerRun(["-T", "--proto", "udp", "-H", cluster.ip["client"]]) as run:
+        cluster.send_udp("client", cluster.ip["server"], 9000)
+        time.sleep(0.3)
+    assert run.rows and all(re.fullmatch(r"\d\d:\d\d:\d\d", r.time) for r in run.rows)
+
+
+@pytest.mark.skipif(BACKEND == "kprobe", reason="this kernel has kprobes")
+def test_kprobe_backend_refused_without_kprobes():
+    proc = subprocess.run([PYTHON, SKBTRACER, "--backend", "kprobe"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "kprobes are unavailable" in proc.stderr
+
+
+@pytest.mark.skipif(BACKEND == "kprobe", reason="this kernel has kprobes")
+def test_iptable_alone_needs_kprobes():
+    proc = subprocess.run([PYTHON, SKBTRACER, "--iptable"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "need kprobes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_auto_backend_says_which(cluster):
+    with TracerRun(["--proto", "udp"]) as run:
+        pass
+    if BACKEND == "tracepoint":
+        assert "using tracepoints" in run.stderr
+    else:
+        assert "using tracepoints" not in run.stderr
