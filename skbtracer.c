@@ -414,7 +414,8 @@ int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
 /* ------------------------------------------------------------------ */
 /* skb:kfree_skb (a drop) and skb:consume_skb (a normal free), as raw
  * tracepoints: args[0] is the skb, args[1] the location, args[2] (5.17+)
- * the drop reason. Both also end --keep's interest in the skb. */
+ * the drop reason. Both also end --keep's interest in the skb; with --route
+ * a normal free is a row of its own (consume_skb). */
 static __always_inline void forget_skb(void *skb)
 {
 #ifdef KEEP
@@ -451,7 +452,11 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 
 int on_consume_skb(struct bpf_raw_tracepoint_args *ctx)
 {
-    forget_skb((void *)ctx->args[0]);
+    void *skb = (void *)ctx->args[0];
+#ifdef CONSUME_PROBE_ID
+    on_route(ctx, skb, CONSUME_PROBE_ID);   /* the end of an skb's life */
+#endif
+    forget_skb(skb);
     return 0;
 }
 

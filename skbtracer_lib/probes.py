@@ -39,6 +39,11 @@ ROUTE_FUNCTIONS = [
     ("ip_forward", 1),
     ("ip_output", 3),
     ("ip_finish_output", 3),
+    ("ip_local_deliver", 1),
+    ("udp_rcv", 1),
+    ("__udp_enqueue_schedule_skb", 2),  # queued to a UDP socket
+    ("tcp_v4_rcv", 1),
+    ("icmp_rcv", 1),
     ("ipv6_rcv", 1),
     ("ip6_rcv_finish", 3),
     ("ip6_forward", 1),
@@ -238,9 +243,13 @@ def plan_probes(cfg, backend, layouts):
             drop.note = "reason is arg %d" % reason_arg
         else:
             drop.note = "this kernel's kfree_skb has no reason"
+    if "route" in cfg.modes or cfg.keep:
+        consume = plan.add("consume_skb", "route" if "route" in cfg.modes else "helper",
+                           attach=[("raw_tracepoint", "consume_skb", "on_consume_skb")],
+                           note="a normal free: the end of an skb's life")
+        if "route" in cfg.modes:
+            plan.defines["CONSUME_PROBE_ID"] = consume.id
     if cfg.keep:
-        plan.add("consume_skb", "helper",
-                 attach=[("raw_tracepoint", "consume_skb", "on_consume_skb")])
         if backend == "kprobe":
             plan.add("skb_clone", "helper",
                      attach=[("kprobe", "skb_clone", "on_clone_enter"),
