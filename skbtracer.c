@@ -319,18 +319,37 @@ static __always_inline int on_route(void *ctx, void *skb, u16 probe)
     return 0;
 }
 
-/* Per-probe entry points; skbtracer.py instantiates one per attach point
- * with the argument position that holds the skb on this kernel. */
-#define ROUTE_KPROBE(id, argn) \
-int route_##id(struct pt_regs *ctx) \
-{ return on_route(ctx, (void *)PT_REGS_PARM##argn(ctx), id); }
+/* Route kprobes share one program per skb argument position: which
+ * function fired comes from the probe address. A kprobe's handler sees
+ * regs->ip = probe address + 1 (the int3 it emulates); the probe address
+ * is the function's, or 4 bytes past it where an endbr64 starts it (IBT).
+ * skbtracer.py fills probe_ids with both. One program instead of one per
+ * function keeps the compile short (seconds in an emulated guest). */
+#ifdef UNRESOLVED_PROBE_ID
+BPF_HASH(probe_ids, u64, u16, 2048);
+
+static __always_inline int on_route_kprobe(struct pt_regs *ctx, void *skb)
+{
+    u64 ip = PT_REGS_IP(ctx) - 1;
+    u16 *id = probe_ids.lookup(&ip);
+    if (!id) {
+        ip -= 4;
+        id = probe_ids.lookup(&ip);
+    }
+    return on_route(ctx, skb, id ? *id : UNRESOLVED_PROBE_ID);
+}
+
+#define ROUTE_KPROBE(argn) \
+int route_arg##argn(struct pt_regs *ctx) \
+{ return on_route_kprobe(ctx, (void *)PT_REGS_PARM##argn(ctx)); }
 
 /* for struct sk_buff **pskb arguments (br_handle_frame) */
-#define ROUTE_KPROBE_DEREF(id, argn) \
-int route_##id(struct pt_regs *ctx) \
+#define ROUTE_KPROBE_DEREF(argn) \
+int route_deref_arg##argn(struct pt_regs *ctx) \
 { void *skb = 0; \
   bpf_probe_read_kernel(&skb, sizeof(skb), (void *)PT_REGS_PARM##argn(ctx)); \
-  return on_route(ctx, skb, id); }
+  return on_route_kprobe(ctx, skb); }
+#endif /* UNRESOLVED_PROBE_ID: the kprobe backend */
 
 #define ROUTE_RAW_TP(id, argi) \
 int route_##id(struct bpf_raw_tracepoint_args *ctx) \

@@ -37,14 +37,28 @@ def kprobes_available():
 @functools.lru_cache(maxsize=1)
 def kallsyms():
     """{function name: module name or ''} of text symbols."""
+    return {name: module for name, (module, _addresses) in _text_symbols().items()}
+
+
+def symbol_addresses(name):
+    """Addresses of a text symbol (a static name can exist more than once);
+    real addresses need root."""
+    return _text_symbols().get(name, ("", []))[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _text_symbols():
     symbols = {}
     with open("/proc/kallsyms") as f:
         for line in f:
             parts = line.split()
             if len(parts) < 3 or parts[1] not in "tTwW":
                 continue
-            module = parts[3].strip("[]") if len(parts) > 3 else ""
-            symbols.setdefault(parts[2], module)
+            entry = symbols.get(parts[2])
+            if entry is None:
+                module = parts[3].strip("[]") if len(parts) > 3 else ""
+                entry = symbols[parts[2]] = (module, [])
+            entry[1].append(int(parts[0], 16))
     return symbols
 
 

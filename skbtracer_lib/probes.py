@@ -76,6 +76,7 @@ class Probe:
     attach: list = field(default_factory=list)   # (type, target, C function)
     module: str = ""          # kernel module the function lives in
     note: str = ""            # how the skb argument was found
+    by_address: bool = False  # a shared program finds its id by the probe address
 
 
 @dataclass
@@ -137,9 +138,16 @@ def _plan_route_kprobes(plan):
             plan.skip(function, how)
             continue
         probe = plan.add(function, "route", module=module, note="skb is arg %d (%s)" % (position, how))
-        macro = "ROUTE_KPROBE_DEREF" if deref else "ROUTE_KPROBE"
-        probe.c_line = "%s(%d, %d)" % (macro, probe.id, position)
-        probe.attach = [("kprobe", function, "route_%d" % probe.id)]
+        if deref:
+            probe.c_line = "ROUTE_KPROBE_DEREF(%d)" % position
+            probe.attach = [("kprobe", function, "route_deref_arg%d" % position)]
+        else:
+            probe.c_line = "ROUTE_KPROBE(%d)" % position
+            probe.attach = [("kprobe", function, "route_arg%d" % position)]
+        probe.by_address = True
+    # rows from an address skbtracer did not register (should not happen)
+    unresolved = plan.add("?", "helper", note="kprobe rows whose function was not resolved")
+    plan.defines["UNRESOLVED_PROBE_ID"] = unresolved.id
 
 
 def _plan_route_tracepoints(plan, points):
