@@ -34,39 +34,22 @@ def kprobes_available():
     return any(os.path.exists(os.path.join(d, "kprobe_events")) for d in TRACEFS_DIRS)
 
 
-@functools.lru_cache(maxsize=1)
-def kallsyms():
-    """{function name: module name or ''} of text symbols."""
-    return {name: module for name, (module, _addresses) in _text_symbols().items()}
-
-
-def symbol_addresses(name):
-    """Addresses of a text symbol (a static name can exist more than once);
-    real addresses need root."""
-    return _text_symbols().get(name, ("", []))[1]
-
-
-@functools.lru_cache(maxsize=1)
-def _text_symbols():
-    symbols = {}
+@functools.lru_cache(maxsize=4)
+def symbols(names):
+    """{name: (module or '', [addresses])} for the text symbols among names
+    (a tuple), plus GCC's optimized copies of them (ip_rcv_finish.isra.0)
+    under their own names. One regex pass over /proc/kallsyms: a Python loop
+    over its ~150k lines costs seconds in an emulated guest. Real addresses
+    need root."""
     with open("/proc/kallsyms") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 3 or parts[1] not in "tTwW":
-                continue
-            entry = symbols.get(parts[2])
-            if entry is None:
-                module = parts[3].strip("[]") if len(parts) > 3 else ""
-                entry = symbols[parts[2]] = (module, [])
-            entry[1].append(int(parts[0], 16))
-    return symbols
-
-
-def optimized_copies(name):
-    """GCC clones like ip_rcv_finish.isra.0: their arguments differ from the
-    source, so skbtracer does not probe them; it only reports them."""
-    prefix = name + "."
-    return sorted(s for s in kallsyms() if s.startswith(prefix))
+        text = f.read()
+    pattern = re.compile(r"^([0-9a-f]+) [tTwW] ((?:%s)(?:\.[\w.]+)?)(?:\t\[(\w+)\])?$"
+                         % "|".join(re.escape(n) for n in names), re.M)
+    found = {}
+    for match in pattern.finditer(text):
+        module, addresses = found.setdefault(match.group(2), (match.group(3) or "", []))
+        addresses.append(int(match.group(1), 16))
+    return found
 
 
 def tracepoint_format(category, event):

@@ -114,25 +114,39 @@ def skb_argument(function, module, default):
     return default, function == "br_handle_frame", "default position"
 
 
+def known_symbols():
+    """/proc/kallsyms entries of every function skbtracer may kprobe."""
+    names = tuple(f for f, _ in ROUTE_FUNCTIONS) + tuple(XT_FUNCTIONS) + (NFT_FUNCTION, "skb_clone")
+    return kernel.symbols(names)
+
+
 def _function_missing(function):
-    """Why a function cannot be kprobed, or None when it can be tried."""
-    symbols = kernel.kallsyms()
+    """Why a function cannot be kprobed, or None when it can be tried.
+    GCC's copies (name.isra.0) take other arguments: reported, not probed."""
+    symbols = known_symbols()
     if function in symbols:
         return None
-    copies = kernel.optimized_copies(function)
+    copies = sorted(s for s in symbols if s.startswith(function + "."))
     if copies:
         return "only optimized copies exist (%s)" % ", ".join(copies[:3])
     return "not in /proc/kallsyms (inlined, or its module is not loaded)"
 
 
+def symbol_module(function):
+    return known_symbols()[function][0]
+
+
+def symbol_addresses(function):
+    return known_symbols().get(function, ("", []))[1]
+
+
 def _plan_route_kprobes(plan):
-    symbols = kernel.kallsyms()
     for function, default in ROUTE_FUNCTIONS:
         missing = _function_missing(function)
         if missing:
             plan.skip(function, missing)
             continue
-        module = symbols[function]
+        module = symbol_module(function)
         position, deref, how = skb_argument(function, module, default)
         if not position or position > 5:
             plan.skip(function, how)
@@ -179,7 +193,6 @@ def _xt_argument_positions(function, module):
 
 
 def _plan_iptable(plan, layouts):
-    symbols = kernel.kallsyms()
     for function in XT_FUNCTIONS + [NFT_FUNCTION]:
         missing = _function_missing(function)
         if missing:
@@ -188,7 +201,7 @@ def _plan_iptable(plan, layouts):
                 reason += "; legacy iptables is not in use"
             plan.skip(function, reason)
             continue
-        module = symbols[function]
+        module = symbol_module(function)
         is_nft = function == NFT_FUNCTION
         layout_ok, why = layouts.netfilter(module, is_nft)
         if not layout_ok:

@@ -137,7 +137,7 @@ class Loaded:
             return
         table = self.bpf["probe_ids"]
         for probe in by_address:
-            for address in kernel.symbol_addresses(probe.name):
+            for address in probes.symbol_addresses(probe.name):
                 for entry in (address, address + 4):   # plain, or past an endbr64
                     table[table.Key(entry)] = table.Leaf(probe.id)
 
