@@ -130,9 +130,9 @@ class Loaded:
         if not any(p.kind in ("route", "iptable", "drop") for p, _t, _x in self.attached):
             raise kernel.KernelError("no probe point could be attached (-v lists why)")
 
-    def _register_addresses(self, probes):
+    def _register_addresses(self, planned):
         """Tell the shared route kprobe programs which function is which."""
-        by_address = [p for p in probes if p.by_address]
+        by_address = [p for p in planned if p.by_address]
         if not by_address:
             return
         table = self.bpf["probe_ids"]
