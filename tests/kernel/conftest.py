@@ -10,9 +10,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from skbtracer_lib import kernel  # noqa: E402
+from skbtracer_lib import kernel, probes  # noqa: E402
 
 BACKEND = "kprobe" if kernel.kprobes_available() else "tracepoint"
+# skb:kfree_skb carries a reason since 5.17; before that drop rows have none
+HAVE_DROP_REASONS = probes.drop_reason_arg() is not None
 # Route-row function names per backend for "the packet arrived on this device"
 ARRIVAL = {"kprobe": {"netif_rx", "__netif_receive_skb", "ip_rcv"},
            "tracepoint": {"netif_rx", "netif_receive_skb"}}[BACKEND]

@@ -3,6 +3,7 @@ normal frees (consume_skb) are not drops."""
 
 import pytest
 
+from conftest import HAVE_DROP_REASONS
 from testbed.topology import SeedCluster
 from testbed.tracer import TracerRun
 
@@ -36,14 +37,14 @@ def test_netfilter_drop_has_reason_and_location(drop_run):
     assert rows, run.stdout
     row = rows[0]
     assert row.function == "kfree_skb"
-    assert row.reason == "NETFILTER_DROP", row.line
+    assert row.reason == ("NETFILTER_DROP" if HAVE_DROP_REASONS else None), row.line
     assert "location=" in row.trace and "+0x" in row.trace
     assert row.netns == cluster.ns_inode["server"]
 
 
 def test_closed_port_has_its_reason(drop_run):
     rows = rows_of(drop_run[1], "closed")
-    assert rows and rows[0].reason == "NO_SOCKET", drop_run[1].stdout
+    assert rows and rows[0].reason == ("NO_SOCKET" if HAVE_DROP_REASONS else None), drop_run[1].stdout
 
 
 def test_delivered_datagram_is_not_a_drop(drop_run):
