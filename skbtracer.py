@@ -7,11 +7,13 @@
 # USAGE: skbtracer.py [-h] [-H ADDR] [--proto PROTO] [-P N] [--icmpid N]
 #                     [-p N] [-N NS] [-c N] [-T | -t] [--route] [--iptable]
 #                     [--drop] [--dropstack] [--callstack] [--keep]
-#                     [--backend B] [-v]
+#                     [--backend B] [-v] [-o FILE] [--json [FILE]] [--force]
+#                     [--names] [--no-summary]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
 # flags (config), BPF building (program, probes, layout), decoding (events)
-# and output (output, session).
+# and output (output, jsonout, names, session), and the packets' story told
+# at exit (story).
 
 import os
 import sys
@@ -46,6 +48,17 @@ def report(program, headers, loaded):
         say("skbtracer: note: %s\n" % note)
 
 
+def open_new_file(flag, path, force):
+    """Open a file for rows; never overwrite without --force (even if it
+    appeared after the flags were checked)."""
+    try:
+        return open(path, "w" if force else "x", encoding="utf-8")
+    except FileExistsError:
+        raise kernel.KernelError("%s: %r exists; add --force to overwrite it" % (flag, path))
+    except OSError as e:
+        raise kernel.KernelError("%s: cannot write %r: %s" % (flag, path, e.strerror))
+
+
 def main(argv=None):
     cfg = config.parse_args(argv)
     try:
@@ -73,17 +86,27 @@ def main(argv=None):
     from skbtracer_lib.session import Session
     headers = None
     loaded = None
+    files = []
     try:
         headers = kernel.find_header_tree()
         loaded = Loaded(program, headers)
         if cfg.verbose:
             report(program, headers, loaded)
-        return Session(cfg, loaded).run()
+        out = json_out = None
+        if cfg.output:
+            out = open_new_file("-o/--output", cfg.output, cfg.force)
+            files.append(out)
+        if cfg.json not in (None, "-"):
+            json_out = open_new_file("--json", cfg.json, cfg.force)
+            files.append(json_out)
+        return Session(cfg, loaded, out=out, json_out=json_out).run()
     except kernel.KernelError as e:
         return fail(e)
     except Exception as e:  # bcc raises plain Exception for compile/load errors
         return fail("cannot load the BPF program: %s" % str(e).strip())
     finally:
+        for f in files:
+            f.close()
         if loaded:
             loaded.close()
         if headers:

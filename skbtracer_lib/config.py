@@ -25,6 +25,9 @@ EXAMPLES = """examples:
     skbtracer.py -N server --drop --dropstack         # drops in netns "server", with stacks
     skbtracer.py -H 10.96.0.10 --keep                 # follow a service IP's packets past DNAT
     skbtracer.py -p 1234 -c 20 -T                     # 20 rows from process 1234's context
+    skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
+    skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
+    skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
 """
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
@@ -62,6 +65,11 @@ class Config:
     verbose: bool = False
     backend: str = "auto"
     layout: str = "auto"
+    output: str = None              # -o FILE (None: stdout)
+    json: str = None                # None, "-" (JSON rows instead of text) or a FILE beside them
+    force: bool = False
+    names: bool = False             # NETWORK_NS column shows names
+    summary: bool = True            # the packets' story at exit
 
 
 def build_parser():
@@ -103,6 +111,19 @@ def build_parser():
                    help="auto (default), kprobe or tracepoint")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which probes attached, which were skipped and why")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the rows to FILE instead of stdout (refuses to overwrite "
+                        "an existing FILE without --force)")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="JSON lines, one object per event: instead of the text rows "
+                        "(--json), or to FILE beside them (--json=FILE)")
+    p.add_argument("--force", action="store_true",
+                   help="let -o/--output and --json=FILE overwrite an existing file")
+    p.add_argument("--names", action="store_true",
+                   help="NETWORK_NS column: the namespace's 'ip netns' name, pod or "
+                        "container instead of its inode")
+    p.add_argument("--no-summary", action="store_true",
+                   help="no packet story (flows, paths, duplicates, drops) on stderr at exit")
     p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     # Where struct layouts come from: btf (default when the kernel has it) or
     # the installed headers. For tests and benchmarks.
@@ -178,6 +199,17 @@ def known_netns_inodes():
     return inodes
 
 
+def check_new_file(flag, path, force):
+    """A file skbtracer is about to create: refuse to overwrite without --force."""
+    if os.path.isdir(path):
+        raise UsageError("%s: %r is a directory" % (flag, path))
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError("%s: no directory %r" % (flag, parent))
+    if os.path.lexists(path) and not force:
+        raise UsageError("%s: %r exists; add --force to overwrite it" % (flag, path))
+
+
 def validate(ns):
     """argparse namespace -> Config, or UsageError."""
     cfg = Config()
@@ -225,6 +257,25 @@ def validate(ns):
     cfg.layout = ns.layout.strip().lower()
     if cfg.layout not in ("auto", "btf", "headers"):
         raise UsageError("--layout must be auto, btf or headers; not %r" % ns.layout)
+
+    cfg.force = ns.force
+    cfg.names = ns.names
+    cfg.summary = not ns.no_summary
+    if ns.output not in (None, "-"):
+        if not ns.output.strip():
+            raise UsageError("-o/--output needs a file name")
+        check_new_file("-o/--output", ns.output, cfg.force)
+        cfg.output = ns.output
+    if ns.json is not None:
+        cfg.json = ns.json
+        if ns.json != "-":
+            if not ns.json.strip():
+                raise UsageError("--json=FILE needs a file name")
+            check_new_file("--json", ns.json, cfg.force)
+            if cfg.output and os.path.abspath(cfg.output) == os.path.abspath(ns.json):
+                raise UsageError("-o/--output and --json=FILE name the same file %r" % ns.json)
+    if cfg.force and not cfg.output and cfg.json in (None, "-"):
+        raise UsageError("--force applies only with -o/--output or --json=FILE")
     return cfg
 
 

@@ -58,13 +58,18 @@ class RowFormatter:
 
     probe_names: probe id -> function/tracepoint name
     reasons: probes.DropReasons; symbolize: address -> 'func+0xoff'
+    names: names.NetnsNames for --names (NETWORK_NS shows the namespace's
+    name instead of its inode), else None
     """
 
-    def __init__(self, probe_names, reasons, symbolize, clock):
+    def __init__(self, probe_names, reasons, symbolize, clock, names=None):
         self.probe_names = probe_names
         self.reasons = reasons
         self.symbolize = symbolize
         self.clock = clock
+        self.names = names
+        if names is not None:
+            self.row = self._named_row
 
     def trace_info(self, e):
         prefix = "%x.%d:" % (e.skb, e.pkt_type)
@@ -82,6 +87,10 @@ class RowFormatter:
     def row(self, e):
         return ROW_FORMAT % (self.clock.column(e.ts_ns), e.netns, e.ifname, e.dmac.hex(),
                              pkt_info(e), self.trace_info(e))
+
+    def _named_row(self, e):
+        return ROW_FORMAT % (self.clock.column(e.ts_ns), self.names.label(e.netns), e.ifname,
+                             e.dmac.hex(), pkt_info(e), self.trace_info(e))
 
     @staticmethod
     def stack_lines(symbols):

@@ -73,8 +73,8 @@ def test_duplicate_in_scenario_1_and_no_other(traced):
     first, second = line.split("; (2) ")
     if BACKEND == "kprobe":
         assert "(1) bridged, TTL 64: br_forward(" in first and "→ __br_forward →" in first, line
-        assert re.match(r"routed, TTL 63: br_pass_frame_up\(\S+\) → ip_rcv\(cbr0\) → ip_forward "
-                        r"→ ip_output → ", second), line
+        assert re.match(r"routed, TTL 63: br_pass_frame_up\(\S+\) → ip_rcv\(cbr0\) → "
+                        r"ip_forward → ip_output → ", second), line
     else:
         assert "TTL 64" in first and "net_dev_queue(vethserver)" in first, line
         assert second.startswith("routed, TTL 63: netif_receive_skb(%s/cbr0)"
