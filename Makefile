@@ -2,7 +2,7 @@
 PYTHON := /usr/bin/python3
 DEB_PACKAGES := python3-bpfcc bpfcc-tools linux-headers-amd64 python3-pyroute2 \
 	python3-tabulate python3-pytest iproute2 iptables ebtables bpftool kmod \
-	qemu-system-x86 busybox-static xz-utils iputils-ping procps
+	qemu-system-x86 busybox-static xz-utils zstd iputils-ping procps util-linux
 
 .PHONY: deps demo test test-quick bench guest
 

@@ -15,6 +15,14 @@
 #include <uapi/linux/ptrace.h>
 
 #ifdef SKBT_LAYOUT_HEADERS
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
+/* include/linux/bpf.h of newer kernels sizes these uapi types, which the
+ * bpf.h bundled with bcc 0.26 does not define yet */
+struct bpf_rb_root { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
+struct bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
+struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
+#endif
 #include <linux/skbuff.h>
 #include <linux/netdevice.h>
 #include <net/sock.h>
