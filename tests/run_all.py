@@ -2,8 +2,8 @@
 """The whole test suite, stage by stage, with per-stage times.
 
   unit        decoding, formatting, validation, BTF (no kernel probes)
-  host        compile + verifier for every mode; the host kernel's
-              tracepoint backend against real traffic in namespaces
+  host        compile + verifier for every mode; the topology's ground
+              truth; tests/kernel on this kernel (tracepoints here)
   guest-X     kprobes in a qemu guest booting Debian's kernel X
               (one boot runs tests/kernel inside it)
 
@@ -74,7 +74,7 @@ def main():
         results.append(run_local("unit", ["tests/unit"]))
     if "host" in stages:
         print("=== stage host", flush=True)
-        results.append(run_local("host", ["tests/host"]))
+        results.append(run_local("host", ["tests/host", "tests/kernel"]))
     if "guest" in stages and not args.no_guest:
         from testbed import guest
         for flavour in args.flavour or GUEST_FLAVOURS:
