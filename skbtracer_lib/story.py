@@ -163,8 +163,9 @@ class Copy:
     def continues(self, e, name, view, loc):
         if self.freed is not None or self.dropped is not None:
             return False
-        if e.ts_ns - self.last_ts > REUSE_GAP_NS:
-            return False
+        if e.ts_ns - self.last_ts > REUSE_GAP_NS and not (
+                name in FREE_POINTS and view == self.last_view and e.netns in (0, self.netns)):
+            return False          # (frees can come late: 6.x defers many to another CPU)
         if view != self.last_view and not nat_related(view, self.last_view):
             return False
         if (e.kind != KIND_IPTABLE and loc == self.first_loc and loc != self.last_loc

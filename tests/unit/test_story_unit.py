@@ -297,6 +297,18 @@ def test_two_datagrams_of_one_flow_with_ip_id_zero_are_two_packets():
     assert told.duplicates == []
 
 
+def test_a_late_free_still_ends_its_copy():
+    """6.x frees many skbs later on another CPU: consume_skb can come seconds
+    after the last row, and is still the end of that skb, not a new packet."""
+    trace = Trace(TRACEPOINTS)
+    straight(trace, A, 40000)
+    trace.t += 3_000_000_000
+    trace.add(A, "consume_skb", "", flow(40000))
+    told = trace.story()
+    assert len(told.packets) == 1 and len(told.packets[0].copies) == 1
+    assert told.packet_end_text(told.packets[0]) == "reached server/eth0, freed"
+
+
 def test_same_skb_address_reused_without_a_free_row():
     """No free seen (e.g. a deferred free): an address back at its first point
     with the same flow is a new skb."""
