@@ -92,6 +92,11 @@ def main(argv=None):
         loaded = Loaded(program, headers)
         if cfg.verbose:
             report(program, headers, loaded)
+        else:
+            skipped = [name for name, _reason in loaded.skipped if not name.startswith("--")]
+            if skipped:
+                sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
+                                 "skipped (-v lists them and why)\n" % len(skipped))
         out = json_out = None
         if cfg.output:
             out = open_new_file("-o/--output", cfg.output, cfg.force)
