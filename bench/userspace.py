@@ -150,43 +150,16 @@ def stages(ring, argv, bpf, n):
     with devnull_sink() as out2:
         _s, whole = make_ours(argv, bpf, out2)
         result["whole Session._on_event"] = 1e6 / rate(whole, ring, n)[0]
-    # Event.__init__ by piece, on the same bytes
-    result.update(_event_pieces(raws))
     return result
-
-
-def _event_pieces(raws):
-    import socket
-    from skbtracer_lib import events as ev
-    EVENT = ev.EVENT
-    out = {}
-
-    def timed(name, fn):
-        gc.collect()
-        started = time.thread_time()
-        fn()
-        out[name] = (time.thread_time() - started) / len(raws) * 1e6
-
-    timed("  Event: EVENT.unpack_from (32 fields)", lambda: [EVENT.unpack_from(r) for r in raws])
-    timed("  Event: 2x inet_ntop", lambda: [(socket.inet_ntop(socket.AF_INET, r[104:108]),
-                                           socket.inet_ntop(socket.AF_INET, r[120:124]))
-                                          for r in raws])
-    timed("  Event: 3x split+decode of char arrays",
-          lambda: [(r[76:92].split(b"\0", 1)[0].decode("ascii", "replace"),
-                    r[136:168].split(b"\0", 1)[0].decode("ascii", "replace"),
-                    r[168:200].split(b"\0", 1)[0].decode("ascii", "replace")) for r in raws])
-    timed("  Event: tcp_seq to_bytes/from_bytes",
-          lambda: [int.from_bytes((12345).to_bytes(4, "little"), "big") for _ in raws])
-    timed("  Event: 4x _swap16 calls", lambda: [(ev._swap16(1), ev._swap16(2), ev._swap16(3),
-                                                ev._swap16(4)) for _ in raws])
-    return out
 
 
 def profile(ring, argv, bpf, n, top=14):
     """cProfile of Session._on_event: (function, calls, tottime us/event, cumtime us/event)."""
     with devnull_sink() as out:
         _s, on_event = make_ours(argv, bpf, out)
-        prof = cProfile.Profile()
+        # CPU time, not wall time: a moment off the CPU must not land on
+        # whatever function happened to be running
+        prof = cProfile.Profile(time.thread_time_ns, 1e-9)
         prof.enable()
         ring.feed(on_event, n)
         prof.disable()
