@@ -113,6 +113,10 @@ struct event_t {
 
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERF_OUTPUT(events);
+/* Events the perf buffer had no room for. The kernel also reports these,
+ * but only ahead of the next event that fits on the same CPU: a run that
+ * ends right after an overflow would under-count without this. */
+BPF_PERCPU_ARRAY(lost_events, u64, 1);
 #if defined(STACK_ALL) || defined(STACK_DROPS)
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
 #endif
@@ -140,8 +144,15 @@ static __always_inline void *find_l3(void *head, void *data, u16 nh, u8 family, 
     return 0;
 }
 
+/* Where parse_skb found the packet, for read_macs. */
+struct layers {
+    void *head;
+    void *data;
+    void *l3;
+};
+
 /* Fill the packet fields of e from skb; 0 when skb is not an IP packet. */
-static __always_inline int parse_skb(void *skb, struct event_t *e)
+static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers *at)
 {
     u16 proto = KREAD(skb, SKB_PROTOCOL);
     if (proto == PROTO_IPV4_BE)
@@ -193,19 +204,27 @@ static __always_inline int parse_skb(void *skb, struct event_t *e)
         }
     }
 
-    /* Ethernet header: at data when the IP header follows it directly
-     * (transmit), else where mac_header points (receive). */
+    at->head = head;
+    at->data = data;
+    at->l3 = l3;
+    return 1;
+}
+
+/* Ethernet header: at data when the IP header follows it directly
+ * (transmit), else where mac_header points (receive). Read only for
+ * packets that passed the filters. */
+static __always_inline void read_macs(void *skb, struct event_t *e, struct layers *at)
+{
     u16 mh = KREAD(skb, SKB_MAC_HEADER);
     void *eth = 0;
-    if (l3 == data + ETH_HLEN)
-        eth = data;
-    else if (mh != MAC_UNSET && head + mh + ETH_HLEN <= l3)
-        eth = head + mh;
+    if (at->l3 == at->data + ETH_HLEN)
+        eth = at->data;
+    else if (mh != MAC_UNSET && at->head + mh + ETH_HLEN <= at->l3)
+        eth = at->head + mh;
     if (eth) {
         bpf_probe_read_kernel(e->dmac, 6, eth);
         bpf_probe_read_kernel(e->smac, 6, eth + 6);
     }
-    return 1;
 }
 
 /* Everything but the packet: device, namespace, skb facts. */
@@ -228,15 +247,13 @@ static __always_inline void fill_context(void *skb, struct event_t *e)
     e->len = KREAD(skb, SKB_LEN);
 }
 
-/* Filters given on the command line, compiled in as numbers. */
-static __always_inline int filter_match(struct event_t *e)
+/* Filters given on the command line, compiled in as numbers; all but -N,
+ * which needs the device (fill_context), checked on what parse_skb read so
+ * that non-matching packets cost as few reads as possible. */
+static __always_inline int filter_packet(struct event_t *e)
 {
 #ifdef FILTER_PID
     if (e->pid != FILTER_PID)
-        return 0;
-#endif
-#ifdef FILTER_NETNS
-    if (e->netns != FILTER_NETNS)
         return 0;
 #endif
 #ifdef FILTER_L4PROTO
@@ -285,17 +302,23 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     if (!force && e->pid != FILTER_PID)
         return 0;  /* the cheapest reject first */
 #endif
-    if (!parse_skb(skb, e))
+    struct layers at = {};
+    if (!parse_skb(skb, e, &at))
         return 0;
-    fill_context(skb, e);
 
     u64 key = (u64)skb;
 #ifdef KEEP
     if (keep_skbs.lookup(&key))
         force = 1;
 #endif
-    if (!force && !filter_match(e))
+    if (!force && !filter_packet(e))
         return 0;
+    fill_context(skb, e);
+#ifdef FILTER_NETNS
+    if (!force && e->netns != FILTER_NETNS)
+        return 0;
+#endif
+    read_macs(skb, e, &at);
 #ifdef KEEP
     u8 one = 1;
     keep_skbs.update(&key, &one);
@@ -316,7 +339,12 @@ static __always_inline void submit(void *ctx, struct event_t *e)
     if (e->kind == KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, 0);
 #endif
-    events.perf_submit(ctx, e, sizeof(*e));
+    if (events.perf_submit(ctx, e, sizeof(*e)) < 0) {
+        int zero = 0;
+        u64 *lost = lost_events.lookup(&zero);
+        if (lost)
+            (*lost)++;
+    }
 }
 
 static __always_inline int on_route(void *ctx, void *skb, u16 probe)

@@ -89,6 +89,13 @@ def main(argv=None):
     files = []
     try:
         headers = kernel.find_header_tree()
+        if program.layouts.source == "headers" and not headers.own:
+            problem = ("struct layouts from %s would not match this kernel"
+                       % headers.description)
+            if cfg.layout != "headers":     # no BTF: refuse to read garbage
+                raise kernel.KernelError("%s; install linux-headers-%s"
+                                         % (problem, kernel.release()))
+            sys.stderr.write("skbtracer: warning: --layout headers: %s\n" % problem)
         loaded = Loaded(program, headers)
         if cfg.verbose:
             report(program, headers, loaded)

@@ -77,9 +77,10 @@ def btf():
 # --- a header tree for bcc ---------------------------------------------------
 
 class HeaderTree:
-    def __init__(self, description, kernel_source=None, cleanup=None):
+    def __init__(self, description, kernel_source=None, cleanup=None, own=True):
         self.description = description
         self.kernel_source = kernel_source   # value for BCC_KERNEL_SOURCE, or None
+        self.own = own                       # the running kernel's headers?
         self._cleanup = cleanup
 
     def close(self):
@@ -135,11 +136,11 @@ def find_header_tree():
         if not source:
             continue
         if source == build:
-            return HeaderTree("%s (headers of another kernel)" % build, build)
+            return HeaderTree("%s (headers of another kernel)" % build, build, own=False)
         farm = tempfile.TemporaryDirectory(prefix="skbtracer-headers-")
         _merge_trees(farm.name, [build, source])
         return HeaderTree("%s + %s (headers of another kernel)" % (build, source),
-                          farm.name, farm)
+                          farm.name, farm, own=False)
     raise KernelError(
         "no kernel header tree for bcc: install linux-headers-%s "
         "(or, when the kernel has BTF, any linux-headers package)" % release())

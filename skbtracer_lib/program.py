@@ -120,6 +120,7 @@ class Loaded:
         from bcc import BPF   # imported late: flag errors need no bcc
         self.program = program
         self.attached = []     # (probe, type, target)
+        self._symbols = {}     # address -> 'func+0xoff'
         self.skipped = list(program.plan.skipped)
         if headers.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
@@ -172,7 +173,14 @@ class Loaded:
             pass
 
     def symbolize(self, address):
-        return self.bpf.ksym(address, show_offset=True).decode("ascii", "replace")
+        """'func+0xoff' of a kernel address; cached, as stacks repeat."""
+        name = self._symbols.get(address)
+        if name is None:
+            if len(self._symbols) > 65536:
+                self._symbols.clear()
+            name = self._symbols[address] = \
+                self.bpf.ksym(address, show_offset=True).decode("ascii", "replace")
+        return name
 
     def stack(self, stack_id):
         """Symbols of a kernel stack, innermost first."""
@@ -183,6 +191,11 @@ class Loaded:
             return [self.symbolize(a) for a in addresses]
         except KeyError:
             return ["[stack lost]"]
+
+    def lost_events(self):
+        """Events the kernel could not put into the perf buffer, all CPUs."""
+        table = self.bpf["lost_events"]
+        return int(table.sum(table.Key(0)).value)
 
     def close(self):
         self.bpf.cleanup()

@@ -37,13 +37,14 @@ class Session:
         self.book = story.StoryBook(self.names) if cfg.summary else None
         self.rows = 0
         self.lost = 0
-        self.stopping = False
+        self.stopping = False      # leave the poll loop
+        self.done = False          # -c reached or the pipe closed: print no more
         self.pipe_closed = False
 
     def _on_event(self, _cpu, data, size):
         # Runs as a ctypes callback: exceptions must not escape (bcc would
         # print and swallow them), so failures become flags.
-        if self.stopping:
+        if self.done:
             return
         try:
             raw = ctypes.string_at(data, size)
@@ -65,11 +66,11 @@ class Session:
                 lines = [self.formatter.row(event)] + self.formatter.stack_lines(stack)
                 self.out.write("\n".join(lines) + "\n")
         except BrokenPipeError:
-            self.pipe_closed = self.stopping = True
+            self.pipe_closed = self.stopping = self.done = True
             return
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
-            self.stopping = True
+            self.stopping = self.done = True
 
     def _on_lost(self, count):
         self.lost += count
@@ -99,9 +100,13 @@ class Session:
                     self.names.retry()
                 if self.book is not None:
                     self.book.trim()
+            if not self.done:
+                bpf.perf_buffer_poll(timeout=0)   # what is still in the ring
+                self._write("")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        self.lost = max(self.lost, self.loaded.lost_events())
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.book is not None:
             self._tell_story()
@@ -209,4 +214,4 @@ class Session:
                 self.out.write(text)
             self.out.flush()   # rows reach `| grep` promptly
         except BrokenPipeError:
-            self.pipe_closed = self.stopping = True
+            self.pipe_closed = self.stopping = self.done = True

@@ -27,6 +27,15 @@ def traced(request, settle):
         yield cluster, results, run
 
 
+def nft_verdicts_possible():
+    """nft_do_chain's structs live in the nf_tables module: kernels before
+    5.11 have no module BTF, and skbtracer skips the probe there (-v)."""
+    from skbtracer_lib import kernel
+    btf = kernel.btf()
+    return btf is not None and (btf.module("nf_tables") is not None
+                                or btf.vmlinux.find("nft_chain", (4,)) is not None)
+
+
 def functions(rows):
     return [r.function for r in rows]
 
@@ -63,8 +72,9 @@ def test_scenario1_two_routes(traced):
                                "ip_rcv", "ip_output", "__br_forward"], functions(up)), functions(up)
         assert any(r.function == "ip_rcv" and r.ifname == "cbr0" for r in up)
         assert "__br_forward" in functions(paths[forwarded[0]])
-        verdicts = [r.trace for r in result.rows if r.is_verdict]
-        assert "2.nat.PREROUTING.ACCEPT" in verdicts, verdicts
+        if nft_verdicts_possible() or cluster.iptables == "legacy":
+            verdicts = [r.trace for r in result.rows if r.is_verdict]
+            assert "2.nat.PREROUTING.ACCEPT" in verdicts, verdicts
     else:
         # tracepoints: the passed-up skb is received on cbr0, then queued
         # back onto the bridge; the other reaches the server directly
