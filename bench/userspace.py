@@ -42,6 +42,10 @@ class BenchLoaded(Loaded):
         self.program = SimpleNamespace(probe_names=probe_names)
         self.attached = []
         self.skipped = []
+        self._symbols = {}
+
+    def lost_events(self):
+        return 0
 
     def close(self):
         pass
