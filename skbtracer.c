@@ -149,30 +149,74 @@ struct layers {
     void *head;
     void *data;
     void *l3;
+    u16 mac_header;
 };
 
-/* Fill the packet fields of e from skb; 0 when skb is not an IP packet. */
-static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers *at)
-{
-    u16 proto = KREAD(skb, SKB_PROTOCOL);
-    if (proto == PROTO_IPV4_BE)
-        e->family = 4;
-    else if (proto == PROTO_IPV6_BE)
-        e->family = 6;
-    else
-        return 0;
+#ifdef L_SKB_SPAN_LEN
+/* protocol, the header offsets, head and data sit close together in struct
+ * sk_buff: skbtracer.py gives their span, read once instead of five times */
+#define SPAN_FIELD(span, F) ({ u64 __v = 0; \
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - L_SKB_SPAN_OFF, L_##F##_SIZE); __v; })
+#endif
 
+/* -H, before the transport header is read: most packets stop here */
+static __always_inline int address_match(struct event_t *e)
+{
+#ifdef FILTER_ADDR4
+    if (e->family != 4 ||
+        (*(u32 *)e->saddr != FILTER_ADDR4 && *(u32 *)e->daddr != FILTER_ADDR4))
+        return 0;
+#endif
+#ifdef FILTER_ADDR6_0
+    if (e->family != 6)
+        return 0;
+    u64 *s = (u64 *)e->saddr, *d = (u64 *)e->daddr;
+    if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
+        !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
+        return 0;
+#endif
+    return 1;
+}
+
+/* Fill the packet fields of e from skb; 0 when skb is not an IP packet,
+ * or (check_address) when its addresses do not pass -H. */
+static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers *at,
+                                     int check_address)
+{
+#ifdef L_SKB_SPAN_LEN
+    u8 span[L_SKB_SPAN_LEN];
+    if (bpf_probe_read_kernel(span, sizeof(span), skb + L_SKB_SPAN_OFF))
+        return 0;
+    u16 proto = SPAN_FIELD(span, SKB_PROTOCOL);
+    void *head = (void *)SPAN_FIELD(span, SKB_HEAD);
+    void *data = (void *)SPAN_FIELD(span, SKB_DATA);
+    u16 nh = SPAN_FIELD(span, SKB_NETWORK_HEADER);
+    at->mac_header = SPAN_FIELD(span, SKB_MAC_HEADER);
+#else
+    u16 proto = KREAD(skb, SKB_PROTOCOL);
     void *head = KREAD_PTR(skb, SKB_HEAD);
     void *data = KREAD_PTR(skb, SKB_DATA);
     u16 nh = KREAD(skb, SKB_NETWORK_HEADER);
+    at->mac_header = KREAD(skb, SKB_MAC_HEADER);
+#endif
+    /* a local, not e->family: clang must not re-read it after the calls */
+    u8 family;
+    if (proto == PROTO_IPV4_BE)
+        family = 4;
+    else if (proto == PROTO_IPV6_BE)
+        family = 6;
+    else
+        return 0;
+    e->family = family;
+
     u8 hdr[40] = {};
-    void *l3 = find_l3(head, data, nh, e->family, hdr);
+    void *l3 = find_l3(head, data, nh, family, hdr);
     if (!l3)
         return 0;
 
     void *l4;
     int fragment = 0;
-    if (e->family == 4) {
+    if (family == 4) {
         e->ip_id = *(u16 *)&hdr[4];
         e->ttl = hdr[8];
         e->l4proto = hdr[9];
@@ -187,6 +231,8 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
         __builtin_memcpy(e->daddr, &hdr[24], 16);
         l4 = l3 + 40;
     }
+    if (check_address && !address_match(e))
+        return 0;
 
     if (!fragment) {
         u8 l4hdr[16] = {};
@@ -215,7 +261,7 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
  * packets that passed the filters. */
 static __always_inline void read_macs(void *skb, struct event_t *e, struct layers *at)
 {
-    u16 mh = KREAD(skb, SKB_MAC_HEADER);
+    u16 mh = at->mac_header;
     void *eth = 0;
     if (at->l3 == at->data + ETH_HLEN)
         eth = at->data;
@@ -272,20 +318,7 @@ static __always_inline int filter_packet(struct event_t *e)
     if (e->icmp_id != FILTER_ICMPID)
         return 0;
 #endif
-#ifdef FILTER_ADDR4
-    if (e->family != 4 ||
-        (*(u32 *)e->saddr != FILTER_ADDR4 && *(u32 *)e->daddr != FILTER_ADDR4))
-        return 0;
-#endif
-#ifdef FILTER_ADDR6_0
-    if (e->family != 6)
-        return 0;
-    u64 *s = (u64 *)e->saddr, *d = (u64 *)e->daddr;
-    if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
-        !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
-        return 0;
-#endif
-    return 1;
+    return address_match(e);
 }
 
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
@@ -303,7 +336,12 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
         return 0;  /* the cheapest reject first */
 #endif
     struct layers at = {};
-    if (!parse_skb(skb, e, &at))
+#ifdef KEEP
+    int check_address = 0;      /* a kept skb passes whatever its addresses */
+#else
+    int check_address = !force;
+#endif
+    if (!parse_skb(skb, e, &at, check_address))
         return 0;
 
     u64 key = (u64)skb;

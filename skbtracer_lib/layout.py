@@ -22,6 +22,9 @@ CORE_FIELDS = {
     "NET_INUM": ("net", "ns.inum"),
     "SK_NET": ("sock", "__sk_common.skc_net.net"),
 }
+# read together when they lie within MAX_SPAN bytes of each other
+SPAN_FIELDS = ("SKB_PROTOCOL", "SKB_NETWORK_HEADER", "SKB_MAC_HEADER", "SKB_HEAD", "SKB_DATA")
+MAX_SPAN = 64
 NF_STATE_FIELDS = {
     "STATE_HOOK": ("nf_hook_state", "hook"),
     "STATE_PF": ("nf_hook_state", "pf"),
@@ -53,6 +56,15 @@ class Layouts:
         self.description = "BTF (/sys/kernel/btf)"
         self._add_fields(CORE_FIELDS, None)
         self._add_fields(NF_STATE_FIELDS, None)
+        self._add_span(SPAN_FIELDS)
+
+    def _add_span(self, macros):
+        """One read for fields that lie close together (SPAN_FIELD in C)."""
+        start = min(self.defines["L_%s_OFF" % m] for m in macros)
+        end = max(self.defines["L_%s_OFF" % m] + self.defines["L_%s_SIZE" % m] for m in macros)
+        if end - start <= MAX_SPAN:
+            self.defines["L_SKB_SPAN_OFF"] = start
+            self.defines["L_SKB_SPAN_LEN"] = end - start
 
     def _add_fields(self, fields, module):
         found = {}
