@@ -29,7 +29,8 @@ _NET_ORDER = struct.Struct(">I 6x HHHH")
 _NET_ORDER_AT = 48
 
 
-def _swap16(value):
+def swap16(value):
+    """A 16-bit value in the other byte order (network <-> this host)."""
     return ((value & 0xFF) << 8) | (value >> 8)
 
 
@@ -116,7 +117,7 @@ def encode(**fields):
         return socket.inet_pton(af, text).ljust(16, b"\0")
 
     def be16(value):
-        return _swap16(value)
+        return swap16(value)
 
     return EVENT.pack(
         fields.get("ts_ns", 0), fields.get("skb", 0), fields.get("location", 0),

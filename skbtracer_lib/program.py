@@ -5,6 +5,7 @@ import os
 import sys
 
 from . import kernel, layout, probes
+from .events import swap16
 
 C_SOURCE_NAME = "skbtracer.c"
 KEEP_ENTRIES = 65536
@@ -20,10 +21,6 @@ def c_source_path():
         if os.path.isfile(candidate):
             return candidate
     raise kernel.KernelError("cannot find %s next to skbtracer.py" % C_SOURCE_NAME)
-
-
-def _swap16(value):
-    return ((value & 0xFF) << 8) | (value >> 8)
 
 
 def filter_defines(cfg):
@@ -42,9 +39,9 @@ def filter_defines(cfg):
     elif cfg.proto in ("tcp", "udp"):
         d["FILTER_L4PROTO"] = {"tcp": 6, "udp": 17}[cfg.proto]
     if cfg.port is not None:
-        d["FILTER_PORT"] = _swap16(cfg.port)
+        d["FILTER_PORT"] = swap16(cfg.port)
     if cfg.icmpid is not None:
-        d["FILTER_ICMPID"] = _swap16(cfg.icmpid)
+        d["FILTER_ICMPID"] = swap16(cfg.icmpid)
     if cfg.pid is not None:
         d["FILTER_PID"] = cfg.pid
     if cfg.netns is not None:
