@@ -26,7 +26,7 @@ import workload
 import original
 
 from skbtracer_lib import config, probes
-from skbtracer_lib.events import Event
+from skbtracer_lib.events import BoundedCache, Event
 from skbtracer_lib.program import Loaded
 from skbtracer_lib.session import Session
 
@@ -42,7 +42,7 @@ class BenchLoaded(Loaded):
         self.program = SimpleNamespace(probe_names=probe_names)
         self.attached = []
         self.skipped = []
-        self._symbols = {}
+        self._symbols = BoundedCache(self._ksym, limit=65536)
 
     def lost_events(self):
         return 0

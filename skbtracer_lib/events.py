@@ -34,18 +34,18 @@ def swap16(value):
     return ((value & 0xFF) << 8) | (value >> 8)
 
 
-class _TextCache(dict):
-    """bytes -> str for the few distinct addresses and names a trace sees;
-    emptied when it grows, so a long run's memory stays bounded."""
+class BoundedCache(dict):
+    """key -> convert(key) for the few distinct addresses, names and kernel
+    symbols a trace sees; emptied when it grows, so a long run's memory
+    stays bounded."""
 
-    LIMIT = 4096
-
-    def __init__(self, convert):
+    def __init__(self, convert, limit=4096):
         super().__init__()
         self.convert = convert
+        self.limit = limit
 
     def __missing__(self, key):
-        if len(self) >= self.LIMIT:
+        if len(self) >= self.limit:
             self.clear()
         value = self[key] = self.convert(key)
         return value
@@ -55,9 +55,9 @@ def _c_string(raw):
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-_IPV4 = _TextCache(lambda raw: socket.inet_ntop(socket.AF_INET, raw[:4]))
-_IPV6 = _TextCache(lambda raw: socket.inet_ntop(socket.AF_INET6, raw))
-_STRINGS = _TextCache(_c_string)
+_IPV4 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET, raw[:4]))
+_IPV6 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET6, raw))
+_STRINGS = BoundedCache(_c_string)
 
 
 class Event:

@@ -5,7 +5,7 @@ import os
 import sys
 
 from . import kernel, layout, probes
-from .events import swap16
+from .events import BoundedCache, swap16
 
 C_SOURCE_NAME = "skbtracer.c"
 KEEP_ENTRIES = 65536
@@ -117,7 +117,7 @@ class Loaded:
         from bcc import BPF   # imported late: flag errors need no bcc
         self.program = program
         self.attached = []     # (probe, type, target)
-        self._symbols = {}     # address -> 'func+0xoff'
+        self._symbols = BoundedCache(self._ksym, limit=65536)  # address -> 'func+0xoff'
         self.skipped = list(program.plan.skipped)
         if headers.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
@@ -169,15 +169,12 @@ class Loaded:
         except Exception:
             pass
 
+    def _ksym(self, address):
+        return self.bpf.ksym(address, show_offset=True).decode("ascii", "replace")
+
     def symbolize(self, address):
         """'func+0xoff' of a kernel address; cached, as stacks repeat."""
-        name = self._symbols.get(address)
-        if name is None:
-            if len(self._symbols) > 65536:
-                self._symbols.clear()
-            name = self._symbols[address] = \
-                self.bpf.ksym(address, show_offset=True).decode("ascii", "replace")
-        return name
+        return self._symbols[address]
 
     def stack(self, stack_id):
         """Symbols of a kernel stack, innermost first."""
