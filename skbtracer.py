@@ -66,7 +66,7 @@ def main(argv=None):
     except kernel.KernelError as e:
         return fail(e)
     if cfg.ebpf:
-        sys.stdout.write(program.text)
+        sys.stdout.write(program.listing())
         return 0
     if os.geteuid() != 0:
         return fail("must be run as root (it loads eBPF programs)")

@@ -28,6 +28,9 @@ EXAMPLES = """examples:
     skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
     skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
     skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
+    skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
+    skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
+    skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
 """
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
@@ -70,6 +73,7 @@ class Config:
     force: bool = False
     names: bool = False             # NETWORK_NS column shows names
     summary: bool = True            # the packets' story at exit
+    expression: object = None       # pcapfilter.Expression: the positional filter words
 
 
 def build_parser():
@@ -124,6 +128,9 @@ def build_parser():
                         "container instead of its inode")
     p.add_argument("--no-summary", action="store_true",
                    help="no packet story (flows, paths, duplicates, drops) on stderr at exit")
+    p.add_argument("expression", nargs="*", metavar="EXPRESSION",
+                   help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; "
+                        "compiled by libpcap and run in the kernel")
     p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     # Where struct layouts come from: btf (default when the kernel has it) or
     # the installed headers. For tests and benchmarks.
@@ -276,15 +283,33 @@ def validate(ns):
                 raise UsageError("-o/--output and --json=FILE name the same file %r" % ns.json)
     if cfg.force and not cfg.output and cfg.json in (None, "-"):
         raise UsageError("--force applies only with -o/--output or --json=FILE")
+    cfg.expression = parse_expression(ns.expression)
     return cfg
+
+
+def parse_expression(words):
+    """The positional words, joined as tcpdump joins them, compiled by
+    libpcap: None without any, else a pcapfilter.Expression."""
+    text = " ".join(words).strip()
+    if not text:
+        return None
+    from . import pcapfilter
+    try:
+        return pcapfilter.Expression(text)
+    except pcapfilter.FilterError as e:
+        raise UsageError("filter expression %r: %s" % (text, e)) from None
 
 
 def parse_args(argv=None, parser=None):
     """Parse and validate; on a bad value print one line and exit 2."""
     parser = parser or build_parser()
     ns = parser.parse_args(argv)
+    from .pcapfilter import LibpcapMissing
     try:
         return validate(ns)
     except UsageError as e:
         sys.stderr.write("%s: error: %s\n" % (PROG, e))
         sys.exit(2)
+    except LibpcapMissing as e:
+        sys.stderr.write("%s: %s\n" % (PROG, e))
+        sys.exit(1)

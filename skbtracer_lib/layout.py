@@ -25,6 +25,16 @@ CORE_FIELDS = {
 # read together when they lie within MAX_SPAN bytes of each other
 SPAN_FIELDS = ("SKB_PROTOCOL", "SKB_NETWORK_HEADER", "SKB_MAC_HEADER", "SKB_HEAD", "SKB_DATA")
 MAX_SPAN = 64
+# a filter expression (pcap_filter): where the linear data ends, and the
+# offloaded VLAN tag tcpdump shows in the packet
+PCAP_FIELDS = {
+    "SKB_TAIL": ("sk_buff", "tail"),
+}
+PCAP_VLAN_FIELDS = {
+    "SKB_VLAN_PROTO": ("sk_buff", "vlan_proto"),
+    "SKB_VLAN_TCI": ("sk_buff", "vlan_tci"),
+}
+PCAP_VLAN_PRESENT = {"SKB_VLAN_PRESENT": ("sk_buff", "vlan_present")}   # before 6.2
 NF_STATE_FIELDS = {
     "STATE_HOOK": ("nf_hook_state", "hook"),
     "STATE_PF": ("nf_hook_state", "pf"),
@@ -76,6 +86,20 @@ class Layouts:
                 found["L_%s_SHIFT" % macro] = member.bit_shift
                 found["L_%s_BITS" % macro] = member.bit_size
         self.defines.update(found)
+
+    def pcap(self):
+        """Fields the filter expression needs; the headers fallback has
+        SKB_TAIL and no VLAN tag. Returns notes for -v."""
+        if self.source != "btf":
+            return ["struct layouts from headers: offloaded VLAN tags are not shown to the "
+                    "filter expression"]
+        self._add_fields(PCAP_FIELDS, None)
+        self._add_fields(PCAP_VLAN_FIELDS, None)
+        try:
+            self._add_fields(PCAP_VLAN_PRESENT, None)
+        except BTFError:
+            pass        # 6.2+: a tag is present when vlan_all != 0
+        return []
 
     def netfilter(self, module, is_nft):
         """Can the netfilter probes of module be built? (ok, reason)"""

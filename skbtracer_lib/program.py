@@ -8,6 +8,8 @@ from . import kernel, layout, probes
 from .events import BoundedCache, swap16
 
 C_SOURCE_NAME = "skbtracer.c"
+# where skbtracer.c takes the translated filter expression
+PCAP_FUNCTIONS_MARKER = "/* @pcap-functions@ skbtracer.py puts the translated expression here */"
 KEEP_ENTRIES = 65536
 STACK_ENTRIES = 16384
 
@@ -46,6 +48,8 @@ def filter_defines(cfg):
         d["FILTER_PID"] = cfg.pid
     if cfg.netns is not None:
         d["FILTER_NETNS"] = "%dU" % cfg.netns
+    if cfg.expression is not None:
+        d["PCAP_FILTER"] = 1
     return d
 
 
@@ -92,6 +96,8 @@ class Program:
             self.backend, self.notice = choose_backend(cfg.backend)
         self.layouts = layout.choose(cfg.layout)
         self.plan = probes.plan_probes(cfg, self.backend, self.layouts)
+        if cfg.expression is not None:
+            self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())
         defines = {}
         defines.update(self.layouts.defines)
         defines.update(mode_defines(cfg))
@@ -103,7 +109,23 @@ class Program:
                 % (self.layouts.description, self.backend)]
         head += ["#define %s %s" % (name, value) for name, value in sorted(defines.items())]
         tail = list(dict.fromkeys(p.c_line for p in self.plan.probes if p.c_line))
-        self.text = "\n".join(head) + "\n\n" + body + "\n" + "\n".join(tail) + "\n"
+        self._parts = ("\n".join(head) + "\n\n", body, "\n" + "\n".join(tail) + "\n")
+        self.text = self._assemble(listing=False)
+
+    def _assemble(self, listing):
+        head, body, tail = self._parts
+        expression = self.cfg.expression
+        if expression is not None:
+            functions = expression.c_functions()
+            if listing:
+                functions = expression.c_comment() + functions
+            body = body.replace(PCAP_FUNCTIONS_MARKER, functions)
+        return head + body + tail
+
+    def listing(self):
+        """--ebpf: the program as compiled, with the filter expression as a
+        comment above its translation (the compiled text has no trace of it)."""
+        return self._assemble(listing=True)
 
     @property
     def probe_names(self):

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from skbt_unit_helpers import run_cli
+from skbt_unit_helpers import assert_usage_error, run_cli
 from skbtracer_lib import config
 
 MISSING = "skbt-missing-%s" % uuid.uuid4().hex[:8]
@@ -26,20 +26,6 @@ def missing_pid():
 
 def missing_netns_inode():
     return max(config.known_netns_inodes() | {4026531840}) + 7919
-
-
-def assert_usage_error(result, mention=None):
-    """Exit 2, one line 'skbtracer: error: ...' on stderr, nothing else."""
-    assert result.returncode == 2, (result.returncode, result.stderr, result.stdout[:300])
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert result.stderr.endswith("\n")
-    assert lines[0].startswith("skbtracer: error: "), lines[0]
-    assert "usage:" not in result.stderr
-    if mention:
-        assert mention in lines[0], lines[0]
 
 
 # (id, argv or a function returning argv, text the message must mention)
