@@ -74,6 +74,9 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #define MAC_UNSET       0xffff  /* (u16)~0U: mac/network header not set */
 #define PROTO_IPV4_BE   0x0008  /* htons(ETH_P_IP) on this little-endian host */
 #define PROTO_IPV6_BE   0xdd86  /* htons(ETH_P_IPV6) */
+#define PROTO_8021Q_BE  0x0081  /* htons(ETH_P_8021Q) */
+#define PROTO_8021AD_BE 0xa888  /* htons(ETH_P_8021AD) */
+#define VLAN_HLEN       4
 
 /* One row. skbtracer_lib/events.py mirrors this layout byte for byte. */
 struct event_t {
@@ -126,12 +129,15 @@ BPF_STACK_TRACE(stacks, STACK_ENTRIES);
 BPF_HASH(keep_skbs, u64, u8, KEEP_ENTRIES);
 #endif
 
-/* Find the IP header: where network_header says, else at data (receive
- * paths), else right after an Ethernet header at data (transmit paths).
- * The version nibble must agree with skb->protocol. */
-static __always_inline void *find_l3(void *head, void *data, u16 nh, u8 family, u8 *hdr)
+/* Find the IP header: right after an in-band VLAN tag when there is one,
+ * else where network_header says, else at data (receive paths), else right
+ * after an Ethernet header at data (transmit paths). The version nibble
+ * must agree with skb->protocol. */
+static __always_inline void *find_l3(void *head, void *data, u16 nh, void *after_tag,
+                                     u8 family, u8 *hdr)
 {
-    void *candidates[3] = { nh != MAC_UNSET ? head + nh : 0, data, data + ETH_HLEN };
+    void *candidates[3] = { after_tag ? after_tag : nh != MAC_UNSET ? head + nh : 0,
+                            data, data + ETH_HLEN };
 #pragma unroll
     for (int i = 0; i < 3; i++) {
         void *p = candidates[i];
@@ -200,6 +206,16 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     u16 nh = KREAD(skb, SKB_NETWORK_HEADER);
     at->mac_header = KREAD(skb, SKB_MAC_HEADER);
 #endif
+    void *after_tag = 0;
+    if (proto == PROTO_8021Q_BE || proto == PROTO_8021AD_BE) {
+        /* a VLAN tag in the frame (not offloaded): TCI, then the inner type */
+        void *eth = at->mac_header != MAC_UNSET ? head + at->mac_header : data;
+        u16 tag[2];
+        if (bpf_probe_read_kernel(tag, sizeof(tag), eth + ETH_HLEN))
+            return 0;
+        proto = tag[1];
+        after_tag = eth + ETH_HLEN + VLAN_HLEN;
+    }
     /* a local, not e->family: clang must not re-read it after the calls */
     u8 family;
     if (proto == PROTO_IPV4_BE)
@@ -211,7 +227,7 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     e->family = family;
 
     u8 hdr[40] = {};
-    void *l3 = find_l3(head, data, nh, family, hdr);
+    void *l3 = find_l3(head, data, nh, after_tag, family, hdr);
     if (!l3)
         return 0;
 
