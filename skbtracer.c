@@ -156,8 +156,21 @@ struct layers {
     void *head;
     void *data;
     void *l3;
+    u32 tail;           /* offset of the linear data's end, when the span has it */
     u16 mac_header;
 };
+
+/* Ethernet header: at data when the IP header follows it directly
+ * (transmit), else where mac_header points (receive); 0 when none. */
+static __always_inline void *ethernet_header(struct layers *at)
+{
+    u16 mh = at->mac_header;
+    if (at->l3 == at->data + ETH_HLEN)
+        return at->data;
+    if (mh != MAC_UNSET && at->head + mh + ETH_HLEN <= at->l3)
+        return at->head + mh;
+    return 0;
+}
 
 #ifdef L_SKB_SPAN_LEN
 /* protocol, the header offsets, head and data sit close together in struct
@@ -185,8 +198,141 @@ static __always_inline int address_match(struct event_t *e)
     return 1;
 }
 
+#ifdef PCAP_FILTER
+/* ------------------------------------------------------------------ */
+/* A tcpdump filter expression, translated by skbtracer_lib/pcapfilter.py
+ * from libpcap's classic BPF into pcap_match_l2 (the packet from its
+ * Ethernet header) and pcap_match_l3 (from its IP header), which read
+ * the packet through pcap_load. */
+
+/* @pcap-runtime-begin@ plain C: tests/unit/test_pcapfilter.py compiles
+ * it natively against libpcap's own interpreter */
+#ifdef PCAP_INSERT_TAG
+#define PCAP_TAG_INSERTED(v) ((v)->tag != 0)
+#else
+#define PCAP_TAG_INSERTED(v) 0
+#endif
+/* PCAP_CHUNK: bytes of the view read at once, what the expression's loads need */
+struct pcap_view {
+    u8 buf[PCAP_CHUNK + 4]; /* the view's first bytes; +4: masked word loads stay inside */
+    u64 start;              /* where the view starts in kernel memory */
+    u32 caplen;             /* bytes of the view in the skb's linear part */
+    u32 wirelen;            /* the packet's length from start (BPF_LEN) */
+    u32 buffered;           /* bytes of the view in buf */
+    u32 tag;                /* an offloaded 802.1Q tag (TPID << 16 | TCI); 0: none */
+};
+
+/* buf = the view's first bytes; bytes past caplen are read but never
+ * loaded. An expression compiled as tcpdump does on Linux asks for an
+ * offloaded tag (v->tag) itself; otherwise (PCAP_INSERT_TAG) the tag is
+ * put back where tcpdump shows it in a file, at offset 12. */
+static __always_inline void pcap_fill(struct pcap_view *v)
+{
+    v->buffered = 0;
+    if (PCAP_TAG_INSERTED(v)) {
+        if (bpf_probe_read_kernel(v->buf, 12, (void *)v->start) ||
+            bpf_probe_read_kernel(v->buf + 16, PCAP_CHUNK - 16, (void *)(v->start + 12)))
+            return;
+        v->buf[12] = v->tag >> 24;
+        v->buf[13] = v->tag >> 16;
+        v->buf[14] = v->tag >> 8;
+        v->buf[15] = v->tag;
+    } else if (bpf_probe_read_kernel(v->buf, PCAP_CHUNK, (void *)v->start)) {
+        return;
+    }
+    v->buffered = v->caplen < PCAP_CHUNK ? v->caplen : PCAP_CHUNK;
+}
+
+/* *out = the size (1, 2, 4) bytes at off, big-endian as in classic BPF;
+ * 0 (reject) when they lie past the linear data */
+static __always_inline int pcap_load(struct pcap_view *v, u32 off, u32 size, u32 *out)
+{
+    u8 b[4] = {};
+    if ((u64)off + size > v->caplen)
+        return 0;
+    if ((u64)off + size <= v->buffered) {
+        u32 i = off & (PCAP_CHUNK - 1);
+        b[0] = v->buf[i];
+        if (size > 1) {
+            b[1] = v->buf[i + 1];
+        }
+        if (size > 2) {
+            b[2] = v->buf[i + 2];
+            b[3] = v->buf[i + 3];
+        }
+    } else {
+        /* past buf (long headers): straight from the skb */
+        u64 src = v->start + off;
+        if (PCAP_TAG_INSERTED(v)) {
+            if (off < 16)
+                return 0;   /* buf could not be read */
+            src -= 4;
+        }
+        if (bpf_probe_read_kernel(b, size, (void *)src))
+            return 0;
+    }
+    if (size == 1)
+        *out = b[0];
+    else if (size == 2)
+        *out = (u32)b[0] << 8 | b[1];
+    else
+        *out = (u32)b[0] << 24 | (u32)b[1] << 16 | (u32)b[2] << 8 | b[3];
+    return 1;
+}
+/* @pcap-runtime-end@ */
+
+/* @pcap-functions@ skbtracer.py puts the translated expression here */
+
+BPF_PERCPU_ARRAY(pcap_views, struct pcap_view, 1);
+
+/* Does the packet match the expression? From its Ethernet header where it
+ * has one, else from its IP header. */
+static __always_inline int pcap_filter(void *skb, struct layers *at)
+{
+    int zero = 0;
+    struct pcap_view *v = pcap_views.lookup(&zero);
+    if (!v)
+        return 0;
+    void *eth = ethernet_header(at);
+    void *start = eth ? eth : at->l3;
+#ifdef L_SKB_SPAN_HAS_TAIL
+    void *linear_end = at->head + at->tail;
+#else
+    void *linear_end = at->head + (u32)KREAD(skb, SKB_TAIL);
+#endif
+    if (linear_end <= start)
+        return 0;
+    v->start = (u64)start;
+    v->caplen = linear_end - start;
+#ifdef PCAP_NEEDS_LEN
+    v->wirelen = (u32)KREAD(skb, SKB_LEN) + (at->data - start);
+#endif
+    v->tag = 0;
+#ifdef L_SKB_VLAN_TCI_OFF
+    if (eth) {
+        u32 tci = KREAD(skb, SKB_VLAN_TCI);
+        u32 tpid = KREAD(skb, SKB_VLAN_PROTO);
+#ifdef L_SKB_VLAN_PRESENT_BITS
+        int present = KREAD_BITS(skb, SKB_VLAN_PRESENT);
+#else
+        int present = tpid != 0;    /* 6.2+: vlan_all != 0 */
+#endif
+        if (present) {
+            v->tag = (u32)((tpid & 0xff) << 8 | tpid >> 8) << 16 | tci;
+            if (PCAP_TAG_INSERTED(v)) {
+                v->caplen += 4;
+                v->wirelen += 4;
+            }
+        }
+    }
+#endif
+    pcap_fill(v);
+    return eth ? pcap_match_l2(v) : pcap_match_l3(v);
+}
+#endif /* PCAP_FILTER */
+
 /* Fill the packet fields of e from skb; 0 when skb is not an IP packet,
- * or (check_address) when its addresses do not pass -H. */
+ * or (check_address) when its addresses do not pass -H or the expression. */
 static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers *at,
                                      int check_address)
 {
@@ -199,6 +345,9 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     void *data = (void *)SPAN_FIELD(span, SKB_DATA);
     u16 nh = SPAN_FIELD(span, SKB_NETWORK_HEADER);
     at->mac_header = SPAN_FIELD(span, SKB_MAC_HEADER);
+#ifdef L_SKB_SPAN_HAS_TAIL
+    at->tail = SPAN_FIELD(span, SKB_TAIL);
+#endif
 #else
     u16 proto = KREAD(skb, SKB_PROTOCOL);
     void *head = KREAD_PTR(skb, SKB_HEAD);
@@ -248,8 +397,15 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
         __builtin_memcpy(e->daddr, &hdr[24], 16);
         l4 = l3 + 40;
     }
+    at->head = head;
+    at->data = data;
+    at->l3 = l3;
     if (check_address && !address_match(e))
         return 0;
+#ifdef PCAP_FILTER
+    if (check_address && !pcap_filter(skb, at))
+        return 0;   /* before the transport header is read, as -H */
+#endif
 
     if (!fragment) {
         u8 l4hdr[16] = {};
@@ -267,22 +423,7 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
         }
     }
 
-    at->head = head;
-    at->data = data;
-    at->l3 = l3;
     return 1;
-}
-
-/* Ethernet header: at data when the IP header follows it directly
- * (transmit), else where mac_header points (receive); 0 when none. */
-static __always_inline void *ethernet_header(struct layers *at)
-{
-    u16 mh = at->mac_header;
-    if (at->l3 == at->data + ETH_HLEN)
-        return at->data;
-    if (mh != MAC_UNSET && at->head + mh + ETH_HLEN <= at->l3)
-        return at->head + mh;
-    return 0;
 }
 
 /* Read only for packets that passed the filters. */
@@ -343,125 +484,6 @@ static __always_inline int filter_packet(struct event_t *e)
     return address_match(e);
 }
 
-#ifdef PCAP_FILTER
-/* ------------------------------------------------------------------ */
-/* A tcpdump filter expression, translated by skbtracer_lib/pcapfilter.py
- * from libpcap's classic BPF into pcap_match_l2 (the packet from its
- * Ethernet header) and pcap_match_l3 (from its IP header), which read
- * the packet through pcap_load. */
-
-/* @pcap-runtime-begin@ plain C: tests/unit/test_pcapfilter.py compiles
- * it natively against libpcap's own interpreter */
-#define PCAP_CHUNK 128      /* bytes of the view read at once: the headers */
-struct pcap_view {
-    u8 buf[PCAP_CHUNK + 4]; /* the view's first bytes; +4: masked word loads stay inside */
-    u64 start;              /* where the view starts in kernel memory */
-    u32 caplen;             /* bytes of the view in the skb's linear part */
-    u32 wirelen;            /* the packet's length from start (BPF_LEN) */
-    u32 buffered;           /* bytes of the view in buf */
-    u32 tag;                /* an offloaded 802.1Q tag (TPID << 16 | TCI), shown
-                             * at offset 12 as tcpdump shows it; 0: none */
-};
-
-/* buf = the view's first bytes (an offloaded VLAN tag put back in place);
- * bytes past caplen are read but never loaded */
-static __always_inline void pcap_fill(struct pcap_view *v)
-{
-    v->buffered = 0;
-    if (v->tag) {
-        if (bpf_probe_read_kernel(v->buf, 12, (void *)v->start) ||
-            bpf_probe_read_kernel(v->buf + 16, PCAP_CHUNK - 16, (void *)(v->start + 12)))
-            return;
-        v->buf[12] = v->tag >> 24;
-        v->buf[13] = v->tag >> 16;
-        v->buf[14] = v->tag >> 8;
-        v->buf[15] = v->tag;
-    } else if (bpf_probe_read_kernel(v->buf, PCAP_CHUNK, (void *)v->start)) {
-        return;
-    }
-    v->buffered = v->caplen < PCAP_CHUNK ? v->caplen : PCAP_CHUNK;
-}
-
-/* *out = the size (1, 2, 4) bytes at off, big-endian as in classic BPF;
- * 0 (reject) when they lie past the linear data */
-static __always_inline int pcap_load(struct pcap_view *v, u32 off, u32 size, u32 *out)
-{
-    u8 b[4] = {};
-    if ((u64)off + size > v->caplen)
-        return 0;
-    if ((u64)off + size <= v->buffered) {
-        u32 i = off & (PCAP_CHUNK - 1);
-        b[0] = v->buf[i];
-        if (size > 1) {
-            b[1] = v->buf[i + 1];
-        }
-        if (size > 2) {
-            b[2] = v->buf[i + 2];
-            b[3] = v->buf[i + 3];
-        }
-    } else {
-        /* past buf (long headers): straight from the skb */
-        u64 src = v->start + off;
-        if (v->tag) {
-            if (off < 16)
-                return 0;   /* buf could not be read */
-            src -= 4;
-        }
-        if (bpf_probe_read_kernel(b, size, (void *)src))
-            return 0;
-    }
-    if (size == 1)
-        *out = b[0];
-    else if (size == 2)
-        *out = (u32)b[0] << 8 | b[1];
-    else
-        *out = (u32)b[0] << 24 | (u32)b[1] << 16 | (u32)b[2] << 8 | b[3];
-    return 1;
-}
-/* @pcap-runtime-end@ */
-
-/* @pcap-functions@ skbtracer.py puts the translated expression here */
-
-BPF_PERCPU_ARRAY(pcap_views, struct pcap_view, 1);
-
-/* Does the packet match the expression? From its Ethernet header where it
- * has one, else from its IP header. */
-static __always_inline int pcap_filter(void *skb, struct layers *at)
-{
-    int zero = 0;
-    struct pcap_view *v = pcap_views.lookup(&zero);
-    if (!v)
-        return 0;
-    void *eth = ethernet_header(at);
-    void *start = eth ? eth : at->l3;
-    void *linear_end = at->head + (u32)KREAD(skb, SKB_TAIL);
-    if (linear_end <= start)
-        return 0;
-    v->start = (u64)start;
-    v->caplen = linear_end - start;
-    v->wirelen = (u32)KREAD(skb, SKB_LEN) + (at->data - start);
-    v->tag = 0;
-#ifdef L_SKB_VLAN_TCI_OFF
-    if (eth) {
-        u32 tci = KREAD(skb, SKB_VLAN_TCI);
-        u32 tpid = KREAD(skb, SKB_VLAN_PROTO);
-#ifdef L_SKB_VLAN_PRESENT_BITS
-        int present = KREAD_BITS(skb, SKB_VLAN_PRESENT);
-#else
-        int present = tpid != 0;    /* 6.2+: vlan_all != 0 */
-#endif
-        if (present) {
-            v->tag = (u32)((tpid & 0xff) << 8 | tpid >> 8) << 16 | tci;
-            v->caplen += 4;
-            v->wirelen += 4;
-        }
-    }
-#endif
-    pcap_fill(v);
-    return eth ? pcap_match_l2(v) : pcap_match_l3(v);
-}
-#endif /* PCAP_FILTER */
-
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
  * is not IP or does not pass the filters (and is not being kept). */
 static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force)
@@ -492,9 +514,9 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 #endif
     if (!force && !filter_packet(e))
         return 0;
-#ifdef PCAP_FILTER
+#if defined(PCAP_FILTER) && defined(KEEP)
     if (!force && !pcap_filter(skb, &at))
-        return 0;
+        return 0;   /* without --keep, parse_skb applied it */
 #endif
     fill_context(skb, e);
 #ifdef FILTER_NETNS

@@ -72,9 +72,11 @@ class Layouts:
         """One read for fields that lie close together (SPAN_FIELD in C)."""
         start = min(self.defines["L_%s_OFF" % m] for m in macros)
         end = max(self.defines["L_%s_OFF" % m] + self.defines["L_%s_SIZE" % m] for m in macros)
-        if end - start <= MAX_SPAN:
-            self.defines["L_SKB_SPAN_OFF"] = start
-            self.defines["L_SKB_SPAN_LEN"] = end - start
+        if end - start > MAX_SPAN:
+            return False
+        self.defines["L_SKB_SPAN_OFF"] = start
+        self.defines["L_SKB_SPAN_LEN"] = end - start
+        return True
 
     def _add_fields(self, fields, module):
         found = {}
@@ -94,6 +96,8 @@ class Layouts:
             return ["struct layouts from headers: offloaded VLAN tags are not shown to the "
                     "filter expression"]
         self._add_fields(PCAP_FIELDS, None)
+        if "L_SKB_SPAN_LEN" in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
+            self.defines["L_SKB_SPAN_HAS_TAIL"] = 1
         self._add_fields(PCAP_VLAN_FIELDS, None)
         try:
             self._add_fields(PCAP_VLAN_PRESENT, None)

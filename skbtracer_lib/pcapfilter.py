@@ -23,10 +23,20 @@ DLT_RAW = 12
 VIEWS = (("l2", DLT_EN10MB, "Ethernet"), ("l3", DLT_RAW, "raw IP"))
 SNAPLEN = 262144
 NETMASK_UNKNOWN = 0xFFFFFFFF
-# Linux socket-filter ancillary loads start here (SKF_AD_OFF): libpcap emits
-# them only for live Linux captures, never for a dead handle, but refuse them
+# Linux socket-filter ancillary loads (SKF_AD_*): libpcap emits them for a
+# live Linux capture, as tcpdump runs it. An offloaded VLAN tag is known
+# from the skb (vlan_tci, vlan_proto): those loads are translated; others
+# (the direction of inbound/outbound, ...) are not known at a probe point.
 SKF_AD_OFF = 0xFFFFF000
+ANCILLARY = {44: ("v->tag & 0xffff", "the VLAN TCI"),
+             48: ("v->tag != 0", "is a VLAN tag offloaded"),
+             60: ("v->tag >> 16", "the VLAN TPID")}
+ANCILLARY_NAMES = {0: "the skb's protocol", 4: "the packet's direction (inbound/outbound)",
+                   8: "the interface index", 32: "the receive queue", 40: "the CPU"}
 MEMWORDS = 16
+# bytes of the packet read at once (pcap_fill): at least an offloaded VLAN
+# tag's 16 bytes, at most what a filter on headers needs
+MIN_CHUNK, MAX_CHUNK = 32, 128
 
 # classic BPF opcode fields (linux/filter.h, pcap/bpf.h)
 LD, LDX, ST, STX, ALU, JMP, RET, MISC = range(8)
@@ -87,6 +97,10 @@ def libpcap():
         raise LibpcapMissing("filter expressions need libpcap: install libpcap0.8")
     lib.pcap_open_dead.restype = ctypes.c_void_p
     lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.pcap_create.restype = ctypes.c_void_p
+    lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    lib.pcap_activate.argtypes = [ctypes.c_void_p]
+    lib.pcap_datalink.argtypes = [ctypes.c_void_p]
     lib.pcap_close.argtypes = [ctypes.c_void_p]
     lib.pcap_geterr.restype = ctypes.c_char_p
     lib.pcap_geterr.argtypes = [ctypes.c_void_p]
@@ -101,11 +115,28 @@ def libpcap():
     return lib
 
 
-def compile_expression(expression, linktype):
+def _live_ethernet_handle(lib):
+    """A live capture handle on lo (link type Ethernet on Linux), which
+    makes libpcap compile as tcpdump does on Linux: VLAN tests that ask the
+    kernel for an offloaded tag. Needs CAP_NET_RAW; None without it."""
+    error = ctypes.create_string_buffer(256)
+    handle = lib.pcap_create(b"lo", error)
+    if not handle:
+        return None
+    if lib.pcap_activate(handle) != 0 or lib.pcap_datalink(handle) != DLT_EN10MB:
+        lib.pcap_close(handle)
+        return None
+    return handle
+
+
+def compile_expression(expression, linktype, live=False):
     """libpcap's instructions for expression on linktype, or FilterError
-    carrying libpcap's own message."""
+    carrying libpcap's own message. live: compile for a live Linux capture
+    where one can be opened; (insns, compiled live?)"""
     lib = libpcap()
-    handle = lib.pcap_open_dead(linktype, SNAPLEN)
+    handle = _live_ethernet_handle(lib) if live and linktype == DLT_EN10MB else None
+    compiled_live = handle is not None
+    handle = handle or lib.pcap_open_dead(linktype, SNAPLEN)
     if not handle:
         raise FilterError("libpcap cannot open a handle for link type %d" % linktype)
     program = _BpfProgram()
@@ -114,7 +145,7 @@ def compile_expression(expression, linktype):
             raise FilterError(lib.pcap_geterr(handle).decode("utf-8", "replace"))
         insns = [Insn(i.code, i.jt, i.jf, i.k) for i in program.bf_insns[:program.bf_len]]
         lib.pcap_freecode(ctypes.byref(program))
-        return insns
+        return insns, compiled_live
     finally:
         lib.pcap_close(handle)
 
@@ -145,8 +176,11 @@ def check_translatable(insns):
     for pc, insn in enumerate(insns):
         cls, mode = insn.code & 0x07, insn.code & 0xE0
         if cls in (LD, LDX) and mode in (ABS, IND) and insn.k >= SKF_AD_OFF:
-            raise FilterError("instruction %d (%s): Linux ancillary data loads are not supported"
-                              % (pc, image(insn, pc)))
+            field = insn.k - SKF_AD_OFF
+            if cls != LD or mode != ABS or field not in ANCILLARY:
+                what = ANCILLARY_NAMES.get(field, "Linux ancillary data %d" % field)
+                raise FilterError("instruction %d (%s): %s is not known at a probe point"
+                                  % (pc, image(insn, pc), what))
         if cls == JMP:
             op = insn.code & 0xF0
             if op not in (JA, *JMP_TESTS):
@@ -186,6 +220,8 @@ def _statement(insn, pc):
             return "%s = M[%d];" % (reg, insn.k)
         if mode == LEN:
             return "%s = v->wirelen;" % reg
+        if mode == ABS and insn.k >= SKF_AD_OFF:      # an offloaded VLAN tag's fields
+            return "A = %s;" % ANCILLARY[insn.k - SKF_AD_OFF][0]
         offset = k if mode == ABS else "X + %s" % k
         return "if (!pcap_load(v, %s, %d, &%s)) return 0;" % (offset, SIZES[size], reg)
     if cls == ST:
@@ -264,12 +300,17 @@ class View:
 class Expression:
     """A pcap-filter expression, compiled for both views."""
 
-    def __init__(self, text):
+    def __init__(self, text, live=True):
+        """live: compile the Ethernet view as tcpdump does on Linux (needs
+        CAP_NET_RAW; without it, or with live=False, an offloaded VLAN tag is
+        put back into the frame instead, as tcpdump shows it in a file)."""
         self.text = text
         self.views = []
+        self.live = False
         for name, linktype, description in VIEWS:
             try:
-                insns = compile_expression(text, linktype)
+                insns, compiled_live = compile_expression(text, linktype, live)
+                self.live |= compiled_live
                 check_translatable(insns)
                 self.views.append(View(name, description, insns))
             except FilterError as e:
@@ -292,6 +333,28 @@ class Expression:
             else:
                 parts.append(translate(view.insns, function))
         return "\n".join(parts)
+
+    def defines(self):
+        """PCAP_CHUNK: the bytes one read brings in, enough for every load at
+        a fixed offset (a power of two, for the verifier's masks; loads past
+        it read the skb directly); PCAP_NEEDS_LEN when BPF_LEN is used."""
+        insns = [i for v in self.views if v.insns for i in v.insns]
+        loads = [i for i in insns if i.code & 0x07 in (LD, LDX)]
+        if any(i.code & 0xE0 == IND for i in loads):
+            chunk = MAX_CHUNK
+        else:
+            ends = [i.k + SIZES[i.code & 0x18] for i in loads
+                    if i.code & 0xE0 == ABS and i.k < SKF_AD_OFF]
+            ends += [i.k + 1 for i in loads if i.code & 0xE0 == MSH]
+            chunk = MIN_CHUNK
+            while chunk < min(max(ends, default=0), MAX_CHUNK):
+                chunk *= 2
+        d = {"PCAP_CHUNK": chunk}
+        if not self.live:
+            d["PCAP_INSERT_TAG"] = 1
+        if any(i.code & 0xE0 == LEN for i in loads):
+            d["PCAP_NEEDS_LEN"] = 1
+        return d
 
     def c_comment(self):
         """The expression as a C comment, for --ebpf's listing only."""

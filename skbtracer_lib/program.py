@@ -50,6 +50,7 @@ def filter_defines(cfg):
         d["FILTER_NETNS"] = "%dU" % cfg.netns
     if cfg.expression is not None:
         d["PCAP_FILTER"] = 1
+        d.update(cfg.expression.defines())
     return d
 
 
