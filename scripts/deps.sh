@@ -1,10 +1,12 @@
 #!/bin/sh
-# Install the Debian/Ubuntu packages skbtracer and its test bed need
+# Install the Debian/Ubuntu packages skbtracer, its test bed and its
+# packaging (make deb, tests/package) need
 # (only the missing ones). Runs as root; uses no sudo.
 set -eu
 PACKAGES="python3-bpfcc bpfcc-tools linux-headers-amd64 python3-pyroute2 python3-tabulate
 python3-pytest iproute2 iptables ebtables bpftool kmod qemu-system-x86 busybox-static
-xz-utils zstd iputils-ping procps util-linux make"
+xz-utils zstd iputils-ping procps util-linux make
+git build-essential debhelper dh-python lintian man-db python3-venv"
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (sudo $0)" >&2; exit 1; }
 missing=""
 for p in $PACKAGES; do

@@ -13,6 +13,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from . import __version__
+
 PROG = "skbtracer"
 
 EXAMPLES = """examples:
@@ -38,6 +40,7 @@ NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 
 L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
+BACKENDS = ("auto", "kprobe", "tracepoint")
 
 
 class UsageError(Exception):
@@ -128,6 +131,7 @@ def build_parser():
                         "container instead of its inode")
     p.add_argument("--no-summary", action="store_true",
                    help="no packet story (flows, paths, duplicates, drops) on stderr at exit")
+    p.add_argument("--version", action="version", version="%(prog)s " + __version__)
     p.add_argument("expression", nargs="*", metavar="EXPRESSION",
                    help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; "
                         "compiled by libpcap and run in the kernel")
@@ -259,7 +263,7 @@ def validate(ns):
     cfg.verbose = ns.verbose
 
     cfg.backend = ns.backend.strip().lower()
-    if cfg.backend not in ("auto", "kprobe", "tracepoint"):
+    if cfg.backend not in BACKENDS:
         raise UsageError("--backend must be auto, kprobe or tracepoint; not %r" % ns.backend)
     cfg.layout = ns.layout.strip().lower()
     if cfg.layout not in ("auto", "btf", "headers"):

@@ -1,13 +1,16 @@
-"""JSON lines: one object per event (--json), and the story at exit as
-"summary", "duplicate", "dropped", "vanished" and "end" objects.
+"""JSON lines: a "start" object (version, kernel, backend), one object per
+event (--json), and the story at exit as "summary", "duplicate", "dropped",
+"vanished" and "end" objects.
 
 The schema is documented in README.md ("JSON output") and man/skbtracer.8.
 Every event object has every key; keys that do not apply are null.
 """
 
 import json
+import os
 import time
 
+from . import __version__
 from .events import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, NF_PROTOCOLS, PKT_TYPES
 from .output import ROW_FORMAT, TCP_FLAGS
 
@@ -162,6 +165,12 @@ class JsonFormatter:
 
 def dumps(obj):
     return _dumps(obj)
+
+
+def start_object(backend):
+    """The stream's first object: which skbtracer wrote it, on which kernel."""
+    return {"type": "start", "version": __version__, "kernel": os.uname().release,
+            "backend": backend}
 
 
 def text_row(obj, time_column, netns_column=None):

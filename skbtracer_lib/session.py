@@ -86,6 +86,12 @@ class Session:
                                            lost_cb=self._on_lost)
             if not self.json_rows:
                 self._write(HEADER + "\n")
+            if self.json is not None:
+                start = jsonout.dumps(jsonout.start_object(self.loaded.program.backend)) + "\n"
+                if self.json_out is not None:
+                    self.json_out.write(start)
+                if self.json_rows:
+                    self._write(start)
             if self.json_rows or self.cfg.output:
                 where = self.cfg.output or "stdout"
                 self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"

@@ -71,10 +71,11 @@ class TracerRun:
         run.rows, run.stderr, run.returncode
     """
 
-    def __init__(self, args, ready_timeout=300, python=PYTHON):
+    def __init__(self, args, ready_timeout=300, python=PYTHON, command=None):
         self.args = list(args)
+        # command: an installed skbtracer (["/usr/sbin/skbtracer"]) instead of the checkout's
+        self.command = list(command) if command else [python, SKBTRACER]
         self.ready_timeout = ready_timeout
-        self.python = python
         self.proc = None
         self._out = []
         self._err = []
@@ -91,7 +92,7 @@ class TracerRun:
 
     def start(self):
         started = time.monotonic()
-        self.proc = subprocess.Popen([self.python, SKBTRACER] + self.args,
+        self.proc = subprocess.Popen(self.command + self.args,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1)
         self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self._out, True)),

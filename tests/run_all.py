@@ -4,6 +4,8 @@
   unit        decoding, formatting, validation, BTF (no kernel probes)
   host        compile + verifier for every mode; the topology's ground
               truth; tests/kernel on this kernel (tracepoints here)
+  package     the .deb (build from a clean clone, lintian, apt-get install,
+              a trace by the installed command, purge) and the pip path
   guest-X     kprobes in a qemu guest booting Debian's kernel X
               (one boot runs tests/kernel inside it)
 
@@ -67,9 +69,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-guest", action="store_true", help="skip the qemu guest stages")
     parser.add_argument("--flavour", action="append", help="guest kernels (default: all in the suite)")
-    parser.add_argument("--stage", action="append", help="only these stages (unit, host, guest)")
+    parser.add_argument("--stage", action="append",
+                        help="only these stages (unit, host, package, guest)")
     args = parser.parse_args()
-    stages = args.stage or ["unit", "host", "guest"]
+    stages = args.stage or ["unit", "host", "package", "guest"]
 
     results = []
     if "unit" in stages:
@@ -78,6 +81,9 @@ def main():
     if "host" in stages:
         print("=== stage host", flush=True)
         results.append(run_local("host", ["tests/host", "tests/kernel"]))
+    if "package" in stages:
+        print("=== stage package", flush=True)
+        results.append(run_local("package", ["tests/package"]))
     if "guest" in stages and not args.no_guest:
         from testbed import guest
         for flavour in args.flavour or GUEST_FLAVOURS:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import BACKEND
-from skbtracer_lib import jsonout
+from skbtracer_lib import __version__, jsonout
 from testbed.scenarios import run_scenarios
 from testbed.topology import SeedCluster
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun
@@ -131,6 +131,9 @@ def test_json_lines_parse_and_carry_the_text_rows_events(traced):
         assert jsonout.text_row(obj, clock) == row.line
         assert obj["netns_name"] or obj["netns"] == 0
     assert {o["type"] for o in objects} >= {"event", "summary", "duplicate", "dropped"}
+    # the stream says first which skbtracer wrote it, on which kernel and backend
+    assert objects[0] == jsonout.start_object(BACKEND)
+    assert objects[0]["version"] == __version__ and [o["type"] for o in objects].count("start") == 1
 
 
 def test_json_story_objects_match_stderr(traced):
