@@ -363,7 +363,12 @@ class Expression:
 
     def notes(self):
         """-v: views where the expression can never match."""
-        return ["the filter expression cannot apply to packets seen from their %s header "
-                "(%s); they never match there" % ("Ethernet" if v.name == "l2" else "IP", v.error)
-                for v in self.views if v.insns is None]
+        notes = ["the filter expression is compiled as tcpdump compiles it on Linux (vlan "
+                 "tests an offloaded tag)" if self.live else
+                 "the filter expression is compiled as for a capture file (no live libpcap "
+                 "handle): an offloaded VLAN tag is put back into the frame"]
+        return notes + ["the filter expression cannot apply to packets seen from their %s header "
+                        "(%s); they never match there"
+                        % ("Ethernet" if v.name == "l2" else "IP", v.error)
+                        for v in self.views if v.insns is None]
 

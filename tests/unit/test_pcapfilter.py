@@ -272,7 +272,7 @@ def test_expression_views():
     ether_only = pcapfilter.Expression("ether host 02:00:00:00:00:01")
     assert ether_only.views[1].insns is None
     assert "Ethernet" in ether_only.views[1].error or "ether" in ether_only.views[1].error
-    assert len(ether_only.notes()) == 1 and "IP header" in ether_only.notes()[0]
+    assert len(ether_only.notes()) == 2 and "IP header" in ether_only.notes()[1]
     assert pcapfilter.Expression("arp").views[1].insns is None
 
 
