@@ -54,6 +54,13 @@ CONFIGS = [
     ("all-modes+keep+tcp-port+v4+pid",
      ["--route", "--iptable", "--drop", "--keep", "-H", "10.0.0.1", "--proto", "tcp",
       "-P", "443", "-p", PID]),
+    # filter expressions: the longest libpcap programs the tests use, in every mode
+    ("all-modes+expression",
+     ["--route", "--iptable", "--drop", "(udp and port 53) or (tcp[tcpflags] & tcp-syn != 0) "
+      "or (vlan 100 and icmp6) or len < 64"]),
+    ("all-modes+keep+stacks+expression",
+     ["--route", "--iptable", "--drop", "--keep", "--callstack", "-H", "10.0.0.1",
+      "ether src 02:00:00:00:00:01 and ip[8] > 1"]),
 ]
 BACKENDS = ["kprobe", "tracepoint"]
 

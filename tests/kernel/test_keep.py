@@ -39,3 +39,19 @@ def test_keep_follows_the_dnated_skb_and_its_clones(cluster, settle):
     reaching = {r.skb for r in after_nat if r.netns == server and r.ifname == "eth0"}
     # tracepoints cannot follow clones: only the routed copy is kept there
     assert len(reaching) == (2 if BACKEND == "kprobe" else 1), run.stdout
+
+
+def test_keep_with_an_expression_follows_past_nat(cluster, settle):
+    """The expression selects the first sighting (the service address); with
+    --keep the skb is followed after DNAT made it stop matching."""
+    service = cluster.ip["service"]
+    expression = "udp and dst host %s and dst port %d" % (service, cluster.SERVICE_PORT)
+    with TracerRun(["--keep", expression]) as run:
+        cluster.reset_counts()
+        cluster.send_udp("client", service, cluster.SERVICE_PORT, sport=41555)
+        cluster.received("server", settle=settle)
+    rows = [r for r in run.rows if ":41555->" in r.pkt]
+    assert any("->%s:%d" % (service, cluster.SERVICE_PORT) in r.pkt for r in rows), run.stdout
+    after_nat = [r for r in rows if "->%s:9000" % cluster.ip["server"] in r.pkt]
+    server = cluster.ns_inode["server"]
+    assert any(r.netns == server and r.ifname == "eth0" for r in after_nat), run.stdout
