@@ -12,6 +12,7 @@ CORE_FIELDS = {
     "SKB_SK": ("sk_buff", "sk"),
     "SKB_HEAD": ("sk_buff", "head"),
     "SKB_DATA": ("sk_buff", "data"),
+    "SKB_TAIL": ("sk_buff", "tail"),          # -w: the end of the linear data
     "SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
     "SKB_MAC_HEADER": ("sk_buff", "mac_header"),
     "SKB_PROTOCOL": ("sk_buff", "protocol"),

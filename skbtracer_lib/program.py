@@ -5,11 +5,20 @@ import os
 import sys
 
 from . import kernel, layout, probes
-from .events import BoundedCache, swap16
+from .events import EVENT_SIZE, BoundedCache, swap16
 
 C_SOURCE_NAME = "skbtracer.c"
 KEEP_ENTRIES = 65536
 STACK_ENTRIES = 16384
+# -w: struct capture_t (a u64, the event, an 8-byte head, the bytes) is one
+# per-CPU map value, and the kernel refuses values over 32 KiB
+CAPTURE_VALUE_MAX = 32768
+CAPTURE_BYTES_MAX = CAPTURE_VALUE_MAX - 8 - EVENT_SIZE - 8
+
+
+def capture_bytes(snaplen):
+    """Packet bytes the kernel copies per row for --snaplen."""
+    return min(snaplen, CAPTURE_BYTES_MAX)
 
 
 def c_source_path():
@@ -61,6 +70,8 @@ def mode_defines(cfg):
     if cfg.stacks:
         d["STACK_ALL" if cfg.stacks == "all" else "STACK_DROPS"] = 1
         d["STACK_ENTRIES"] = STACK_ENTRIES
+    if cfg.write:
+        d["CAPTURE_BYTES"] = capture_bytes(cfg.snaplen)
     return d
 
 
@@ -104,6 +115,11 @@ class Program:
         head += ["#define %s %s" % (name, value) for name, value in sorted(defines.items())]
         tail = list(dict.fromkeys(p.c_line for p in self.plan.probes if p.c_line))
         self.text = "\n".join(head) + "\n\n" + body + "\n" + "\n".join(tail) + "\n"
+
+    @property
+    def capture_bytes(self):
+        """-w: packet bytes the kernel copies per row at most."""
+        return capture_bytes(self.cfg.snaplen)
 
     @property
     def probe_names(self):
