@@ -4,7 +4,8 @@
 set -eu
 PACKAGES="python3-bpfcc bpfcc-tools linux-headers-amd64 python3-pyroute2 python3-tabulate
 python3-pytest iproute2 iptables ebtables bpftool kmod qemu-system-x86 busybox-static
-xz-utils zstd iputils-ping procps util-linux make"
+xz-utils zstd iputils-ping procps util-linux make
+python3-dpkt tshark"
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (sudo $0)" >&2; exit 1; }
 missing=""
 for p in $PACKAGES; do

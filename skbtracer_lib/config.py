@@ -28,8 +28,9 @@ EXAMPLES = """examples:
     skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
     skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
     skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
-    skbtracer.py -H 10.244.0.3 --drop -w trace.pcapng # rows, and every sighting as pcapng
-    skbtracer.py -H 10.244.0.3 -w t.pcapng --snaplen 1500 # whole packets (up to the linear data)
+    skbtracer.py -H 10.244.0.3 --drop -w t.pcapng     # rows, and every sighting as pcapng
+    skbtracer.py -H 10.244.0.3 -w t.pcapng --snaplen 1500
+                                                      # whole packets (up to the linear data)
 """
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns

@@ -146,6 +146,26 @@ def test_dpkt_reads_the_blocks_back(written):
     assert flags[5] == []                                                   # a drop: unknown
 
 
+@pytest.mark.parametrize("data, comment, flags", [
+    (b"", b"", 0), (b"x", b"c", 1), (b"abcd", b"abcd", 2 | 4 << 2), (bytes(range(99)), b"r" * 97, 0),
+    (b"\xff" * 7, "caf\u00e9 \u2192".encode(), 2)], ids=["empty", "one", "aligned", "odd", "utf8"])
+def test_packet_block_is_dpkts_layout(data, comment, flags):
+    """packet_block() packs what dpkt's EnhancedPacketBlockLE packs (but for
+    the original length, which dpkt sets to the captured one)."""
+    opts = [pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_COMMENT, text=comment)]
+    if flags:
+        opts.append(pcapng.PcapngOptionLE(code=capture.OPT_EPB_FLAGS, data=struct.pack("<I", flags)))
+    opts.append(pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT))
+    ts = 1_700_000_000_123_456_789
+    theirs = bytes(pcapng.EnhancedPacketBlockLE(iface_id=3, ts_high=ts >> 32,
+                                                ts_low=ts & 0xFFFFFFFF, pkt_data=data, opts=opts))
+    ours = capture.packet_block(3, ts, data, len(data), comment, flags)
+    assert ours == theirs
+    longer = capture.packet_block(3, ts, data, len(data) + 1000, comment, flags)
+    back = pcapng.EnhancedPacketBlockLE(longer)
+    assert (back.caplen, back.pkt_len, back.pkt_data) == (len(data), len(data) + 1000, data)
+
+
 def test_dpkt_reader_timestamps_in_ns(written):
     path, rows, _writer = written
     with open(path, "rb") as f:
