@@ -5,10 +5,13 @@
      (Session._on_event, with the poll loop's flush every 256 events) on
      the bench's event mix, without -w and with -w (each event then carries
      a 98-byte Ethernet frame, as the kernel appends it), best of R;
-  2. node cost: datagrams/s of a UDP flood between two namespaces
-     (bench/node.py's VethPair), untraced / traced (every packet matches) /
-     traced with -w (--snaplen 256) / untraced, and the BPF programs' run
-     time per datagram (kernel.bpf_stats) of both traced runs.
+  2. node cost: the BPF programs' run time per datagram (kernel.bpf_stats)
+     at a paced 2000 datagrams/s, traced (every packet matches) without and
+     with -w (--snaplen 256); then datagrams/s of a UDP flood between two
+     namespaces (bench/node.py's VethPair), untraced / traced / traced with
+     -w / untraced. Under a flood the perf ring overflows, and a failed
+     submit is cheaper than a delivered one: the paced figures are the
+     copy's own cost.
 
     sudo /usr/bin/python3 bench/capture.py [--events N] [--repeats R] [--seconds S]
 
@@ -115,14 +118,28 @@ def part_userspace(events, repeats, where):
     return out
 
 
-def traced_flood(pair, args, seconds):
+def paced(pair, seconds, pps):
+    """Datagrams at a fixed rate (no loss): what the BPF programs cost per
+    datagram without the perf ring's overflow path muddling it."""
+    before = pair.rx_packets()
+    r = pair.send("paced", seconds, pps)
+    r["received"] = pair.rx_packets() - before
+    r["pps"] = r["received"] / r["seconds"]
+    return r
+
+
+def traced_flood(pair, args, seconds, pps=None):
     with node.DrainedTracer(args).start() as tracer:
-        pair.flood(1.0)
+        if pps:
+            paced(pair, 1.0, pps)       # warm-up at the same rate
+        else:
+            pair.flood(1.0)
         tracer.wait_quiet(limit=30)
+        rows0 = tracer.rows
         with node.BpfRunStats() as stats:
             bpf0 = node.prog_stats(tracer.proc.pid)
             cpu0 = tracer.cpu_seconds()
-            r = pair.flood(seconds)
+            r = paced(pair, seconds, pps) if pps else pair.flood(seconds)
             cpu1 = tracer.cpu_seconds()
             bpf1 = node.prog_stats(tracer.proc.pid)
         if stats.enabled and bpf1 and r["received"]:
@@ -132,14 +149,21 @@ def traced_flood(pair, args, seconds):
             r["bpf_ns_per_run"] = ns / runs if runs else None
         r["tracer_cpu_share"] = (cpu1 - cpu0) / r["seconds"] if cpu0 is not None else None
         tracer.wait_quiet(limit=30)
+        r["rows_during"] = tracer.rows - rows0
     r["rows_printed"], r["events_lost"] = tracer.exit_rows, tracer.exit_lost
     return r
+
+
+PACED_PPS = 2000
 
 
 def part_node(seconds, where):
     path = os.path.join(where, "flood.pcapng")
     runs = {}
     with node.VethPair() as pair:
+        for name, extra in (("paced", []), ("paced_w", ["-w", path + ".paced"])):
+            log("node: traced, %d datagrams/s, %s" % (PACED_PPS, "-w" if extra else "no -w"))
+            runs[name] = traced_flood(pair, node.EVERYTHING_FILTER + extra, seconds, PACED_PPS)
         log("node: warm-up, untraced %.0f s" % seconds)
         pair.flood(1.0)
         runs["untraced_0"] = pair.flood(seconds)
@@ -155,9 +179,11 @@ def part_node(seconds, where):
            "spread": abs(runs["untraced_0"]["pps"] - runs["untraced_1"]["pps"]) / base}
     for name in ("traced", "traced_w"):
         out["%s_ratio" % name] = runs[name]["pps"] / base
-    a, b = runs["traced"].get("bpf_ns_per_datagram"), runs["traced_w"].get("bpf_ns_per_datagram")
-    if a and b:
-        out["bpf_ns_per_datagram_extra"] = b - a
+    for plain, written in (("traced", "traced_w"), ("paced", "paced_w")):
+        a = runs[plain].get("bpf_ns_per_datagram")
+        b = runs[written].get("bpf_ns_per_datagram")
+        if a and b:
+            out["%s_bpf_ns_per_datagram_extra" % written] = b - a
     return out
 
 
@@ -187,8 +213,21 @@ def main(argv=None):
               % (label, x["pps"], 100 * n["%s_ratio" % name],
                  "%.0f" % x["bpf_ns_per_datagram"] if x.get("bpf_ns_per_datagram") else "?",
                  x["rows_printed"], x["events_lost"]))
-    if "bpf_ns_per_datagram_extra" in n:
-        print("  -w adds %.0f ns of BPF time per datagram" % n["bpf_ns_per_datagram_extra"])
+    print("paced, %d datagrams/s for %.0f s (no loss expected): BPF time per datagram"
+          % (PACED_PPS, n["seconds"]))
+    for name, label in (("paced", "traced      "), ("paced_w", "traced -w   ")):
+        x = r[name]
+        print("  %s %s ns/datagram, %s ns/run  rows %s (%.1f per datagram)  lost %s  "
+              "tracer CPU %s"
+              % (label, "%.0f" % x["bpf_ns_per_datagram"] if x.get("bpf_ns_per_datagram") else "?",
+                 "%.0f" % x["bpf_ns_per_run"] if x.get("bpf_ns_per_run") else "?",
+                 x["rows_printed"], x["rows_during"] / max(1, x["received"]), x["events_lost"],
+                 "%.1f %%" % (100 * x["tracer_cpu_share"]) if x.get("tracer_cpu_share") is not None
+                 else "?"))
+    for key, what in (("traced_w", "flood"), ("paced_w", "paced")):
+        extra = n.get("%s_bpf_ns_per_datagram_extra" % key)
+        if extra is not None:
+            print("  -w changes BPF time per datagram by %+.0f ns (%s)" % (extra, what))
     line = json.dumps(result)
     print(line)
     if args.json:
