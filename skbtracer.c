@@ -38,10 +38,10 @@ LAYOUT(SKB_DEV, struct sk_buff, dev)
 LAYOUT(SKB_SK, struct sk_buff, sk)
 LAYOUT(SKB_HEAD, struct sk_buff, head)
 LAYOUT(SKB_DATA, struct sk_buff, data)
+LAYOUT(SKB_TAIL, struct sk_buff, tail)
 LAYOUT(SKB_NETWORK_HEADER, struct sk_buff, network_header)
 LAYOUT(SKB_MAC_HEADER, struct sk_buff, mac_header)
 LAYOUT(SKB_PROTOCOL, struct sk_buff, protocol)
-LAYOUT(SKB_TAIL, struct sk_buff, tail)
 LAYOUT(DEV_NAME, struct net_device, name)
 LAYOUT(DEV_IFINDEX, struct net_device, ifindex)
 LAYOUT(DEV_NET, struct net_device, nd_net.net)
@@ -123,6 +123,26 @@ BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(lost_events, u64, 1);
 #if defined(STACK_ALL) || defined(STACK_DROPS)
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
+#endif
+#ifdef CAPTURE_BYTES
+/* -w: a row's event, then its packet bytes as the skb held them (from the
+ * Ethernet header when there is one, else from the IP header), up to
+ * CAPTURE_BYTES (--snaplen, at most what a per-CPU map value holds).
+ * skbtracer_lib/capture.py reads the head after the event. */
+struct capture_head {
+    u32 wire_len;       /* the packet's length from where the bytes start */
+    u16 len;            /* bytes that follow */
+    u16 linktype;       /* pcap LINKTYPE_ETHERNET or LINKTYPE_RAW */
+};
+struct capture_t {
+    u64 from;           /* kernel address the bytes start at (read_macs) */
+    struct event_t e;
+    struct capture_head head;
+    u8 bytes[CAPTURE_BYTES];
+};
+BPF_PERCPU_ARRAY(captures, struct capture_t, 1);
+#define LINKTYPE_ETHERNET 1
+#define LINKTYPE_RAW      101
 #endif
 #ifdef KEEP
 /* skbs that matched once: followed until freed (--keep) */
@@ -426,6 +446,26 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     return 1;
 }
 
+/* -w: where submit() copies the packet from (the Ethernet header read_macs
+ * found, else the IP header) and how much of it is linear data. */
+static __always_inline void note_capture(void *skb, struct event_t *e, struct layers *at,
+                                         void *eth)
+{
+#ifdef CAPTURE_BYTES
+    int zero = 0;
+    struct capture_t *c = captures.lookup(&zero);
+    if (!c)
+        return;
+    void *from = eth ? eth : at->l3;
+    void *end = at->head + (u32)KREAD(skb, SKB_TAIL);   /* an offset on 64-bit kernels */
+    s64 avail = end - from;
+    c->from = (u64)from;
+    c->head.linktype = eth ? LINKTYPE_ETHERNET : LINKTYPE_RAW;
+    c->head.wire_len = e->len + (at->data - from);      /* skb->len counts from data */
+    c->head.len = avail <= 0 ? 0 : avail < CAPTURE_BYTES ? avail : CAPTURE_BYTES;
+#endif
+}
+
 /* Read only for packets that passed the filters. */
 static __always_inline void read_macs(void *skb, struct event_t *e, struct layers *at)
 {
@@ -434,6 +474,7 @@ static __always_inline void read_macs(void *skb, struct event_t *e, struct layer
         bpf_probe_read_kernel(e->dmac, 6, eth);
         bpf_probe_read_kernel(e->smac, 6, eth + 6);
     }
+    note_capture(skb, e, at, eth);
 }
 
 /* Everything but the packet: device, namespace, skb facts. */
@@ -536,6 +577,26 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     return e;
 }
 
+#ifdef CAPTURE_BYTES
+/* The event, then the packet bytes note_capture() located: a variable
+ * size, bounded by CAPTURE_BYTES for the verifier. */
+static __always_inline int capture_submit(void *ctx, struct event_t *e)
+{
+    int zero = 0;
+    struct capture_t *c = captures.lookup(&zero);
+    if (!c)
+        return -1;
+    __builtin_memcpy(&c->e, e, sizeof(*e));
+    u32 len = c->head.len;
+    if (len > CAPTURE_BYTES)
+        len = CAPTURE_BYTES;
+    if (len && bpf_probe_read_kernel(c->bytes, len, (void *)c->from))
+        len = 0;
+    c->head.len = len;
+    return events.perf_submit(ctx, &c->e, sizeof(c->e) + sizeof(c->head) + len);
+}
+#endif
+
 static __always_inline void submit(void *ctx, struct event_t *e)
 {
 #ifdef STACK_ALL
@@ -544,7 +605,11 @@ static __always_inline void submit(void *ctx, struct event_t *e)
     if (e->kind == KIND_DROP)
         e->stack_id = stacks.get_stackid(ctx, 0);
 #endif
+#ifdef CAPTURE_BYTES
+    if (capture_submit(ctx, e) < 0) {
+#else
     if (events.perf_submit(ctx, e, sizeof(*e)) < 0) {
+#endif
         int zero = 0;
         u64 *lost = lost_events.lookup(&zero);
         if (lost)

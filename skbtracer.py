@@ -8,7 +8,7 @@
 #                     [-p N] [-N NS] [-c N] [-T | -t] [--route] [--iptable]
 #                     [--drop] [--dropstack] [--callstack] [--keep]
 #                     [--backend B] [-v] [-o FILE] [--json [FILE]] [--force]
-#                     [--names] [--no-summary]
+#                     [--names] [--no-summary] [-w FILE] [--snaplen N]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
 # flags (config), BPF building (program, probes, layout), decoding (events)
@@ -48,10 +48,12 @@ def report(program, headers, loaded):
         say("skbtracer: note: %s\n" % note)
 
 
-def open_new_file(flag, path, force):
-    """Open a file for rows; never overwrite without --force (even if it
-    appeared after the flags were checked)."""
+def open_new_file(flag, path, force, binary=False):
+    """Open a file for rows (binary: for -w's pcapng); never overwrite
+    without --force (even if it appeared after the flags were checked)."""
     try:
+        if binary:
+            return open(path, "wb" if force else "xb")
         return open(path, "w" if force else "x", encoding="utf-8")
     except FileExistsError:
         raise kernel.KernelError("%s: %r exists; add --force to overwrite it" % (flag, path))
@@ -104,14 +106,18 @@ def main(argv=None):
             if skipped:
                 sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
                                  "skipped (-v lists them and why)\n" % len(skipped))
-        out = json_out = None
+        out = json_out = capture_file = None
         if cfg.output:
             out = open_new_file("-o/--output", cfg.output, cfg.force)
             files.append(out)
         if cfg.json not in (None, "-"):
             json_out = open_new_file("--json", cfg.json, cfg.force)
             files.append(json_out)
-        return Session(cfg, loaded, out=out, json_out=json_out).run()
+        if cfg.write:
+            capture_file = open_new_file("-w/--write", cfg.write, cfg.force, binary=True)
+            files.append(capture_file)
+        return Session(cfg, loaded, out=out, json_out=json_out,
+                       capture_file=capture_file).run()
     except kernel.KernelError as e:
         return fail(e)
     except Exception as e:  # bcc raises plain Exception for compile/load errors

@@ -30,6 +30,9 @@ EXAMPLES = """examples:
     skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
     skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
     skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
+    skbtracer.py -H 10.244.0.3 --drop -w t.pcapng     # rows, and every sighting as pcapng
+    skbtracer.py -H 10.244.0.3 -w t.pcapng --snaplen 1500
+                                                      # whole packets (up to the linear data)
     skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
     skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
     skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
@@ -41,6 +44,7 @@ CLONE_NEWNET = 0x40000000
 
 L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
 BACKENDS = ("auto", "kprobe", "tracepoint")
+SNAPLEN_DEFAULT = 256
 
 
 class UsageError(Exception):
@@ -73,6 +77,8 @@ class Config:
     layout: str = "auto"
     output: str = None              # -o FILE (None: stdout)
     json: str = None                # None, "-" (JSON rows instead of text) or a FILE beside them
+    write: str = None               # -w FILE: pcapng beside the rows
+    snaplen: int = 256              # --snaplen: packet bytes per pcapng block
     force: bool = False
     names: bool = False             # NETWORK_NS column shows names
     summary: bool = True            # the packets' story at exit
@@ -124,8 +130,14 @@ def build_parser():
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="JSON lines, one object per event: instead of the text rows "
                         "(--json), or to FILE beside them (--json=FILE)")
+    p.add_argument("-w", "--write", metavar="FILE",
+                   help="also write every row as a packet to FILE, pcapng for Wireshark: "
+                        "one interface per namespace/device, the row as the comment")
+    p.add_argument("--snaplen", metavar="N",
+                   help="-w: packet bytes per row (default %d, at most the skb's linear "
+                        "data)" % SNAPLEN_DEFAULT)
     p.add_argument("--force", action="store_true",
-                   help="let -o/--output and --json=FILE overwrite an existing file")
+                   help="let -o/--output, --json=FILE and -w overwrite an existing file")
     p.add_argument("--names", action="store_true",
                    help="NETWORK_NS column: the namespace's 'ip netns' name, pod or "
                         "container instead of its inode")
@@ -285,10 +297,28 @@ def validate(ns):
             check_new_file("--json", ns.json, cfg.force)
             if cfg.output and os.path.abspath(cfg.output) == os.path.abspath(ns.json):
                 raise UsageError("-o/--output and --json=FILE name the same file %r" % ns.json)
-    if cfg.force and not cfg.output and cfg.json in (None, "-"):
-        raise UsageError("--force applies only with -o/--output or --json=FILE")
+    if ns.write is not None:
+        validate_write(ns, cfg)
+    elif ns.snaplen is not None:
+        raise UsageError("--snaplen applies only with -w")
+    if cfg.force and not cfg.output and cfg.json in (None, "-") and not cfg.write:
+        raise UsageError("--force applies only with -o/--output, --json=FILE or -w")
     cfg.expression = parse_expression(ns.expression)
     return cfg
+
+
+def validate_write(ns, cfg):
+    """-w FILE and --snaplen."""
+    if not ns.write.strip() or ns.write == "-":
+        raise UsageError("-w/--write needs a file name (pcapng is not written to stdout)")
+    check_new_file("-w/--write", ns.write, cfg.force)
+    path = os.path.abspath(ns.write)
+    for flag, other in (("-o/--output", cfg.output), ("--json=FILE", cfg.json)):
+        if other not in (None, "-") and os.path.abspath(other) == path:
+            raise UsageError("%s and -w/--write name the same file %r" % (flag, ns.write))
+    cfg.write = ns.write
+    if ns.snaplen is not None:
+        cfg.snaplen = _number(ns.snaplen, "--snaplen", 1, 65535)
 
 
 def parse_expression(words):

@@ -12,6 +12,7 @@ CORE_FIELDS = {
     "SKB_SK": ("sk_buff", "sk"),
     "SKB_HEAD": ("sk_buff", "head"),
     "SKB_DATA": ("sk_buff", "data"),
+    "SKB_TAIL": ("sk_buff", "tail"),          # -w, expressions: the end of the linear data
     "SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
     "SKB_MAC_HEADER": ("sk_buff", "mac_header"),
     "SKB_PROTOCOL": ("sk_buff", "protocol"),
@@ -25,11 +26,7 @@ CORE_FIELDS = {
 # read together when they lie within MAX_SPAN bytes of each other
 SPAN_FIELDS = ("SKB_PROTOCOL", "SKB_NETWORK_HEADER", "SKB_MAC_HEADER", "SKB_HEAD", "SKB_DATA")
 MAX_SPAN = 64
-# a filter expression (pcap_filter): where the linear data ends, and the
-# offloaded VLAN tag tcpdump shows in the packet
-PCAP_FIELDS = {
-    "SKB_TAIL": ("sk_buff", "tail"),
-}
+# a filter expression (pcap_filter): the offloaded VLAN tag tcpdump shows
 PCAP_VLAN_FIELDS = {
     "SKB_VLAN_PROTO": ("sk_buff", "vlan_proto"),
     "SKB_VLAN_TCI": ("sk_buff", "vlan_tci"),
@@ -90,12 +87,11 @@ class Layouts:
         self.defines.update(found)
 
     def pcap(self):
-        """Fields the filter expression needs; the headers fallback has
-        SKB_TAIL and no VLAN tag. Returns notes for -v."""
+        """Fields the filter expression needs beyond the core ones; the
+        headers fallback has no VLAN tag. Returns notes for -v."""
         if self.source != "btf":
             return ["struct layouts from headers: offloaded VLAN tags are not shown to the "
                     "filter expression"]
-        self._add_fields(PCAP_FIELDS, None)
         if "L_SKB_SPAN_LEN" in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
             self.defines["L_SKB_SPAN_HAS_TAIL"] = 1
         self._add_fields(PCAP_VLAN_FIELDS, None)

@@ -5,13 +5,22 @@ import os
 import sys
 
 from . import kernel, layout, probes
-from .events import BoundedCache, swap16
+from .events import EVENT_SIZE, BoundedCache, swap16
 
 C_SOURCE_NAME = "skbtracer.c"
 # where skbtracer.c takes the translated filter expression
 PCAP_FUNCTIONS_MARKER = "/* @pcap-functions@ skbtracer.py puts the translated expression here */"
 KEEP_ENTRIES = 65536
 STACK_ENTRIES = 16384
+# -w: struct capture_t (a u64, the event, an 8-byte head, the bytes) is one
+# per-CPU map value, and the kernel refuses values over 32 KiB
+CAPTURE_VALUE_MAX = 32768
+CAPTURE_BYTES_MAX = CAPTURE_VALUE_MAX - 8 - EVENT_SIZE - 8
+
+
+def capture_bytes(snaplen):
+    """Packet bytes the kernel copies per row for --snaplen."""
+    return min(snaplen, CAPTURE_BYTES_MAX)
 
 
 def c_source_path():
@@ -66,6 +75,8 @@ def mode_defines(cfg):
     if cfg.stacks:
         d["STACK_ALL" if cfg.stacks == "all" else "STACK_DROPS"] = 1
         d["STACK_ENTRIES"] = STACK_ENTRIES
+    if cfg.write:
+        d["CAPTURE_BYTES"] = capture_bytes(cfg.snaplen)
     return d
 
 
@@ -127,6 +138,11 @@ class Program:
         """--ebpf: the program as compiled, with the filter expression as a
         comment above its translation (the compiled text has no trace of it)."""
         return self._assemble(listing=True)
+
+    @property
+    def capture_bytes(self):
+        """-w: packet bytes the kernel copies per row at most."""
+        return capture_bytes(self.cfg.snaplen)
 
     @property
     def probe_names(self):

@@ -8,9 +8,9 @@ import signal
 import sys
 import time
 
-from .events import Event
+from .events import EVENT_SIZE, Event
 from .output import HEADER, Clock, RowFormatter
-from . import jsonout, names, probes, story
+from . import capture, jsonout, names, probes, story
 
 PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
@@ -18,14 +18,14 @@ SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exi
 
 
 class Session:
-    def __init__(self, cfg, loaded, out=None, err=None, json_out=None):
+    def __init__(self, cfg, loaded, out=None, err=None, json_out=None, capture_file=None):
         self.cfg = cfg
         self.loaded = loaded
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.json_out = json_out            # --json=FILE: JSON lines beside the rows
         self.clock = Clock(relative=cfg.timestamp)
-        need_names = cfg.names or cfg.json or cfg.summary
+        need_names = cfg.names or cfg.json or cfg.summary or capture_file is not None
         self.names = names.NetnsNames() if need_names else None
         probe_names = loaded.program.probe_names
         self.formatter = RowFormatter(probe_names, probes.drop_reasons(), loaded.symbolize,
@@ -35,6 +35,12 @@ class Session:
             self.json = jsonout.JsonFormatter(self.formatter, self.names)
         self.json_rows = cfg.json == "-"     # JSON instead of the text rows
         self.book = story.StoryBook(self.names) if cfg.summary else None
+        self.capture = None                 # -w: pcapng beside the rows
+        self.capture_error = None
+        if capture_file is not None:
+            self.capture = capture.PcapngWriter(
+                capture_file, loaded.program.capture_bytes, probe_names,
+                label=self.names.label, wall_ns=self.clock.wall_ns)
         self.rows = 0
         self.lost = 0
         self.stopping = False      # leave the poll loop
@@ -50,7 +56,7 @@ class Session:
             raw = ctypes.string_at(data, size)
             event = Event(raw)
             if self.book is not None:
-                self.book.add(event, raw)
+                self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
             stack = None
             if event.stack_id != -1 or self.cfg.stacks == "all":
                 stack = self.loaded.stack(event.stack_id)
@@ -58,12 +64,16 @@ class Session:
                 line = self.json.line(event, stack) + "\n"
                 if self.json_out is not None:
                     self.json_out.write(line)
+            row = None
+            if self.capture is not None:
+                row = self.formatter.row(event)
+                self.capture.add(event, raw, row)
             if self.json_rows:
                 self.out.write(line)
             elif stack is None:
-                self.out.write(self.formatter.row(event) + "\n")
+                self.out.write((row or self.formatter.row(event)) + "\n")
             else:
-                lines = [self.formatter.row(event)] + self.formatter.stack_lines(stack)
+                lines = [row or self.formatter.row(event)] + self.formatter.stack_lines(stack)
                 self.out.write("\n".join(lines) + "\n")
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
@@ -81,6 +91,10 @@ class Session:
     def run(self):
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bpf = self.loaded.bpf
+        if self.capture is not None:
+            self._flush_capture(self.capture.start)
+            if self.capture_error:
+                return self._capture_failed()
         try:
             bpf["events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES,
                                            lost_cb=self._on_lost)
@@ -102,6 +116,8 @@ class Session:
                 self._write("")
                 if self.json_out is not None:
                     self.json_out.flush()
+                if self.capture is not None:
+                    self._flush_capture(self.capture.flush)
                 if self.names is not None:
                     self.names.retry()
                 if self.book is not None:
@@ -109,6 +125,8 @@ class Session:
             if not self.done:
                 bpf.perf_buffer_poll(timeout=0)   # what is still in the ring
                 self._write("")
+            if self.capture is not None:
+                self._flush_capture(self.capture.flush)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -121,7 +139,31 @@ class Session:
             self.err.write("skbtracer: rows written to %s\n" % self.cfg.output)
         if self.json_out is not None:
             self.err.write("skbtracer: JSON lines written to %s\n" % self.cfg.json)
+        if self.capture is not None:
+            if self.capture_error:
+                return self._capture_failed()
+            self.err.write("skbtracer: %d packets written to %s\n"
+                           % (self.capture.packets, self.cfg.write))
         return 0
+
+    # -- -w
+
+    def _flush_capture(self, write):
+        """Write what the capture holds; a failure ends the trace (the file
+        keeps the blocks written before)."""
+        if self.capture_error:
+            return
+        try:
+            write()
+        except capture.CaptureError as e:
+            self.capture_error = e
+            self.stopping = self.done = True
+
+    def _capture_failed(self):
+        self.err.write("skbtracer: -w/--write: cannot write %r: %s; it holds the first %d "
+                       "packets, complete\n" % (self.cfg.write, self.capture_error,
+                                                self.capture.packets))
+        return 1
 
     # -- the packets' story, at exit
 
@@ -199,6 +241,8 @@ class Session:
                 say.append("skbtracer: %d more packets not in the table (--json has them all)"
                            % (len(told.packets) - story.MAX_TABLE_PACKETS))
             self.err.write("\n".join(say) + "\n")
+            if self.capture is not None:
+                self._flush_capture(lambda: self.capture.write_story(say))
             stream = self.out if self.json_rows else self.json_out
             if stream is not None and not self.pipe_closed:
                 lines = [jsonout.dumps(obj) for obj in jsonout.story_objects(told)]

@@ -33,6 +33,7 @@ pytestmark = [
 ]
 
 PID = str(os.getpid())
+CAPTURE_PATH = "/tmp/skbt-compile-%d.pcapng" % os.getpid()     # -w: checked, never opened
 
 # (id, flags): every mode alone and combined, with the options that change
 # the C text (keep, stacks, v4/v6 address, icmp id, port, netns, pid).
@@ -61,6 +62,9 @@ CONFIGS = [
     ("all-modes+keep+stacks+expression",
      ["--route", "--iptable", "--drop", "--keep", "--callstack", "-H", "10.0.0.1",
       "ether src 02:00:00:00:00:01 and ip[8] > 1"]),
+    ("all-modes+capture", ["--route", "--iptable", "--drop", "-w", CAPTURE_PATH]),
+    ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
+                                        "--snaplen", "65535"]),
 ]
 BACKENDS = ["kprobe", "tracepoint"]
 
@@ -203,6 +207,12 @@ def test_header_layout_compiles(header_tree):
     assert re.search(r"^#define SKBT_LAYOUT_HEADERS 1$", program.text, re.M)
     assert not re.search(r"^#define L_SKB_LEN_OFF", program.text, re.M)
     assert compile_and_load(program)
+
+
+def test_header_layout_capture_compiles(header_tree):
+    """-w reads skb->tail: from the installed headers too."""
+    cfg = config.parse_args(["--layout", "headers", "--route", "--drop", "-w", CAPTURE_PATH])
+    assert compile_and_load(Program(cfg, backend="tracepoint"))
 
 
 def test_event_bytes_from_the_compiled_struct_decode(header_tree):

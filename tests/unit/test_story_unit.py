@@ -726,7 +726,7 @@ def test_output_json_names_flags(tmp_path):
     (["--json={exists}"], "--json: '{exists}' exists; add --force to overwrite it"),
     (["-o", "{dir}"], "-o/--output: '{dir}' is a directory"),
     (["-o", "{dir}/no/such/file"], "-o/--output: no directory '{dir}/no/such'"),
-    (["--force"], "--force applies only with -o/--output or --json=FILE"),
+    (["--force"], "--force applies only with -o/--output, --json=FILE or -w"),
     (["-o", "{new}", "--json={new}"], "-o/--output and --json=FILE name the same file '{new}'"),
 ])
 def test_file_flag_errors_are_one_line_exit_2(tmp_path, argv, message):
