@@ -9,9 +9,11 @@
 #                     [--drop] [--dropstack] [--callstack] [--keep]
 #                     [--backend B] [-v] [-o FILE] [--json [FILE]] [--force]
 #                     [--names] [--no-summary] [-w FILE] [--snaplen N]
+#                     [--version] [EXPRESSION ...]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
-# flags (config), BPF building (program, probes, layout), decoding (events)
+# flags (config), BPF building (program, probes, layout, and pcapfilter for
+# tcpdump filter expressions), decoding (events)
 # and output (output, jsonout, names, session), and the packets' story told
 # at exit (story).
 
