@@ -9,7 +9,7 @@ import sys
 import time
 
 from .events import Event
-from .output import HEADER, Clock, RowFormatter
+from .output import HEADER, Clock, OutputError, RowFormatter, line_sink
 from . import jsonout, names, probes, story
 
 PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
@@ -21,9 +21,13 @@ class Session:
     def __init__(self, cfg, loaded, out=None, err=None, json_out=None):
         self.cfg = cfg
         self.loaded = loaded
-        self.out = out or sys.stdout
+        where = ("-o/--output: cannot write %r" % cfg.output if cfg.output
+                 else "cannot write to stdout")
+        self.out = line_sink(out or sys.stdout, where)
         self.err = err or sys.stderr
-        self.json_out = json_out            # --json=FILE: JSON lines beside the rows
+        self.json_out = None                # --json=FILE: JSON lines beside the rows
+        if json_out is not None:
+            self.json_out = line_sink(json_out, "--json: cannot write %r" % cfg.json)
         self.clock = Clock(relative=cfg.timestamp)
         need_names = cfg.names or cfg.json or cfg.summary
         self.names = names.NetnsNames() if need_names else None
@@ -40,6 +44,8 @@ class Session:
         self.stopping = False      # leave the poll loop
         self.done = False          # -c reached or the pipe closed: print no more
         self.pipe_closed = False
+        self.failed = None         # the OutputError that ended the trace
+        self.bad_events = 0        # events that raised while being shown
 
     def _on_event(self, _cpu, data, size):
         # Runs as a ctypes callback: exceptions must not escape (bcc would
@@ -49,28 +55,47 @@ class Session:
         try:
             raw = ctypes.string_at(data, size)
             event = Event(raw)
-            if self.book is not None:
-                self.book.add(event, raw)
             stack = None
             if event.stack_id != -1 or self.cfg.stacks == "all":
                 stack = self.loaded.stack(event.stack_id)
+            # every line is made before any is written: a failure leaves
+            # neither the row nor its JSON line half done
+            line = None
             if self.json is not None:
                 line = self.json.line(event, stack) + "\n"
-                if self.json_out is not None:
-                    self.json_out.write(line)
             if self.json_rows:
-                self.out.write(line)
+                text = line
             elif stack is None:
-                self.out.write(self.formatter.row(event) + "\n")
+                text = self.formatter.row(event) + "\n"
             else:
-                lines = [self.formatter.row(event)] + self.formatter.stack_lines(stack)
-                self.out.write("\n".join(lines) + "\n")
+                text = "\n".join([self.formatter.row(event)]
+                                 + self.formatter.stack_lines(stack)) + "\n"
+            if self.book is not None:
+                self.book.add(event, raw)
+            if self.json_out is not None:
+                self.json_out.write(line)
+            self.out.write(text)
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
+            return
+        except OutputError as e:
+            self.failed = e
+            self.stopping = self.done = True
+            return
+        except Exception as e:  # garbage from the kernel or a bug: not the end of the trace
+            self._bad_event(e)
             return
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
             self.stopping = self.done = True
+
+    def _bad_event(self, error):
+        self.bad_events += 1
+        if self.bad_events == 1:
+            self.err.write("skbtracer: cannot show an event (%s: %s); tracing goes on, "
+                           "the count of such events is at exit\n"
+                           % (type(error).__name__, error))
+            self.err.flush()
 
     def _on_lost(self, count):
         self.lost += count
@@ -94,8 +119,6 @@ class Session:
             while not self.stopping:
                 bpf.perf_buffer_poll(timeout=POLL_TIMEOUT_MS)
                 self._write("")
-                if self.json_out is not None:
-                    self.json_out.flush()
                 if self.names is not None:
                     self.names.retry()
                 if self.book is not None:
@@ -108,9 +131,24 @@ class Session:
                 signal.signal(sig, handler)
         self.lost = max(self.lost, self.loaded.lost_events())
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if self.failed is not None:
+            for sink in (self.out, self.json_out):   # the one that still works
+                try:
+                    if sink is not None:
+                        sink.flush()
+                except (OSError, OutputError):
+                    pass
+            self.err.write("skbtracer: %s; tracing stopped, the complete rows before it "
+                           "are kept\n" % self.failed)
+            return 1
         if self.book is not None:
             self._tell_story()
-        self.err.write("skbtracer: %d rows printed, %d events lost\n" % (self.rows, self.lost))
+        if self.failed is not None:
+            self.err.write("skbtracer: %s (the story at exit)\n" % self.failed)
+            return 1
+        unshown = ", %d events could not be shown" % self.bad_events if self.bad_events else ""
+        self.err.write("skbtracer: %d rows printed, %d events lost%s\n"
+                       % (self.rows, self.lost, unshown))
         if self.cfg.output:
             self.err.write("skbtracer: rows written to %s\n" % self.cfg.output)
         if self.json_out is not None:
@@ -202,16 +240,27 @@ class Session:
             self.err.write("skbtracer: story interrupted\n")
         except BrokenPipeError:
             self.pipe_closed = True
+        except OutputError as e:
+            self.failed = e
         except Exception as e:  # a bug here must not cost the rows or the exit line
             self.err.write("skbtracer: cannot tell the packets' story: %s: %s\n"
                            % (type(e).__name__, e))
 
     def _write(self, text):
-        if self.pipe_closed:
+        """text (may be empty) to the rows, then both sinks flushed: rows
+        reach `| grep` promptly."""
+        if self.failed is not None:
             return
         try:
+            if self.json_out is not None:
+                self.json_out.flush()
+            if self.pipe_closed:
+                return
             if text:
                 self.out.write(text)
-            self.out.flush()   # rows reach `| grep` promptly
+            self.out.flush()
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
+        except OutputError as e:
+            self.failed = e
+            self.stopping = self.done = True
