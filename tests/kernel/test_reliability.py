@@ -168,6 +168,16 @@ def flood(spaces, seconds):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def flood_until_exit(spaces, run):
+    """Flood until the tracer ends by itself; its exit status."""
+    pinger = flood(spaces, 30)
+    try:
+        return run.wait(60)
+    finally:
+        pinger.kill()
+        pinger.wait()
+
+
 def assert_whole_lines(path, parse):
     with open(path) as f:
         data = f.read()
@@ -201,13 +211,7 @@ def test_full_filesystem_keeps_whole_lines(spaces, small_tmpfs):
     run = StderrReadyRun(["-H", HERE, "--proto", "icmp", "-o", rows_path,
                           "--json=" + json_path])
     run.start()
-    pinger = flood(spaces, 30)
-    try:
-        rc = run.wait(60)
-    finally:
-        pinger.kill()
-        pinger.wait()
-    assert_one_failure_line(run.stderr, rc, "No space left on device")
+    assert_one_failure_line(run.stderr, flood_until_exit(spaces, run), "No space left on device")
     rows = assert_whole_lines(rows_path, parse_row_line)
     objects = assert_whole_lines(json_path, json.loads)
     assert len(rows) > 10 and len(objects) > 10
@@ -228,13 +232,7 @@ def test_file_that_cannot_grow_keeps_whole_lines(spaces, tmp_path):
     assert written > 0
     subprocess.run(["prlimit", "--pid", str(run.proc.pid), "--fsize=%d" % (written + 3000)],
                    check=True)
-    pinger = flood(spaces, 30)
-    try:
-        rc = run.wait(60)
-    finally:
-        pinger.kill()
-        pinger.wait()
-    assert_one_failure_line(run.stderr, rc, "File too large")
+    assert_one_failure_line(run.stderr, flood_until_exit(spaces, run), "File too large")
     lines = assert_whole_lines(rows_path, parse_row_line)
     assert len(lines) > 3 and os.path.getsize(rows_path) <= written + 3000
 
