@@ -52,6 +52,16 @@ def symbols(names):
     return found
 
 
+def live_modules():
+    """Names of the loadable modules that are loaded and running now."""
+    try:
+        with open("/proc/modules") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    return {fields[0] for fields in map(str.split, lines) if len(fields) > 4 and fields[4] == "Live"}
+
+
 def tracepoint_format(category, event):
     """Text of a tracepoint's format file, or None."""
     for base in TRACEFS_DIRS:

@@ -119,6 +119,7 @@ class LineSink:
 
     def __init__(self, stream, what):
         stream.flush()              # whatever went through it before us
+        self.stream = stream        # owns the descriptor
         self.fd = stream.fileno()
         self.what = what
         self.pending = []

@@ -14,7 +14,8 @@ from . import jsonout, names, probes, story
 
 PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
-SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
+SLOW_STORY_EVENTS = 20000
+MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)  # say so before grouping more events than this at exit
 
 
 class Session:
@@ -46,6 +47,7 @@ class Session:
         self.pipe_closed = False
         self.failed = None         # the OutputError that ended the trace
         self.bad_events = 0        # events that raised while being shown
+        self.modules_checked = time.monotonic()
 
     def _on_event(self, _cpu, data, size):
         # Runs as a ctypes callback: exceptions must not escape (bcc would
@@ -97,6 +99,15 @@ class Session:
                            % (type(error).__name__, error))
             self.err.flush()
 
+    def _watch_modules(self):
+        now = time.monotonic()
+        if now - self.modules_checked < MODULE_CHECK_SECONDS:
+            return
+        self.modules_checked = now
+        for line in self.loaded.watch_modules():
+            self.err.write("skbtracer: %s\n" % line)
+            self.err.flush()
+
     def _on_lost(self, count):
         self.lost += count
 
@@ -121,6 +132,7 @@ class Session:
                 self._write("")
                 if self.names is not None:
                     self.names.retry()
+                self._watch_modules()
                 if self.book is not None:
                     self.book.trim()
             if not self.done:

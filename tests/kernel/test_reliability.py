@@ -211,7 +211,8 @@ def test_full_filesystem_keeps_whole_lines(spaces, small_tmpfs):
     run = StderrReadyRun(["-H", HERE, "--proto", "icmp", "-o", rows_path,
                           "--json=" + json_path])
     run.start()
-    assert_one_failure_line(run.stderr, flood_until_exit(spaces, run), "No space left on device")
+    rc = flood_until_exit(spaces, run)
+    assert_one_failure_line(run.stderr, rc, "No space left on device")
     rows = assert_whole_lines(rows_path, parse_row_line)
     objects = assert_whole_lines(json_path, json.loads)
     assert len(rows) > 10 and len(objects) > 10
@@ -232,7 +233,8 @@ def test_file_that_cannot_grow_keeps_whole_lines(spaces, tmp_path):
     assert written > 0
     subprocess.run(["prlimit", "--pid", str(run.proc.pid), "--fsize=%d" % (written + 3000)],
                    check=True)
-    assert_one_failure_line(run.stderr, flood_until_exit(spaces, run), "File too large")
+    rc = flood_until_exit(spaces, run)
+    assert_one_failure_line(run.stderr, rc, "File too large")
     lines = assert_whole_lines(rows_path, parse_row_line)
     assert len(lines) > 3 and os.path.getsize(rows_path) <= written + 3000
 
@@ -348,3 +350,90 @@ def test_kill9_leaves_nothing_behind_and_two_tracers_run_after(spaces, settle):
         assert not rows_to(run.rows, theirs), run.stdout
         assert summary_rows(run.stderr) == (len(run.rows), 0)
     assert kprobes_listed() == kprobes_before
+
+
+# ------------------------------------------------------------ modules and tables (guest)
+
+guest_only = pytest.mark.skipif(BACKEND != "kprobe", reason="guest only: module probes and "
+                                "their removal need kprobes and a kernel of our own")
+
+
+def modprobe(*args):
+    subprocess.run(["modprobe", *args], check=True, capture_output=True, text=True)
+
+
+def bridged(spaces, peer):
+    """va in a <-> vb enslaved to bridge br0 in b, which has NET+peer."""
+    a, b = spaces.name("a"), spaces.name("b")
+    ip("-n", a, "link", "add", "va", "type", "veth", "peer", "vb", "netns", b)
+    ip("-n", a, "addr", "add", HERE + "/24", "dev", "va")
+    ip("-n", b, "link", "add", "br0", "type", "bridge")
+    ip("-n", b, "link", "set", "vb", "master", "br0")
+    ip("-n", b, "addr", "add", NET + "%d/24" % peer, "dev", "br0")
+    for ns, dev in ((a, "va"), (b, "vb"), (b, "br0")):
+        ip("-n", ns, "link", "set", dev, "up")
+
+
+def in_netns(spaces, role, *argv, stdin=None):
+    subprocess.run(["ip", "netns", "exec", spaces.name(role), *argv], input=stdin, check=True,
+                   capture_output=True, text=True)
+
+
+IPTABLES_LEGACY = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p icmp -j ACCEPT
+COMMIT
+"""
+
+
+@guest_only
+def test_modules_removed_and_loaded_again_tables_replaced(spaces, settle):
+    """bridge and veth unloaded and loaded again while tracing: the bridge's
+    probes are said to be gone in one line, then re-attached; the nft
+    ruleset flushed and the iptables-legacy filter table replaced."""
+    br_netfilter = os.path.isdir("/sys/module/br_netfilter")
+    if br_netfilter:
+        modprobe("-r", "br_netfilter")      # holds bridge; not needed here
+    modprobe("bridge")
+    modprobe("veth")
+    spaces.add("a"), spaces.add("b")
+    bridged(spaces, 2)
+    in_netns(spaces, "a", "nft", "-f", "-", stdin="table inet skbt { chain in { type filter "
+             "hook input priority 0; ip protocol icmp accept; } }\n")
+    in_netns(spaces, "a", "iptables-legacy-restore", stdin=IPTABLES_LEGACY)
+    try:
+        with TracerRun(["-H", HERE, "--proto", "icmp", "--route", "--iptable"]) as run:
+            assert spaces.ping("a", 2)
+            in_netns(spaces, "a", "nft", "flush", "ruleset")
+            in_netns(spaces, "a", "iptables-legacy-restore", stdin=IPTABLES_LEGACY)
+            assert spaces.ping("a", 2)
+            ip("netns", "delete", spaces.name("b"))   # its veth and bridge go with it
+            time.sleep(0.5)                           # netns cleanup is asynchronous
+            modprobe("-r", "bridge", "veth")
+            time.sleep(2.5)                           # the tracer looks every second
+            modprobe("bridge")
+            modprobe("veth")
+            time.sleep(2.5)
+            spaces.add("b")
+            bridged(spaces, 3)
+            assert spaces.ping("a", 3)
+            time.sleep(settle)
+    finally:
+        if br_netfilter:
+            modprobe("br_netfilter")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    said = [line for line in run.stderr.splitlines() if "module bridge" in line]
+    assert len(said) == 2, run.stderr
+    assert said[0].startswith("skbtracer: module bridge was unloaded: br_handle_frame")
+    assert re.match(r"skbtracer: module bridge is loaded again: re-attached (\d+) of its \1 "
+                    r"probes$", said[1]), said[1]
+    before, after = rows_to(run.rows, 2), rows_to(run.rows, 3)
+    for rows in (before, after):
+        functions = {r.function for r in rows}
+        assert "br_handle_frame" in functions, run.stdout
+        assert "ip_rcv" in functions, run.stdout
+    verdicts = [r for r in before if r.is_verdict]
+    assert any(".filter.INPUT." in r.trace for r in verdicts), run.stdout   # legacy table
+    assert summary_rows(run.stderr)[0] == len(run.rows)
