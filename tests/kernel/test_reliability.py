@@ -379,6 +379,13 @@ def in_netns(spaces, role, *argv, stdin=None):
                    capture_output=True, text=True)
 
 
+NFT_RULESET = """table inet skbt {
+    chain in {
+        type filter hook input priority 0;
+        ip protocol icmp accept
+    }
+}
+"""
 IPTABLES_LEGACY = """*filter
 :INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
@@ -400,8 +407,7 @@ def test_modules_removed_and_loaded_again_tables_replaced(spaces, settle):
     modprobe("veth")
     spaces.add("a"), spaces.add("b")
     bridged(spaces, 2)
-    in_netns(spaces, "a", "nft", "-f", "-", stdin="table inet skbt { chain in { type filter "
-             "hook input priority 0; ip protocol icmp accept; } }\n")
+    in_netns(spaces, "a", "nft", "-f", "-", stdin=NFT_RULESET)
     in_netns(spaces, "a", "iptables-legacy-restore", stdin=IPTABLES_LEGACY)
     try:
         with TracerRun(["-H", HERE, "--proto", "icmp", "--route", "--iptable"]) as run:
