@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from conftest import BACKEND
+from skbtracer_lib import kernel
 from testbed import topology
 from testbed.tracer import PYTHON, SKBTRACER, StderrReadyRun, TracerRun, parse_rows
 
@@ -307,7 +308,7 @@ def wait_until_gone(progs, links, seconds=15):
 
 def start_and_kill(args, when):
     """Start skbtracer, SIGKILL it once it holds a BPF program ("attaching")
-    or once it prints its header ("attached"); (prog ids, link ids) it held."""
+    or once it prints its header ("attached"); (its pid, (prog ids, link ids) it held)."""
     proc = subprocess.Popen([PYTHON, SKBTRACER] + args, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     held = (set(), set())
@@ -326,15 +327,23 @@ def start_and_kill(args, when):
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    return held
+    return proc.pid, held
+
+
+def header_farms_of(pids):
+    """Merged header trees (kernel.find_header_tree) left by these pids."""
+    return [entry for entry in os.listdir(tempfile.gettempdir())
+            for pid in pids if entry.startswith("%s%d-" % (kernel.FARM_PREFIX, pid))]
 
 
 def test_kill9_leaves_nothing_behind_and_two_tracers_run_after(spaces, settle):
     spaces.add("a"), spaces.add("b")
     spaces.link("a", "b", 2)
     kprobes_before = kprobes_listed()
+    killed = []
     for when in ("attaching", "attached"):
-        progs, links = start_and_kill(["-H", HERE, "--proto", "icmp", "--drop"], when)
+        pid, (progs, links) = start_and_kill(["-H", HERE, "--proto", "icmp", "--drop"], when)
+        killed.append(pid)
         assert progs, "held no BPF program when killed %s" % when
         assert wait_until_gone(progs, links) == (set(), set()), when
         assert kprobes_listed() == kprobes_before, when
@@ -350,6 +359,7 @@ def test_kill9_leaves_nothing_behind_and_two_tracers_run_after(spaces, settle):
         assert not rows_to(run.rows, theirs), run.stdout
         assert summary_rows(run.stderr) == (len(run.rows), 0)
     assert kprobes_listed() == kprobes_before
+    assert header_farms_of(killed) == []      # the next run removed them
 
 
 # ------------------------------------------------------------ modules and tables (guest)
