@@ -14,8 +14,8 @@ from . import jsonout, names, probes, story
 
 PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
-SLOW_STORY_EVENTS = 20000
-MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)  # say so before grouping more events than this at exit
+SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
+MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
 
 
 class Session:
