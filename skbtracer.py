@@ -17,7 +17,9 @@
 # and output (output, jsonout, names, session), and the packets' story told
 # at exit (story).
 
+import errno
 import os
+import stat
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
@@ -51,16 +53,44 @@ def report(program, headers, loaded):
 
 
 def open_new_file(flag, path, force, binary=False):
-    """Open a file for rows (binary: for -w's pcapng); never overwrite
-    without --force (even if it appeared after the flags were checked)."""
+    """Open a file for rows (binary: for blocks). Creates it exclusively;
+    an existing one is opened only as config.existing_file_problem()
+    allows, checked on the opened file itself (it may have changed since
+    the flags were checked). Never follows a symlink."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        if binary:
-            return open(path, "wb" if force else "xb")
-        return open(path, "w" if force else "x", encoding="utf-8")
-    except FileExistsError:
-        raise kernel.KernelError("%s: %r exists; add --force to overwrite it" % (flag, path))
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            fd = _open_existing(flag, path, force, flags)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise kernel.KernelError("%s: %r is a symbolic link; refusing to follow it"
+                                     % (flag, path))
         raise kernel.KernelError("%s: cannot write %r: %s" % (flag, path, e.strerror))
+    if binary:
+        return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def _open_existing(flag, path, force, flags):
+    # O_NONBLOCK: a FIFO without a reader must not hang the open (ENXIO)
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno != errno.ENXIO or not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise
+        sys.stderr.write("skbtracer: %s: waiting for a reader of %r\n" % (flag, path))
+        fd = os.open(path, flags)
+    st = os.fstat(fd)
+    problem = config.existing_file_problem(st, force)
+    if problem:
+        os.close(fd)
+        raise kernel.KernelError("%s: %r %s" % (flag, path, problem))
+    os.set_blocking(fd, True)
+    if stat.S_ISREG(st.st_mode):
+        os.ftruncate(fd, 0)     # --force
+    return fd
 
 
 def main(argv=None):
@@ -122,6 +152,8 @@ def main(argv=None):
                        capture_file=capture_file).run()
     except kernel.KernelError as e:
         return fail(e)
+    except KeyboardInterrupt:   # Ctrl-C while compiling, attaching or opening a FIFO
+        return fail("interrupted before tracing started", 130)
     except Exception as e:  # bcc raises plain Exception for compile/load errors
         return fail("cannot load the BPF program: %s" % str(e).strip())
     finally:

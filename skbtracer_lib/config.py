@@ -10,6 +10,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 
@@ -222,15 +223,44 @@ def known_netns_inodes():
     return inodes
 
 
+def existing_file_problem(st, force):
+    """Why an existing file (its lstat) must not be written to, or None.
+    Rows go to a FIFO or a character device (/dev/null, a tty) as they
+    are; a regular file only with --force; a symlink never (a root tool
+    writing into /tmp must not follow one), nor a file with other hard
+    links (--force would truncate the file they name)."""
+    mode = st.st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link; refusing to follow it (name its target instead)"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file, FIFO or character device"
+    if not force:
+        return "exists; add --force to overwrite it"
+    if st.st_nlink > 1:
+        return "has %d hard links; refusing to overwrite it" % st.st_nlink
+    return None
+
+
 def check_new_file(flag, path, force):
-    """A file skbtracer is about to create: refuse to overwrite without --force."""
-    if os.path.isdir(path):
-        raise UsageError("%s: %r is a directory" % (flag, path))
+    """A file skbtracer is about to write: see existing_file_problem()."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UsageError("%s: cannot write %r: %s" % (flag, path, e.strerror))
+    if st is not None:
+        problem = existing_file_problem(st, force)
+        if problem:
+            raise UsageError("%s: %r %s" % (flag, path, problem))
+        return
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError("%s: no directory %r" % (flag, parent))
-    if os.path.lexists(path) and not force:
-        raise UsageError("%s: %r exists; add --force to overwrite it" % (flag, path))
 
 
 def validate(ns):

@@ -51,13 +51,30 @@ class BoundedCache(dict):
         return value
 
 
+# Control characters, whitespace and backslash as \xNN: a string from the
+# kernel or from /proc is data and must not break a row into columns or lines
+_ESCAPES = {c: "\\x%02x" % c for c in list(range(0x21)) + [0x5C, 0x7F]}
+
+
+def printable(text):
+    """text with control characters, whitespace and backslashes escaped."""
+    return text.translate(_ESCAPES)
+
+
 def _c_string(raw):
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+    """A NUL-terminated (or unterminated, at most the field's size) name."""
+    return printable(raw.split(b"\0", 1)[0].decode("ascii", "replace"))
 
 
 _IPV4 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET, raw[:4]))
 _IPV6 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET6, raw))
 _STRINGS = BoundedCache(_c_string)
+
+
+def probe_name(probe_names, index):
+    """The probe's function or tracepoint; a made-up one for an id no probe
+    has (an event that is garbage)."""
+    return probe_names[index] if 0 <= index < len(probe_names) else "probe%d" % index
 
 
 class Event:

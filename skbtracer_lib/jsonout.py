@@ -58,6 +58,7 @@ class JsonFormatter:
 
     def __init__(self, rows, names=None):
         self.probe_names = rows.probe_names
+        self._probe_name = rows.probe_name
         self.reasons = rows.reasons
         self.symbolize = rows.symbolize
         self.clock = rows.clock
@@ -157,10 +158,6 @@ class JsonFormatter:
             e.ip_id if e.family == 4 else "null", tcp, icmp, e.len, e.skb, e.pkt_type,
             PKT_TYPES.get(e.pkt_type) or str(e.pkt_type), _string(self._probe_name(e.probe)),
             e.pid)
-
-    def _probe_name(self, index):
-        names = self.probe_names
-        return names[index] if 0 <= index < len(names) else "probe%d" % index
 
 
 def dumps(obj):

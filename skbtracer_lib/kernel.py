@@ -5,6 +5,8 @@ import functools
 import glob
 import os
 import re
+import shutil
+import stat
 import tempfile
 
 from .btf import KernelBTF, BTFError
@@ -50,6 +52,16 @@ def symbols(names):
         module, addresses = found.setdefault(match.group(2), (match.group(3) or "", []))
         addresses.append(int(match.group(1), 16))
     return found
+
+
+def live_modules():
+    """Names of the loadable modules that are loaded and running now."""
+    try:
+        with open("/proc/modules") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    return {fields[0] for fields in map(str.split, lines) if len(fields) > 4 and fields[4] == "Live"}
 
 
 def tracepoint_format(category, event):
@@ -120,6 +132,36 @@ def _merge_trees(target, trees):
             os.symlink(paths[0], os.path.join(target, name))
 
 
+FARM_PREFIX = "skbtracer-headers-"
+
+
+def remove_stale_header_farms(tmp=None):
+    """Merged header trees of skbtracer runs that ended without cleaning up
+    (kill -9): named after their pid; removed once that pid is gone. Only
+    directories this user owns, never through a symlink."""
+    tmp = tmp or tempfile.gettempdir()
+    pattern = re.compile(r"^%s(\d+)-" % re.escape(FARM_PREFIX))
+    try:
+        entries = os.listdir(tmp)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry)
+        if not match:
+            continue
+        path = os.path.join(tmp, entry)
+        try:
+            st = os.lstat(path)
+            os.kill(int(match.group(1)), 0)
+            continue                       # its run is alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def find_header_tree():
     """Where bcc gets its own includes from. Prefers the running kernel's
     tree; with BTF any installed tree will do, since struct layouts come
@@ -137,7 +179,8 @@ def find_header_tree():
             continue
         if source == build:
             return HeaderTree("%s (headers of another kernel)" % build, build, own=False)
-        farm = tempfile.TemporaryDirectory(prefix="skbtracer-headers-")
+        remove_stale_header_farms()
+        farm = tempfile.TemporaryDirectory(prefix="%s%d-" % (FARM_PREFIX, os.getpid()))
         _merge_trees(farm.name, [build, source])
         return HeaderTree("%s + %s (headers of another kernel)" % (build, source),
                           farm.name, farm, own=False)

@@ -17,6 +17,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from .events import printable
+
 NETNS_DIRS = ("/run/netns",)
 RETRY_SECONDS = 2.0
 
@@ -28,6 +30,13 @@ RETRY_SECONDS = 2.0
 _CONTAINER_RE = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
 _POD_RE = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}"
                      r"[-_][0-9a-f]{12})")
+
+
+def _as_data(file_name):
+    """A name someone else chose, safe for a column: undecodable bytes and
+    control characters escaped (names are data, not formatting)."""
+    text = file_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return printable(text)
 
 
 @dataclass
@@ -153,7 +162,7 @@ class NetnsNames:
                 except OSError:
                     continue
                 if inode in wanted and inode not in found:
-                    found[inode] = NetnsInfo(inode, name=entry)
+                    found[inode] = NetnsInfo(inode, name=_as_data(entry))
         missing = wanted - set(found)
         for inode in list(missing):
             if inode == self.host_inode:

@@ -1,8 +1,10 @@
 """Turning decoded events into the original tool's text rows."""
 
+import os
+import stat
 import time
 
-from .events import KIND_IPTABLE, KIND_DROP
+from .events import KIND_IPTABLE, KIND_DROP, probe_name
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
 ROW_FORMAT = "[%-8s][%-10s] %-12s %-12s %-40s %s"
@@ -71,18 +73,21 @@ class RowFormatter:
         if names is not None:
             self.row = self._named_row
 
+    def probe_name(self, index):
+        return probe_name(self.probe_names, index)
+
     def trace_info(self, e):
         prefix = "%x.%d:" % (e.skb, e.pkt_type)
         if e.kind == KIND_IPTABLE:
             return prefix + "%d.%s.%s.%s" % (e.pf, e.table or "?", e.hook_name, e.verdict_name)
         if e.kind == KIND_DROP:
-            text = prefix + self.probe_names[e.probe]
+            text = prefix + self.probe_name(e.probe)
             if self.reasons is not None and self.reasons.names:
                 text += " reason=%s" % self.reasons.name(e.drop_reason)
             if e.location:
                 text += " location=%s" % self.symbolize(e.location)
             return text
-        return prefix + self.probe_names[e.probe]
+        return prefix + self.probe_name(e.probe)
 
     def row(self, e):
         return ROW_FORMAT % (self.clock.column(e.ts_ns), e.netns, e.ifname, e.dmac.hex(),
@@ -95,3 +100,71 @@ class RowFormatter:
     @staticmethod
     def stack_lines(symbols):
         return ["    %s" % s for s in symbols]
+
+
+class OutputError(Exception):
+    """Rows could not be written (full disk, file size limit, I/O error)."""
+
+
+class LineSink:
+    """Whole lines to a file descriptor, never part of one.
+
+    Text is gathered and written with os.write in chunks that end at a
+    line; when a write fails after part of a chunk reached a regular file,
+    the file is cut back to its last complete line, so what was written
+    before the failure stays intact. EPIPE stays BrokenPipeError (`| head`);
+    anything else becomes OutputError(what, strerror)."""
+
+    FLUSH_BYTES = 1 << 16
+
+    def __init__(self, stream, what):
+        stream.flush()              # whatever went through it before us
+        self.stream = stream        # owns the descriptor
+        self.fd = stream.fileno()
+        self.what = what
+        self.pending = []
+        self.size = 0
+        self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+
+    def write(self, text):
+        self.pending.append(text)
+        self.size += len(text)
+        if self.size >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self):
+        if not self.pending:
+            return
+        data = "".join(self.pending).encode("utf-8", "backslashreplace")
+        self.pending = []
+        self.size = 0
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self.fd, view[done:])
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            self._cut_partial_line(data, done)
+            raise OutputError("%s: %s" % (self.what, e.strerror)) from None
+
+    def _cut_partial_line(self, data, done):
+        if not self.regular or done == 0:
+            return
+        partial = done - (data.rfind(b"\n", 0, done) + 1)
+        if partial:
+            try:
+                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR) - partial)
+            except OSError:
+                pass
+
+
+def line_sink(stream, what):
+    """A LineSink for a stream with a file descriptor; other streams (tests'
+    StringIO) are written to as they are."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    return LineSink(stream, what)

@@ -166,6 +166,15 @@ class Loaded:
             self._attach(probe)
         if not any(p.kind in ("route", "iptable", "drop") for p, _t, _x in self.attached):
             raise kernel.KernelError("no probe point could be attached (-v lists why)")
+        # modules whose functions are probed: a kprobe of an unloaded module
+        # stays dead when the module comes back, so watch_modules() re-attaches
+        self.module_probes = {}
+        for probe, attach_type, _target in self.attached:
+            if probe.module and attach_type in ("kprobe", "kretprobe"):
+                probes_of = self.module_probes.setdefault(probe.module, [])
+                if probe not in probes_of:
+                    probes_of.append(probe)
+        self.modules_gone = set()
 
     def _register_addresses(self, planned):
         """Tell the shared route kprobe programs which function is which."""
@@ -196,6 +205,40 @@ class Loaded:
             return
         for attach_type, target in done:
             self.attached.append((probe, attach_type, target))
+
+    def watch_modules(self):
+        """Lines to say about probed modules unloaded or loaded again since
+        the last call; the probes of a module that is back are attached to
+        its new code (and its new addresses told to the shared programs)."""
+        if not self.module_probes:
+            return []
+        live = kernel.live_modules()
+        said = []
+        for module, module_probes in self.module_probes.items():
+            names = ", ".join(p.name for p in module_probes)
+            if module not in live and module not in self.modules_gone:
+                self.modules_gone.add(module)
+                said.append("module %s was unloaded: %s trace nothing until it is loaded "
+                            "again" % (module, names))
+            elif module in live and module in self.modules_gone:
+                self.modules_gone.discard(module)
+                said.append(self._reattach(module, module_probes))
+        return said
+
+    def _reattach(self, module, module_probes):
+        kernel.symbols.cache_clear()           # the module's code moved
+        for probe in module_probes:
+            for attach_type, target, _fn in probe.attach:
+                self._detach(attach_type, target)
+        self.attached = [a for a in self.attached if a[0] not in module_probes]
+        self._register_addresses(module_probes)
+        before = len(self.skipped)
+        for probe in module_probes:
+            self._attach(probe)
+        failed = ["%s (%s)" % pair for pair in self.skipped[before:]]
+        text = "module %s is loaded again: re-attached %d of its %d probes" % (
+            module, len(module_probes) - len(failed), len(module_probes))
+        return text + ("; not %s" % ", ".join(failed) if failed else "")
 
     def _detach(self, attach_type, target):
         try:

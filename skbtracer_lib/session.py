@@ -9,21 +9,26 @@ import sys
 import time
 
 from .events import EVENT_SIZE, Event
-from .output import HEADER, Clock, RowFormatter
+from .output import HEADER, Clock, OutputError, RowFormatter, line_sink
 from . import capture, jsonout, names, probes, story
 
 PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
+MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
 
 
 class Session:
     def __init__(self, cfg, loaded, out=None, err=None, json_out=None, capture_file=None):
         self.cfg = cfg
         self.loaded = loaded
-        self.out = out or sys.stdout
+        where = ("-o/--output: cannot write %r" % cfg.output if cfg.output
+                 else "cannot write to stdout")
+        self.out = line_sink(out or sys.stdout, where)
         self.err = err or sys.stderr
-        self.json_out = json_out            # --json=FILE: JSON lines beside the rows
+        self.json_out = None                # --json=FILE: JSON lines beside the rows
+        if json_out is not None:
+            self.json_out = line_sink(json_out, "--json: cannot write %r" % cfg.json)
         self.clock = Clock(relative=cfg.timestamp)
         need_names = cfg.names or cfg.json or cfg.summary or capture_file is not None
         self.names = names.NetnsNames() if need_names else None
@@ -46,6 +51,9 @@ class Session:
         self.stopping = False      # leave the poll loop
         self.done = False          # -c reached or the pipe closed: print no more
         self.pipe_closed = False
+        self.failed = None         # the OutputError that ended the trace
+        self.bad_events = 0        # events that raised while being shown
+        self.modules_checked = time.monotonic()
 
     def _on_event(self, _cpu, data, size):
         # Runs as a ctypes callback: exceptions must not escape (bcc would
@@ -55,32 +63,61 @@ class Session:
         try:
             raw = ctypes.string_at(data, size)
             event = Event(raw)
-            if self.book is not None:
-                self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
             stack = None
             if event.stack_id != -1 or self.cfg.stacks == "all":
                 stack = self.loaded.stack(event.stack_id)
+            # every line is made before any is written: a failure leaves
+            # neither the row nor its JSON line half done
+            line = None
             if self.json is not None:
                 line = self.json.line(event, stack) + "\n"
-                if self.json_out is not None:
-                    self.json_out.write(line)
             row = None
             if self.capture is not None:
                 row = self.formatter.row(event)
-                self.capture.add(event, raw, row)
             if self.json_rows:
-                self.out.write(line)
+                text = line
             elif stack is None:
-                self.out.write((row or self.formatter.row(event)) + "\n")
+                text = (row or self.formatter.row(event)) + "\n"
             else:
-                lines = [row or self.formatter.row(event)] + self.formatter.stack_lines(stack)
-                self.out.write("\n".join(lines) + "\n")
+                text = "\n".join([row or self.formatter.row(event)]
+                                 + self.formatter.stack_lines(stack)) + "\n"
+            if self.book is not None:
+                self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
+            if self.json_out is not None:
+                self.json_out.write(line)
+            if self.capture is not None:
+                self.capture.add(event, raw, row)
+            self.out.write(text)
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
+            return
+        except OutputError as e:
+            self.failed = e
+            self.stopping = self.done = True
+            return
+        except Exception as e:  # garbage from the kernel or a bug: not the end of the trace
+            self._bad_event(e)
             return
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
             self.stopping = self.done = True
+
+    def _bad_event(self, error):
+        self.bad_events += 1
+        if self.bad_events == 1:
+            self.err.write("skbtracer: cannot show an event (%s: %s); tracing goes on, "
+                           "the count of such events is at exit\n"
+                           % (type(error).__name__, error))
+            self.err.flush()
+
+    def _watch_modules(self):
+        now = time.monotonic()
+        if now - self.modules_checked < MODULE_CHECK_SECONDS:
+            return
+        self.modules_checked = now
+        for line in self.loaded.watch_modules():
+            self.err.write("skbtracer: %s\n" % line)
+            self.err.flush()
 
     def _on_lost(self, count):
         self.lost += count
@@ -114,12 +151,11 @@ class Session:
             while not self.stopping:
                 bpf.perf_buffer_poll(timeout=POLL_TIMEOUT_MS)
                 self._write("")
-                if self.json_out is not None:
-                    self.json_out.flush()
                 if self.capture is not None:
                     self._flush_capture(self.capture.flush)
                 if self.names is not None:
                     self.names.retry()
+                self._watch_modules()
                 if self.book is not None:
                     self.book.trim()
             if not self.done:
@@ -132,9 +168,24 @@ class Session:
                 signal.signal(sig, handler)
         self.lost = max(self.lost, self.loaded.lost_events())
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if self.failed is not None:
+            for sink in (self.out, self.json_out):   # the one that still works
+                try:
+                    if sink is not None:
+                        sink.flush()
+                except (OSError, OutputError):
+                    pass
+            self.err.write("skbtracer: %s; tracing stopped, the complete rows before it "
+                           "are kept\n" % self.failed)
+            return 1
         if self.book is not None:
             self._tell_story()
-        self.err.write("skbtracer: %d rows printed, %d events lost\n" % (self.rows, self.lost))
+        if self.failed is not None:
+            self.err.write("skbtracer: %s (the story at exit)\n" % self.failed)
+            return 1
+        unshown = ", %d events could not be shown" % self.bad_events if self.bad_events else ""
+        self.err.write("skbtracer: %d rows printed, %d events lost%s\n"
+                       % (self.rows, self.lost, unshown))
         if self.cfg.output:
             self.err.write("skbtracer: rows written to %s\n" % self.cfg.output)
         if self.json_out is not None:
@@ -252,16 +303,27 @@ class Session:
             self.err.write("skbtracer: story interrupted\n")
         except BrokenPipeError:
             self.pipe_closed = True
+        except OutputError as e:
+            self.failed = e
         except Exception as e:  # a bug here must not cost the rows or the exit line
             self.err.write("skbtracer: cannot tell the packets' story: %s: %s\n"
                            % (type(e).__name__, e))
 
     def _write(self, text):
-        if self.pipe_closed:
+        """text (may be empty) to the rows, then both sinks flushed: rows
+        reach `| grep` promptly."""
+        if self.failed is not None:
             return
         try:
+            if self.json_out is not None:
+                self.json_out.flush()
+            if self.pipe_closed:
+                return
             if text:
                 self.out.write(text)
-            self.out.flush()   # rows reach `| grep` promptly
+            self.out.flush()
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
+        except OutputError as e:
+            self.failed = e
+            self.stopping = self.done = True

@@ -33,7 +33,7 @@ Grouping
 import bisect
 from dataclasses import dataclass, field
 
-from .events import KIND_DROP, KIND_IPTABLE, NF_PROTOCOLS, Event
+from .events import KIND_DROP, KIND_IPTABLE, NF_PROTOCOLS, Event, probe_name as _probe_name
 
 MAX_EVENTS = 100_000            # events kept for the story; beyond that it is partial
 JOIN_WINDOW_NS = 1_000_000_000
@@ -232,10 +232,6 @@ def _location(e, name):
     if e.kind == KIND_IPTABLE:
         return (e.netns, e.ifname, name, e.pf, e.hook, e.table, e.chain)
     return (e.netns, e.ifname, name)
-
-
-def _probe_name(probe_names, index):
-    return probe_names[index] if 0 <= index < len(probe_names) else "probe%d" % index
 
 
 def group(events, probe_names, visible=None):

@@ -151,6 +151,16 @@ class TracerRun:
         return parse_rows(self.stdout)
 
 
+class StderrReadyRun(TracerRun):
+    """Rows go to a file: ready when skbtracer says it is tracing (stderr)."""
+
+    def _pump(self, stream, sink, watch_header):
+        for line in stream:
+            sink.append(line)
+            if line.startswith("skbtracer: tracing"):
+                self._ready.set()
+
+
 def skb_paths(rows):
     """{skb address: [rows in order]} (an address can be reused after a free;
     the tests look at short bursts where that does not matter)."""

@@ -19,7 +19,7 @@ from conftest import BACKEND
 from skbtracer_lib import __version__, jsonout
 from testbed.scenarios import run_scenarios
 from testbed.topology import SeedCluster
-from testbed.tracer import PYTHON, SKBTRACER, TracerRun
+from testbed.tracer import PYTHON, SKBTRACER, StderrReadyRun, TracerRun
 
 MODES = ["--route", "--drop"] + (["--iptable"] if BACKEND == "kprobe" else [])
 
@@ -148,16 +148,6 @@ def test_json_story_objects_match_stderr(traced):
 
 
 # ---------------------------------------------------------------- -o and --names
-
-class StderrReadyRun(TracerRun):
-    """Rows go to a file: ready when skbtracer says it is tracing (stderr)."""
-
-    def _pump(self, stream, sink, watch_header):
-        for line in stream:
-            sink.append(line)
-            if line.startswith("skbtracer: tracing"):
-                self._ready.set()
-
 
 @pytest.fixture(scope="module")
 def named(tmp_path_factory, settle):

@@ -71,3 +71,20 @@ def test_split_debian_header_tree_is_merged(tmp_path, monkeypatch):
     finally:
         tree.close()
     assert not os.path.exists(root)
+
+
+def test_stale_header_farms_of_dead_runs_are_removed(tmp_path):
+    """kill -9 leaves a merged header tree behind; the next run removes it."""
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    dead = tmp_path / ("%s%d-abc" % (kernel.FARM_PREFIX, dead_pid.pid))
+    alive = tmp_path / ("%s%d-abc" % (kernel.FARM_PREFIX, os.getpid()))
+    link = tmp_path / ("%s%d-link" % (kernel.FARM_PREFIX, dead_pid.pid))
+    other = tmp_path / "unrelated-1-abc"
+    for d in (dead, alive, other):
+        (d / "include").mkdir(parents=True)
+    link.symlink_to(other)
+    kernel.remove_stale_header_farms(str(tmp_path))
+    assert not dead.exists()
+    assert alive.exists() and other.exists() and (other / "include").exists()
+    assert link.is_symlink()
