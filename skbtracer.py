@@ -8,7 +8,8 @@
 #                     [-p N] [-N NS] [-c N] [-T | -t] [--route] [--iptable]
 #                     [--drop] [--dropstack] [--callstack] [--keep]
 #                     [--backend B] [-v] [-o FILE] [--json [FILE]] [--force]
-#                     [--names] [--no-summary]
+#                     [--names] [--no-summary] [-r FILE ...] [--node NAME]
+#                     [--latency]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
 # flags (config), BPF building (program, probes, layout), decoding (events)
@@ -61,6 +62,9 @@ def open_new_file(flag, path, force):
 
 def main(argv=None):
     cfg = config.parse_args(argv)
+    if cfg.read:        # saved JSON lines: no root, no bcc, no kernel
+        from skbtracer_lib import replay
+        return replay.main(cfg)
     try:
         program = Program(cfg)
     except kernel.KernelError as e:
