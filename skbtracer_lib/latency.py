@@ -90,8 +90,9 @@ def story_lines(story, with_table=False):
         lines.append("TIME: ... and %d more packets (--json has them all)"
                      % (len(timed) - MAX_TIME_LINES))
     if with_table:
-        lines.append("skbtracer: hop-to-hop delays over %d packets (--latency)"
-                     % len(story.packets))
+        count = len(story.packets)
+        lines.append("skbtracer: hop-to-hop delays over %d packet%s (--latency)"
+                     % (count, "" if count == 1 else "s"))
         lines.append(hop_table(story))
     return lines
 

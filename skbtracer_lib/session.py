@@ -215,6 +215,7 @@ class Session:
                 routes_traced="route" in self.cfg.modes,
                 iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached),
                 ended_ns=self.ended_ns, **self.story_arguments())
+            self.last_story = told
             if not told.packets:
                 self.err.write("skbtracer: no packets to tell about\n")
                 return
