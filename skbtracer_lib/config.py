@@ -33,6 +33,9 @@ EXAMPLES = """examples:
     skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
     skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
     skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
+    skbtracer.py -N node1 -N client --node node1 --json=a.jsonl
+                                                      # a node and its pod, JSON lines to a file
+    skbtracer.py -r a.jsonl b.jsonl --latency         # two nodes' saved traces: one story, hop delays
 """
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns

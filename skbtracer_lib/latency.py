@@ -3,10 +3,11 @@ slowest hop; over all packets (--latency), the hop-to-hop delays between
 consecutive probe points (count, median, p99, max).
 
 A hop is two consecutive rows of one skb, or a copy's first row and the
-row of its parent just before it was made (the copy's birth).
+row of its parent just before it was made (the copy's birth). Frees and
+packet-socket taps are not on the packet's way: they are left out.
 """
 
-from .story import MAX_FLAG_LINES, format_table
+from .story import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS, format_table
 from .story import _duration_text as duration_text
 
 MAX_TIME_LINES = MAX_FLAG_LINES
@@ -21,12 +22,15 @@ def point_text(story, e, name):
 def hops(story, packet):
     """[(from point, to point, ns)] of packet, in time order."""
     out = []
+    def on_the_way(rows):
+        return [(e, n) for e, n in rows if n not in FREE_POINTS and n not in TAP_POINTS]
+
     for copy in packet.copies:
-        rows = list(zip(copy.events, copy.names))
+        rows = on_the_way(zip(copy.events, copy.names))
         parent = copy.parent
-        if parent is not None:
-            before = [(e, n) for e, n in zip(parent.events, parent.names)
-                      if e.ts_ns <= copy.birth]
+        if parent is not None and rows:
+            before = [(e, n) for e, n in on_the_way(zip(parent.events, parent.names))
+                      if e.ts_ns <= rows[0][0].ts_ns]
             if before:
                 rows.insert(0, before[-1])
         for (a, an), (b, bn) in zip(rows, rows[1:]):
