@@ -318,6 +318,14 @@ def validate(ns):
     if cfg.force and not cfg.output and cfg.json in (None, "-"):
         raise UsageError("--force applies only with -o/--output or --json=FILE")
     cfg.expression = parse_expression(ns.expression)
+    if cfg.read:
+        live_only = [flag for flag, given in (
+            ("-p/--pid", cfg.pid is not None), ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
+            ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
+            ("--callstack/--dropstack", cfg.stacks is not None)) if given]
+        if live_only:
+            raise UsageError("-r reads saved events; %s applies only while tracing"
+                             % ", ".join(live_only))
     return cfg
 
 

@@ -424,5 +424,13 @@ def main(cfg):
     except ReadError as e:
         err.write("skbtracer: %s\n" % e)
         return 2
-    return ReplaySession(cfg, runs).run()
+    if not cfg.output:
+        return ReplaySession(cfg, runs).run()
+    try:        # -o FILE: never overwrite without --force (config checked it too)
+        out = open(cfg.output, "w" if cfg.force else "x", encoding="utf-8")
+    except OSError as e:
+        err.write("skbtracer: -o/--output: cannot write %r: %s\n" % (cfg.output, e.strerror))
+        return 1
+    with out:
+        return ReplaySession(cfg, runs, out=out).run()
 

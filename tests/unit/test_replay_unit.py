@@ -314,6 +314,20 @@ def test_read_needs_no_root_nor_bcc(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_live_only_flags_are_refused_with_read(tmp_path):
+    result = run_cli("-r", str(tmp_path / "a.jsonl"), "-p", "1", "--keep")
+    one_line(result, 2, "-r reads saved events", "-p/--pid, --keep")
+
+
+def test_rows_to_a_file(tmp_path):
+    one, _ = request(1000, 41000, 1_000_000_000)
+    path = write_run(tmp_path / "a.jsonl", "node1", one)
+    rows = tmp_path / "rows.txt"
+    result = run_cli("-r", str(path), "-o", str(rows))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and len(rows.read_text().splitlines()) == 1 + 5
+
+
 def test_node_name_is_checked():
     result = run_cli("--ebpf", "--node", "bad name;")
     one_line(result, 2, "--node")
