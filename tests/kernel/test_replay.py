@@ -39,6 +39,11 @@ def two_nodes(tmp_path_factory, settle):
         yield cluster, received, (one, two), (a, b), where
 
 
+def netns_names(path):
+    return {json.loads(line)["netns_name"] for line in path.read_text().splitlines()
+            if '"type": "event"' in line}
+
+
 def read(*paths, extra=()):
     return subprocess.run([PYTHON, SKBTRACER, "-r", *map(str, paths), *extra],
                           capture_output=True, text=True, timeout=300)
@@ -72,6 +77,9 @@ def test_both_tracers_saw_their_node(two_nodes):
         events = [o for o in objects if o["type"] == "event" and o["sport"] == SPORT]
         assert events and {o["node"] for o in events} == {node}
         assert {o["netns_name"] for o in events} >= {cluster.ns[r] for r in roles}
+    # -N repeated: each tracer saw its own node's namespaces and no other
+    assert netns_names(a) <= {cluster.ns[r] for r in ("node1", "client", "server")}
+    assert netns_names(b) <= {cluster.ns[r] for r in ("node2", "server2")}
 
 
 def test_read_two_nodes_tells_one_packet(two_nodes):
