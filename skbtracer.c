@@ -561,7 +561,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 #endif
     fill_context(skb, e);
 #ifdef FILTER_NETNS
-    if (!force && e->netns != FILTER_NETNS)
+    if (!force && !FILTER_NETNS(e->netns))
         return 0;
 #endif
     read_macs(skb, e, &at);

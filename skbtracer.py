@@ -9,6 +9,7 @@
 #                     [--drop] [--dropstack] [--callstack] [--keep]
 #                     [--backend B] [-v] [-o FILE] [--json [FILE]] [--force]
 #                     [--names] [--no-summary] [-w FILE] [--snaplen N]
+#                     [-r FILE ...] [--node NAME] [--latency]
 #                     [--version] [EXPRESSION ...]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
@@ -17,14 +18,13 @@
 # and output (output, jsonout, names, session), and the packets' story told
 # at exit (story).
 
-import errno
 import os
-import stat
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
 from skbtracer_lib import config, kernel  # noqa: E402
+from skbtracer_lib.output import open_new_file  # noqa: E402,F401 (tests call it here)
 from skbtracer_lib.program import Program, Loaded  # noqa: E402
 
 
@@ -52,49 +52,11 @@ def report(program, headers, loaded):
         say("skbtracer: note: %s\n" % note)
 
 
-def open_new_file(flag, path, force, binary=False):
-    """Open a file for rows (binary: for blocks). Creates it exclusively;
-    an existing one is opened only as config.existing_file_problem()
-    allows, checked on the opened file itself (it may have changed since
-    the flags were checked). Never follows a symlink."""
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
-    try:
-        try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            fd = _open_existing(flag, path, force, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise kernel.KernelError("%s: %r is a symbolic link; refusing to follow it"
-                                     % (flag, path))
-        raise kernel.KernelError("%s: cannot write %r: %s" % (flag, path, e.strerror))
-    if binary:
-        return os.fdopen(fd, "wb")
-    return os.fdopen(fd, "w", encoding="utf-8")
-
-
-def _open_existing(flag, path, force, flags):
-    # O_NONBLOCK: a FIFO without a reader must not hang the open (ENXIO)
-    try:
-        fd = os.open(path, flags | os.O_NONBLOCK)
-    except OSError as e:
-        if e.errno != errno.ENXIO or not stat.S_ISFIFO(os.lstat(path).st_mode):
-            raise
-        sys.stderr.write("skbtracer: %s: waiting for a reader of %r\n" % (flag, path))
-        fd = os.open(path, flags)
-    st = os.fstat(fd)
-    problem = config.existing_file_problem(st, force)
-    if problem:
-        os.close(fd)
-        raise kernel.KernelError("%s: %r %s" % (flag, path, problem))
-    os.set_blocking(fd, True)
-    if stat.S_ISREG(st.st_mode):
-        os.ftruncate(fd, 0)     # --force
-    return fd
-
-
 def main(argv=None):
     cfg = config.parse_args(argv)
+    if cfg.read:        # saved JSON lines: no root, no bcc, no kernel
+        from skbtracer_lib import replay
+        return replay.main(cfg)
     try:
         program = Program(cfg)
     except kernel.KernelError as e:

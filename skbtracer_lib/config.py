@@ -37,6 +37,9 @@ EXAMPLES = """examples:
     skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
     skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
     skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
+    skbtracer.py -N node1 -N client --node node1 --json=a.jsonl
+                                                      # a node and its pod, JSON lines to a file
+    skbtracer.py -r a.jsonl b.jsonl --latency         # two nodes' saved traces: one story, hop delays
 """
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
@@ -46,6 +49,7 @@ CLONE_NEWNET = 0x40000000
 L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
 BACKENDS = ("auto", "kprobe", "tracepoint")
 SNAPLEN_DEFAULT = 256
+MAX_NETNS = 8       # -N namespaces compiled into the kernel filter
 
 
 class UsageError(Exception):
@@ -64,7 +68,8 @@ class Config:
     port: int = None
     icmpid: int = None
     pid: int = None
-    netns: int = None               # inode
+    netns: int = None               # inode (the first -N)
+    netns_all: list = field(default_factory=list)   # every -N inode (at most MAX_NETNS)
     netns_label: str = None         # what the user typed for -N
     count: int = None
     timestamp: bool = False         # -t: seconds since the first event
@@ -84,6 +89,9 @@ class Config:
     names: bool = False             # NETWORK_NS column shows names
     summary: bool = True            # the packets' story at exit
     expression: object = None       # pcapfilter.Expression: the positional filter words
+    read: list = None               # -r FILE ...: saved JSON lines instead of tracing
+    node: str = None                # --node NAME: written into every JSON object
+    latency: bool = False           # --latency: hop-to-hop delay table at exit
 
 
 def build_parser():
@@ -101,9 +109,10 @@ def build_parser():
     p.add_argument("--icmpid", metavar="N", help="ICMP echo id (needs --proto icmp)")
     p.add_argument("-p", "--pid", metavar="N",
                    help="only events in the context of this process")
-    p.add_argument("-N", "--netns", metavar="NS",
+    p.add_argument("-N", "--netns", metavar="NS", action="append",
                    help="only this network namespace: an inode number, a name "
-                        "from 'ip netns', or a path like /proc/PID/ns/net")
+                        "from 'ip netns', or a path like /proc/PID/ns/net; repeat "
+                        "for up to %d namespaces" % MAX_NETNS)
     p.add_argument("-c", "--catch-count", metavar="N", dest="count",
                    help="stop after N rows (default: unlimited)")
     p.add_argument("-T", "--time", action="store_true",
@@ -144,6 +153,13 @@ def build_parser():
                         "container instead of its inode")
     p.add_argument("--no-summary", action="store_true",
                    help="no packet story (flows, paths, duplicates, drops) on stderr at exit")
+    p.add_argument("-r", "--read", nargs="+", metavar="FILE",
+                   help="read saved JSON lines (--json) instead of tracing; several files "
+                        "(nodes) make one story; no root or bcc needed")
+    p.add_argument("--node", metavar="NAME",
+                   help="the node name written into the JSON objects (default: the host name)")
+    p.add_argument("--latency", action="store_true",
+                   help="at exit, a table of hop-to-hop delays (count, median, p99, max)")
     p.add_argument("--version", action="version", version="%(prog)s " + __version__)
     p.add_argument("expression", nargs="*", metavar="EXPRESSION",
                    help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; "
@@ -281,8 +297,22 @@ def validate(ns):
     cfg.pid = _number(ns.pid, "-p/--pid", 1, 2**22)
     if cfg.pid is not None and not os.path.exists("/proc/%d" % cfg.pid):
         raise UsageError("-p: no process %d" % cfg.pid)
-    if ns.netns is not None:
-        cfg.netns, cfg.netns_label = resolve_netns(ns.netns)
+    cfg.read = ns.read
+    if ns.netns:
+        if len(ns.netns) > MAX_NETNS:
+            raise UsageError("-N: at most %d namespaces, not %d" % (MAX_NETNS, len(ns.netns)))
+        if cfg.read:     # saved events: the inode or netns name they recorded
+            cfg.netns_all = [text.strip() for text in ns.netns]
+        else:
+            resolved = [resolve_netns(text) for text in ns.netns]
+            cfg.netns_all = sorted({inode for inode, _label in resolved})
+            cfg.netns, cfg.netns_label = resolved[0]
+            cfg.netns_label = ",".join(label for _inode, label in resolved)
+    if ns.node is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.@:-]{1,64}", ns.node):
+            raise UsageError("--node: %r is not a node name (letters, digits, _.@:-)" % ns.node)
+    cfg.node = ns.node or os.uname().nodename
+    cfg.latency = ns.latency
     cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
     if ns.time and ns.timestamp:
         raise UsageError("-T/--time and -t/--timestamp exclude each other")
@@ -334,6 +364,14 @@ def validate(ns):
     if cfg.force and not cfg.output and cfg.json in (None, "-") and not cfg.write:
         raise UsageError("--force applies only with -o/--output, --json=FILE or -w")
     cfg.expression = parse_expression(ns.expression)
+    if cfg.read:
+        live_only = [flag for flag, given in (
+            ("-p/--pid", cfg.pid is not None), ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
+            ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
+            ("--callstack/--dropstack", cfg.stacks is not None)) if given]
+        if live_only:
+            raise UsageError("-r reads saved events; %s applies only while tracing"
+                             % ", ".join(live_only))
     return cfg
 
 

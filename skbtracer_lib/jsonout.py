@@ -1,6 +1,8 @@
 """JSON lines: a "start" object (version, kernel, backend), one object per
 event (--json), and the story at exit as "summary", "duplicate", "dropped",
-"vanished" and "end" objects.
+"vanished" objects, and an "end" object (what the run could not see; -r
+reads it back). Every object of a run carries "node" and "run_id", so
+files from several nodes and runs can be told apart and merged.
 
 The schema is documented in README.md ("JSON output") and man/skbtracer.8.
 Every event object has every key; keys that do not apply are null.
@@ -9,11 +11,13 @@ Every event object has every key; keys that do not apply are null.
 import json
 import os
 import time
+import uuid
 
 from . import __version__
 from .events import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, NF_PROTOCOLS, PKT_TYPES
 from .output import ROW_FORMAT, TCP_FLAGS
 
+FORMAT = 1          # the JSON lines' format version; -r refuses newer ones
 KINDS = {1: "route", 2: "iptable", 3: "drop"}
 L4_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 
@@ -27,7 +31,7 @@ _EVENT_LINE = ('{"type": "event", "time_ns": %d, "time": "%s", "ktime_ns": %d, "
                '"proto": "%s", "saddr": "%s", "daddr": "%s", "sport": %s, "ttl": %d, '
                '"ip_id": %s, "tcp_seq": %s, "icmp_type": %s, "len": %d, "skb": "%x", '
                '"pkt_type": %d, "pkt_type_name": "%s", "kind": "route", "func": %s, "pid": %d, '
-               '"nf": null, "drop": null}')
+               '"nf": null, "drop": null, "node": %s, "run_id": "%s"}')
 
 
 def mac_text(raw):
@@ -56,7 +60,9 @@ class JsonFormatter:
     symbolizer and clock come from it); names: names.NetnsNames or None.
     """
 
-    def __init__(self, rows, names=None):
+    def __init__(self, rows, names=None, node=None, run_id=None):
+        self.node = node if node is not None else os.uname().nodename
+        self.run_id = run_id or new_run_id()
         self.probe_names = rows.probe_names
         self._probe_name = rows.probe_name
         self.reasons = rows.reasons
@@ -107,6 +113,8 @@ class JsonFormatter:
             "pid": e.pid,
             "nf": None,
             "drop": None,
+            "node": self.node,
+            "run_id": self.run_id,
         }
         if e.kind == KIND_IPTABLE:
             obj["nf"] = {"pf": e.pf, "pf_name": NF_PROTOCOLS.get(e.pf, str(e.pf)),
@@ -157,17 +165,42 @@ class JsonFormatter:
             L4_NAMES.get(l4) or str(l4), e.saddr, e.daddr, ports, e.ttl,
             e.ip_id if e.family == 4 else "null", tcp, icmp, e.len, e.skb, e.pkt_type,
             PKT_TYPES.get(e.pkt_type) or str(e.pkt_type), _string(self._probe_name(e.probe)),
-            e.pid)
+            e.pid, _string(self.node), self.run_id)
 
 
 def dumps(obj):
     return _dumps(obj)
 
 
-def start_object(backend):
-    """The stream's first object: which skbtracer wrote it, on which kernel."""
-    return {"type": "start", "version": __version__, "kernel": os.uname().release,
-            "backend": backend}
+def new_run_id():
+    return uuid.uuid4().hex
+
+
+def boot_id():
+    """The kernel's boot id: events with one boot id share one ktime clock."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def start_object(backend, node=None, run_id=None, **run):
+    """The stream's first object: which skbtracer wrote it, on which kernel
+    and node; run: what -r needs to tell the story as this run would
+    (probes attached, modes)."""
+    obj = {"type": "start", "version": __version__, "kernel": os.uname().release,
+           "backend": backend, "format": FORMAT,
+           "node": node if node is not None else os.uname().nodename,
+           "boot_id": boot_id(), "run_id": run_id}
+    obj.update(run)
+    return obj
+
+
+def end_object(node, run_id, ended_ktime_ns, lost, caveats):
+    """The stream's last object: when tracing stopped and what it could not see."""
+    return {"type": "end", "node": node, "run_id": run_id, "ended_ktime_ns": ended_ktime_ns,
+            "lost": lost, "caveats": list(caveats)}
 
 
 def text_row(obj, time_column, netns_column=None):

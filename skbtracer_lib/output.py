@@ -1,10 +1,14 @@
 """Turning decoded events into the original tool's text rows."""
 
+import errno
 import os
 import stat
+import sys
 import time
 
+from .config import existing_file_problem
 from .events import KIND_IPTABLE, KIND_DROP, probe_name
+from .kernel import KernelError
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
 ROW_FORMAT = "[%-8s][%-10s] %-12s %-12s %-40s %s"
@@ -168,3 +172,46 @@ def line_sink(stream, what):
     except (AttributeError, OSError, ValueError):
         return stream
     return LineSink(stream, what)
+
+
+# -- files for -o, --json=FILE and -w
+
+def open_new_file(flag, path, force, binary=False):
+    """Open a file for rows (binary: for blocks). Creates it exclusively;
+    an existing one is opened only as existing_file_problem()
+    allows, checked on the opened file itself (it may have changed since
+    the flags were checked). Never follows a symlink."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            fd = _open_existing(flag, path, force, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise KernelError("%s: %r is a symbolic link; refusing to follow it"
+                                     % (flag, path))
+        raise KernelError("%s: cannot write %r: %s" % (flag, path, e.strerror))
+    if binary:
+        return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def _open_existing(flag, path, force, flags):
+    # O_NONBLOCK: a FIFO without a reader must not hang the open (ENXIO)
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno != errno.ENXIO or not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise
+        sys.stderr.write("skbtracer: %s: waiting for a reader of %r\n" % (flag, path))
+        fd = os.open(path, flags)
+    st = os.fstat(fd)
+    problem = existing_file_problem(st, force)
+    if problem:
+        os.close(fd)
+        raise KernelError("%s: %r %s" % (flag, path, problem))
+    os.set_blocking(fd, True)
+    if stat.S_ISREG(st.st_mode):
+        os.ftruncate(fd, 0)     # --force
+    return fd

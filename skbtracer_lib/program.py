@@ -55,8 +55,9 @@ def filter_defines(cfg):
         d["FILTER_ICMPID"] = swap16(cfg.icmpid)
     if cfg.pid is not None:
         d["FILTER_PID"] = cfg.pid
-    if cfg.netns is not None:
-        d["FILTER_NETNS"] = "%dU" % cfg.netns
+    inodes = cfg.netns_all or ([cfg.netns] if cfg.netns is not None else [])
+    if inodes:        # -N, repeatable: a fixed set of numbers (config.MAX_NETNS at most)
+        d["FILTER_NETNS(n)"] = "(%s)" % " || ".join("(n) == %dU" % int(i) for i in inodes)
     if cfg.expression is not None:
         d["PCAP_FILTER"] = 1
         d.update(cfg.expression.defines())

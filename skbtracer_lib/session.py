@@ -10,7 +10,7 @@ import time
 
 from .events import EVENT_SIZE, Event
 from .output import HEADER, Clock, OutputError, RowFormatter, line_sink
-from . import capture, jsonout, names, probes, story
+from . import capture, jsonout, latency, names, probes, story
 
 PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
@@ -33,11 +33,11 @@ class Session:
         need_names = cfg.names or cfg.json or cfg.summary or capture_file is not None
         self.names = names.NetnsNames() if need_names else None
         probe_names = loaded.program.probe_names
-        self.formatter = RowFormatter(probe_names, probes.drop_reasons(), loaded.symbolize,
+        self.formatter = RowFormatter(probe_names, self.drop_reasons(), loaded.symbolize,
                                       self.clock, names=self.names if cfg.names else None)
         self.json = None
         if cfg.json:
-            self.json = jsonout.JsonFormatter(self.formatter, self.names)
+            self.json = jsonout.JsonFormatter(self.formatter, self.names, node=cfg.node)
         self.json_rows = cfg.json == "-"     # JSON instead of the text rows
         self.book = story.StoryBook(self.names) if cfg.summary else None
         self.capture = None                 # -w: pcapng beside the rows
@@ -138,7 +138,7 @@ class Session:
             if not self.json_rows:
                 self._write(HEADER + "\n")
             if self.json is not None:
-                start = jsonout.dumps(jsonout.start_object(self.loaded.program.backend)) + "\n"
+                start = jsonout.dumps(self._start_object()) + "\n"
                 if self.json_out is not None:
                     self.json_out.write(start)
                 if self.json_rows:
@@ -183,6 +183,7 @@ class Session:
         if self.failed is not None:
             self.err.write("skbtracer: %s (the story at exit)\n" % self.failed)
             return 1
+        self._write_end_object()
         unshown = ", %d events could not be shown" % self.bad_events if self.bad_events else ""
         self.err.write("skbtracer: %d rows printed, %d events lost%s\n"
                        % (self.rows, self.lost, unshown))
@@ -215,6 +216,41 @@ class Session:
                        "packets, complete\n" % (self.cfg.write, self.capture_error,
                                                 self.capture.packets))
         return 1
+
+    # -- where -r (replay.ReplaySession) tells the story from saved events
+
+    def drop_reasons(self):
+        return probes.drop_reasons()
+
+    def story_arguments(self):
+        return {}
+
+    # -- what -r needs to tell the same story later
+
+    def _start_object(self):
+        program = self.loaded.program
+        return jsonout.start_object(
+            program.backend, node=self.json.node, run_id=self.json.run_id,
+            probes=list(program.probe_names),
+            attached=sorted({p.name for p, _t, _x in self.loaded.attached}),
+            modes=sorted(self.cfg.modes),
+            iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached))
+
+    def _write_end_object(self):
+        if self.json is None or self.pipe_closed:
+            return
+        caveats = self.caveats() if self.book is not None else []
+        line = jsonout.dumps(jsonout.end_object(self.json.node, self.json.run_id,
+                                                self.ended_ns, self.lost, caveats)) + "\n"
+        try:
+            for stream in ((self.out,) if self.json_rows else ()) + (
+                    (self.json_out,) if self.json_out is not None else ()):
+                stream.write(line)
+                stream.flush()
+        except BrokenPipeError:
+            self.pipe_closed = True
+        except OutputError as e:
+            self.err.write("skbtracer: %s (the end object)\n" % e)
 
     # -- the packets' story, at exit
 
@@ -270,10 +306,11 @@ class Session:
                 self.book.events, self.loaded.program.probe_names,
                 visible={p.name for p, _t, _x in self.loaded.attached},
                 label=self.names.label, symbolize=self.loaded.symbolize,
-                reasons=probes.drop_reasons(), caveats=self.caveats(),
+                reasons=self.drop_reasons(), caveats=self.caveats(),
                 routes_traced="route" in self.cfg.modes,
                 iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached),
-                ended_ns=self.ended_ns)
+                ended_ns=self.ended_ns, **self.story_arguments())
+            self.last_story = told
             if not told.packets:
                 self.err.write("skbtracer: no packets to tell about\n")
                 return
@@ -291,12 +328,14 @@ class Session:
             if len(told.packets) > story.MAX_TABLE_PACKETS:
                 say.append("skbtracer: %d more packets not in the table (--json has them all)"
                            % (len(told.packets) - story.MAX_TABLE_PACKETS))
+            say += latency.story_lines(told, self.cfg.latency)
             self.err.write("\n".join(say) + "\n")
             if self.capture is not None:
                 self._flush_capture(lambda: self.capture.write_story(say))
             stream = self.out if self.json_rows else self.json_out
             if stream is not None and not self.pipe_closed:
-                lines = [jsonout.dumps(obj) for obj in jsonout.story_objects(told)]
+                lines = [jsonout.dumps(latency.with_hops(obj, told))
+                         for obj in jsonout.story_objects(told)]
                 stream.write("\n".join(lines) + "\n")
                 stream.flush()
         except KeyboardInterrupt:

@@ -234,9 +234,13 @@ def _location(e, name):
     return (e.netns, e.ifname, name)
 
 
-def group(events, probe_names, visible=None):
+def group(events, probe_names, visible=None, enters=None):
     """Events -> [Packet] in order of their first event. visible: names of the
-    probe points that were attached (default: all of probe_names)."""
+    probe points that were attached (default: all of probe_names); enters:
+    None, or (-r over several nodes, merge.Wire) enters.may_enter(e, name,
+    packet): may a new copy at e join packet although no copy of it is in
+    e's namespace (it came over the wire from another node)? and
+    enters.crosses(copy, child): did child take over from copy there?"""
     visible = set(probe_names if visible is None else visible)
     events = sorted(events, key=lambda e: e.ts_ns)
     live = {}          # skb address -> Copy
@@ -264,7 +268,8 @@ def group(events, probe_names, visible=None):
             copy.add(e, name, view, loc)
         else:
             copy = Copy(e, name, view, loc)
-            packet = _choose_packet(_candidates(shown, view, e.ts_ns), e, view, loc)
+            packet = _choose_packet(_candidates(shown, view, e.ts_ns), e, view, loc,
+                                    name, enters)
             if packet is None:
                 packet = Packet(len(packets) + 1, copy)
                 packets.append(packet)
@@ -290,7 +295,7 @@ def group(events, probe_names, visible=None):
             copy.freed = e
             ended[e.skb] = live.pop(e.skb)
     for packet in packets:
-        _link(packet, visible)
+        _link(packet, visible, enters)
     return packets
 
 
@@ -318,7 +323,7 @@ def _candidates(shown, view, ts, recent=16):
     return out
 
 
-def _choose_packet(candidates, e, view, loc):
+def _choose_packet(candidates, e, view, loc, name=None, enters=None):
     """The packet a new copy belongs to, or None. Same header first, then a
     NATed one; where the packet itself first appeared only the same header
     with a non-zero IPv4 id (several copies first seen at one place when a
@@ -327,7 +332,8 @@ def _choose_packet(candidates, e, view, loc):
     for packet in candidates or ():
         if e.ts_ns - packet.last_ts > JOIN_WINDOW_NS or len(packet.copies) >= MAX_COPIES:
             continue
-        if e.netns and not packet.is_in(e.netns, e.ts_ns):
+        if e.netns and not packet.is_in(e.netns, e.ts_ns) and not (
+                enters is not None and enters.may_enter(e, name, packet)):
             continue          # copies are made where the packet is
         at_origin = loc in packet.origins
         if view in packet._viewset:
@@ -341,7 +347,7 @@ def _choose_packet(candidates, e, view, loc):
     return exact or nated
 
 
-def _link(packet, visible):
+def _link(packet, visible, enters=None):
     """Parents, children, hand-overs and the end of every copy."""
     copies = sorted(packet.copies, key=lambda c: c.birth)
     packet.copies = copies
@@ -366,7 +372,10 @@ def _link(packet, visible):
         if copy.end.kind in ("delivered", "local", "dropped"):
             continue
         last_netns = _last_interface(copy)[0]
-        if any(_no_travel_after(copy, child.birth) and child.events[0].netns == last_netns
+        if any(_no_travel_after(copy, child.birth) and (
+                child.events[0].netns == last_netns
+                or (enters is not None and copy.end.kind == "left"
+                    and enters.crosses(copy, child)))
                for child in copy.children):
             copy.continued = True
             copy.end = End("continued", ts_ns=copy.last_ts)
@@ -461,9 +470,13 @@ class Story:
     """
 
     def __init__(self, packets, label=str, symbolize=None, reasons=None,
-                 caveats=(), routes_traced=True, iptable_traced=False, ended_ns=None):
-        """caveats: what this run could not see (said with vanished verdicts)."""
+                 caveats=(), routes_traced=True, iptable_traced=False, ended_ns=None,
+                 node_of=None):
+        """caveats: what this run could not see (said with vanished verdicts);
+        node_of(netns) -> node name, when the events come from several nodes
+        (a path crossing to another node shows "=>")."""
         self.packets = packets
+        self.node_of = node_of
         self.label = label
         self.symbolize = symbolize or (lambda address: "%#x" % address)
         self.reasons = reasons
@@ -561,7 +574,8 @@ class Story:
         trunk = self.hops(copy, start, kid.birth)
         own = self._path_tree(copy, kid.birth, skip + 1)
         theirs = self._path_tree(kid, kid.birth)
-        if copy.end.kind == "continued" and len(kids) == 1 and not self.hops(copy, kid.birth):
+        if copy.end.kind == "continued" and not self.hops(copy, kid.birth) and (
+                len(kids) == 1 or (self.node_of is not None and not _has_hops(own))):
             return trunk + theirs          # handed over to the new skb
         if not _has_hops(theirs) and kid.end.kind in ("continued", "tap"):
             return trunk + own
@@ -652,8 +666,9 @@ class Story:
                 route += ", delivered to a socket"
             desc = "%s, TTL %d" % (label, ttl) if label else "TTL %d" % ttl
             parts.append("(%d) %s: %s" % (i, desc, route))
-        return "DUPLICATE: %s reached %s %d times: %s" % (
-            self.final_flow(dup.copies[0]), where, len(dup.copies), "; ".join(parts))
+        return "DUPLICATE: %s reached %s %d times (%s apart): %s" % (
+            self.final_flow(dup.copies[0]), where, len(dup.copies),
+            _duration_text(dup.copies[-1].end.ts_ns - dup.copies[0].end.ts_ns), "; ".join(parts))
 
     def drop_lines(self):
         return [text for _packet, text in self.drop_flags()]
@@ -738,6 +753,14 @@ class Story:
         return format_table(self.HEADERS, self.table_rows(limit))
 
 
+def _duration_text(ns):
+    if ns >= 1_000_000_000:
+        return "%.3f s" % (ns / 1e9)
+    if ns >= 1_000_000:
+        return "%.3f ms" % (ns / 1e6)
+    return "%.1f us" % (ns / 1e3)
+
+
 def format_table(headers, rows):
     try:
         from tabulate import tabulate
@@ -759,7 +782,11 @@ def _render(tree, story, previous_netns=None):
     parts = []
     for item in tree:
         if isinstance(item, tuple):
-            parts.append(story.place_text(item[0], item[1], previous_netns))
+            text = story.place_text(item[0], item[1], previous_netns)
+            if (story.node_of is not None and previous_netns is not None
+                    and story.node_of(item[0]) != story.node_of(previous_netns)):
+                text = NODE_CROSSING + text
+            parts.append(text)
             previous_netns = item[0]
         elif isinstance(item, str):
             if parts:
@@ -780,7 +807,10 @@ def _render(tree, story, previous_netns=None):
                 previous_netns = last[-1][0] if last else None
             else:
                 previous_netns = None
-    return " > ".join(p for p in parts if p)
+    return " > ".join(p for p in parts if p).replace(" > " + NODE_CROSSING, " => ")
+
+
+NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
 
 
 def _factor_suffix(branches):
@@ -938,6 +968,6 @@ def _route(copy, others, place):
     return label, end_ttl, steps, copy.end.kind
 
 
-def build(events, probe_names, visible=None, **story_args):
+def build(events, probe_names, visible=None, enters=None, **story_args):
     """Events (any order) -> Story."""
-    return Story(group(events, probe_names, visible), **story_args)
+    return Story(group(events, probe_names, visible, enters), **story_args)

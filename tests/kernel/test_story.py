@@ -78,8 +78,9 @@ def test_duplicate_in_scenario_1_and_no_other(traced):
     assert len(found) == 1, run.stderr
     line = found[0]
     server = cluster.ns["server"]
-    assert line.startswith("DUPLICATE: U 10.244.1.2:%d->10.244.1.3:9000 reached %s/eth0 2 times: "
-                           "(1) " % (results[1].sport, server)), line
+    assert re.match(r"DUPLICATE: U 10\.244\.1\.2:%d->10\.244\.1\.3:9000 reached %s/eth0 2 times "
+                    r"\([0-9.]+ (us|ms|s) apart\): \(1\) " % (results[1].sport, re.escape(server)),
+                    line), line
     first, second = line.split("; (2) ")
     if BACKEND == "kprobe":
         assert "(1) bridged, TTL 64: br_forward(" in first and "→ __br_forward →" in first, line
@@ -132,7 +133,12 @@ def test_json_lines_parse_and_carry_the_text_rows_events(traced):
         assert obj["netns_name"] or obj["netns"] == 0
     assert {o["type"] for o in objects} >= {"event", "summary", "duplicate", "dropped"}
     # the stream says first which skbtracer wrote it, on which kernel and backend
-    assert objects[0] == jsonout.start_object(BACKEND)
+    expected = jsonout.start_object(BACKEND, run_id=objects[0]["run_id"])
+    assert {k: objects[0][k] for k in expected} == expected
+    # every event says which node and run it came from
+    assert {(o["node"], o["run_id"]) for o in events} == {(expected["node"],
+                                                           expected["run_id"])}
+    assert objects[-1]["type"] == "end" and objects[-1]["run_id"] == expected["run_id"]
     assert objects[0]["version"] == __version__ and [o["type"] for o in objects].count("start") == 1
 
 
@@ -201,3 +207,19 @@ def test_o_refuses_to_overwrite(named):
     with open(path) as f:
         assert f.read() == text
     assert os.path.getsize(path) > 0
+
+
+# ---------------------------------------------------------------- -r: the saved events, read back
+
+def test_read_back_tells_the_same_duplicate(traced, tmp_path):
+    cluster, _results, run, lines = traced
+    saved = tmp_path / "saved.jsonl"
+    saved.write_text("\n".join(lines) + "\n")
+    read = subprocess.run([PYTHON, SKBTRACER, "-r", str(saved)], capture_output=True,
+                          text=True, timeout=300)
+    assert read.returncode == 0, read.stderr
+    replayed = [line for line in read.stderr.splitlines()
+                if line.startswith("DUPLICATE: ") and ours(line, cluster)]
+    assert replayed == duplicate_lines(run, cluster)
+    # the same rows as the live run printed
+    assert [r for r in read.stdout.splitlines()[1:]] == [r.line for r in run.rows]

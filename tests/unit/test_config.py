@@ -183,7 +183,7 @@ def test_netns_by_inode_cli(temp_netns):
     _name, inode = temp_netns
     result = run_cli("--ebpf", "-N", str(inode))
     assert result.returncode == 0, result.stderr
-    assert "#define FILTER_NETNS %dU" % inode in result.stdout.splitlines()
+    assert "#define FILTER_NETNS(n) ((n) == %dU)" % inode in result.stdout.splitlines()
 
 
 def test_netns_by_name(temp_netns):
@@ -224,11 +224,14 @@ def ebpf_text(*argv):
 
 def defines(text):
     """{name: value} of the generated #define lines (before the C body)."""
-    return dict(re.findall(r"^#define (FILTER_\w+) (.*)$", text, re.M))
+    return dict(re.findall(r"^#define (FILTER_\w+)(?:\(n\))? (.*)$", text, re.M))
 
 
 def assert_filters_are_numbers(text):
     for name, value in defines(text).items():
+        if name == "FILTER_NETNS":      # ((n) == 1U || (n) == 2U): numbers only
+            assert re.fullmatch(r"\(\(n\) == [0-9]+U( \|\| \(n\) == [0-9]+U)*\)", value), value
+            continue
         assert re.fullmatch(r"[0-9]+(U|ULL)?", value), (name, value)
 
 
@@ -275,7 +278,7 @@ def test_ebpf_pid_and_netns_by_name(temp_netns):
     pid = os.getpid()
     text = ebpf_text("-N", name, "-p", str(pid), "--proto", "tcp")
     found = defines(text)
-    assert found["FILTER_NETNS"] == "%dU" % inode
+    assert found["FILTER_NETNS"] == "((n) == %dU)" % inode
     assert found["FILTER_PID"] == str(pid)
     assert found["FILTER_L4PROTO"] == "6"
     assert name not in text
@@ -287,7 +290,18 @@ def test_ebpf_netns_path_is_not_in_text():
     text = ebpf_text("-N", "/proc/self/ns/net")
     assert "/proc/self" not in text
     # the CLI's own /proc/self is in the same namespace as ours
-    assert defines(text)["FILTER_NETNS"] == "%dU" % os.stat("/proc/self/ns/net").st_ino
+    assert defines(text)["FILTER_NETNS"] == "((n) == %dU)" % os.stat("/proc/self/ns/net").st_ino
+
+
+def test_netns_repeatable_and_bounded(temp_netns):
+    name, inode = temp_netns
+    own = os.stat("/proc/self/ns/net").st_ino
+    found = defines(ebpf_text("-N", name, "-N", "/proc/self/ns/net"))
+    assert found["FILTER_NETNS"] == "(%s)" % " || ".join(
+        "(n) == %dU" % i for i in sorted({inode, own}))
+    result = run_cli("--ebpf", *(["-N", name] * 9))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "skbtracer: error: -N: at most 8 namespaces, not 9"
 
 
 def test_ebpf_mode_defines():

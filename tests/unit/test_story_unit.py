@@ -7,6 +7,7 @@ rows that matter and with made-up skb addresses and namespace inodes.
 """
 
 import json
+import re
 import os
 import random
 
@@ -179,8 +180,8 @@ def test_scenario1_tracepoints_one_packet_one_duplicate():
     assert len(packet.copies) == 4           # the original, the clone, two freed tap copies
     assert len(told.duplicates) == 1
     line = told.duplicate_lines()[0]
-    assert line.startswith("DUPLICATE: U 10.244.1.2:41002->10.244.1.3:9000 reached server/eth0 "
-                           "2 times: (1) ")
+    assert re.match(r"DUPLICATE: U 10\.244\.1\.2:41002->10\.244\.1\.3:9000 reached server/eth0 "
+                    r"2 times \([0-9.]+ (us|ms|s) apart\): \(1\) ", line), line
     first, second = line.split("; (2) ")
     assert "TTL 64" in first and "net_dev_queue(vethserver)" in first
     assert second.startswith("routed, TTL 63: netif_receive_skb(node1/cbr0) → net_dev_queue")
@@ -490,7 +491,7 @@ EVENT_KEYS = {"type", "time_ns", "time", "ktime_ns", "netns", "netns_name", "con
               "pod_uid", "ifname", "ifindex", "dmac", "smac", "family", "l4proto", "proto",
               "saddr", "daddr", "sport", "dport", "ttl", "ip_id", "tcp_seq", "tcp_flags",
               "icmp_type", "icmp_id", "len", "skb", "pkt_type", "pkt_type_name", "kind", "func",
-              "pid", "nf", "drop"}
+              "pid", "nf", "drop", "node", "run_id"}
 
 
 def json_formatter(names_=None):

@@ -1,0 +1,114 @@
+"""Where the time went: per packet, its first to last sighting and its
+slowest hop; over all packets (--latency), the hop-to-hop delays between
+consecutive probe points (count, median, p99, max).
+
+A hop is two consecutive rows of one skb, or a copy's first row and the
+row of its parent just before it was made (the copy's birth). Frees and
+packet-socket taps are not on the packet's way: they are left out.
+"""
+
+from .story import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS, format_table
+from .story import _duration_text as duration_text
+
+MAX_TIME_LINES = MAX_FLAG_LINES
+
+
+def point_text(story, e, name):
+    if e.ifname or e.netns:
+        return "%s(%s)" % (name, story.place_text(e.netns, e.ifname))
+    return name
+
+
+def hops(story, packet):
+    """[(from point, to point, ns)] of packet, in time order."""
+    out = []
+    def on_the_way(rows):
+        return [(e, n) for e, n in rows if n not in FREE_POINTS and n not in TAP_POINTS]
+
+    for copy in packet.copies:
+        rows = on_the_way(zip(copy.events, copy.names))
+        parent = copy.parent
+        if parent is not None and rows:
+            before = [(e, n) for e, n in on_the_way(zip(parent.events, parent.names))
+                      if e.ts_ns <= rows[0][0].ts_ns]
+            if before:
+                rows.insert(0, before[-1])
+        for (a, an), (b, bn) in zip(rows, rows[1:]):
+            out.append((point_text(story, a, an), point_text(story, b, bn), b.ts_ns - a.ts_ns,
+                        a.ts_ns))
+    out.sort(key=lambda h: h[3])
+    return [h[:3] for h in out]
+
+
+def packet_time(story, packet):
+    """(first to last sighting ns, slowest hop or None)."""
+    found = hops(story, packet)
+    slowest = max(found, key=lambda h: h[2]) if found else None
+    return packet.last_ts - packet.first_ts, slowest
+
+
+def time_line(story, packet):
+    span, slowest = packet_time(story, packet)
+    text = "TIME: packet %d %s: %s from first to last sighting" % (
+        packet.number, story.flow_text(packet), duration_text(span))
+    if slowest is not None:
+        text += "; slowest hop %s -> %s, %s" % (slowest[0], slowest[1],
+                                                 duration_text(slowest[2]))
+    return text
+
+
+def percentile(values, fraction):
+    """values sorted; nearest-rank percentile."""
+    if not values:
+        return 0
+    rank = max(1, -(-len(values) * fraction // 1))
+    return values[int(rank) - 1]
+
+
+def hop_table_rows(story):
+    """[(from, to, count, median ns, p99 ns, max ns)] over every packet's hops."""
+    delays = {}
+    for packet in story.packets:
+        for a, b, ns in hops(story, packet):
+            delays.setdefault((a, b), []).append(ns)
+    rows = []
+    for (a, b), values in delays.items():
+        values.sort()
+        rows.append((a, b, len(values), percentile(values, 0.5), percentile(values, 0.99),
+                     values[-1]))
+    rows.sort(key=lambda r: -r[4])
+    return rows
+
+
+def hop_table(story):
+    rows = [[a, b, n, duration_text(med), duration_text(p99), duration_text(top)]
+            for a, b, n, med, p99, top in hop_table_rows(story)]
+    return format_table(["FROM", "TO", "COUNT", "MEDIAN", "P99", "MAX"], rows)
+
+
+def story_lines(story, with_table=False):
+    """TIME lines for the slowest packets; with --latency the hop table."""
+    timed = sorted(story.packets, key=lambda p: p.last_ts - p.first_ts, reverse=True)
+    lines = [time_line(story, p) for p in timed[:MAX_TIME_LINES]]
+    if len(timed) > MAX_TIME_LINES:
+        lines.append("TIME: ... and %d more packets (--json has them all)"
+                     % (len(timed) - MAX_TIME_LINES))
+    if with_table:
+        count = len(story.packets)
+        lines.append("skbtracer: hop-to-hop delays over %d packet%s (--latency)"
+                     % (count, "" if count == 1 else "s"))
+        lines.append(hop_table(story))
+    return lines
+
+
+def with_hops(obj, story):
+    """A "summary" object with its per-hop deltas and span; others as they are."""
+    if obj.get("type") != "summary":
+        return obj
+    packet = story.packets[obj["packet"] - 1]
+    span, slowest = packet_time(story, packet)
+    obj["span_ns"] = span
+    obj["hops"] = [{"from": a, "to": b, "ns": ns} for a, b, ns in hops(story, packet)]
+    obj["slowest_hop"] = ({"from": slowest[0], "to": slowest[1], "ns": slowest[2]}
+                          if slowest else None)
+    return obj

@@ -1,0 +1,53 @@
+"""-r with a filter expression: rebuild a packet from a saved event's
+header fields and let libpcap's own interpreter judge it (raw-IP view).
+
+Only what an event saves exists in the rebuilt packet: addresses, protocol,
+ports, TTL, IPv4 id, TCP sequence and flags, ICMP type and id, the length.
+Payload bytes, checksums and the MACs read as zeros (man page, CAVEATS).
+"""
+
+import socket
+import struct
+
+from . import pcapfilter
+from .output import TCP_FLAGS
+
+_TCP_BITS = {text: value for value, text in enumerate(TCP_FLAGS)}
+
+
+def rebuild(o):
+    """Raw IPv4/IPv6 bytes for a saved event object."""
+    l4, family = o["l4proto"], o["family"]
+    if l4 == 6:
+        body = struct.pack(">HHIIBBHHH", o.get("sport") or 0, o.get("dport") or 0,
+                           o.get("tcp_seq") or 0, 0, 5 << 4,
+                           _TCP_BITS.get(o.get("tcp_flags") or "", 0), 0, 0, 0)
+    elif l4 == 17:
+        body = struct.pack(">HHHH", o.get("sport") or 0, o.get("dport") or 0, 8, 0)
+    elif l4 in (1, 58):
+        body = struct.pack(">BBHHH", o.get("icmp_type") or 0, 0, 0, o.get("icmp_id") or 0, 0)
+    else:
+        body = b""
+    if family == 4:
+        total = max(o.get("len") or 0, 20 + len(body))
+        header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, total, o.get("ip_id") or 0, 0,
+                             o["ttl"], l4, 0, socket.inet_pton(socket.AF_INET, o["saddr"]),
+                             socket.inet_pton(socket.AF_INET, o["daddr"]))
+    else:
+        header = struct.pack(">IHBB16s16s", 6 << 28, len(body), l4, o["ttl"],
+                             socket.inet_pton(socket.AF_INET6, o["saddr"]),
+                             socket.inet_pton(socket.AF_INET6, o["daddr"]))
+    return header + body
+
+
+class ExpressionJudge:
+    """o -> does the expression match the rebuilt packet?"""
+
+    def __init__(self, expression):
+        view = next((v for v in expression.views if v.name == "l3"), None)
+        self.insns = view.insns if view is not None else None
+
+    def __call__(self, o):
+        if self.insns is None:
+            return False
+        return pcapfilter.libpcap_verdict(self.insns, rebuild(o))

@@ -1,0 +1,340 @@
+"""-r: reading saved JSON lines back, merging nodes (clock offsets), the
+hop-to-hop latency arithmetic, and every kind of bad input; on event
+streams built here (the kernel tests read real ones)."""
+
+import io
+import json
+import random
+import re
+
+import pytest
+
+from skbt_unit_helpers import run_cli
+from skbtracer_lib import config, jsonout, latency, merge, output, probes, replay
+from skbtracer_lib.events import Event, encode
+
+TRACEPOINTS = ["netif_rx", "netif_receive_skb", "net_dev_queue", "net_dev_start_xmit",
+               "skb_copy_datagram_iovec", "kfree_skb", "consume_skb"]
+NS = {"client": 201, "node1": 200, "node2": 300, "server2": 301}
+BASE_WALL = 1_700_000_000_000_000_000
+WIRE_NS = 20_000            # node1/eth0 -> node2/eth0
+
+
+class Clock:
+    def __init__(self, offset):
+        self.offset = offset
+
+    def wall_ns(self, ts):
+        return ts + self.offset
+
+    def column(self, ts):
+        return "00:00:00"
+
+
+class Info:
+    def __init__(self, label):
+        self.label, self.container_id, self.pod_uid = label, None, None
+
+
+class Names:
+    def lookup(self, inode):
+        return Info({v: k for k, v in NS.items()}[inode])
+
+
+def hop_events(skb, rows, start, step=10_000, **pkt):
+    """[(Event)] of one skb through rows [(func, "ns/ifname", ttl, dst, dport)]."""
+    out = []
+    for i, (func, where, ttl, daddr, dport) in enumerate(rows):
+        ns, _, ifname = where.partition("/")
+        out.append(Event(encode(ts_ns=start + i * step, skb=skb, probe=TRACEPOINTS.index(func),
+                                netns=NS[ns], ifname=ifname, ttl=ttl, daddr=daddr, dport=dport,
+                                **pkt)))
+    return out
+
+
+def request(ip_id, sport, t):
+    """A datagram client -> service (DNAT on node1) -> server2: node1's and node2's events."""
+    pkt = dict(saddr="10.244.1.2", sport=sport, ip_id=ip_id, l4proto=17)
+    svc, pod = ("10.96.0.20", 53), ("10.244.2.3", 9000)
+    one = hop_events(0xffff888000001a00 + sport, [
+        ("net_dev_queue", "client/eth0", 64) + svc,
+        ("netif_rx", "node1/vethclient", 64) + svc,
+        ("netif_receive_skb", "node1/cbr0", 64) + pod,
+        ("net_dev_queue", "node1/eth0", 63) + pod,
+        ("net_dev_start_xmit", "node1/eth0", 63) + pod], t, **pkt)
+    arrive = one[-1].ts_ns + WIRE_NS
+    two = hop_events(0xffff888000001a00 + sport, [      # the same address: another kernel's skb
+        ("netif_rx", "node2/eth0", 63) + pod,
+        ("netif_receive_skb", "node2/eth0", 63) + pod,
+        ("net_dev_queue", "node2/cbr0", 62) + pod,
+        ("netif_rx", "server2/eth0", 62) + pod,
+        ("netif_receive_skb", "server2/eth0", 62) + pod], arrive, **pkt)
+    return one, two
+
+
+def reply(ip_id, dport, t):
+    """server2 -> client (un-DNATed on node1 later): node2's events, then node1's."""
+    pkt = dict(saddr="10.244.2.3", sport=9000, ip_id=ip_id, l4proto=17)
+    client = ("10.244.1.2", dport)
+    two = hop_events(0xffff888000009900 + dport, [
+        ("net_dev_queue", "server2/eth0", 64) + client,
+        ("netif_rx", "node2/vethserver2", 64) + client,
+        ("net_dev_queue", "node2/eth0", 63) + client], t, **pkt)
+    arrive = two[-1].ts_ns + WIRE_NS
+    one = hop_events(0xffff888000009900 + dport, [
+        ("netif_rx", "node1/eth0", 63) + client,
+        ("net_dev_queue", "node1/cbr0", 62) + client], arrive, **pkt)
+    return two, one
+
+
+def write_run(path, node, events, skew_ns=0, shuffle=False, end=True):
+    rows = output.RowFormatter(TRACEPOINTS, probes.DropReasons({}, "test"), hex,
+                               Clock(BASE_WALL + skew_ns))
+    fmt = jsonout.JsonFormatter(rows, Names(), node=node, run_id="run-" + node)
+    lines = [jsonout.dumps(jsonout.start_object("tracepoint", node=node, run_id=fmt.run_id,
+                                                probes=TRACEPOINTS, attached=TRACEPOINTS,
+                                                modes=["route"], iptable_traced=False))]
+    body = [fmt.line(e) for e in sorted(events, key=lambda e: e.ts_ns)]
+    if shuffle:
+        random.Random(7).shuffle(body)
+    lines += body
+    if end:
+        last = max(e.ts_ns for e in events) + 5_000_000_000
+        lines.append(jsonout.dumps(jsonout.end_object(node, fmt.run_id, last, 0, [])))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tell(*paths, args=()):
+    cfg = config.parse_args([*args, "-r", *map(str, paths)])
+    out, err = io.StringIO(), io.StringIO()
+    runs = replay.read_files(cfg.read, lambda text: err.write("warning: %s\n" % text))
+    status = replay.ReplaySession(cfg, runs, out=out, err=err).run()
+    return status, out.getvalue(), err.getvalue()
+
+
+def two_node_files(tmp_path, skew_ns, both_directions=False, shuffle=False):
+    node1, node2 = [], []
+    for i in range(3):
+        one, two = request(1000 + i, 41000 + i, 1_000_000_000 + i * 50_000_000)
+        node1 += one
+        node2 += two
+        if both_directions:
+            two, one = reply(2000 + i, 41000 + i, 1_010_000_000 + i * 50_000_000)
+            node1 += one
+            node2 += two
+    return (write_run(tmp_path / "a.jsonl", "node1", node1),
+            write_run(tmp_path / "b.jsonl", "node2", node2, skew_ns, shuffle=shuffle))
+
+
+def offset_of(err):
+    found = re.search(r"clock offset of node2 against node1: ([+-][0-9.]+) s", err)
+    assert found, err
+    return float(found.group(1))
+
+
+PATH = ("node1:client/eth0 > node1/vethclient > cbr0 > eth0 => node2/eth0 > cbr0 > "
+        "node2:server2/eth0")
+
+
+@pytest.mark.parametrize("skew", [3_700_000_000, -900_000_000])
+def test_two_nodes_one_packet_and_the_clock_offset(tmp_path, skew):
+    a, b = two_node_files(tmp_path, skew)
+    status, out, err = tell(a, b)
+    assert status == 0, err
+    # one direction only: the estimate is off by the wire delay, no more
+    assert abs(offset_of(err) - (skew + WIRE_NS) / 1e9) < 1e-6, err
+    assert "story of 3 packets" in err, err
+    assert err.count(PATH) == 3, err
+    assert len(out.splitlines()) == 1 + 30          # header + every row
+
+
+@pytest.mark.parametrize("skew", [3_700_000_000, -900_000_000])
+def test_both_directions_cancel_the_wire_delay(tmp_path, skew):
+    a, b = two_node_files(tmp_path, skew, both_directions=True)
+    status, _out, err = tell(a, b)
+    assert status == 0, err
+    assert abs(offset_of(err) - skew / 1e9) < 1e-6, err
+    assert "both directions" in err and "from 6 packets" in err
+    assert err.count(PATH) == 3, err
+
+
+def test_reordered_lines_tell_the_same_story(tmp_path):
+    a, b = two_node_files(tmp_path, 3_700_000_000)
+    _s, out, err = tell(a, b)
+    (tmp_path / "s").mkdir()
+    a2, b2 = two_node_files(tmp_path / "s", 3_700_000_000, shuffle=True)
+    _s, out2, err2 = tell(a2, b2)
+    assert out2 == out
+    assert err2.replace(str(tmp_path / "s"), str(tmp_path)) == err
+
+
+def test_one_file_reads_as_live(tmp_path):
+    one, _two = request(1000, 41000, 1_000_000_000)
+    a = write_run(tmp_path / "a.jsonl", "node1", one)
+    status, out, err = tell(a)
+    assert status == 0
+    rows = out.splitlines()
+    assert rows[0] == output.HEADER and len(rows) == 6
+    assert re.match(r"^\[\d\d:\d\d:\d\d\]\[201 +\] eth0 ", rows[1]), rows[1]
+    assert "node1:" not in err and "=>" not in err     # one node: the labels as saved
+    assert "client/eth0 > node1/vethclient > cbr0 > eth0" in err
+
+
+def test_filters_apply_to_saved_events(tmp_path):
+    a, b = two_node_files(tmp_path, 0)
+    _s, out, _e = tell(a, b, args=["-P", "41001"])
+    assert len(out.splitlines()) == 1 + 10
+    _s, out, _e = tell(a, b, args=["-N", "server2", "-N", "301"])
+    assert len(out.splitlines()) == 1 + 6
+    _s, out, _e = tell(a, b, args=["--proto", "tcp"])
+    assert len(out.splitlines()) == 1
+
+
+def test_filter_expression_on_saved_headers(tmp_path):
+    pytest.importorskip("ctypes")
+    a, b = two_node_files(tmp_path, 0)
+    _s, out, _e = tell(a, b, args=["udp and src port 41002 and ip[8] == 63"])
+    assert len(out.splitlines()) == 1 + 4     # ttl 63: node1/eth0 x2, node2/eth0 x2
+
+
+# ---------------------------------------------------------------- latency
+
+def test_percentile_nearest_rank():
+    values = list(range(1, 101))
+    assert latency.percentile(values, 0.5) == 50
+    assert latency.percentile(values, 0.99) == 99
+    assert latency.percentile([7], 0.99) == 7
+    assert latency.percentile([], 0.5) == 0
+
+
+def test_hop_deltas_and_the_slowest_hop(tmp_path):
+    one, _two = request(1000, 41000, 1_000_000_000)
+    one[3].ts_ns += 500_000                    # queueing at node1/eth0
+    one[4].ts_ns += 500_000
+    a = write_run(tmp_path / "a.jsonl", "node1", one)
+    status, out, err = tell(a, args=["--latency", "--json"])
+    assert status == 0
+    time_line = [line for line in err.splitlines() if line.startswith("TIME: ")][0]
+    assert time_line.endswith("540.0 us from first to last sighting; slowest hop "
+                              "netif_receive_skb(node1/cbr0) -> net_dev_queue(node1/eth0), "
+                              "510.0 us"), time_line
+    summary = [json.loads(x) for x in out.splitlines() if '"summary"' in x][0]
+    assert [h["ns"] for h in summary["hops"]] == [10_000, 10_000, 510_000, 10_000]
+    assert summary["span_ns"] == 540_000 and summary["slowest_hop"]["ns"] == 510_000
+    assert "MEDIAN" in err and "P99" in err
+
+
+def test_latency_table_counts_over_packets(tmp_path):
+    a, b = two_node_files(tmp_path, 0)
+    cfg = config.parse_args(["-r", str(a), str(b)])
+    runs = replay.read_files(cfg.read, lambda text: None)
+    session = replay.ReplaySession(cfg, runs, out=io.StringIO(), err=io.StringIO())
+    session.run()
+    told = session.last_story
+    rows = latency.hop_table_rows(told)
+    wire = [r for r in rows if r[0].startswith("net_dev_start_xmit") and "=>" not in r[0]
+            and r[1].startswith("netif_rx(node2")]
+    assert wire and wire[0][2] == 3 and wire[0][3] == wire[0][5] == 1   # 1 ns after the estimate
+    assert all(r[2] == 3 for r in rows)
+
+
+# ---------------------------------------------------------------- bad input
+
+def one_line(result, status, *words):
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_missing_file(tmp_path):
+    one_line(run_cli("-r", str(tmp_path / "nope.jsonl")), 2, "nope.jsonl",
+             "No such file or directory")
+
+
+def test_not_skbtracer_json(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text("hello world\n")
+    one_line(run_cli("-r", str(path)), 2, "x.jsonl:1:", "not skbtracer JSON")
+    path.write_text('{"type": "event"}\n')
+    one_line(run_cli("-r", str(path)), 2, "x.jsonl:1:", "no start object")
+    path.write_bytes(b"\xff\xfe\x00binary\n")
+    one_line(run_cli("-r", str(path)), 2, "x.jsonl", "not skbtracer JSON")
+
+
+def test_bad_line_in_the_middle(tmp_path):
+    one, _ = request(1000, 41000, 1_000_000_000)
+    path = write_run(tmp_path / "a.jsonl", "node1", one)
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3][:40]
+    path.write_text("\n".join(lines) + "\n")
+    one_line(run_cli("-r", str(path)), 2, "a.jsonl:4:")
+
+
+def test_truncated_last_line_is_a_warning(tmp_path):
+    one, _ = request(1000, 41000, 1_000_000_000)
+    path = write_run(tmp_path / "a.jsonl", "node1", one, end=False)
+    text = path.read_text()
+    path.write_text(text[:-60])                   # cut off mid-line, as by a crash
+    result = run_cli("-r", str(path))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^skbtracer: warning: \S+a\.jsonl:6: truncated last line skipped$",
+                     result.stderr, re.M), result.stderr
+    assert len(result.stdout.splitlines()) == 1 + 4
+
+
+def test_newer_format_version(tmp_path):
+    one, _ = request(1000, 41000, 1_000_000_000)
+    path = write_run(tmp_path / "a.jsonl", "node1", one)
+    lines = path.read_text().splitlines()
+    start = json.loads(lines[0])
+    start["format"] = jsonout.FORMAT + 1
+    lines[0] = json.dumps(start)
+    path.write_text("\n".join(lines) + "\n")
+    one_line(run_cli("-r", str(path)), 2, "a.jsonl:1:", "format version 2 is newer")
+
+
+def test_read_needs_no_root_nor_bcc(tmp_path):
+    """-r never imports bcc or the program builder."""
+    one, _ = request(1000, 41000, 1_000_000_000)
+    path = write_run(tmp_path / "a.jsonl", "node1", one)
+    import subprocess
+    import sys
+    code = ("import sys; sys.argv=['skbtracer', '-r', %r]; sys.path.insert(0, %r)\n"
+            "import runpy\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'bcc' not in sys.modules, 'bcc imported'\n"
+            % (str(path), str(replay.__file__.rsplit('/', 2)[0]),
+               replay.__file__.rsplit('/', 2)[0] + "/skbtracer.py"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_live_only_flags_are_refused_with_read(tmp_path):
+    result = run_cli("-r", str(tmp_path / "a.jsonl"), "-p", "1", "--keep")
+    one_line(result, 2, "-r reads saved events", "-p/--pid, --keep")
+
+
+def test_rows_to_a_file(tmp_path):
+    one, _ = request(1000, 41000, 1_000_000_000)
+    path = write_run(tmp_path / "a.jsonl", "node1", one)
+    rows = tmp_path / "rows.txt"
+    result = run_cli("-r", str(path), "-o", str(rows))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and len(rows.read_text().splitlines()) == 1 + 5
+
+
+def test_node_name_is_checked():
+    result = run_cli("--ebpf", "--node", "bad name;")
+    one_line(result, 2, "--node")
+
+
+def test_merge_estimate_directly():
+    a = {("k",): [100, 110, 64]}
+    b = {("k",): [3_700_000_200, 3_700_000_300, 63]}
+    est = merge.estimate(a, b, "node2")
+    assert est.ns == 3_700_000_200 - 110 - 1 and est.matched == 1
