@@ -14,6 +14,7 @@ packet (matched by its headers, see merge.py).
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -113,18 +114,77 @@ def _read_file(path, warn):
     return runs
 
 
-def _check_event(obj):
-    for key in ("ktime_ns", "time_ns", "netns", "ifname", "saddr", "daddr", "skb", "func",
-                "family", "l4proto", "ttl", "kind"):
+# What an event object holds, as jsonout writes it: every value is checked
+# before anything is rebuilt from it, so garbage is one line naming the line.
+_INT, _STR, _HEX = "an integer", "a string", "a hex string"
+EVENT_FIELDS = {"ktime_ns": _INT, "time_ns": _INT, "netns": _INT, "ifname": _STR,
+                "saddr": _STR, "daddr": _STR, "skb": _HEX, "func": _STR, "family": _INT,
+                "l4proto": _INT, "ttl": _INT, "kind": _STR}
+OPTIONAL_FIELDS = {"ifindex": _INT, "pid": _INT, "len": _INT, "pkt_type": _INT, "sport": _INT,
+                   "dport": _INT, "ip_id": _INT, "tcp_seq": _INT, "icmp_type": _INT,
+                   "icmp_id": _INT, "tcp_flags": _STR, "netns_name": _STR, "dmac": _STR,
+                   "smac": _STR}
+NF_FIELDS = {"pf": _INT, "hook": _STR, "verdict_code": _INT, "table": _STR, "chain": _STR}
+DROP_FIELDS = {"reason_code": _INT, "reason": _STR, "location_addr": _HEX, "location": _STR}
+LIMIT = 1 << 64
+
+
+def _check_value(key, value, kind):
+    if kind == _INT:
+        ok = type(value) is int and -LIMIT < value < LIMIT
+    else:
+        ok = isinstance(value, str)
+        if ok and kind == _HEX:
+            ok = re.fullmatch(r"(0x)?[0-9a-fA-F]{1,16}", value) is not None
+    if not ok:
+        raise ValueError("%s is not %s" % (key, kind))
+
+
+def _check_fields(obj, fields, optional=False):
+    for key, kind in fields.items():
         if key not in obj:
+            if optional:
+                continue
             raise KeyError(key)
-    int(obj["skb"], 16)
+        if optional and obj[key] is None:
+            continue
+        _check_value(key, obj[key], kind)
+
+
+def _check_event(obj):
+    _check_fields(obj, EVENT_FIELDS)
+    _check_fields(obj, OPTIONAL_FIELDS, optional=True)
+    for key in ("dmac", "smac"):
+        if obj.get(key) and not re.fullmatch(r"[0-9a-fA-F]{2}(:?[0-9a-fA-F]{2}){5}", obj[key]):
+            raise ValueError("%s is not a MAC address" % key)
+    for key, fields in (("nf", NF_FIELDS), ("drop", DROP_FIELDS)):
+        part = obj.get(key)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise ValueError("%s is not an object" % key)
+        _check_fields(part, fields, optional=True)
+    stack = obj.get("stack")
+    if stack is not None and not (isinstance(stack, list) and all(isinstance(s, str) for s in stack)):
+        raise ValueError("stack is not a list of strings")
+    try:        # what the rows and the story make of it must be makeable
+        jsonout.text_row(obj, "")
+        _CHECKER.event(_CHECK_RUN, obj, obj["ktime_ns"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ValueError("%s: %s" % (type(e).__name__, e)) from None
 
 
 # ---------------------------------------------------------------- events
 
 def _mac(text):
     return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+class _CheckRun:
+    node = "check"
+
+
+_CHECK_RUN = _CheckRun()
 
 
 class Rebuilder:
@@ -213,6 +273,9 @@ class Rebuilder:
                 e.location = int(drop["location_addr"], 16)
                 self.symbols[e.location] = drop.get("location") or "%#x" % e.location
         return e
+
+
+_CHECKER = Rebuilder(False)     # rebuilds each event once while reading, to refuse garbage
 
 
 class SavedNames:
