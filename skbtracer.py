@@ -61,10 +61,13 @@ def open_new_file(flag, path, force):
 
 def main(argv=None):
     cfg = config.parse_args(argv)
+    from skbtracer_lib.functions import FunctionError
     try:
         program = Program(cfg)
     except kernel.KernelError as e:
         return fail(e)
+    except FunctionError as e:       # --func naming nothing traceable: usage
+        return fail(e, 2)
     if cfg.ebpf:
         sys.stdout.write(program.listing())
         return 0
@@ -114,6 +117,10 @@ def main(argv=None):
         return Session(cfg, loaded, out=out, json_out=json_out).run()
     except kernel.KernelError as e:
         return fail(e)
+    except KeyboardInterrupt:
+        if loaded is None:        # Ctrl-C while compiling or attaching
+            return fail("interrupted before tracing began; every probe detached", 130)
+        raise
     except Exception as e:  # bcc raises plain Exception for compile/load errors
         return fail("cannot load the BPF program: %s" % str(e).strip())
     finally:

@@ -173,9 +173,11 @@ class Session:
                                "skips this)\n" % len(self.book))
                 self.err.flush()
             self.names.retry(force=True)
+            planned = self.loaded.program.plan.probes
             told = story.build(
-                self.book.events, self.loaded.program.probe_names,
-                visible={p.name for p, _t, _x in self.loaded.attached},
+                self.book.events, [story.story_name(p.name, p.extra) for p in planned],
+                visible={story.story_name(p.name, p.extra) for p, _t, _x in self.loaded.attached},
+                extra={story.story_name(p.name, True) for p in planned if p.extra},
                 label=self.names.label, symbolize=self.loaded.symbolize,
                 reasons=probes.drop_reasons(), caveats=self.caveats(),
                 routes_traced="route" in self.cfg.modes,

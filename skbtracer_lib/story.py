@@ -62,6 +62,10 @@ LANDMARKS = {"br_forward", "__br_forward", "br_pass_frame_up", "ip_rcv", "ipv6_r
              "ip_forward", "ip6_forward", "ip_output", "ip6_output",
              "netif_receive_skb", "net_dev_queue"}
 FORWARD_POINTS = {"ip_forward", "ip6_forward"}
+# every name above: an --all/--func function of one of these names is told as
+# name() (a plain path row), so the story means the same with --all as without
+STORY_POINTS = (set(SOCKET_POINTS) | LOCAL_POINTS | FREE_POINTS | TAP_POINTS | CROSS_POINTS
+                | LANDMARKS)
 BRIDGE_POINTS = {"br_forward", "__br_forward"}
 
 PROTO_LETTERS = {6: "T", 17: "U"}
@@ -238,10 +242,19 @@ def _probe_name(probe_names, index):
     return probe_names[index] if 0 <= index < len(probe_names) else "probe%d" % index
 
 
-def group(events, probe_names, visible=None):
+def story_name(name, extra):
+    """The name the story knows a probe by: extra (--all/--func) functions
+    named like one of its points are only path rows."""
+    return name + "()" if extra and name in STORY_POINTS else name
+
+
+def group(events, probe_names, visible=None, extra=()):
     """Events -> [Packet] in order of their first event. visible: names of the
-    probe points that were attached (default: all of probe_names)."""
+    probe points that were attached (default: all of probe_names). extra:
+    names of --all/--func functions; their rows of an skb just freed (the
+    free's own functions: skb_release_data, kfree_skbmem...) tell nothing more."""
     visible = set(probe_names if visible is None else visible)
+    extra = set(extra)
     events = sorted(events, key=lambda e: e.ts_ns)
     live = {}          # skb address -> Copy
     ended = {}         # skb address -> Copy freed or dropped last at that address
@@ -252,6 +265,12 @@ def group(events, probe_names, visible=None):
         view = view_of(e)
         loc = _location(e, name)
         copy = live.get(e.skb)
+        if copy is None and name in extra:
+            gone = ended.get(e.skb)
+            end = gone.dropped or gone.freed if gone is not None else None
+            if (end is not None and e.ts_ns - end.ts_ns <= LATE_VERDICT_NS
+                    and view == gone.last_view):
+                continue
         if copy is None and e.kind == KIND_IPTABLE:
             # The verdict is read when the netfilter call returns: a table that
             # dropped the skb itself (nf_tables' bridge family) reports after
@@ -942,6 +961,6 @@ def _route(copy, others, place):
     return label, end_ttl, steps, copy.end.kind
 
 
-def build(events, probe_names, visible=None, **story_args):
+def build(events, probe_names, visible=None, extra=(), **story_args):
     """Events (any order) -> Story."""
-    return Story(group(events, probe_names, visible), **story_args)
+    return Story(group(events, probe_names, visible, extra), **story_args)
