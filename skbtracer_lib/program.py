@@ -302,7 +302,9 @@ class FunctionProbes:
         bar = _progress("attaching", len(shared))
         try:
             multi_error = None
-            if "ROUTE_FUNC_IP" in self.loaded.program.plan.defines:
+            # SKBTRACER_KPROBE_MULTI=0: single kprobes anyway (bench/allfuncs.py compares)
+            if ("ROUTE_FUNC_IP" in self.loaded.program.plan.defines
+                    and os.environ.get("SKBTRACER_KPROBE_MULTI") != "0"):
                 multi_error = self._attach_multi(by_program, bar)
             if self.how is None:
                 self._attach_single(by_program, bar)
