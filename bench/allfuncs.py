@@ -22,8 +22,8 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
-from node import (EVERYTHING_FILTER, NOTHING_FILTER, BpfRunStats, DrainedTracer,  # noqa: E402
-                  VethPair, log, prog_stats)
+from node import (EVERYTHING_FILTER, NOTHING_FILTER, DrainedTracer, VethPair,  # noqa: E402
+                  log, traced_flood)
 
 ATTACHED = re.compile(r"attached (\d+) functions in ([\d.]+) s \((.*?)\); (\d+) skipped")
 DETACHED = re.compile(r"detached (\d+) functions in ([\d.]+) s")
@@ -50,10 +50,7 @@ def run_variant(pair, flags, env, seconds):
         with tracer:
             pair.flood(1.0)
             tracer.wait_quiet(limit=30)
-            with BpfRunStats() as stats:
-                before = prog_stats(tracer.proc.pid)
-                flood = pair.flood(seconds)
-                after = prog_stats(tracer.proc.pid)
+            flood, ns, _runs = traced_flood(pair, tracer, seconds)
             stopped = time.monotonic()
         out["stop_seconds"] = time.monotonic() - stopped
         out["startup_seconds"] = tracer.startup_seconds
@@ -65,8 +62,7 @@ def run_variant(pair, flags, env, seconds):
         found = DETACHED.search(err)
         if found:
             out["detach_seconds"] = float(found.group(2))
-        if stats.enabled and flood["received"]:
-            ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
+        if ns is not None and flood["received"]:
             out["ns_per_datagram"] = ns / flood["received"]
         out["pps"] = flood.get("pps")
         with DrainedTracer(EVERYTHING_FILTER + ["--proto", "udp"] + flags).start(timeout=1800) as t:
