@@ -104,7 +104,7 @@ def main(argv=None):
             report(program, headers, loaded)
         else:
             skipped = [name for name, _reason in loaded.skipped if not name.startswith("--")]
-            if skipped:
+            if skipped and not loaded.functions.reported:   # else said with the attach count
                 sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
                                  "skipped (-v lists them and why)\n" % len(skipped))
         out = json_out = None

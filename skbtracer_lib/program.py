@@ -4,6 +4,7 @@ lines), compiling it with bcc and attaching its probes."""
 import ctypes
 import os
 import platform
+import resource
 import signal
 import struct
 import sys
@@ -20,7 +21,8 @@ PCAP_FUNCTIONS_MARKER = "/* @pcap-functions@ skbtracer.py puts the translated ex
 KEEP_ENTRIES = 65536
 STACK_ENTRIES = 16384
 PROGRESS_MIN = 48        # a progress bar and a closing line from this many functions on
-ATTACH_THREADS = 4       # single kprobes attached and detached side by side
+ATTACH_THREADS = 4       # single kprobes attached side by side
+DETACH_THREADS = 16      # and detached: mostly waiting for RCU grace periods
 # bpf(2): BPF_LINK_CREATE of a BPF_TRACE_KPROBE_MULTI link (include/uapi/linux/bpf.h)
 BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 BPF_LINK_CREATE = 28
@@ -252,6 +254,20 @@ def _progress(what, total):
                 leave=False, disable=not sys.stderr.isatty())
 
 
+def _raise_open_files(kprobes):
+    """One perf fd per single kprobe: make room for them over the usual
+    soft limit of 1024 (as root the hard limit can rise too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = kprobes + 1024
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _create_kprobe_multi_link(prog_fd, names):
     """One BPF link attaching prog_fd to every function in names: the link's
     fd, or -errno."""
@@ -281,6 +297,7 @@ class FunctionProbes:
         self.kprobes = []        # (event name, program name, perf fd) attached here
         self.how = None          # "kprobe-multi" or "kprobes"
         self.count = 0
+        self.reported = False    # the closing line with counts was written
         self.lock = threading.Lock()
 
     @staticmethod
@@ -319,6 +336,7 @@ class FunctionProbes:
             sys.stderr.write("skbtracer: attached %d functions in %.1f s (%s); %d skipped "
                              "(-v lists them)\n" % (self.count, time.monotonic() - started,
                                                     how, skipped))
+            self.reported = True
 
     def _attach_multi(self, by_program, bar):
         """All or nothing: None when every program got its link, else why not."""
@@ -354,6 +372,8 @@ class FunctionProbes:
         for fn_name, group in by_program.items():
             fn = bpf.load_func(fn_name.encode(), BPF.KPROBE)
             jobs += [(fn.fd, fn_name, probe) for probe in group]
+
+        _raise_open_files(len(jobs))
 
         def attach_one(job):
             prog_fd, fn_name, probe = job
@@ -393,7 +413,7 @@ class FunctionProbes:
                 if bar is not None:
                     bar.update(1)
 
-            with ThreadPoolExecutor(ATTACH_THREADS) as pool:
+            with ThreadPoolExecutor(DETACH_THREADS) as pool:
                 list(pool.map(detach_one, self.kprobes))
             if bar is not None:
                 bar.close()
