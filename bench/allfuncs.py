@@ -46,7 +46,7 @@ def run_variant(pair, flags, env, seconds):
     out = {}
     os.environ.update(env)
     try:
-        tracer = DrainedTracer(NOTHING_FILTER + flags).start(timeout=1800)
+        tracer = DrainedTracer(NOTHING_FILTER + flags, stop_timeout=900).start(timeout=1800)
         with tracer:
             pair.flood(1.0)
             tracer.wait_quiet(limit=30)
@@ -65,7 +65,8 @@ def run_variant(pair, flags, env, seconds):
         if ns is not None and flood["received"]:
             out["ns_per_datagram"] = ns / flood["received"]
         out["pps"] = flood.get("pps")
-        with DrainedTracer(EVERYTHING_FILTER + ["--proto", "udp"] + flags).start(timeout=1800) as t:
+        with DrainedTracer(EVERYTHING_FILTER + ["--proto", "udp"] + flags,
+                           stop_timeout=900).start(timeout=1800) as t:
             time.sleep(0.5)
             sent = pair.send("count", DATAGRAMS)["sent"]
             t.wait_quiet(limit=60)

@@ -258,8 +258,9 @@ class DrainedTracer:
     Started means attached: its header line was printed (the definition
     testbed.tracer.TracerRun uses for startup_seconds)."""
 
-    def __init__(self, args, cpus=None, python=PYTHON):
+    def __init__(self, args, cpus=None, python=PYTHON, stop_timeout=60):
         self.args = list(args)
+        self.stop_timeout = stop_timeout     # --all detaches for a minute under TCG
         self.cpus = cpus
         self.python = python
         self.proc = None
@@ -361,7 +362,7 @@ class DrainedTracer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(60)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()      # our own child
                 self.proc.wait()

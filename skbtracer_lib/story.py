@@ -164,7 +164,11 @@ class Copy:
         self.end = None
         self.netns = e.netns            # the last namespace it was seen in
 
-    def continues(self, e, name, view, loc):
+    def continues(self, e, name, view, loc, extra=False):
+        """extra: an --all/--func function's row. Those are everywhere on the
+        way (skb_scrub_packet and eth_type_trans before the peer's netif_rx,
+        helpers called twice at one place): they neither enter a namespace
+        nor mark a reused address."""
         if self.freed is not None or self.dropped is not None:
             return False
         if e.ts_ns - self.last_ts > REUSE_GAP_NS and not (
@@ -172,6 +176,8 @@ class Copy:
             return False          # (frees can come late: 6.x defers many to another CPU)
         if view != self.last_view and not nat_related(view, self.last_view):
             return False
+        if extra:
+            return True
         if (e.kind != KIND_IPTABLE and loc == self.first_loc and loc != self.last_loc
                 and view == self.first_view):
             return False          # back where it started: the address was reused
@@ -283,7 +289,7 @@ def group(events, probe_names, visible=None, extra=()):
                 gone.names.append(name)
                 gone.last_ts = e.ts_ns
                 continue
-        if copy is not None and copy.continues(e, name, view, loc):
+        if copy is not None and copy.continues(e, name, view, loc, name in extra):
             copy.add(e, name, view, loc)
         else:
             copy = Copy(e, name, view, loc)

@@ -66,7 +66,7 @@ def scenario1(settle):
         base = ["-H", cluster.ip["client"], "--proto", "udp"]
         for label, extra, sport in (("default", [], SPORT_DEFAULT), ("all", ["--all"], SPORT_ALL)):
             before = our_kprobes()
-            with TracerRun(base + extra, ready_timeout=900) as run:
+            with TracerRun(base + extra, ready_timeout=900, stop_timeout=600) as run:
                 cluster.reset_counts()
                 cluster.send_udp("client", dst_ip, dst_port, sport=sport)
                 received = cluster.received("server", settle=settle * 3)
