@@ -632,11 +632,21 @@ static __always_inline int on_route(void *ctx, void *skb, u16 probe)
  * skbtracer.py fills probe_ids with both. One program instead of one per
  * function keeps the compile short (seconds in an emulated guest). */
 #ifdef UNRESOLVED_PROBE_ID
-BPF_HASH(probe_ids, u64, u16, 2048);
+#ifndef PROBE_IDS_ENTRIES
+#define PROBE_IDS_ENTRIES 2048
+#endif
+BPF_HASH(probe_ids, u64, u16, PROBE_IDS_ENTRIES);
 
 static __always_inline int on_route_kprobe(struct pt_regs *ctx, void *skb)
 {
+#ifdef ROUTE_FUNC_IP
+    /* --all/--func on 5.18+: the same program serves a kprobe-multi link
+     * (one for many functions) and single kprobes; bpf_get_func_ip tells
+     * the function (or its probe address) on both. */
+    u64 ip = bpf_get_func_ip(ctx);
+#else
     u64 ip = PT_REGS_IP(ctx) - 1;
+#endif
     u16 *id = probe_ids.lookup(&ip);
     if (!id) {
         ip -= 4;

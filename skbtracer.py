@@ -57,10 +57,13 @@ def main(argv=None):
     if cfg.read:        # saved JSON lines: no root, no bcc, no kernel
         from skbtracer_lib import replay
         return replay.main(cfg)
+    from skbtracer_lib.functions import FunctionError
     try:
         program = Program(cfg)
     except kernel.KernelError as e:
         return fail(e)
+    except FunctionError as e:       # --func naming nothing traceable: usage
+        return fail(e, 2)
     if cfg.ebpf:
         sys.stdout.write(program.listing())
         return 0
@@ -97,7 +100,7 @@ def main(argv=None):
             report(program, headers, loaded)
         else:
             skipped = [name for name, _reason in loaded.skipped if not name.startswith("--")]
-            if skipped:
+            if skipped and not loaded.functions.reported:   # else said with the attach count
                 sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
                                  "skipped (-v lists them and why)\n" % len(skipped))
         out = json_out = capture_file = None
@@ -114,7 +117,8 @@ def main(argv=None):
                        capture_file=capture_file).run()
     except kernel.KernelError as e:
         return fail(e)
-    except KeyboardInterrupt:   # Ctrl-C while compiling, attaching or opening a FIFO
+    except KeyboardInterrupt:
+        # Ctrl-C while compiling, attaching (every probe is detached) or opening a FIFO
         return fail("interrupted before tracing started", 130)
     except Exception as e:  # bcc raises plain Exception for compile/load errors
         return fail("cannot load the BPF program: %s" % str(e).strip())

@@ -25,7 +25,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
-from node import BpfRunStats, DrainedTracer, VethPair, log, prog_stats  # noqa: E402
+from node import DrainedTracer, VethPair, log, traced_flood  # noqa: E402
 
 LONG = " or ".join("host 192.0.2.%d" % n for n in range(1, 11))
 VARIANTS = [("-H 192.0.2.1", ["-H", "192.0.2.1"]),
@@ -37,14 +37,9 @@ def measure(pair, args, seconds):
     with DrainedTracer(args).start() as tracer:
         pair.flood(1.0)
         tracer.wait_quiet(limit=30)
-        with BpfRunStats() as stats:
-            before = prog_stats(tracer.proc.pid)
-            flood = pair.flood(seconds)
-            after = prog_stats(tracer.proc.pid)
-        if not stats.enabled:
+        flood, ns, runs = traced_flood(pair, tracer, seconds)
+        if ns is None:
             raise SystemExit("kernel.bpf_stats_enabled cannot be turned on here")
-        ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
-        runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
         rows = tracer.rows
     return {"ns_per_run": ns / runs if runs else None,
             "ns_per_datagram": ns / flood["received"] if flood["received"] else None,

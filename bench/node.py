@@ -225,6 +225,21 @@ def prog_stats(pid):
     return out
 
 
+def traced_flood(pair, tracer, seconds):
+    """A flood under the kernel's BPF run-time accounting: (flood result,
+    ns, runs) of the tracer's programs; ns and runs are None when the
+    kernel cannot account."""
+    with BpfRunStats() as stats:
+        before = prog_stats(tracer.proc.pid)
+        flood = pair.flood(seconds)
+        after = prog_stats(tracer.proc.pid)
+    if not stats.enabled:
+        return flood, None, None
+    ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
+    runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
+    return flood, ns, runs
+
+
 def _on_cpu(pid):
     """Seconds pid has been on a CPU (schedstat), or None."""
     if pid is None:
@@ -243,8 +258,9 @@ class DrainedTracer:
     Started means attached: its header line was printed (the definition
     testbed.tracer.TracerRun uses for startup_seconds)."""
 
-    def __init__(self, args, cpus=None, python=PYTHON):
+    def __init__(self, args, cpus=None, python=PYTHON, stop_timeout=60):
         self.args = list(args)
+        self.stop_timeout = stop_timeout     # --all detaches for a minute under TCG
         self.cpus = cpus
         self.python = python
         self.proc = None
@@ -346,7 +362,7 @@ class DrainedTracer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(60)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()      # our own child
                 self.proc.wait()

@@ -215,6 +215,13 @@ class BTF:
             return None
         return self._proto_params(proto)
 
+    def functions(self):
+        """(name, [(param name, type_id)]) of every function this blob itself
+        describes (a module's own, not its base's)."""
+        for offset, (kind, _kf, _vlen, name_off, proto, _pos) in enumerate(self._types):
+            if kind == FUNC and name_off:
+                yield self.string(name_off), self._proto_params(proto)
+
     def type_name(self, type_id):
         """Name of a type after skipping typedefs/qualifiers ('' if anonymous)."""
         type_id = self.resolve(type_id)

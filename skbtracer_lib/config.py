@@ -92,6 +92,8 @@ class Config:
     read: list = None               # -r FILE ...: saved JSON lines instead of tracing
     node: str = None                # --node NAME: written into every JSON object
     latency: bool = False           # --latency: hop-to-hop delay table at exit
+    all_functions: bool = False     # --all: every function taking an skb
+    functions: list = field(default_factory=list)   # --func patterns
 
 
 def build_parser():
@@ -134,6 +136,12 @@ def build_parser():
                    help="auto (default), kprobe or tracepoint")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which probes attached, which were skipped and why")
+    p.add_argument("--all", action="store_true", dest="all_functions",
+                   help="route rows from every kernel function that takes an skb "
+                        "(kprobes; BTF of vmlinux and loaded modules)")
+    p.add_argument("--func", action="append", default=[], metavar="PATTERN",
+                   help="route rows from functions by name or shell-style glob "
+                        "('br_*'); repeatable; with --all, only those")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the rows to FILE instead of stdout (refuses to overwrite "
                         "an existing FILE without --force)")
@@ -372,6 +380,12 @@ def validate(ns):
         if live_only:
             raise UsageError("-r reads saved events; %s applies only while tracing"
                              % ", ".join(live_only))
+    cfg.all_functions = ns.all_functions
+    from .functions import FunctionError, check_patterns
+    try:
+        cfg.functions = check_patterns(ns.func)
+    except FunctionError as e:
+        raise UsageError(str(e)) from None
     return cfg
 
 

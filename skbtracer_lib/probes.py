@@ -77,6 +77,8 @@ class Probe:
     module: str = ""          # kernel module the function lives in
     note: str = ""            # how the skb argument was found
     by_address: bool = False  # a shared program finds its id by the probe address
+    addresses: list = field(default_factory=list)  # its kallsyms addresses, when known here
+    extra: bool = False       # from --all/--func rather than the built-in set
 
 
 @dataclass
@@ -85,6 +87,7 @@ class ProbePlan:
     probes: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (name, reason)
     defines: dict = field(default_factory=dict)  # extra #defines
+    function_counts: tuple = None   # --all/--func: (found in BTF, to attach, skipped)
     notes: list = field(default_factory=list)
 
     def add(self, name, kind, **kw):
@@ -159,9 +162,34 @@ def _plan_route_kprobes(plan):
             probe.c_line = "ROUTE_KPROBE(%d)" % position
             probe.attach = [("kprobe", function, "route_arg%d" % position)]
         probe.by_address = True
+
+
+def _plan_unresolved(plan):
     # rows from an address skbtracer did not register (should not happen)
     unresolved = plan.add("?", "helper", note="kprobe rows whose function was not resolved")
     plan.defines["UNRESOLVED_PROBE_ID"] = unresolved.id
+
+
+def _plan_functions(plan, cfg):
+    """--all/--func: one kprobe per function, sharing the route programs."""
+    from . import functions
+    planned = {p.name for p in plan.probes} | {name for name, _r in plan.skipped}
+    # the built-in tracepoints of the same name already tell these
+    planned |= {"consume_skb", "kfree_skb", DELIVERY_TRACEPOINT[1]}
+    selection = functions.select(cfg.functions, cfg.all_functions, exclude=planned)
+    plan.function_counts = (selection.found, len(selection.functions), len(selection.skipped))
+    for function in selection.functions:
+        probe = plan.add(function.name, "route", module=function.module,
+                         note="skb is arg %d (BTF)" % function.position,
+                         c_line="ROUTE_KPROBE(%d)" % function.position,
+                         attach=[("kprobe", function.name, "route_arg%d" % function.position)],
+                         by_address=True, extra=True,
+                         addresses=functions.text_symbols()[function.name][1])
+    plan.skipped.extend(selection.skipped)
+    count = sum(len(p.addresses) or 1 for p in plan.probes if p.by_address)
+    plan.defines["PROBE_IDS_ENTRIES"] = max(2048, 2 * count + 64)
+    if functions.has_kprobe_multi():
+        plan.defines["ROUTE_FUNC_IP"] = 1   # bpf_get_func_ip: kprobe-multi and kprobes
 
 
 def _plan_route_tracepoints(plan, points):
@@ -239,12 +267,22 @@ def drop_reason_arg():
 def plan_probes(cfg, backend, layouts):
     """The probe points for cfg's modes on this kernel."""
     plan = ProbePlan(backend)
-    if "route" in cfg.modes:
+    chosen = cfg.all_functions or cfg.functions
+    if chosen and backend != "kprobe":
+        raise kernel.KernelError("--all/--func need kprobes, and this kernel has none "
+                                 "(its tracepoints cannot probe functions)")
+    # --func names the functions: the built-in route set only without it
+    builtin_route = "route" in cfg.modes and not cfg.functions
+    if builtin_route:
         if backend == "kprobe":
             _plan_route_kprobes(plan)
             _plan_route_tracepoints(plan, [DELIVERY_TRACEPOINT])
         else:
             _plan_route_tracepoints(plan, ROUTE_TRACEPOINTS + [DELIVERY_TRACEPOINT])
+    if chosen:
+        _plan_functions(plan, cfg)
+    if backend == "kprobe" and (builtin_route or chosen):
+        _plan_unresolved(plan)
     if "iptable" in cfg.modes:
         if backend == "kprobe":
             _plan_iptable(plan, layouts)
@@ -264,11 +302,11 @@ def plan_probes(cfg, backend, layouts):
             drop.note = "reason is arg %d" % reason_arg
         else:
             drop.note = "this kernel's kfree_skb has no reason"
-    if "route" in cfg.modes or cfg.keep:
+    if builtin_route or cfg.keep:
         consume = plan.add("consume_skb", "route" if "route" in cfg.modes else "helper",
                            attach=[("raw_tracepoint", "consume_skb", "on_consume_skb")],
                            note="a normal free: the end of an skb's life")
-        if "route" in cfg.modes:
+        if builtin_route:
             plan.defines["CONSUME_PROBE_ID"] = consume.id
     if cfg.keep:
         if backend == "kprobe":

@@ -1,8 +1,16 @@
 """Building the BPF program (skbtracer.c plus generated #defines and probe
 lines), compiling it with bcc and attaching its probes."""
 
+import ctypes
 import os
+import platform
+import resource
+import signal
+import struct
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import kernel, layout, probes
 from .events import EVENT_SIZE, BoundedCache, swap16
@@ -21,6 +29,14 @@ CAPTURE_BYTES_MAX = CAPTURE_VALUE_MAX - 8 - EVENT_SIZE - 8
 def capture_bytes(snaplen):
     """Packet bytes the kernel copies per row for --snaplen."""
     return min(snaplen, CAPTURE_BYTES_MAX)
+
+PROGRESS_MIN = 48        # a progress bar and a closing line from this many functions on
+ATTACH_THREADS = 4       # single kprobes attached side by side
+DETACH_THREADS = 16      # and detached: mostly waiting for RCU grace periods
+# bpf(2): BPF_LINK_CREATE of a BPF_TRACE_KPROBE_MULTI link (include/uapi/linux/bpf.h)
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+BPF_LINK_CREATE = 28
+BPF_TRACE_KPROBE_MULTI = 42
 
 
 def c_source_path():
@@ -162,9 +178,17 @@ class Loaded:
         if headers.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
         self.bpf = BPF(text=program.text)
-        self._register_addresses(program.plan.probes)
-        for probe in program.plan.probes:
-            self._attach(probe)
+        self.functions = FunctionProbes(self)
+        try:
+            self._register_addresses(program.plan.probes)
+            shared = self.functions.wanted(program.plan)
+            for probe in program.plan.probes:
+                if probe not in shared:
+                    self._attach(probe)
+            self.functions.attach(shared)
+        except BaseException:   # Ctrl-C while attaching included: leave nothing behind
+            self.close()
+            raise
         if not any(p.kind in ("route", "iptable", "drop") for p, _t, _x in self.attached):
             raise kernel.KernelError("no probe point could be attached (-v lists why)")
         # modules whose functions are probed: a kprobe of an unloaded module
@@ -184,7 +208,7 @@ class Loaded:
             return
         table = self.bpf["probe_ids"]
         for probe in by_address:
-            for address in probes.symbol_addresses(probe.name):
+            for address in probe.addresses or probes.symbol_addresses(probe.name):
                 for entry in (address, address + 4):   # plain, or past an endbr64
                     table[table.Key(entry)] = table.Leaf(probe.id)
 
@@ -275,4 +299,190 @@ class Loaded:
         return int(table.sum(table.Key(0)).value)
 
     def close(self):
+        if self.bpf is None:
+            return
+        self.functions.detach()
         self.bpf.cleanup()
+        self.bpf = None
+
+
+def _progress(what, total):
+    """tqdm's bar on a terminal, nothing otherwise; None below PROGRESS_MIN."""
+    if total < PROGRESS_MIN:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="skbtracer: " + what, unit=" functions", file=sys.stderr,
+                leave=False, disable=not sys.stderr.isatty())
+
+
+def _raise_open_files(kprobes):
+    """One perf fd per single kprobe: make room for them over the usual
+    soft limit of 1024 (as root the hard limit can rise too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = kprobes + 1024
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (wanted, hard if hard == resource.RLIM_INFINITY else max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _create_kprobe_multi_link(prog_fd, names):
+    """One BPF link attaching prog_fd to every function in names: the link's
+    fd, or -errno."""
+    number = BPF_SYSCALL.get(platform.machine())
+    if number is None:
+        return -38    # ENOSYS: no syscall number known here
+    syms = (ctypes.c_char_p * len(names))(*[n.encode() for n in names])
+    attr = ctypes.create_string_buffer(64)
+    # prog_fd, target_fd, attach_type, flags; then kprobe_multi: flags, cnt, syms, addrs, cookies
+    struct.pack_into("<IIIIIIQQQ", attr, 0, prog_fd, 0, BPF_TRACE_KPROBE_MULTI, 0,
+                     0, len(names), ctypes.addressof(syms), 0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(ctypes.c_long(number), ctypes.c_long(BPF_LINK_CREATE), attr,
+                      ctypes.c_uint(len(attr)))
+    return fd if fd >= 0 else -ctypes.get_errno()
+
+
+class FunctionProbes:
+    """--all/--func: the many functions sharing the route programs, attached
+    with one kprobe-multi link per program where the kernel has them, else
+    as single kprobes a few threads attach side by side."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.links = []          # kprobe-multi link fds
+        self.kprobes = []        # (event name, program name, perf fd) attached here
+        self.how = None          # "kprobe-multi" or "kprobes"
+        self.count = 0
+        self.reported = False    # the closing line with counts was written
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def wanted(plan):
+        """The probes this attaches: every shared route kprobe when --all or
+        --func added functions, else none (the built-in set stays as it was)."""
+        if plan.function_counts is None:
+            return []
+        return [p for p in plan.probes if p.by_address]
+
+    def attach(self, shared):
+        if not shared:
+            return
+        started = time.monotonic()
+        by_program = {}
+        for probe in shared:
+            _type, target, fn_name = probe.attach[0]
+            by_program.setdefault(fn_name, []).append(probe)
+        bar = _progress("attaching", len(shared))
+        try:
+            multi_error = None
+            # SKBTRACER_KPROBE_MULTI=0: single kprobes anyway (bench/allfuncs.py compares)
+            if ("ROUTE_FUNC_IP" in self.loaded.program.plan.defines
+                    and os.environ.get("SKBTRACER_KPROBE_MULTI") != "0"):
+                multi_error = self._attach_multi(by_program, bar)
+            if self.how is None:
+                self._attach_single(by_program, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if len(shared) >= PROGRESS_MIN:
+            skipped = len(shared) - self.count + len(self.loaded.program.plan.skipped)
+            how = self.how
+            if self.how == "kprobes" and multi_error:
+                how += ", kprobe-multi unavailable: %s" % multi_error
+            sys.stderr.write("skbtracer: attached %d functions in %.1f s (%s); %d skipped "
+                             "(-v lists them)\n" % (self.count, time.monotonic() - started,
+                                                    how, skipped))
+            self.reported = True
+
+    def _attach_multi(self, by_program, bar):
+        """All or nothing: None when every program got its link, else why not."""
+        from bcc import BPF
+        bpf = self.loaded.bpf
+        for fn_name, group in by_program.items():
+            fn = bpf.load_func(fn_name.encode(), BPF.KPROBE, attach_type=BPF_TRACE_KPROBE_MULTI)
+            fd = _create_kprobe_multi_link(fn.fd, [p.attach[0][1] for p in group])
+            if fd < 0:
+                for link in self.links:
+                    os.close(link)
+                self.links = []
+                # reload the programs as plain kprobes
+                for name in by_program:
+                    loaded = bpf.funcs.pop(name.encode(), None)
+                    if loaded is not None:
+                        os.close(loaded.fd)
+                return os.strerror(-fd)
+            self.links.append(fd)
+            if bar is not None:
+                bar.update(len(group))
+        for group in by_program.values():
+            for probe in group:
+                self.loaded.attached.append((probe, "kprobe-multi", probe.attach[0][1]))
+        self.count = sum(len(g) for g in by_program.values())
+        self.how = "kprobe-multi, %d links" % len(self.links)
+        return None
+
+    def _attach_single(self, by_program, bar):
+        from bcc import BPF, lib
+        bpf = self.loaded.bpf
+        jobs = []
+        for fn_name, group in by_program.items():
+            fn = bpf.load_func(fn_name.encode(), BPF.KPROBE)
+            jobs += [(fn.fd, fn_name, probe) for probe in group]
+
+        _raise_open_files(len(jobs))
+
+        def attach_one(job):
+            prog_fd, fn_name, probe = job
+            target = probe.attach[0][1]
+            event = b"p_" + target.encode().replace(b".", b"_")
+            fd = lib.bpf_attach_kprobe(prog_fd, 0, event, target.encode(), 0, 0)
+            with self.lock:
+                if fd >= 0:
+                    self.kprobes.append((event, fn_name.encode(), fd))
+                    self.loaded.attached.append((probe, "kprobe", target))
+                else:
+                    self.loaded.skipped.append((target, "attach failed"))
+            if bar is not None:
+                bar.update(1)
+
+        pool = ThreadPoolExecutor(ATTACH_THREADS)
+        try:
+            list(pool.map(attach_one, jobs))
+        finally:
+            # on Ctrl-C: drop what has not started; close() detaches the rest
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.count = len(self.kprobes)
+        self.how = "kprobes, %d threads" % ATTACH_THREADS
+
+    def detach(self):
+        if not self.links and not self.kprobes:
+            return
+        from bcc import lib
+        started = time.monotonic()
+        count = self.count
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # finish detaching
+        try:
+            bar = _progress("detaching", len(self.kprobes))
+
+            def detach_one(entry):
+                lib.bpf_close_perf_event_fd(entry[2])
+                if bar is not None:
+                    bar.update(1)
+
+            with ThreadPoolExecutor(DETACH_THREADS) as pool:
+                list(pool.map(detach_one, self.kprobes))
+            if bar is not None:
+                bar.close()
+            for link in self.links:
+                os.close(link)
+            self.kprobes, self.links = [], []
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if count >= PROGRESS_MIN:
+            sys.stderr.write("skbtracer: detached %d functions in %.1f s\n"
+                             % (count, time.monotonic() - started))

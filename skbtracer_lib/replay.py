@@ -400,6 +400,11 @@ class ReplaySession(Session):
                                                                   self.book.limit))
         return notes
 
+    def story_probes(self):
+        # saved events do not say which functions came from --all/--func
+        attached = {probe.name for probe, _t, _x in self.loaded.attached}
+        return self.loaded.program.probe_names, attached, set()
+
     def story_arguments(self):
         if self.merged is None:
             return {}

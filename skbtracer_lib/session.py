@@ -225,6 +225,15 @@ class Session:
     def story_arguments(self):
         return {}
 
+    def story_probes(self):
+        """(probe names, the names attached, --all/--func names), as the
+        story knows them."""
+        planned = self.loaded.program.plan.probes
+        names = [story.story_name(p.name, p.extra) for p in planned]
+        visible = {story.story_name(p.name, p.extra) for p, _t, _x in self.loaded.attached}
+        extra = {story.story_name(p.name, True) for p in planned if p.extra}
+        return names, visible, extra
+
     # -- what -r needs to tell the same story later
 
     def _start_object(self):
@@ -302,9 +311,9 @@ class Session:
                                "skips this)\n" % len(self.book))
                 self.err.flush()
             self.names.retry(force=True)
+            names, visible, extra = self.story_probes()
             told = story.build(
-                self.book.events, self.loaded.program.probe_names,
-                visible={p.name for p, _t, _x in self.loaded.attached},
+                self.book.events, names, visible=visible, extra=extra,
                 label=self.names.label, symbolize=self.loaded.symbolize,
                 reasons=self.drop_reasons(), caveats=self.caveats(),
                 routes_traced="route" in self.cfg.modes,

@@ -62,6 +62,10 @@ LANDMARKS = {"br_forward", "__br_forward", "br_pass_frame_up", "ip_rcv", "ipv6_r
              "ip_forward", "ip6_forward", "ip_output", "ip6_output",
              "netif_receive_skb", "net_dev_queue"}
 FORWARD_POINTS = {"ip_forward", "ip6_forward"}
+# every name above: an --all/--func function of one of these names is told as
+# name() (a plain path row), so the story means the same with --all as without
+STORY_POINTS = (set(SOCKET_POINTS) | LOCAL_POINTS | FREE_POINTS | TAP_POINTS | CROSS_POINTS
+                | LANDMARKS)
 BRIDGE_POINTS = {"br_forward", "__br_forward"}
 
 PROTO_LETTERS = {6: "T", 17: "U"}
@@ -160,7 +164,11 @@ class Copy:
         self.end = None
         self.netns = e.netns            # the last namespace it was seen in
 
-    def continues(self, e, name, view, loc):
+    def continues(self, e, name, view, loc, extra=False):
+        """extra: an --all/--func function's row. Those are everywhere on the
+        way (skb_scrub_packet and eth_type_trans before the peer's netif_rx,
+        helpers called twice at one place): they neither enter a namespace
+        nor mark a reused address."""
         if self.freed is not None or self.dropped is not None:
             return False
         if e.ts_ns - self.last_ts > REUSE_GAP_NS and not (
@@ -168,6 +176,8 @@ class Copy:
             return False          # (frees can come late: 6.x defers many to another CPU)
         if view != self.last_view and not nat_related(view, self.last_view):
             return False
+        if extra:
+            return True
         if (e.kind != KIND_IPTABLE and loc == self.first_loc and loc != self.last_loc
                 and view == self.first_view):
             return False          # back where it started: the address was reused
@@ -234,14 +244,24 @@ def _location(e, name):
     return (e.netns, e.ifname, name)
 
 
-def group(events, probe_names, visible=None, enters=None):
+def story_name(name, extra):
+    """The name the story knows a probe by: extra (--all/--func) functions
+    named like one of its points are only path rows."""
+    return name + "()" if extra and name in STORY_POINTS else name
+
+
+def group(events, probe_names, visible=None, enters=None, extra=()):
     """Events -> [Packet] in order of their first event. visible: names of the
     probe points that were attached (default: all of probe_names); enters:
     None, or (-r over several nodes, merge.Wire) enters.may_enter(e, name,
     packet): may a new copy at e join packet although no copy of it is in
     e's namespace (it came over the wire from another node)? and
-    enters.crosses(copy, child): did child take over from copy there?"""
+    enters.crosses(copy, child): did child take over from copy there?
+    extra: names of --all/--func functions; their rows of an skb just freed
+    (the free's own functions: skb_release_data, kfree_skbmem...) tell
+    nothing more."""
     visible = set(probe_names if visible is None else visible)
+    extra = set(extra)
     events = sorted(events, key=lambda e: e.ts_ns)
     live = {}          # skb address -> Copy
     ended = {}         # skb address -> Copy freed or dropped last at that address
@@ -252,6 +272,12 @@ def group(events, probe_names, visible=None, enters=None):
         view = view_of(e)
         loc = _location(e, name)
         copy = live.get(e.skb)
+        if copy is None and name in extra:
+            gone = ended.get(e.skb)
+            end = gone.dropped or gone.freed if gone is not None else None
+            if (end is not None and e.ts_ns - end.ts_ns <= LATE_VERDICT_NS
+                    and view == gone.last_view):
+                continue
         if copy is None and e.kind == KIND_IPTABLE:
             # The verdict is read when the netfilter call returns: a table that
             # dropped the skb itself (nf_tables' bridge family) reports after
@@ -264,7 +290,7 @@ def group(events, probe_names, visible=None, enters=None):
                 gone.names.append(name)
                 gone.last_ts = e.ts_ns
                 continue
-        if copy is not None and copy.continues(e, name, view, loc):
+        if copy is not None and copy.continues(e, name, view, loc, name in extra):
             copy.add(e, name, view, loc)
         else:
             copy = Copy(e, name, view, loc)
@@ -968,6 +994,6 @@ def _route(copy, others, place):
     return label, end_ttl, steps, copy.end.kind
 
 
-def build(events, probe_names, visible=None, enters=None, **story_args):
+def build(events, probe_names, visible=None, enters=None, extra=(), **story_args):
     """Events (any order) -> Story."""
-    return Story(group(events, probe_names, visible, enters), **story_args)
+    return Story(group(events, probe_names, visible, enters, extra), **story_args)

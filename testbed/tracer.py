@@ -71,11 +71,12 @@ class TracerRun:
         run.rows, run.stderr, run.returncode
     """
 
-    def __init__(self, args, ready_timeout=300, python=PYTHON, command=None):
+    def __init__(self, args, ready_timeout=300, python=PYTHON, command=None, stop_timeout=30):
         self.args = list(args)
         # command: an installed skbtracer (["/usr/sbin/skbtracer"]) instead of the checkout's
         self.command = list(command) if command else [python, SKBTRACER]
         self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout     # --all: detaching 1,500 kprobes under TCG takes a minute
         self.proc = None
         self._out = []
         self._err = []
@@ -130,7 +131,7 @@ class TracerRun:
             time.sleep(settle)           # let the last events drain
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(30)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -256,3 +256,23 @@ def test_event_bytes_from_the_compiled_struct_decode(header_tree):
     assert d.dmac == bytes.fromhex("0242ac110002") and d.smac == bytes.fromhex("0242ac110003")
     assert (d.saddr, d.daddr) == ("10.1.2.3", "10.4.5.6")
     assert (d.table, d.chain) == ("filter", "INPUT")
+
+
+@pytest.mark.parametrize("flags", [["--all"], ["--func", "br_*", "--drop", "--keep"],
+                                   ["--all", "--func", "ip_*", "--iptable", "--callstack"]])
+def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, flags):
+    """--all/--func: the shared route programs pass the verifier as plain
+    kprobes and, with bpf_get_func_ip, as kprobe-multi programs."""
+    from skbtracer_lib.program import BPF_TRACE_KPROBE_MULTI
+    program = Program(config.parse_args(flags), backend="kprobe")
+    assert program.plan.function_counts and program.plan.function_counts[1] > 10
+    assert len(compile_and_load(program)) == sum(len(p.attach) for p in program.plan.probes)
+    if "ROUTE_FUNC_IP" not in program.plan.defines:
+        return
+    bpf = BPF(text=program.text)
+    try:
+        shared = {p.attach[0][2] for p in program.plan.probes if p.by_address}
+        for fn_name in shared:
+            assert bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_KPROBE_MULTI).fd >= 0
+    finally:
+        bpf.cleanup()

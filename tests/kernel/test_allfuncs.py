@@ -1,0 +1,142 @@
+"""--all and --func against the seed's scenario 1 (real traffic in our own
+namespaces). With kprobes (guests): every function that takes an skb, the
+story unchanged, --func 'br_*' alone, Ctrl-C while attaching. Without
+kprobes (the host): one line saying they need kprobes, exit 1.
+
+Few tracer starts, each costs a compile (and --all an attach of ~1,500
+kprobes) in the TCG guest."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BACKEND
+from testbed.topology import SeedCluster
+from testbed.tracer import PYTHON, SKBTRACER, TracerRun, is_subsequence
+
+KPROBE_LIST = "/sys/kernel/debug/kprobes/list"
+SPORT_DEFAULT, SPORT_ALL = 42101, 42102
+
+kprobes_only = pytest.mark.skipif(BACKEND != "kprobe", reason="needs kprobes (guest)")
+
+
+def mount_debug_filesystems():
+    """The guest boots with neither: the kprobe list, blacklist and
+    available_filter_functions live there."""
+    if not os.path.exists(KPROBE_LIST):
+        subprocess.run(["mount", "-t", "debugfs", "none", "/sys/kernel/debug"], check=False)
+    if not os.path.exists("/sys/kernel/tracing/available_filter_functions"):
+        subprocess.run(["mount", "-t", "tracefs", "none", "/sys/kernel/tracing"], check=False)
+
+
+def our_kprobes():
+    with open(KPROBE_LIST) as f:
+        return len(f.read().splitlines())
+
+
+@pytest.mark.skipif(BACKEND == "kprobe", reason="this kernel has kprobes")
+@pytest.mark.parametrize("flags", [["--all"], ["--func", "br_*"], ["--all", "--func", "ip_*"]])
+def test_without_kprobes_one_line_exit_1(flags):
+    proc = subprocess.run([PYTHON, SKBTRACER] + flags, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "need kprobes" in proc.stderr, proc.stderr
+
+
+def duplicate_line(stderr, sport):
+    found = [line for line in stderr.splitlines()
+             if line.startswith("DUPLICATE: U 10.244.1.2:%d->" % sport)]
+    assert len(found) == 1, stderr
+    return found[0].replace(":%d->" % sport, ":SPORT->")
+
+
+@pytest.fixture(scope="module")
+def scenario1(settle):
+    """Scenario 1 traced twice on one cluster: the built-in set, then --all."""
+    if BACKEND != "kprobe":
+        pytest.skip("needs kprobes (guest)")
+    mount_debug_filesystems()
+    runs = {}
+    with SeedCluster(promisc=True) as cluster:
+        cluster.start_udp_receiver("server")
+        _pod, dst_ip, dst_port = cluster.targets["service"]
+        base = ["-H", cluster.ip["client"], "--proto", "udp"]
+        for label, extra, sport in (("default", [], SPORT_DEFAULT), ("all", ["--all"], SPORT_ALL)):
+            before = our_kprobes()
+            with TracerRun(base + extra, ready_timeout=900, stop_timeout=600) as run:
+                cluster.reset_counts()
+                cluster.send_udp("client", dst_ip, dst_port, sport=sport)
+                received = cluster.received("server", settle=settle * 3)
+            runs[label] = (run, received, before, our_kprobes())
+        yield cluster, runs
+
+
+@kprobes_only
+def test_all_runs_and_detaches(scenario1):
+    _cluster, runs = scenario1
+    run, received, before, after = runs["all"]
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert received == 2
+    attached = re.search(r"^skbtracer: attached (\d+) functions in [\d.]+ s \((.*)\); (\d+) skipped",
+                         run.stderr, re.M)
+    assert attached and int(attached.group(1)) > 500, run.stderr
+    assert re.search(r"^skbtracer: detached \d+ functions in [\d.]+ s$", run.stderr, re.M), run.stderr
+    assert after == before, "kprobes left behind"
+
+
+@kprobes_only
+def test_all_shows_functions_beyond_the_route_set_in_path_order(scenario1):
+    from skbtracer_lib.probes import ROUTE_FUNCTIONS
+    _cluster, runs = scenario1
+    run = runs["all"][0]
+    rows = [r for r in run.rows if ":%d->" % SPORT_ALL in r.pkt]
+    names = [r.function for r in rows]
+    builtin = {f for f, _ in ROUTE_FUNCTIONS}
+    assert len(set(names) - builtin) > 20, names
+    assert "veth_xmit" in names, names                        # from the veth module
+    # sent from the client: UDP, IP, the veth; then the bridge and the pod
+    assert is_subsequence(["ip_output", "dev_hard_start_xmit", "veth_xmit", "br_handle_frame",
+                           "br_forward"], names), names
+
+
+@kprobes_only
+def test_all_tells_the_duplicate_exactly_as_without(scenario1):
+    _cluster, runs = scenario1
+    default, everything = runs["default"][0], runs["all"][0]
+    assert duplicate_line(everything.stderr, SPORT_ALL) == duplicate_line(default.stderr,
+                                                                            SPORT_DEFAULT)
+
+
+@kprobes_only
+def test_func_bridge_glob_alone_and_ctrl_c_while_attaching(scenario1, settle):
+    cluster, _runs = scenario1
+    with SeedCluster(promisc=True) as cluster:
+        cluster.start_udp_receiver("server")
+        _pod, dst_ip, dst_port = cluster.targets["service"]
+        with TracerRun(["-H", cluster.ip["client"], "--proto", "udp", "--func", "br_*", "-v"],
+                       ready_timeout=600) as run:
+            cluster.send_udp("client", dst_ip, dst_port, sport=SPORT_ALL + 1)
+            cluster.received("server", settle=settle * 3)
+    assert run.returncode == 0, run.stderr
+    names = {r.function for r in run.rows}
+    assert names and all(n.startswith("br_") for n in names), names
+    assert "br_forward" in names
+    assert re.search(r"^skbtracer: attached kprobe\S* br_", run.stderr, re.M), run.stderr
+
+    # Ctrl-C once attaching is under way: every kprobe goes again. A few
+    # hundred functions, not --all: one --all start per guest run is enough.
+    before = our_kprobes()
+    proc = subprocess.Popen([PYTHON, SKBTRACER, "--func", "tcp*", "--func", "ip*"],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while our_kprobes() < before + 50 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=600)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 130), err
+    assert our_kprobes() == before, err
