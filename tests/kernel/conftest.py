@@ -2,8 +2,11 @@
 run on: the host (no kprobes: the tracepoint backend) and the qemu guests
 (Debian kernels with kprobes: the kprobe backend)."""
 
+import contextlib
 import os
+import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -35,3 +38,20 @@ def backend():
 def settle():
     """Seconds of quiet before counting what arrived; TCG guests are slow."""
     return 1.0 if BACKEND == "kprobe" else 0.3
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(size):
+    """A small tmpfs of our own (size: "64k"), for full-disk tests; skips
+    the test where tmpfs cannot be mounted, unmounted afterwards."""
+    where = tempfile.mkdtemp(prefix="skbt-full-")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size,
+                              "skbt-full", where], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        os.rmdir(where)
+        pytest.skip("cannot mount a tmpfs: %s" % mounted.stderr.strip())
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", where], check=True)
+        os.rmdir(where)

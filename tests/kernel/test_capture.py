@@ -10,12 +10,11 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections import Counter
 
 import pytest
 
-from conftest import BACKEND
+from conftest import BACKEND, mounted_tmpfs
 from testbed.topology import SeedCluster
 from testbed.tracer import TracerRun
 
@@ -176,18 +175,8 @@ def test_sigterm_leaves_a_complete_file(cluster, tmp_path, settle):
 
 @pytest.fixture
 def small_tmpfs():
-    """A 256 KiB tmpfs of our own, unmounted afterwards."""
-    where = tempfile.mkdtemp(prefix="skbt-full-")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "skbt-full", where],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        os.rmdir(where)
-        pytest.skip("cannot mount a tmpfs: %s" % mounted.stderr.strip())
-    try:
+    with mounted_tmpfs("256k") as where:
         yield where
-    finally:
-        subprocess.run(["umount", where], capture_output=True)
-        os.rmdir(where)
 
 
 def test_full_disk_is_one_line_exit_1_and_a_readable_file(cluster, small_tmpfs):

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import BACKEND
+from conftest import BACKEND, mounted_tmpfs
 from skbtracer_lib import kernel
 from testbed import topology
 from testbed.tracer import PYTHON, SKBTRACER, StderrReadyRun, TracerRun, parse_rows
@@ -152,14 +152,8 @@ def test_namespaces_and_devices_vanish_while_tracing(spaces, settle):
 
 @pytest.fixture
 def small_tmpfs():
-    mount = tempfile.mkdtemp(prefix="skbt-full-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "skbt-full", mount],
-                   check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", mount], check=True)
-        os.rmdir(mount)
+    with mounted_tmpfs("64k") as where:
+        yield where
 
 
 def flood(spaces, seconds):
