@@ -192,6 +192,17 @@ static __always_inline void *ethernet_header(struct layers *at)
     return 0;
 }
 
+/* Where the skb's linear data ends (tail is an offset on 64-bit kernels);
+ * from the sk_buff span read when it holds tail. */
+static __always_inline void *linear_end(void *skb, struct layers *at)
+{
+#ifdef L_SKB_SPAN_HAS_TAIL
+    return at->head + at->tail;
+#else
+    return at->head + (u32)KREAD(skb, SKB_TAIL);
+#endif
+}
+
 #ifdef L_SKB_SPAN_LEN
 /* protocol, the header offsets, head and data sit close together in struct
  * sk_buff: skbtracer.py gives their span, read once instead of five times */
@@ -315,15 +326,11 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
         return 0;
     void *eth = ethernet_header(at);
     void *start = eth ? eth : at->l3;
-#ifdef L_SKB_SPAN_HAS_TAIL
-    void *linear_end = at->head + at->tail;
-#else
-    void *linear_end = at->head + (u32)KREAD(skb, SKB_TAIL);
-#endif
-    if (linear_end <= start)
+    void *end = linear_end(skb, at);
+    if (end <= start)
         return 0;
     v->start = (u64)start;
-    v->caplen = linear_end - start;
+    v->caplen = end - start;
 #ifdef PCAP_NEEDS_LEN
     v->wirelen = (u32)KREAD(skb, SKB_LEN) + (at->data - start);
 #endif
@@ -457,7 +464,7 @@ static __always_inline void note_capture(void *skb, struct event_t *e, struct la
     if (!c)
         return;
     void *from = eth ? eth : at->l3;
-    void *end = at->head + (u32)KREAD(skb, SKB_TAIL);   /* an offset on 64-bit kernels */
+    void *end = linear_end(skb, at);
     s64 avail = end - from;
     c->from = (u64)from;
     c->head.linktype = eth ? LINKTYPE_ETHERNET : LINKTYPE_RAW;
