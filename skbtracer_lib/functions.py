@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import kernel
+from . import kernel, kprobe_multi
 from .btf import BTF_DIR
 
 MAX_ARGUMENT = 5      # PT_REGS_PARM1..5 (the sixth is not in a register everywhere)
@@ -158,7 +158,6 @@ def select(patterns, everything, exclude=()):
 
 
 def has_kprobe_multi():
-    """Can this kernel attach many kprobes with one BPF link
-    (BPF_TRACE_KPROBE_MULTI, 5.18+ with CONFIG_FPROBE)? Asked of the kernel
-    by program.py's first attempt; here only what can be known cheaply."""
-    return kernel.version() >= (5, 18)
+    """Can this kernel attach many kprobes with one BPF link? Asked of the
+    kernel once (kprobe_multi.supported)."""
+    return kprobe_multi.supported()

@@ -1,18 +1,16 @@
 """Building the BPF program (skbtracer.c plus generated #defines and probe
 lines), compiling it with bcc and attaching its probes."""
 
-import ctypes
 import os
-import platform
 import resource
 import signal
-import struct
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import kernel, layout, probes
+from . import kernel, kprobe_multi, layout, probes
+from .kprobe_multi import BPF_TRACE_KPROBE_MULTI
 from .events import EVENT_SIZE, BoundedCache, swap16
 
 C_SOURCE_NAME = "skbtracer.c"
@@ -33,10 +31,8 @@ def capture_bytes(snaplen):
 PROGRESS_MIN = 48        # a progress bar and a closing line from this many functions on
 ATTACH_THREADS = 4       # single kprobes attached side by side
 DETACH_THREADS = 16      # and detached: mostly waiting for RCU grace periods
-# bpf(2): BPF_LINK_CREATE of a BPF_TRACE_KPROBE_MULTI link (include/uapi/linux/bpf.h)
-BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
-BPF_LINK_CREATE = 28
-BPF_TRACE_KPROBE_MULTI = 42
+# kprobes made through perf_event_open (4.17+); else bcc writes kprobe_events
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
 
 
 def c_source_path():
@@ -329,24 +325,6 @@ def _raise_open_files(kprobes):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _create_kprobe_multi_link(prog_fd, names):
-    """One BPF link attaching prog_fd to every function in names: the link's
-    fd, or -errno."""
-    number = BPF_SYSCALL.get(platform.machine())
-    if number is None:
-        return -38    # ENOSYS: no syscall number known here
-    syms = (ctypes.c_char_p * len(names))(*[n.encode() for n in names])
-    attr = ctypes.create_string_buffer(64)
-    # prog_fd, target_fd, attach_type, flags; then kprobe_multi: flags, cnt, syms, addrs, cookies
-    struct.pack_into("<IIIIIIQQQ", attr, 0, prog_fd, 0, BPF_TRACE_KPROBE_MULTI, 0,
-                     0, len(names), ctypes.addressof(syms), 0, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(number), ctypes.c_long(BPF_LINK_CREATE), attr,
-                      ctypes.c_uint(len(attr)))
-    return fd if fd >= 0 else -ctypes.get_errno()
-
-
 class FunctionProbes:
     """--all/--func: the many functions sharing the route programs, attached
     with one kprobe-multi link per program where the kernel has them, else
@@ -405,7 +383,7 @@ class FunctionProbes:
         bpf = self.loaded.bpf
         for fn_name, group in by_program.items():
             fn = bpf.load_func(fn_name.encode(), BPF.KPROBE, attach_type=BPF_TRACE_KPROBE_MULTI)
-            fd = _create_kprobe_multi_link(fn.fd, [p.attach[0][1] for p in group])
+            fd = kprobe_multi.create_link(fn.fd, [p.attach[0][1] for p in group])
             if fd < 0:
                 for link in self.links:
                     os.close(link)
@@ -469,8 +447,14 @@ class FunctionProbes:
         try:
             bar = _progress("detaching", len(self.kprobes))
 
+            # without the kprobe PMU bcc made each kprobe in tracefs's
+            # kprobe_events: that entry goes too, as bcc's detach_kprobe does
+            in_tracefs = not os.path.exists(KPROBE_PMU)
+
             def detach_one(entry):
                 lib.bpf_close_perf_event_fd(entry[2])
+                if in_tracefs:
+                    lib.bpf_detach_kprobe(entry[0])
                 if bar is not None:
                     bar.update(1)
 

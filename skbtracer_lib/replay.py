@@ -343,17 +343,27 @@ class SavedProgram:
         self.backend = backend
 
 
+def saved_names(start, key):
+    """A start object's list of probe names; [] when absent or not one."""
+    names = start.get(key)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return []
+    return names
+
+
 class SavedLoaded:
     """What Session reads of a loaded program, from the start objects."""
 
     def __init__(self, runs, rebuilder):
         attached = []
+        self.extra = set()      # --all/--func functions of any run
         for run in runs:
-            names = run.start.get("attached") or sorted(
+            names = saved_names(run.start, "attached") or sorted(
                 {o["func"] for o in run.objects if o["kind"] == "route"})
             for name in names:
                 if name not in attached:
                     attached.append(name)
+            self.extra.update(saved_names(run.start, "functions"))
         iptable = any(r.start.get("iptable_traced") for r in runs)
         self.attached = [(SavedProbe(n, "route"), "saved", n) for n in attached]
         if iptable:
@@ -401,9 +411,11 @@ class ReplaySession(Session):
         return notes
 
     def story_probes(self):
-        # saved events do not say which functions came from --all/--func
-        attached = {probe.name for probe, _t, _x in self.loaded.attached}
-        return self.loaded.program.probe_names, attached, set()
+        # as Session.story_probes, with the --all/--func names the start objects saved
+        extra = self.loaded.extra
+        names = [story.story_name(n, n in extra) for n in self.loaded.program.probe_names]
+        attached = {story.story_name(p.name, p.name in extra) for p, _t, _x in self.loaded.attached}
+        return names, attached, {story.story_name(n, True) for n in extra}
 
     def story_arguments(self):
         if self.merged is None:

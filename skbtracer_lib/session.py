@@ -243,7 +243,14 @@ class Session:
             probes=list(program.probe_names),
             attached=sorted({p.name for p, _t, _x in self.loaded.attached}),
             modes=sorted(self.cfg.modes),
-            iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached))
+            iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached),
+            **self._functions_field())
+
+    def _functions_field(self):
+        """--all/--func: which probes are extra functions, so that -r tells
+        their rows as this run does (absent without them)."""
+        extra = sorted(p.name for p in self.loaded.program.plan.probes if p.extra)
+        return {"functions": extra} if extra else {}
 
     def _write_end_object(self):
         if self.json is None or self.pipe_closed:

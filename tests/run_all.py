@@ -28,9 +28,12 @@ PYTEST = [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"]
 GUEST_FLAVOURS = ["6.1", "5.10", "6.12"]
 REQUIRED_FLAVOUR = "6.1"
 # Every bcc compile costs seconds under TCG: the required kernel runs all of
-# tests/kernel, the others the seed's scenarios and the drop reasons.
+# tests/kernel, the others the seed's scenarios and the drop reasons, and
+# 6.12 (the one with kprobe-multi links) --all/--func too.
+SCENARIOS_AND_DROPS = ["tests/kernel/test_scenarios.py", "tests/kernel/test_drops.py"]
 GUEST_TESTS = {"6.1": ["tests/kernel"],
-               "other": ["tests/kernel/test_scenarios.py", "tests/kernel/test_drops.py"]}
+               "6.12": SCENARIOS_AND_DROPS + ["tests/kernel/test_allfuncs.py"],
+               "other": SCENARIOS_AND_DROPS}
 GUEST_TIMEOUT = 1500
 
 

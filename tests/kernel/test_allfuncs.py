@@ -19,6 +19,7 @@ from testbed.topology import SeedCluster
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun, is_subsequence
 
 KPROBE_LIST = "/sys/kernel/debug/kprobes/list"
+ENABLED_FUNCTIONS = "/sys/kernel/tracing/enabled_functions"
 SPORT_DEFAULT, SPORT_ALL = 42101, 42102
 
 kprobes_only = pytest.mark.skipif(BACKEND != "kprobe", reason="needs kprobes (guest)")
@@ -33,9 +34,20 @@ def mount_debug_filesystems():
         subprocess.run(["mount", "-t", "tracefs", "none", "/sys/kernel/tracing"], check=False)
 
 
-def our_kprobes():
-    with open(KPROBE_LIST) as f:
+def lines_of(path):
+    with open(path) as f:
         return len(f.read().splitlines())
+
+
+def our_kprobes():
+    return lines_of(KPROBE_LIST)
+
+
+def probed_functions():
+    """Functions with an ftrace hook: single kprobes at a function's entry
+    and kprobe-multi links (fprobe) alike; the latter are not in the kprobe
+    list."""
+    return lines_of(ENABLED_FUNCTIONS)
 
 
 @pytest.mark.skipif(BACKEND == "kprobe", reason="this kernel has kprobes")
@@ -56,7 +68,7 @@ def duplicate_line(stderr, sport):
 
 
 @pytest.fixture(scope="module")
-def scenario1(settle):
+def scenario1(settle, tmp_path_factory):
     """Scenario 1 traced twice on one cluster: the built-in set, then --all."""
     if BACKEND != "kprobe":
         pytest.skip("needs kprobes (guest)")
@@ -66,13 +78,16 @@ def scenario1(settle):
         cluster.start_udp_receiver("server")
         _pod, dst_ip, dst_port = cluster.targets["service"]
         base = ["-H", cluster.ip["client"], "--proto", "udp"]
-        for label, extra, sport in (("default", [], SPORT_DEFAULT), ("all", ["--all"], SPORT_ALL)):
+        saved = str(tmp_path_factory.mktemp("allfuncs") / "all.json")
+        for label, extra, sport in (("default", [], SPORT_DEFAULT),
+                                    ("all", ["--all", "--json=" + saved], SPORT_ALL)):
             before = our_kprobes()
             with TracerRun(base + extra, ready_timeout=900, stop_timeout=600) as run:
                 cluster.reset_counts()
                 cluster.send_udp("client", dst_ip, dst_port, sport=sport)
                 received = cluster.received("server", settle=settle * 3)
             runs[label] = (run, received, before, our_kprobes())
+        runs["saved"] = saved
         yield cluster, runs
 
 
@@ -85,6 +100,8 @@ def test_all_runs_and_detaches(scenario1):
     attached = re.search(r"^skbtracer: attached (\d+) functions in [\d.]+ s \((.*)\); (\d+) skipped",
                          run.stderr, re.M)
     assert attached and int(attached.group(1)) > 500, run.stderr
+    # the kernel was asked before planning: no failed kprobe-multi attempt
+    assert "kprobe-multi unavailable" not in attached.group(2), run.stderr
     assert re.search(r"^skbtracer: detached \d+ functions in [\d.]+ s$", run.stderr, re.M), run.stderr
     assert after == before, "kprobes left behind"
 
@@ -113,6 +130,18 @@ def test_all_tells_the_duplicate_exactly_as_without(scenario1):
 
 
 @kprobes_only
+def test_all_read_back_tells_the_same_duplicate(scenario1):
+    """-r of the --all run's JSON lines: the start object names its extra
+    functions, so the story is told as live."""
+    _cluster, runs = scenario1
+    proc = subprocess.run([PYTHON, SKBTRACER, "-r", runs["saved"]], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert duplicate_line(proc.stderr, SPORT_ALL) == duplicate_line(runs["all"][0].stderr,
+                                                                      SPORT_ALL)
+
+
+@kprobes_only
 def test_func_bridge_glob_alone_and_ctrl_c_while_attaching(scenario1, settle):
     cluster, _runs = scenario1
     with SeedCluster(promisc=True) as cluster:
@@ -130,15 +159,20 @@ def test_func_bridge_glob_alone_and_ctrl_c_while_attaching(scenario1, settle):
 
     # Ctrl-C once attaching is under way: every kprobe goes again. A few
     # hundred functions, not --all: one --all start per guest run is enough.
-    before = our_kprobes()
+    # With kprobe-multi links attaching takes well under a second: the
+    # signal may come just after it, which must detach as cleanly.
+    before, probed_before = our_kprobes(), probed_functions()
     proc = subprocess.Popen([PYTHON, SKBTRACER, "--func", "tcp*", "--func", "ip*"],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
-    while our_kprobes() < before + 50 and proc.poll() is None and time.monotonic() < deadline:
+    while (probed_functions() < probed_before + 50 and proc.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.05)
+    assert proc.poll() is None and time.monotonic() < deadline, "attaching never started"
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=600)
     assert "Traceback" not in err, err
     assert proc.returncode in (0, 130), err
     assert our_kprobes() == before, err
+    assert probed_functions() == probed_before, err

@@ -406,3 +406,25 @@ def test_100k_garbage_event_objects_are_accepted_whole_or_refused(tmp_path):
         jsonout.text_row(obj, "")
         accepted += 1
     assert 0 < accepted < 100_000
+
+
+def test_functions_of_all_are_known_to_the_story_again(tmp_path):
+    """A start object's "functions" (--all/--func) name the probes -r tells
+    as extra functions, as the live run did: one named like a story point
+    is only a path row (story_name's "()")."""
+    probe_names = TRACEPOINTS + ["tpacket_rcv", "veth_xmit"]
+    path = tmp_path / "all.json"
+    path.write_text(jsonout.dumps(jsonout.start_object(
+        "kprobe", node="n1", run_id="r1", probes=probe_names, attached=probe_names,
+        modes=["route"], iptable_traced=False, functions=["tpacket_rcv", "veth_xmit"])) + "\n")
+    cfg = config.parse_args(["-r", str(path)])
+    session = replay.ReplaySession(cfg, replay.read_files(cfg.read, print))
+    session.rebuilder.probe_names[:] = probe_names
+    names, visible, extra = session.story_probes()
+    assert names == TRACEPOINTS + ["tpacket_rcv()", "veth_xmit"]
+    assert {"tpacket_rcv()", "veth_xmit"} <= visible and extra == {"tpacket_rcv()", "veth_xmit"}
+    # without the field (a run without --all, or an older file): none extra
+    path.write_text(path.read_text().replace(', "functions": ["tpacket_rcv", "veth_xmit"]', ""))
+    session = replay.ReplaySession(cfg, replay.read_files(cfg.read, print))
+    session.rebuilder.probe_names[:] = probe_names
+    assert session.story_probes()[2] == set()
