@@ -8,7 +8,7 @@ packet-socket taps are not on the packet's way: they are left out.
 """
 
 from .story import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS, format_table
-from .story import _duration_text as duration_text
+from .story import duration_text
 
 MAX_TIME_LINES = MAX_FLAG_LINES
 

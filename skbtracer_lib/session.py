@@ -323,20 +323,7 @@ class Session:
             if not told.packets:
                 self.err.write("skbtracer: no packets to tell about\n")
                 return
-            say = ["skbtracer: the story of %d packet%s in %d events (--no-summary turns it off)"
-                   % (len(told.packets), "" if len(told.packets) == 1 else "s",
-                      len(self.book))]
-            if self.book.beyond:
-                say.append("skbtracer: the story covers the first %d events; %d more were "
-                           "not kept" % (self.book.limit, self.book.beyond))
-            say += told.flag_lines()
-            say.append(told.table())
-            footnote = told.footnote()
-            if footnote:
-                say.append("skbtracer: " + footnote)
-            if len(told.packets) > story.MAX_TABLE_PACKETS:
-                say.append("skbtracer: %d more packets not in the table (--json has them all)"
-                           % (len(told.packets) - story.MAX_TABLE_PACKETS))
+            say = story.exit_lines(told, len(self.book), self.book.beyond, self.book.limit)
             say += latency.story_lines(told, self.cfg.latency)
             self.err.write("\n".join(say) + "\n")
             if self.capture is not None:
@@ -344,7 +331,7 @@ class Session:
             stream = self.out if self.json_rows else self.json_out
             if stream is not None and not self.pipe_closed:
                 lines = [jsonout.dumps(latency.with_hops(obj, told))
-                         for obj in jsonout.story_objects(told)]
+                         for obj in story.story_objects(told)]
                 stream.write("\n".join(lines) + "\n")
                 stream.flush()
         except KeyboardInterrupt:
