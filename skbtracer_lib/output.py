@@ -187,6 +187,11 @@ def line_sink(stream, what):
 
 # -- files for -o, --json=FILE and -w
 
+class FileError(KernelError):
+    """A file named on the command line cannot be opened for writing (one
+    line, exit 1; a KernelError too, for callers that say both alike)."""
+
+
 def open_new_file(flag, path, force, binary=False):
     """Open a file for rows (binary: for blocks). Creates it exclusively;
     an existing one is opened only as existing_file_problem()
@@ -200,9 +205,8 @@ def open_new_file(flag, path, force, binary=False):
             fd = _open_existing(flag, path, force, flags)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise KernelError("%s: %r is a symbolic link; refusing to follow it"
-                                     % (flag, path))
-        raise KernelError("%s: cannot write %r: %s" % (flag, path, e.strerror))
+            raise FileError("%s: %r is a symbolic link; refusing to follow it" % (flag, path))
+        raise FileError("%s: cannot write %r: %s" % (flag, path, e.strerror))
     if binary:
         return os.fdopen(fd, "wb")
     return os.fdopen(fd, "w", encoding="utf-8")
@@ -221,7 +225,7 @@ def _open_existing(flag, path, force, flags):
     problem = existing_file_problem(st, force)
     if problem:
         os.close(fd)
-        raise KernelError("%s: %r %s" % (flag, path, problem))
+        raise FileError("%s: %r %s" % (flag, path, problem))
     os.set_blocking(fd, True)
     if stat.S_ISREG(st.st_mode):
         os.ftruncate(fd, 0)     # --force

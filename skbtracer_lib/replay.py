@@ -19,15 +19,12 @@ import sys
 import time
 
 from . import jsonout, merge, story
-from .events import KIND_ROUTE, NF_HOOKS, NF_HOOKS_BY_PF, Event
-from .kernel import KernelError
-from .output import HEADER, TCP_FLAGS, open_new_file
+from .events import Event
+from .output import HEADER, FileError, open_new_file
 from .probes import DropReasons
+from .runinfo import ProbeInfo, RunInfo
 from .session import Session
-
-KIND_NUMBERS = {name: number for number, name in jsonout.KINDS.items()}
-TCP_FLAG_BITS = {text: value for value, text in enumerate(TCP_FLAGS)}
-L4_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+from .vocabulary import KIND_NUMBERS, KIND_ROUTE, L4_NUMBERS, TCP_FLAG_BITS, hook_number
 
 
 class ReadError(Exception):
@@ -259,8 +256,7 @@ class Rebuilder:
         nf = obj.get("nf")
         if nf:
             e.pf = nf.get("pf") or 0
-            hooks = NF_HOOKS_BY_PF.get(e.pf, NF_HOOKS)
-            e.hook = next((k for k, v in hooks.items() if v == nf.get("hook")), 0)
+            e.hook = hook_number(e.pf, nf.get("hook"))
             e.verdict = nf.get("verdict_code") or 0
             e.table = nf.get("table") or ""
             e.chain = nf.get("chain") or ""
@@ -332,19 +328,8 @@ def event_filter(cfg):
 
 # ---------------------------------------------------------------- the run
 
-class SavedProbe:
-    def __init__(self, name, kind):
-        self.name, self.kind, self.module, self.note = name, kind, None, None
-
-
-class SavedProgram:
-    def __init__(self, probe_names, backend):
-        self.probe_names = probe_names
-        self.backend = backend
-
-
 class SavedLoaded:
-    """What Session reads of a loaded program, from the start objects."""
+    """What Session reads of a loaded program (runinfo), from the start objects."""
 
     def __init__(self, runs, rebuilder):
         attached = []
@@ -354,12 +339,12 @@ class SavedLoaded:
             for name in names:
                 if name not in attached:
                     attached.append(name)
-        iptable = any(r.start.get("iptable_traced") for r in runs)
-        self.attached = [(SavedProbe(n, "route"), "saved", n) for n in attached]
-        if iptable:
-            self.attached.append((SavedProbe("nf_hook_slow", "iptable"), "saved", "iptable"))
+        probes = [ProbeInfo(n, "route") for n in attached]
+        if any(r.start.get("iptable_traced") for r in runs):
+            probes.append(ProbeInfo("nf_hook_slow", "iptable"))
         backends = sorted({r.start.get("backend") or "?" for r in runs})
-        self.program = SavedProgram(rebuilder.probe_names, "/".join(backends))
+        # probe names grow as the events are rebuilt: the story reads them at exit
+        self.info = RunInfo("/".join(backends), rebuilder.probe_names, attached=probes)
         self.rebuilder = rebuilder
 
     def symbolize(self, address):
@@ -399,11 +384,6 @@ class ReplaySession(Session):
             notes.append("%d events after the story's first %d" % (self.book.beyond,
                                                                   self.book.limit))
         return notes
-
-    def story_probes(self):
-        # saved events do not say which functions came from --all/--func
-        attached = {probe.name for probe, _t, _x in self.loaded.attached}
-        return self.loaded.program.probe_names, attached, set()
 
     def story_arguments(self):
         if self.merged is None:
@@ -502,7 +482,7 @@ def main(cfg):
         return ReplaySession(cfg, runs).run()
     try:        # -o FILE: opened as for a live run (no symlinks, --force to overwrite)
         out = open_new_file("-o/--output", cfg.output, cfg.force)
-    except KernelError as e:
+    except FileError as e:
         err.write("skbtracer: %s\n" % e)
         return 1
     with out:

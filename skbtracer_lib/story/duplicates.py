@@ -77,8 +77,10 @@ def _route(copy, others, place):
     born_there = any(x.birth == start for x in chain(copy)[1:])
     segment = [(e, n) for e, n in lineage if e.ts_ns >= start]
     before = [(e, n) for e, n in lineage if e.ts_ns < start and n in LANDMARKS]
-    if born_there and before and before[-1][0].netns == (segment[0][0].netns if segment else None):
-        segment = [before[-1]] + segment
+    if born_there and before and segment:
+        (landmark, _name), (first, _first_name) = before[-1], segment[0]
+        if landmark.netns == first.netns:     # the landmark it was born at
+            segment = [before[-1]] + segment
     steps = _steps(segment, place.netns)
     names = {n for _e, n in segment}
     ttls = [e.ttl for e, n in segment if n not in FREE_POINTS]

@@ -2,19 +2,19 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
-from .model import End, EndKind, SocketPlace
+from .model import End, EndKind, Place, SocketPlace
 from .points import FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS, TX_POINTS
 
 
 def last_interface(copy):
-    """(netns, ifname) of the copy's last event with a device (else with a namespace)."""
+    """The Place of the copy's last event with a device (else with a namespace)."""
     for e in reversed(copy.events):
         if e.ifname and e.netns:
-            return e.netns, e.ifname
+            return Place(e.netns, e.ifname)
     for e in reversed(copy.events):
         if e.netns:
-            return e.netns, e.ifname
-    return 0, ""
+            return Place(e.netns, e.ifname)
+    return Place(0, "")
 
 
 def end_of(copy, after_receive=True):
@@ -46,7 +46,7 @@ def end_of(copy, after_receive=True):
 def _dropped(copy):
     e = copy.dropped
     netns, ifname = (e.netns, e.ifname) if e.ifname else last_interface(copy)
-    return End(EndKind.DROPPED, netns or last_interface(copy)[0], ifname, copy.names[-1],
+    return End(EndKind.DROPPED, netns or last_interface(copy).netns, ifname, copy.names[-1],
                reason_code=e.drop_reason, location=e.location, ts_ns=e.ts_ns)
 
 

@@ -215,7 +215,7 @@ def _handed_over(copy, child, enters):
     child appeared (or, -r over several nodes, it left and child arrived)?"""
     if not _no_travel_after(copy, child.birth):
         return False
-    if child.events[0].netns == last_interface(copy)[0]:
+    if child.events[0].netns == last_interface(copy).netns:
         return True
     return enters is not None and copy.end.kind == EndKind.LEFT and enters.crosses(copy, child)
 

@@ -24,6 +24,7 @@ import tempfile
 
 from skbtracer_lib import config, names, probes, replay, story
 from skbtracer_lib.events import EVENT_SIZE
+from skbtracer_lib.runinfo import ProbeInfo, RunInfo
 from skbtracer_lib.session import Session
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,34 +102,14 @@ def run_replay(files, argv):
 
 # ---------------------------------------------------------------- raw events
 
-class GoldenProbe:
-    def __init__(self, name, kind, extra=False):
-        self.name, self.kind, self.extra = name, kind, extra
-        self.module = self.note = None
-
-
-class GoldenPlan:
-    def __init__(self, probes_):
-        self.probes = probes_
-
-
-class GoldenProgram:
-    def __init__(self, planned, backend):
-        self.plan = GoldenPlan(planned)
-        self.probe_names = [p.name for p in planned]
-        self.backend = backend
-        self.capture_bytes = 0
-
-
 class GoldenLoaded:
-    """What Session reads of a loaded program, for a recorded probe plan."""
+    """What Session reads of a loaded program (runinfo), for a recorded probe plan."""
 
     def __init__(self, meta, attached=None):
-        planned = [GoldenProbe(name, kind, extra) for name, kind, extra in meta["probes"]]
-        self.program = GoldenProgram(planned, meta["backend"])
-        self.attached = [(p, "kprobe", p.name) for p in planned
-                         if attached is None or p.name in attached]
-        self.skipped = []
+        planned = [ProbeInfo(name, kind, extra) for name, kind, extra in meta["probes"]]
+        self.info = RunInfo(meta["backend"], [p.name for p in planned], planned=planned,
+                            attached=[p for p in planned
+                                      if attached is None or p.name in attached])
         self.bpf = None
 
     def symbolize(self, address):
