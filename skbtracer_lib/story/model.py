@@ -15,6 +15,9 @@ from typing import NamedTuple
 from .points import FREE_POINTS, HANDOVER_NS, TAP_POINTS
 
 
+_new_tuple = tuple.__new__
+
+
 class Header(NamedTuple):
     """The packet header as an event saw it, minus the TTL (routing changes it)."""
     family: int
@@ -31,8 +34,9 @@ class Header(NamedTuple):
 
     @classmethod
     def of(cls, e):
-        return cls(e.family, e.l4proto, e.saddr, e.sport, e.daddr, e.dport, e.ip_id,
-                   e.tcp_seq, e.tcp_flags, e.icmp_type, e.icmp_id)
+        # tuple.__new__: once per event at exit, without NamedTuple's own __new__
+        return _new_tuple(cls, (e.family, e.l4proto, e.saddr, e.sport, e.daddr, e.dport,
+                                e.ip_id, e.tcp_seq, e.tcp_flags, e.icmp_type, e.icmp_id))
 
     @property
     def identity(self):

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from .model import EndKind, Place
 from .points import BRIDGE_POINTS, CROSS_POINTS, FORWARD_POINTS
 
+_new_tuple = tuple.__new__
 MARKERS = {EndKind.DROPPED: "(dropped)", EndKind.VANISHED: "(vanished)"}
 
 
@@ -27,7 +28,7 @@ def hops(copy, start=None, stop=None):
         if stop is not None and e.ts_ns >= stop:
             break
         if n in CROSS_POINTS and e.ifname:
-            hop = Place(e.netns, e.ifname)
+            hop = _new_tuple(Place, (e.netns, e.ifname))   # Place(), the fast way
             if not out or out[-1] != hop:
                 out.append(hop)
     return out

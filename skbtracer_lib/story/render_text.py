@@ -46,10 +46,12 @@ class Story(StoryModel):
             return "delivered to the local stack in %s (%s)" % (self.label(end.netns), end.func)
         if kind == EndKind.DROPPED:
             return self._dropped_text(end)
-        if kind in END_WORDS:
-            return END_WORDS[kind] % {"where": self.place_text(end.netns, end.ifname),
-                                      "func": end.func}
-        return kind.value
+        words = END_WORDS.get(kind)
+        if words is None:
+            return kind.value
+        where = self.place_text(end.netns, end.ifname)
+        return words % ((where, end.func) if kind in (EndKind.ARRIVED, EndKind.VANISHED)
+                        else where)
 
     def _dropped_text(self, end):
         text = "dropped at %s" % self.place_text(end.netns, end.ifname)
@@ -246,11 +248,11 @@ class Story(StoryModel):
         return format_table(HEADERS, self.table_rows(limit))
 
 
-END_WORDS = {EndKind.FREED: "reached %(where)s, freed",
-             EndKind.ARRIVED: "reached %(where)s (not seen after %(func)s)",
-             EndKind.LEFT: "left via %(where)s",
-             EndKind.VANISHED: "vanished after %(where)s (%(func)s)",
-             EndKind.TAP: "a copy freed at %(where)s"}
+END_WORDS = {EndKind.FREED: "reached %s, freed",
+             EndKind.ARRIVED: "reached %s (not seen after %s)",      # where, func
+             EndKind.LEFT: "left via %s",
+             EndKind.VANISHED: "vanished after %s (%s)",             # where, func
+             EndKind.TAP: "a copy freed at %s"}
 
 
 def exit_lines(story, events, beyond=0, limit=0):
