@@ -142,28 +142,23 @@ def kprobe_extra():
     save("kprobe-extra", names, raws, "kprobe", extra=EXTRA)
 
 
+V6 = {u.CLIENT: "fd00:10:244:1::2", u.SERVICE: "fd00:10:96::a", u.SERVER: "fd00:10:244:1::3"}
+
+
+def v6_flow(sport, dst=u.SERVER, dport=9000, ip_id=4242, src=u.CLIENT):
+    """u.flow() with the seed's addresses in IPv6 (no IP id)."""
+    return dict(family=6, saddr=V6[src], sport=sport, daddr=V6[dst], dport=dport, ip_id=0,
+                l4proto=17)
+
+
 def ipv6():
     trace = u.Trace(u.TRACEPOINTS)
     six = dict(family=6, ip_id=0)
-    pre = dict(six, saddr="fd00:10:244:1::2", sport=41002, daddr="fd00:10:96::a", dport=53,
-               l4proto=17)
-    post = dict(pre, daddr="fd00:10:244:1::3", dport=9000)
-    A, B, C = u.A, u.B, u.C
-    trace.add(A, "consume_skb", "client/eth0", pre)
-    trace.rows(B, pre, [("net_dev_queue", "client/eth0"), ("net_dev_start_xmit", "client/eth0"),
-                        ("netif_rx", "node1/vethclient"),
-                        ("netif_receive_skb", "node1/vethclient")])
-    trace.add(C, "consume_skb", "node1/cbr0", post)
-    trace.rows(B, post, [("net_dev_queue", "node1/cbr0"), ("net_dev_start_xmit", "node1/cbr0")])
-    trace.rows(A, post, [("net_dev_queue", "node1/vethserver"),
-                         ("net_dev_start_xmit", "node1/vethserver"), ("netif_rx", "server/eth0")])
-    trace.add(B, "netif_receive_skb", "node1/cbr0", post)
-    trace.rows(B, post, [("net_dev_queue", "node1/cbr0"), ("net_dev_start_xmit", "node1/cbr0"),
-                         ("net_dev_queue", "node1/vethserver"),
-                         ("net_dev_start_xmit", "node1/vethserver"),
-                         ("netif_rx", "server/eth0")], ttl=63)
-    trace.add(A, "netif_receive_skb", "server/eth0", post)
-    trace.add(B, "netif_receive_skb", "server/eth0", post, ttl=63)
+    flow, u.flow = u.flow, v6_flow          # scenario 1, in IPv6
+    try:
+        u.host_scenario1(trace, sport=41002)
+    finally:
+        u.flow = flow
     trace.t += 500_000_000
     tcp = dict(six, saddr="fd00::2", daddr="fd00::3", l4proto=6, sport=5000, dport=80,
                tcp_seq=7, tcp_flags=0x02)
