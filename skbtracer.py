@@ -14,17 +14,17 @@
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
 # flags (config), BPF building (program, probes, layout, and pcapfilter for
-# tcpdump filter expressions), decoding (events)
-# and output (output, jsonout, names, session), and the packets' story told
-# at exit (story).
+# tcpdump filter expressions), decoding (events, vocabulary)
+# and output (output, jsonout, names, session, runinfo), and the packets'
+# story told at exit (the story package).
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
-from skbtracer_lib import config, kernel  # noqa: E402
-from skbtracer_lib.output import open_new_file  # noqa: E402,F401 (tests call it here)
+from skbtracer_lib import config, kernel, layout  # noqa: E402
+from skbtracer_lib.output import FileError, open_new_file  # noqa: E402 (tests call it here)
 from skbtracer_lib.program import Program, Loaded  # noqa: E402
 
 
@@ -46,6 +46,8 @@ def report(program, headers, loaded):
         where = " [%s]" % probe.module if probe.module else ""
         note = " (%s)" % probe.note if probe.note else ""
         say("skbtracer: attached %s %s%s%s\n" % (attach_type, target, where, note))
+    for missing in program.plan.unavailable:
+        say("skbtracer: skipped %s: %s\n" % (missing.flag, missing.reason))
     for name, reason in loaded.skipped:
         say("skbtracer: skipped %s: %s\n" % (name, reason))
     for note in program.plan.notes:
@@ -76,11 +78,11 @@ def main(argv=None):
                     "and run with /usr/bin/python3" % sys.executable)
     if program.notice:
         sys.stderr.write(program.notice + "\n")
-    iptable_skips = [reason for name, reason in program.plan.skipped if name == "--iptable"]
-    if iptable_skips:
-        if cfg.modes == {"iptable"}:
-            return fail("--iptable: " + iptable_skips[0])
-        sys.stderr.write("skbtracer: --iptable: %s; no verdict rows\n" % iptable_skips[0])
+    for missing in program.plan.unavailable:
+        if cfg.modes == {missing.mode}:
+            return fail("%s: %s" % (missing.flag, missing.reason))
+        sys.stderr.write("skbtracer: %s: %s; %s\n" % (missing.flag, missing.reason,
+                                                       missing.without))
 
     from skbtracer_lib.session import Session
     headers = None
@@ -88,18 +90,14 @@ def main(argv=None):
     files = []
     try:
         headers = kernel.find_header_tree()
-        if program.layouts.source == "headers" and not headers.own:
-            problem = ("struct layouts from %s would not match this kernel"
-                       % headers.description)
-            if cfg.layout != "headers":     # no BTF: refuse to read garbage
-                raise kernel.KernelError("%s; install linux-headers-%s"
-                                         % (problem, kernel.release()))
-            sys.stderr.write("skbtracer: warning: --layout headers: %s\n" % problem)
+        warning = layout.header_tree_problem(program.layouts, headers, cfg.layout == "headers")
+        if warning:
+            sys.stderr.write("skbtracer: warning: %s\n" % warning)
         loaded = Loaded(program, headers)
         if cfg.verbose:
             report(program, headers, loaded)
         else:
-            skipped = [name for name, _reason in loaded.skipped if not name.startswith("--")]
+            skipped = loaded.skipped
             if skipped and not loaded.functions.reported:   # else said with the attach count
                 sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
                                  "skipped (-v lists them and why)\n" % len(skipped))
@@ -115,7 +113,7 @@ def main(argv=None):
             files.append(capture_file)
         return Session(cfg, loaded, out=out, json_out=json_out,
                        capture_file=capture_file).run()
-    except kernel.KernelError as e:
+    except (kernel.KernelError, FileError) as e:
         return fail(e)
     except KeyboardInterrupt:
         # Ctrl-C while compiling, attaching (every probe is detached) or opening a FIFO

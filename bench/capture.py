@@ -72,7 +72,7 @@ def session_rate(argv, ring, n, capture_path=None):
     ksyms = workload.FakeKsyms()
     bpf = workload.FakeBPF(ksyms, workload.FakeStackTable(ksyms))
     loaded = userspace.BenchLoaded(bpf, workload.PROBE_NAMES)
-    loaded.program.capture_bytes = cfg.snaplen
+    loaded.info.capture_bytes = cfg.snaplen
     with open(os.devnull, "w") as out:
         capture_file = open(capture_path, "wb") if capture_path else None
         try:

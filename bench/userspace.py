@@ -3,8 +3,8 @@
 Ours is skbtracer's real perf callback, Session._on_event, on a Session
 built from the product's own config.parse_args() (so its defaults, e.g. the
 story at exit, are what a user gets), with a stand-in for the loaded bcc
-module: program.Loaded's own stack() and symbolize() methods run on top of
-workload.FakeBPF. Theirs is original.OriginalPrinter.event_printer. Both get
+module: program.KernelSymbols' stack() and symbolize() (what Loaded uses) run
+on top of workload.FakeBPF. Theirs is original.OriginalPrinter.event_printer. Both get
 the same raw bytes, from one ctypes buffer, as (cpu, address, size), and
 write to the same kind of sink: a text file on /dev/null (what sys.stdout is
 when redirected, without the disk).
@@ -20,32 +20,35 @@ import re
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import workload
 import original
 
 from skbtracer_lib import config, probes
-from skbtracer_lib.events import BoundedCache, Event
-from skbtracer_lib.program import Loaded
+from skbtracer_lib.events import Event
+from skbtracer_lib.program import KernelSymbols
+from skbtracer_lib.runinfo import RunInfo
 from skbtracer_lib.session import Session
 
 _TIME_COLUMN = re.compile(r"^\[[^\]]*\]")
 
 
-class BenchLoaded(Loaded):
-    """A Loaded without compiling or attaching: the product's stack() and
-    symbolize() over a fake bcc module."""
+class BenchLoaded:
+    """What Session reads of a loaded program (runinfo), without compiling or
+    attaching: the product's stack() and symbolize() (program.KernelSymbols)
+    over a fake bcc module."""
 
     def __init__(self, bpf, probe_names):
         self.bpf = bpf
-        self.program = SimpleNamespace(probe_names=probe_names)
-        self.attached = []
-        self.skipped = []
-        self._symbols = BoundedCache(self._ksym, limit=65536)
+        self.info = RunInfo("kprobe", list(probe_names))
+        symbols = KernelSymbols(bpf)
+        self.symbolize, self.stack = symbols.symbolize, symbols.stack
 
     def lost_events(self):
         return 0
+
+    def watch_modules(self):
+        return []
 
     def close(self):
         pass

@@ -3,22 +3,13 @@
 import socket
 import struct
 
+from .vocabulary import (  # noqa: F401  (the kinds and names are imported from here too)
+    KIND_DROP, KIND_IPTABLE, KIND_ROUTE, NF_HOOKS, NF_HOOKS_BY_PF, NF_PROTOCOLS, PKT_TYPES,
+    hook_name, icmp_kind, is_icmp, probe_name, verdict_name)
+
 # Mirrors struct event_t in skbtracer.c (little-endian, 200 bytes).
 EVENT = struct.Struct("<QQQ IIIIIiII HHHHH BBBBBBBBB x 16s 6s 6s 16s 16s 32s 32s")
 EVENT_SIZE = EVENT.size
-
-KIND_ROUTE, KIND_IPTABLE, KIND_DROP = 1, 2, 3
-
-PKT_TYPES = {0: "HOST", 1: "BROADCAST", 2: "MULTICAST", 3: "OTHERHOST",
-             4: "OUTGOING", 5: "LOOPBACK", 6: "USER", 7: "KERNEL"}
-NF_PROTOCOLS = {0: "UNSPEC", 1: "INET", 2: "IPV4", 3: "ARP", 5: "NETDEV", 7: "BRIDGE", 10: "IPV6"}
-NF_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING", 5: "INGRESS"}
-NF_BRIDGE_HOOKS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING",
-                   5: "BROUTING"}
-NF_HOOKS_BY_PF = {3: {0: "IN", 1: "OUT", 2: "FORWARD"},          # arp
-                  5: {0: "INGRESS", 1: "EGRESS"},                 # netdev
-                  7: NF_BRIDGE_HOOKS}
-NF_VERDICTS = {0: "DROP", 1: "ACCEPT", 2: "STOLEN", 3: "QUEUE", 4: "REPEAT", 5: "STOP"}
 
 
 # Decoding reads the same bytes through two structs: the host-order fields,
@@ -71,12 +62,6 @@ _IPV6 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET6, raw))
 _STRINGS = BoundedCache(_c_string)
 
 
-def probe_name(probe_names, index):
-    """The probe's function or tracepoint; a made-up one for an id no probe
-    has (an event that is garbage)."""
-    return probe_names[index] if 0 <= index < len(probe_names) else "probe%d" % index
-
-
 class Event:
     """One decoded event; 16-bit and 32-bit header fields in host order."""
 
@@ -105,23 +90,20 @@ class Event:
 
     @property
     def hook_name(self):
-        hooks = NF_HOOKS_BY_PF.get(self.pf, NF_HOOKS)
-        return hooks.get(self.hook, str(self.hook))
+        return hook_name(self.pf, self.hook)
 
     @property
     def verdict_name(self):
-        return NF_VERDICTS.get(self.verdict, str(self.verdict))
+        return verdict_name(self.verdict)
 
     @property
     def is_icmp(self):
-        return (self.family == 4 and self.l4proto == 1) or (self.family == 6 and self.l4proto == 58)
+        return is_icmp(self.family, self.l4proto)
 
     @property
     def icmp_kind(self):
         """'request', 'reply' or '' for other ICMP messages."""
-        if self.family == 4:
-            return {8: "request", 0: "reply"}.get(self.icmp_type, "")
-        return {128: "request", 129: "reply"}.get(self.icmp_type, "")
+        return icmp_kind(self.family, self.icmp_type)
 
 
 def encode(**fields):

@@ -1,6 +1,6 @@
 """JSON lines: a "start" object (version, kernel, backend), one object per
-event (--json), and the story at exit as "summary", "duplicate", "dropped",
-"vanished" objects, and an "end" object (what the run could not see; -r
+event (--json), the story at exit as "summary", "duplicate", "dropped",
+"vanished" objects (story.render_json), and an "end" object (what the run could not see; -r
 reads it back). Every object of a run carries "node" and "run_id", so
 files from several nodes and runs can be told apart and merged.
 
@@ -14,12 +14,11 @@ import time
 import uuid
 
 from . import __version__
-from .events import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, NF_PROTOCOLS, PKT_TYPES
-from .output import ROW_FORMAT, TCP_FLAGS
+from .output import ROW_FORMAT, drop_info, pkt_info, verdict_info
+from .vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
+                         PKT_TYPES, TCP_FLAG_BITS, TCP_FLAGS)
 
 FORMAT = 1          # the JSON lines' format version; -r refuses newer ones
-KINDS = {1: "route", 2: "iptable", 3: "drop"}
-L4_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 _string = json.encoder.encode_basestring     # "text" with JSON escapes (C)
@@ -203,116 +202,32 @@ def end_object(node, run_id, ended_ktime_ns, lost, caveats):
             "lost": lost, "caveats": list(caveats)}
 
 
+class _SavedHeader:
+    """A saved event object's header fields as output.pkt_info() reads them."""
+
+    __slots__ = ("l4proto", "family", "tcp_flags", "saddr", "sport", "daddr", "dport",
+                 "icmp_type")
+
+    def __init__(self, obj):
+        self.l4proto, self.family = obj["l4proto"], obj["family"]
+        self.tcp_flags = TCP_FLAG_BITS.get(obj.get("tcp_flags") or "", 0)
+        self.saddr, self.daddr = obj["saddr"], obj["daddr"]
+        self.sport, self.dport = obj.get("sport"), obj.get("dport")
+        self.icmp_type = obj.get("icmp_type")
+
+
 def text_row(obj, time_column, netns_column=None):
     """The text row an event object stands for (e.g. to turn saved JSON lines
-    back into the classic rows); time_column: the row's time text."""
-    proto = obj["proto"]
-    if proto == "tcp":
-        pkt = "T_%s:%s:%d->%s:%d" % (obj["tcp_flags"], obj["saddr"], obj["sport"],
-                                     obj["daddr"], obj["dport"])
-    elif proto == "udp":
-        pkt = "U:%s:%d->%s:%d" % (obj["saddr"], obj["sport"], obj["daddr"], obj["dport"])
-    elif obj["icmp_type"] is not None:
-        kind = {8: "_request", 0: "_reply"} if obj["family"] == 4 else {128: "_request",
-                                                                       129: "_reply"}
-        pkt = "I%s:%s->%s" % (kind.get(obj["icmp_type"], ""), obj["saddr"], obj["daddr"])
-    else:
-        pkt = "%d:%s->%s" % (obj["l4proto"], obj["saddr"], obj["daddr"])
-    trace = "%s.%d:" % (obj["skb"], obj["pkt_type"])
+    back into the classic rows), with the live rows' column builders;
+    time_column: the row's time text."""
+    prefix = "%s.%d:" % (obj["skb"], obj["pkt_type"])
     nf, drop = obj["nf"], obj["drop"]
     if nf:
-        trace += "%d.%s.%s.%s" % (nf["pf"], nf["table"] or "?", nf["hook"], nf["verdict"])
+        trace = verdict_info(prefix, nf["pf"], nf["table"], nf["hook"], nf["verdict"])
+    elif drop:
+        trace = drop_info(prefix + obj["func"], drop["reason"], drop["location"])
     else:
-        trace += obj["func"]
-        if drop and drop["reason"]:
-            trace += " reason=%s" % drop["reason"]
-        if drop and drop["location"]:
-            trace += " location=%s" % drop["location"]
+        trace = prefix + obj["func"]
     netns = obj["netns"] if netns_column is None else netns_column
     return ROW_FORMAT % (time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
-                         pkt, trace)
-
-
-# ---------------------------------------------------------------- the story
-
-def _place(story, netns, ifname):
-    return {"netns": netns, "netns_name": story.label(netns) if netns else None,
-            "ifname": ifname or None}
-
-
-def _end(story, end):
-    obj = {"kind": end.kind, "text": story.end_text(end), "func": end.func or None}
-    obj.update(_place(story, end.netns, end.ifname))
-    if end.kind == "dropped":
-        obj["reason"] = story.reason_text(end) or None
-        obj["reason_code"] = end.reason_code
-        obj["location"] = story.symbolize(end.location) if end.location else None
-    return obj
-
-
-def _view(view):
-    family, l4proto, saddr, sport, daddr, dport = view[:6]
-    ported = l4proto in (6, 17)
-    return {"family": family, "l4proto": l4proto, "proto": L4_NAMES.get(l4proto, str(l4proto)),
-            "saddr": saddr, "sport": sport if ported else None,
-            "daddr": daddr, "dport": dport if ported else None,
-            "ip_id": view[6] if family == 4 else None}
-
-
-def story_objects(story):
-    """The story as JSON-ready dicts: per packet a "summary", then the flags."""
-    objects = []
-    for packet in story.packets:
-        copies = []
-        for copy in packet.copies:
-            copies.append({
-                "skb": "%x" % copy.skb,
-                "parent": "%x" % copy.parent.skb if copy.parent is not None else None,
-                "first_ktime_ns": copy.birth,
-                "rows": len(copy.events),
-                "ttl": [copy.events[0].ttl, copy.events[-1].ttl],
-                "interfaces": [_place(story, n, i) for n, i in story.hops(copy)],
-                "end": _end(story, copy.end),
-            })
-        netfilter = [{"pf": e.pf, "table": e.table or None, "chain": e.chain or None,
-                      "hook": e.hook_name, "verdict": e.verdict_name}
-                     for e in packet.events if e.kind == KIND_IPTABLE]
-        flags = []
-        if story.has_duplicate(packet):
-            flags.append("DUPLICATE")
-        kinds = {e.kind for e in story.ends(packet)}
-        flags += [k.upper() for k in ("dropped", "vanished") if k in kinds]
-        objects.append({
-            "type": "summary",
-            "packet": packet.number,
-            "flow": story.flow_text(packet),
-            "headers": [_view(v) for v in packet.views],
-            "path": story.path_text(packet),
-            "netfilter": netfilter if story.iptable_traced else None,
-            "end": story.packet_end_text(packet),
-            "skbs": len(packet.copies),
-            "rows": sum(len(c.events) for c in packet.copies),
-            "first_ktime_ns": packet.first_ts,
-            "copies": copies,
-            "flags": flags,
-        })
-    for dup in story.duplicates:
-        if dup.place[0] == "socket":
-            _s, netns, proto, daddr, dport = dup.place
-            where = {"socket": {"netns": netns, "netns_name": story.label(netns),
-                                "l4proto": proto, "daddr": daddr, "dport": dport}}
-        else:
-            where = _place(story, *dup.place)
-        routes = []
-        for copy, (label, ttl, steps, end_kind) in zip(dup.copies, dup.routes):
-            routes.append({"skb": "%x" % copy.skb, "label": label, "ttl": ttl,
-                           "steps": story.steps_text(steps), "end": end_kind})
-        objects.append({"type": "duplicate", "packet": dup.packet.number,
-                        "flow": story.final_flow(dup.copies[0]), "place": where,
-                        "times": len(dup.copies), "routes": routes,
-                        "text": story.duplicate_text(dup)})
-    for packet, text in story.drop_flags():
-        objects.append({"type": "dropped", "packet": packet.number, "text": text})
-    for packet, text in story.vanished_flags():
-        objects.append({"type": "vanished", "packet": packet.number, "text": text})
-    return objects
+                         pkt_info(_SavedHeader(obj)), trace)

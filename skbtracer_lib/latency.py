@@ -7,8 +7,10 @@ row of its parent just before it was made (the copy's birth). Frees and
 packet-socket taps are not on the packet's way: they are left out.
 """
 
+from typing import NamedTuple
+
 from .story import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS, format_table
-from .story import _duration_text as duration_text
+from .story import duration_text
 
 MAX_TIME_LINES = MAX_FLAG_LINES
 
@@ -19,31 +21,39 @@ def point_text(story, e, name):
     return name
 
 
-def hops(story, packet):
-    """[(from point, to point, ns)] of packet, in time order."""
-    out = []
-    def on_the_way(rows):
-        return [(e, n) for e, n in rows if n not in FREE_POINTS and n not in TAP_POINTS]
+class Hop(NamedTuple):
+    source: str             # the probe point and place it went from
+    target: str
+    ns: int
+    at: int                 # when it left (ktime ns)
 
+
+def _on_the_way(copy):
+    return [(e, n) for e, n in copy.rows if n not in FREE_POINTS and n not in TAP_POINTS]
+
+
+def hops(story, packet):
+    """[Hop] of packet, in time order."""
+    out = []
     for copy in packet.copies:
-        rows = on_the_way(zip(copy.events, copy.names))
+        rows = _on_the_way(copy)
         parent = copy.parent
         if parent is not None and rows:
-            before = [(e, n) for e, n in on_the_way(zip(parent.events, parent.names))
-                      if e.ts_ns <= rows[0][0].ts_ns]
+            first, _name = rows[0]
+            before = [(e, n) for e, n in _on_the_way(parent) if e.ts_ns <= first.ts_ns]
             if before:
                 rows.insert(0, before[-1])
         for (a, an), (b, bn) in zip(rows, rows[1:]):
-            out.append((point_text(story, a, an), point_text(story, b, bn), b.ts_ns - a.ts_ns,
-                        a.ts_ns))
-    out.sort(key=lambda h: h[3])
-    return [h[:3] for h in out]
+            out.append(Hop(point_text(story, a, an), point_text(story, b, bn),
+                           b.ts_ns - a.ts_ns, a.ts_ns))
+    out.sort(key=lambda hop: hop.at)
+    return out
 
 
 def packet_time(story, packet):
-    """(first to last sighting ns, slowest hop or None)."""
+    """(first to last sighting ns, slowest Hop or None)."""
     found = hops(story, packet)
-    slowest = max(found, key=lambda h: h[2]) if found else None
+    slowest = max(found, key=lambda hop: hop.ns) if found else None
     return packet.last_ts - packet.first_ts, slowest
 
 
@@ -52,8 +62,8 @@ def time_line(story, packet):
     text = "TIME: packet %d %s: %s from first to last sighting" % (
         packet.number, story.flow_text(packet), duration_text(span))
     if slowest is not None:
-        text += "; slowest hop %s -> %s, %s" % (slowest[0], slowest[1],
-                                                 duration_text(slowest[2]))
+        text += "; slowest hop %s -> %s, %s" % (slowest.source, slowest.target,
+                                                 duration_text(slowest.ns))
     return text
 
 
@@ -69,8 +79,8 @@ def hop_table_rows(story):
     """[(from, to, count, median ns, p99 ns, max ns)] over every packet's hops."""
     delays = {}
     for packet in story.packets:
-        for a, b, ns in hops(story, packet):
-            delays.setdefault((a, b), []).append(ns)
+        for hop in hops(story, packet):
+            delays.setdefault((hop.source, hop.target), []).append(hop.ns)
     rows = []
     for (a, b), values in delays.items():
         values.sort()
@@ -108,7 +118,7 @@ def with_hops(obj, story):
     packet = story.packets[obj["packet"] - 1]
     span, slowest = packet_time(story, packet)
     obj["span_ns"] = span
-    obj["hops"] = [{"from": a, "to": b, "ns": ns} for a, b, ns in hops(story, packet)]
-    obj["slowest_hop"] = ({"from": slowest[0], "to": slowest[1], "ns": slowest[2]}
+    obj["hops"] = [{"from": h.source, "to": h.target, "ns": h.ns} for h in hops(story, packet)]
+    obj["slowest_hop"] = ({"from": slowest.source, "to": slowest.target, "ns": slowest.ns}
                           if slowest else None)
     return obj

@@ -124,3 +124,15 @@ def choose(requested):
         return Layouts("btf")
     except BTFError as e:
         raise kernel.KernelError("cannot read struct layouts from BTF: %s" % e) from None
+
+
+def header_tree_problem(layouts, headers, forced):
+    """Layouts from installed headers that are not this kernel's (headers:
+    kernel.find_header_tree()): a KernelError unless forced (--layout
+    headers), then the warning to say; None when there is nothing to say."""
+    if layouts.source != "headers" or headers.own:
+        return None
+    problem = "struct layouts from %s would not match this kernel" % headers.description
+    if not forced:          # no BTF: refuse to read garbage
+        raise kernel.KernelError("%s; install linux-headers-%s" % (problem, kernel.release()))
+    return "--layout headers: %s" % problem

@@ -7,30 +7,42 @@ import sys
 import time
 
 from .config import existing_file_problem
-from .events import KIND_IPTABLE, KIND_DROP, probe_name
 from .kernel import KernelError
+from .vocabulary import KIND_DROP, KIND_IPTABLE, TCP_FLAGS, icmp_kind, is_icmp, probe_name
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
 ROW_FORMAT = "[%-8s][%-10s] %-12s %-12s %-40s %s"
 HEADER = HEADER_FORMAT % ("time", "NETWORK_NS", "INTERFACE", "DEST_MAC", "PKT_INFO", "TRACE_INFO")
 
-# TCP flags in the original's order, CWR first
-_TCP_FLAG_NAMES = [(0x80, "CWR"), (0x40, "ECE"), (0x20, "URG"), (0x10, "ACK"),
-                   (0x08, "PSH"), (0x04, "RST"), (0x02, "SYN"), (0x01, "FIN")]
-TCP_FLAGS = [",".join(name for bit, name in _TCP_FLAG_NAMES if value & bit)
-             for value in range(256)]
 
+# The row's columns, for a decoded event and for a saved one (jsonout.text_row)
 
 def pkt_info(e):
-    """PKT_INFO column: T_<FLAGS>:/U:/I_request:/... src->dst."""
-    if e.l4proto == 6:
+    """PKT_INFO column: T_<FLAGS>:/U:/I_request:/... src->dst. e: an Event,
+    or anything with its header fields (l4proto, tcp_flags as a number...)."""
+    l4 = e.l4proto
+    if l4 == 6:
         return "T_%s:%s:%d->%s:%d" % (TCP_FLAGS[e.tcp_flags], e.saddr, e.sport, e.daddr, e.dport)
-    if e.l4proto == 17:
+    if l4 == 17:
         return "U:%s:%d->%s:%d" % (e.saddr, e.sport, e.daddr, e.dport)
-    if e.is_icmp:
-        kind = e.icmp_kind
+    if is_icmp(e.family, l4):
+        kind = icmp_kind(e.family, e.icmp_type)
         return "I%s:%s->%s" % ("_" + kind if kind else "", e.saddr, e.daddr)
-    return "%d:%s->%s" % (e.l4proto, e.saddr, e.daddr)
+    return "%d:%s->%s" % (l4, e.saddr, e.daddr)
+
+
+def verdict_info(prefix, pf, table, hook, verdict):
+    """TRACE_INFO of a netfilter verdict row."""
+    return prefix + "%d.%s.%s.%s" % (pf, table or "?", hook, verdict)
+
+
+def drop_info(text, reason, location):
+    """TRACE_INFO of a drop row: the function, its reason and location (texts or None)."""
+    if reason:
+        text += " reason=%s" % reason
+    if location:
+        text += " location=%s" % location
+    return text
 
 
 class Clock:
@@ -83,14 +95,13 @@ class RowFormatter:
     def trace_info(self, e):
         prefix = "%x.%d:" % (e.skb, e.pkt_type)
         if e.kind == KIND_IPTABLE:
-            return prefix + "%d.%s.%s.%s" % (e.pf, e.table or "?", e.hook_name, e.verdict_name)
+            return verdict_info(prefix, e.pf, e.table, e.hook_name, e.verdict_name)
         if e.kind == KIND_DROP:
-            text = prefix + self.probe_name(e.probe)
-            if self.reasons is not None and self.reasons.names:
-                text += " reason=%s" % self.reasons.name(e.drop_reason)
-            if e.location:
-                text += " location=%s" % self.symbolize(e.location)
-            return text
+            reasons = self.reasons
+            return drop_info(prefix + self.probe_name(e.probe),
+                             reasons.name(e.drop_reason) if reasons is not None and reasons.names
+                             else None,
+                             self.symbolize(e.location) if e.location else None)
         return prefix + self.probe_name(e.probe)
 
     def row(self, e):
@@ -176,6 +187,11 @@ def line_sink(stream, what):
 
 # -- files for -o, --json=FILE and -w
 
+class FileError(KernelError):
+    """A file named on the command line cannot be opened for writing (one
+    line, exit 1; a KernelError too, for callers that say both alike)."""
+
+
 def open_new_file(flag, path, force, binary=False):
     """Open a file for rows (binary: for blocks). Creates it exclusively;
     an existing one is opened only as existing_file_problem()
@@ -189,9 +205,8 @@ def open_new_file(flag, path, force, binary=False):
             fd = _open_existing(flag, path, force, flags)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise KernelError("%s: %r is a symbolic link; refusing to follow it"
-                                     % (flag, path))
-        raise KernelError("%s: cannot write %r: %s" % (flag, path, e.strerror))
+            raise FileError("%s: %r is a symbolic link; refusing to follow it" % (flag, path))
+        raise FileError("%s: cannot write %r: %s" % (flag, path, e.strerror))
     if binary:
         return os.fdopen(fd, "wb")
     return os.fdopen(fd, "w", encoding="utf-8")
@@ -210,7 +225,7 @@ def _open_existing(flag, path, force, flags):
     problem = existing_file_problem(st, force)
     if problem:
         os.close(fd)
-        raise KernelError("%s: %r %s" % (flag, path, problem))
+        raise FileError("%s: %r %s" % (flag, path, problem))
     os.set_blocking(fd, True)
     if stat.S_ISREG(st.st_mode):
         os.ftruncate(fd, 0)     # --force

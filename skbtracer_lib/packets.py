@@ -10,9 +10,7 @@ import socket
 import struct
 
 from . import pcapfilter
-from .output import TCP_FLAGS
-
-_TCP_BITS = {text: value for value, text in enumerate(TCP_FLAGS)}
+from .vocabulary import TCP_FLAG_BITS
 
 
 def rebuild(o):
@@ -21,7 +19,7 @@ def rebuild(o):
     if l4 == 6:
         body = struct.pack(">HHIIBBHHH", o.get("sport") or 0, o.get("dport") or 0,
                            o.get("tcp_seq") or 0, 0, 5 << 4,
-                           _TCP_BITS.get(o.get("tcp_flags") or "", 0), 0, 0, 0)
+                           TCP_FLAG_BITS.get(o.get("tcp_flags") or "", 0), 0, 0, 0)
     elif l4 == 17:
         body = struct.pack(">HHHH", o.get("sport") or 0, o.get("dport") or 0, 8, 0)
     elif l4 in (1, 58):

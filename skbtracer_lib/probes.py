@@ -4,6 +4,7 @@ the skb is among their arguments on the running kernel."""
 import functools
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import kernel
 
@@ -81,6 +82,17 @@ class Probe:
     extra: bool = False       # from --all/--func rather than the built-in set
 
 
+class Unavailable(NamedTuple):
+    """A mode the chosen backend cannot trace (the plan's answer, not a probe)."""
+    mode: str                 # "iptable": the flag is --iptable
+    reason: str
+    without: str              # what the trace goes without ("no verdict rows")
+
+    @property
+    def flag(self):
+        return "--" + self.mode
+
+
 @dataclass
 class ProbePlan:
     backend: str
@@ -89,6 +101,7 @@ class ProbePlan:
     defines: dict = field(default_factory=dict)  # extra #defines
     function_counts: tuple = None   # --all/--func: (found in BTF, to attach, skipped)
     notes: list = field(default_factory=list)
+    unavailable: list = field(default_factory=list)  # [Unavailable] modes this backend lacks
 
     def add(self, name, kind, **kw):
         probe = Probe(len(self.probes), name, kind, **kw)
@@ -287,8 +300,9 @@ def plan_probes(cfg, backend, layouts):
         if backend == "kprobe":
             _plan_iptable(plan, layouts)
         else:
-            plan.skip("--iptable", "netfilter verdict rows need kprobes (ipt_do_table, "
-                                   "nft_do_chain); this kernel has no kprobes")
+            plan.unavailable.append(Unavailable(
+                "iptable", "netfilter verdict rows need kprobes (ipt_do_table, nft_do_chain); "
+                "this kernel has no kprobes", "no verdict rows"))
     if "drop" in cfg.modes or cfg.keep:
         drop = plan.add("kfree_skb", "drop" if "drop" in cfg.modes else "helper",
                         c_line="", attach=[("raw_tracepoint", "kfree_skb", "on_kfree_skb")])

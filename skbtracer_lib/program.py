@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import kernel, kprobe_multi, layout, probes
 from .kprobe_multi import BPF_TRACE_KPROBE_MULTI
 from .events import EVENT_SIZE, BoundedCache, swap16
+from .runinfo import ProbeInfo, RunInfo
 
 C_SOURCE_NAME = "skbtracer.c"
 # where skbtracer.c takes the translated filter expression
@@ -169,11 +170,12 @@ class Loaded:
         from bcc import BPF   # imported late: flag errors need no bcc
         self.program = program
         self.attached = []     # (probe, type, target)
-        self._symbols = BoundedCache(self._ksym, limit=65536)  # address -> 'func+0xoff'
         self.skipped = list(program.plan.skipped)
         if headers.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
         self.bpf = BPF(text=program.text)
+        symbols = KernelSymbols(self.bpf)
+        self.symbolize, self.stack = symbols.symbolize, symbols.stack
         self.functions = FunctionProbes(self)
         try:
             self._register_addresses(program.plan.probes)
@@ -272,22 +274,14 @@ class Loaded:
         except Exception:
             pass
 
-    def _ksym(self, address):
-        return self.bpf.ksym(address, show_offset=True).decode("ascii", "replace")
-
-    def symbolize(self, address):
-        """'func+0xoff' of a kernel address; cached, as stacks repeat."""
-        return self._symbols[address]
-
-    def stack(self, stack_id):
-        """Symbols of a kernel stack, innermost first."""
-        if stack_id < 0:
-            return ["[stack unavailable: %d]" % stack_id]
-        try:
-            addresses = self.bpf["stacks"].walk(stack_id)
-            return [self.symbolize(a) for a in addresses]
-        except KeyError:
-            return ["[stack lost]"]
+    @property
+    def info(self):
+        """runinfo.RunInfo: what the session knows of this program."""
+        plan = self.program.plan
+        return RunInfo(self.program.backend, self.program.probe_names,
+                       attached=[_info(p) for p, _t, _x in self.attached],
+                       planned=[_info(p) for p in plan.probes],
+                       capture_bytes=self.program.capture_bytes)
 
     def lost_events(self):
         """Events the kernel could not put into the perf buffer, all CPUs."""
@@ -300,6 +294,35 @@ class Loaded:
         self.functions.detach()
         self.bpf.cleanup()
         self.bpf = None
+
+
+def _info(probe):
+    return ProbeInfo(probe.name, probe.kind, probe.extra)
+
+
+class KernelSymbols:
+    """Kernel addresses and stacks in words, from a bcc module (cached: stacks repeat)."""
+
+    def __init__(self, bpf):
+        self.bpf = bpf
+        self._symbols = BoundedCache(self._ksym, limit=65536)  # address -> 'func+0xoff'
+
+    def _ksym(self, address):
+        return self.bpf.ksym(address, show_offset=True).decode("ascii", "replace")
+
+    def symbolize(self, address):
+        """'func+0xoff' of a kernel address."""
+        return self._symbols[address]
+
+    def stack(self, stack_id):
+        """Symbols of a kernel stack, innermost first."""
+        if stack_id < 0:
+            return ["[stack unavailable: %d]" % stack_id]
+        try:
+            addresses = self.bpf["stacks"].walk(stack_id)
+            return [self.symbolize(a) for a in addresses]
+        except KeyError:
+            return ["[stack lost]"]
 
 
 def _progress(what, total):

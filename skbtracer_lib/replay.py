@@ -19,15 +19,12 @@ import sys
 import time
 
 from . import jsonout, merge, story
-from .events import KIND_ROUTE, NF_HOOKS, NF_HOOKS_BY_PF, Event
-from .kernel import KernelError
-from .output import HEADER, TCP_FLAGS, open_new_file
+from .events import Event
+from .output import HEADER, FileError, open_new_file
 from .probes import DropReasons
+from .runinfo import ProbeInfo, RunInfo
 from .session import Session
-
-KIND_NUMBERS = {name: number for number, name in jsonout.KINDS.items()}
-TCP_FLAG_BITS = {text: value for value, text in enumerate(TCP_FLAGS)}
-L4_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+from .vocabulary import KIND_NUMBERS, KIND_ROUTE, L4_NUMBERS, TCP_FLAG_BITS, hook_number
 
 
 class ReadError(Exception):
@@ -259,8 +256,7 @@ class Rebuilder:
         nf = obj.get("nf")
         if nf:
             e.pf = nf.get("pf") or 0
-            hooks = NF_HOOKS_BY_PF.get(e.pf, NF_HOOKS)
-            e.hook = next((k for k, v in hooks.items() if v == nf.get("hook")), 0)
+            e.hook = hook_number(e.pf, nf.get("hook"))
             e.verdict = nf.get("verdict_code") or 0
             e.table = nf.get("table") or ""
             e.chain = nf.get("chain") or ""
@@ -332,17 +328,6 @@ def event_filter(cfg):
 
 # ---------------------------------------------------------------- the run
 
-class SavedProbe:
-    def __init__(self, name, kind):
-        self.name, self.kind, self.module, self.note = name, kind, None, None
-
-
-class SavedProgram:
-    def __init__(self, probe_names, backend):
-        self.probe_names = probe_names
-        self.backend = backend
-
-
 def saved_names(start, key):
     """A start object's list of probe names; [] when absent or not one."""
     names = start.get(key)
@@ -352,24 +337,25 @@ def saved_names(start, key):
 
 
 class SavedLoaded:
-    """What Session reads of a loaded program, from the start objects."""
+    """What Session reads of a loaded program (runinfo), from the start objects."""
 
     def __init__(self, runs, rebuilder):
         attached = []
-        self.extra = set()      # --all/--func functions of any run
+        extra = set()      # --all/--func functions of any run
         for run in runs:
             names = saved_names(run.start, "attached") or sorted(
                 {o["func"] for o in run.objects if o["kind"] == "route"})
             for name in names:
                 if name not in attached:
                     attached.append(name)
-            self.extra.update(saved_names(run.start, "functions"))
-        iptable = any(r.start.get("iptable_traced") for r in runs)
-        self.attached = [(SavedProbe(n, "route"), "saved", n) for n in attached]
-        if iptable:
-            self.attached.append((SavedProbe("nf_hook_slow", "iptable"), "saved", "iptable"))
+            extra.update(saved_names(run.start, "functions"))
+        probes = [ProbeInfo(n, "route") for n in attached]
+        if any(r.start.get("iptable_traced") for r in runs):
+            probes.append(ProbeInfo("nf_hook_slow", "iptable"))
         backends = sorted({r.start.get("backend") or "?" for r in runs})
-        self.program = SavedProgram(rebuilder.probe_names, "/".join(backends))
+        # probe names grow as the events are rebuilt: the story reads them at exit
+        self.info = RunInfo("/".join(backends), rebuilder.probe_names, attached=probes,
+                            saved_extra=frozenset(extra))
         self.rebuilder = rebuilder
 
     def symbolize(self, address):
@@ -409,13 +395,6 @@ class ReplaySession(Session):
             notes.append("%d events after the story's first %d" % (self.book.beyond,
                                                                   self.book.limit))
         return notes
-
-    def story_probes(self):
-        # as Session.story_probes, with the --all/--func names the start objects saved
-        extra = self.loaded.extra
-        names = [story.story_name(n, n in extra) for n in self.loaded.program.probe_names]
-        attached = {story.story_name(p.name, p.name in extra) for p, _t, _x in self.loaded.attached}
-        return names, attached, {story.story_name(n, True) for n in extra}
 
     def story_arguments(self):
         if self.merged is None:
@@ -514,7 +493,7 @@ def main(cfg):
         return ReplaySession(cfg, runs).run()
     try:        # -o FILE: opened as for a live run (no symlinks, --force to overwrite)
         out = open_new_file("-o/--output", cfg.output, cfg.force)
-    except KernelError as e:
+    except FileError as e:
         err.write("skbtracer: %s\n" % e)
         return 1
     with out:

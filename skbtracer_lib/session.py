@@ -32,7 +32,8 @@ class Session:
         self.clock = Clock(relative=cfg.timestamp)
         need_names = cfg.names or cfg.json or cfg.summary or capture_file is not None
         self.names = names.NetnsNames() if need_names else None
-        probe_names = loaded.program.probe_names
+        info = loaded.info
+        probe_names = info.probe_names
         self.formatter = RowFormatter(probe_names, self.drop_reasons(), loaded.symbolize,
                                       self.clock, names=self.names if cfg.names else None)
         self.json = None
@@ -44,7 +45,7 @@ class Session:
         self.capture_error = None
         if capture_file is not None:
             self.capture = capture.PcapngWriter(
-                capture_file, loaded.program.capture_bytes, probe_names,
+                capture_file, info.capture_bytes, probe_names,
                 label=self.names.label, wall_ns=self.clock.wall_ns)
         self.rows = 0
         self.lost = 0
@@ -228,29 +229,19 @@ class Session:
     def story_probes(self):
         """(probe names, the names attached, --all/--func names), as the
         story knows them."""
-        planned = self.loaded.program.plan.probes
-        names = [story.story_name(p.name, p.extra) for p in planned]
-        visible = {story.story_name(p.name, p.extra) for p, _t, _x in self.loaded.attached}
-        extra = {story.story_name(p.name, True) for p in planned if p.extra}
-        return names, visible, extra
+        return self.loaded.info.story_probes()
 
     # -- what -r needs to tell the same story later
 
     def _start_object(self):
-        program = self.loaded.program
+        info = self.loaded.info
         return jsonout.start_object(
-            program.backend, node=self.json.node, run_id=self.json.run_id,
-            probes=list(program.probe_names),
-            attached=sorted({p.name for p, _t, _x in self.loaded.attached}),
-            modes=sorted(self.cfg.modes),
-            iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached),
-            **self._functions_field())
-
-    def _functions_field(self):
-        """--all/--func: which probes are extra functions, so that -r tells
-        their rows as this run does (absent without them)."""
-        extra = sorted(p.name for p in self.loaded.program.plan.probes if p.extra)
-        return {"functions": extra} if extra else {}
+            info.backend, node=self.json.node, run_id=self.json.run_id,
+            probes=list(info.probe_names), attached=sorted(info.attached_names),
+            modes=sorted(self.cfg.modes), iptable_traced=info.iptable_traced,
+            # --all/--func: which probes are extra functions, so that -r tells
+            # their rows as this run does (absent without them)
+            **({"functions": info.extra_names} if info.extra_names else {}))
 
     def _write_end_object(self):
         if self.json is None or self.pipe_closed:
@@ -272,32 +263,7 @@ class Session:
 
     def caveats(self):
         """What this run could not see, for "vanished" verdicts."""
-        cfg = self.cfg
-        attached = {probe.name for probe, _type, _target in self.loaded.attached}
-        notes = []
-        if "kfree_skb" not in attached or "drop" not in cfg.modes:
-            notes.append("drops (not traced without --drop)")
-        if "consume_skb" not in attached:
-            notes.append("normal frees (no consume_skb probe)")
-        queue_points = set(story.SOCKET_POINTS) - {"skb_copy_datagram_iovec"}
-        if not attached & (story.LOCAL_POINTS | queue_points):
-            notes.append("local delivery after a device's receive point (no ip_local_deliver, "
-                         "udp_rcv ... probes on the %s backend)"
-                         % getattr(self.loaded.program, "backend", "?"))
-        elif not attached & queue_points:
-            notes.append("datagrams queued to a socket and not yet read (no socket-queue probe)")
-        if (cfg.addr is not None or cfg.port is not None) and not cfg.keep:
-            notes.append("packets NAT moved out of the -H/-P filters (--keep follows them)")
-        if cfg.netns is not None:
-            notes.append("other namespaces (-N)")
-        if cfg.pid is not None:
-            notes.append("events outside process %d's context (-p)" % cfg.pid)
-        if self.lost:
-            notes.append("%d lost events" % self.lost)
-        if self.book.beyond:
-            notes.append("%d events after the story's first %d" % (self.book.beyond,
-                                                                  self.book.limit))
-        return notes
+        return self.loaded.info.unseen(self.cfg, self.lost, self.book.beyond, self.book.limit)
 
     def _tell_story(self):
         # Grouping makes many small linked objects; the cyclic collector would
@@ -324,26 +290,13 @@ class Session:
                 label=self.names.label, symbolize=self.loaded.symbolize,
                 reasons=self.drop_reasons(), caveats=self.caveats(),
                 routes_traced="route" in self.cfg.modes,
-                iptable_traced=any(p.kind == "iptable" for p, _t, _x in self.loaded.attached),
+                iptable_traced=self.loaded.info.iptable_traced,
                 ended_ns=self.ended_ns, **self.story_arguments())
             self.last_story = told
             if not told.packets:
                 self.err.write("skbtracer: no packets to tell about\n")
                 return
-            say = ["skbtracer: the story of %d packet%s in %d events (--no-summary turns it off)"
-                   % (len(told.packets), "" if len(told.packets) == 1 else "s",
-                      len(self.book))]
-            if self.book.beyond:
-                say.append("skbtracer: the story covers the first %d events; %d more were "
-                           "not kept" % (self.book.limit, self.book.beyond))
-            say += told.flag_lines()
-            say.append(told.table())
-            footnote = told.footnote()
-            if footnote:
-                say.append("skbtracer: " + footnote)
-            if len(told.packets) > story.MAX_TABLE_PACKETS:
-                say.append("skbtracer: %d more packets not in the table (--json has them all)"
-                           % (len(told.packets) - story.MAX_TABLE_PACKETS))
+            say = story.exit_lines(told, len(self.book), self.book.beyond, self.book.limit)
             say += latency.story_lines(told, self.cfg.latency)
             self.err.write("\n".join(say) + "\n")
             if self.capture is not None:
@@ -351,7 +304,7 @@ class Session:
             stream = self.out if self.json_rows else self.json_out
             if stream is not None and not self.pipe_closed:
                 lines = [jsonout.dumps(latency.with_hops(obj, told))
-                         for obj in jsonout.story_objects(told)]
+                         for obj in story.story_objects(told)]
                 stream.write("\n".join(lines) + "\n")
                 stream.flush()
         except KeyboardInterrupt:

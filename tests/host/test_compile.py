@@ -191,7 +191,7 @@ def test_compiles_and_verifies(header_tree, flags, backend):
         if backend == "kprobe":
             assert "iptable" in kinds or program.plan.skipped
         else:
-            assert "--iptable" in [name for name, _r in program.plan.skipped]
+            assert "iptable" in [missing.mode for missing in program.plan.unavailable]
     if cfg.modes == {"iptable"} and backend == "tracepoint":
         assert loaded == []          # nothing to attach: skbtracer says so and exits
     else:

@@ -12,10 +12,10 @@ import re
 import struct
 import subprocess
 import sys
-from types import SimpleNamespace
 
 from skbt_unit_helpers import REPO, SYSTEM_PYTHON
 from skbtracer_lib import config, events, names
+from skbtracer_lib.runinfo import RunInfo
 from skbtracer_lib.session import Session
 
 FUZZ_SEED = 16
@@ -27,14 +27,11 @@ IFNAME_AT = struct.calcsize("<QQQ IIIIIiII HHHHH BBBBBBBBB x")
 
 
 class StandInLoaded:
-    """What Session needs of program.Loaded, without bcc."""
+    """What Session needs of program.Loaded (runinfo), without bcc."""
 
     def __init__(self, bpf=None):
         self.bpf = bpf
-        self.program = SimpleNamespace(probe_names=["ip_rcv", "kfree_skb", "nf_hook_slow"],
-                                       backend="tracepoint")
-        self.attached = []
-        self.skipped = []
+        self.info = RunInfo("tracepoint", ["ip_rcv", "kfree_skb", "nf_hook_slow"])
 
     def stack(self, stack_id):
         return ["func_%d+0x10" % stack_id]

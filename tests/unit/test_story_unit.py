@@ -462,7 +462,7 @@ def test_large_trace_table_is_capped_and_keeps_flagged_packets():
 
 def test_story_objects_are_json():
     told = guest_scenario1(Trace(KPROBES)).story(iptable_traced=True)
-    objects = [json.loads(jsonout.dumps(o)) for o in jsonout.story_objects(told)]
+    objects = [json.loads(jsonout.dumps(o)) for o in story.story_objects(told)]
     assert [o["type"] for o in objects] == ["summary", "duplicate"]
     summary, duplicate = objects
     assert summary["flags"] == ["DUPLICATE"] and summary["skbs"] == 4

@@ -1,0 +1,65 @@
+"""How each copy ended: delivered to a socket or the local stack, freed,
+left through a device, dropped, or last seen somewhere (arrived where the
+run cannot see further, or vanished)."""
+
+from .model import End, EndKind, Place, SocketPlace
+from .points import FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS, TX_POINTS
+
+
+def last_interface(copy):
+    """The Place of the copy's last event with a device (else with a namespace)."""
+    for e in reversed(copy.events):
+        if e.ifname and e.netns:
+            return Place(e.netns, e.ifname)
+    for e in reversed(copy.events):
+        if e.netns:
+            return Place(e.netns, e.ifname)
+    return Place(0, "")
+
+
+def end_of(copy, after_receive=True):
+    """after_receive: can this run see what happens after a device receives a
+    packet (local delivery points)? If not, a copy last seen at a receive point
+    "arrived" there rather than vanished."""
+    if not copy.travelled and copy.dropped is None:
+        netns, ifname = last_interface(copy)
+        return End(EndKind.TAP, netns, ifname, copy.names[-1], ts_ns=copy.last_ts)
+    if copy.dropped is not None:
+        return _dropped(copy)
+    travel = [(e, n) for e, n in copy.rows if n not in FREE_POINTS]
+    delivered = _delivered(copy, travel)
+    if delivered is not None:
+        return delivered
+    last, last_name = travel[-1]
+    netns, ifname = (last.netns, last.ifname) if last.ifname else last_interface(copy)
+    if last_name in TX_POINTS:
+        kind = EndKind.LEFT
+    elif copy.freed is not None:
+        kind = EndKind.FREED
+    elif last_name in RX_POINTS and not after_receive:
+        kind = EndKind.ARRIVED
+    else:
+        kind = EndKind.VANISHED
+    return End(kind, netns, ifname, last_name, ts_ns=last.ts_ns)
+
+
+def _dropped(copy):
+    e = copy.dropped
+    netns, ifname = (e.netns, e.ifname) if e.ifname else last_interface(copy)
+    return End(EndKind.DROPPED, netns or last_interface(copy).netns, ifname, copy.names[-1],
+               reason_code=e.drop_reason, location=e.location, ts_ns=e.ts_ns)
+
+
+def _delivered(copy, travel):
+    """A socket delivery, else a local one, else None."""
+    for e, n in travel:
+        if n in SOCKET_POINTS:
+            netns, ifname = e.netns, e.ifname
+            if not netns:
+                netns, ifname = last_interface(copy)
+            return End(EndKind.DELIVERED, netns, ifname, n, ts_ns=e.ts_ns,
+                       socket=SocketPlace(netns, e.l4proto, e.daddr, e.dport))
+    for e, n in travel:
+        if n in LOCAL_POINTS:
+            return End(EndKind.LOCAL, e.netns, e.ifname, n, ts_ns=e.ts_ns)
+    return None

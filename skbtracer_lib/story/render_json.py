@@ -1,0 +1,93 @@
+"""The story as JSON-ready dicts: per packet a "summary", then the
+"duplicate", "dropped" and "vanished" flags (README.md "JSON output").
+Structure comes from the model; the "text", "flow", "path" and "end"
+fields are the text renderer's words for the same things."""
+
+from ..vocabulary import KIND_IPTABLE, L4_NAMES
+from .model import EndKind, FLAGGED_ENDS, SocketPlace
+
+
+def story_objects(story):
+    """[dict] for a render_text.Story."""
+    objects = [_summary(story, packet) for packet in story.packets]
+    objects += [_duplicate(story, dup) for dup in story.duplicates]
+    for packet, text in story.drop_flags():
+        objects.append({"type": "dropped", "packet": packet.number, "text": text})
+    for packet, text in story.vanished_flags():
+        objects.append({"type": "vanished", "packet": packet.number, "text": text})
+    return objects
+
+
+def _place(story, netns, ifname):
+    return {"netns": netns, "netns_name": story.label(netns) if netns else None,
+            "ifname": ifname or None}
+
+
+def _end(story, end):
+    obj = {"kind": end.kind.value, "text": story.end_text(end), "func": end.func or None}
+    obj.update(_place(story, end.netns, end.ifname))
+    if end.kind == EndKind.DROPPED:
+        obj["reason"] = story.reason_text(end) or None
+        obj["reason_code"] = end.reason_code
+        obj["location"] = story.symbolize(end.location) if end.location else None
+    return obj
+
+
+def _header(header):
+    ported = header.ported
+    return {"family": header.family, "l4proto": header.l4proto,
+            "proto": L4_NAMES.get(header.l4proto, str(header.l4proto)),
+            "saddr": header.saddr, "sport": header.sport if ported else None,
+            "daddr": header.daddr, "dport": header.dport if ported else None,
+            "ip_id": header.ip_id if header.family == 4 else None}
+
+
+def _copy(story, copy):
+    return {
+        "skb": "%x" % copy.skb,
+        "parent": "%x" % copy.parent.skb if copy.parent is not None else None,
+        "first_ktime_ns": copy.birth,
+        "rows": len(copy.events),
+        "ttl": [copy.events[0].ttl, copy.events[-1].ttl],
+        "interfaces": [_place(story, *hop) for hop in story.hops(copy)],
+        "end": _end(story, copy.end),
+    }
+
+
+def _summary(story, packet):
+    netfilter = [{"pf": e.pf, "table": e.table or None, "chain": e.chain or None,
+                  "hook": e.hook_name, "verdict": e.verdict_name}
+                 for e in packet.events if e.kind == KIND_IPTABLE]
+    flags = ["DUPLICATE"] if story.has_duplicate(packet) else []
+    kinds = {e.kind for e in packet.ends()}
+    flags += [k.value.upper() for k in FLAGGED_ENDS if k in kinds]
+    return {
+        "type": "summary",
+        "packet": packet.number,
+        "flow": story.flow_text(packet),
+        "headers": [_header(h) for h in packet.headers],
+        "path": story.path_text(packet),
+        "netfilter": netfilter if story.iptable_traced else None,
+        "end": story.packet_end_text(packet),
+        "skbs": len(packet.copies),
+        "rows": sum(len(c.events) for c in packet.copies),
+        "first_ktime_ns": packet.first_ts,
+        "copies": [_copy(story, c) for c in packet.copies],
+        "flags": flags,
+    }
+
+
+def _duplicate(story, dup):
+    place = dup.place
+    if isinstance(place, SocketPlace):
+        where = {"socket": {"netns": place.netns, "netns_name": story.label(place.netns),
+                            "l4proto": place.l4proto, "daddr": place.daddr,
+                            "dport": place.dport}}
+    else:
+        where = _place(story, *place)
+    routes = [{"skb": "%x" % copy.skb, "label": route.label, "ttl": route.ttl,
+               "steps": story.steps_text(route.steps), "end": route.end_kind.value}
+              for copy, route in zip(dup.copies, dup.routes)]
+    return {"type": "duplicate", "packet": dup.packet.number,
+            "flow": story.final_flow(dup.copies[0]), "place": where,
+            "times": len(dup.copies), "routes": routes, "text": story.duplicate_text(dup)}

@@ -1,0 +1,319 @@
+"""The story as text: the places, ends, flows and paths of the model in
+words, the DUPLICATE / DROPPED / VANISHED lines, the table, and the lines
+the session writes at exit (exit_lines)."""
+
+from ..vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
+from .model import EndKind, Place, SocketPlace, StoryModel
+from .paths import Fork, factor_suffix, hops, packet_tree
+from .points import MAX_FLAG_LINES, MAX_TABLE_PACKETS, SOCKET_POINTS
+
+NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
+HEADERS = ["#", "FLOW", "PATH", "NETFILTER", "END", "SKBS"]
+
+
+class Story(StoryModel):
+    """The model with its words: every text the story prints is made here."""
+
+    HEADERS = HEADERS
+
+    # -- places and ends
+
+    def place_text(self, netns, ifname, previous_netns=None):
+        if not netns and not ifname:
+            return "?"
+        if netns == previous_netns and ifname:
+            return ifname
+        ns = self.label(netns) if netns else "?"
+        return "%s/%s" % (ns, ifname) if ifname else ns
+
+    def where_text(self, place):
+        """An interface or a socket."""
+        if isinstance(place, SocketPlace):
+            return "a socket %s:%d in %s" % (place.daddr, place.dport, self.label(place.netns))
+        return self.place_text(*place)
+
+    def reason_text(self, end):
+        """The drop reason's name; "" where the kernel gives none (before 5.17)."""
+        if end.reason_code is None or self.reasons is None or not self.reasons.names:
+            return ""
+        return self.reasons.name(end.reason_code)
+
+    def end_text(self, end):
+        kind = end.kind
+        if kind == EndKind.DELIVERED:
+            return "%s in %s" % (SOCKET_POINTS[end.func], self.label(end.netns))
+        if kind == EndKind.LOCAL:
+            return "delivered to the local stack in %s (%s)" % (self.label(end.netns), end.func)
+        if kind == EndKind.DROPPED:
+            return self._dropped_text(end)
+        words = END_WORDS.get(kind)
+        if words is None:
+            return kind.value
+        where = self.place_text(end.netns, end.ifname)
+        return words % ((where, end.func) if kind in (EndKind.ARRIVED, EndKind.VANISHED)
+                        else where)
+
+    def _dropped_text(self, end):
+        text = "dropped at %s" % self.place_text(end.netns, end.ifname)
+        reason = self.reason_text(end)
+        if reason:
+            text += ": %s" % reason
+        if end.location:
+            text += " (%s)" % self.symbolize(end.location)
+        return text
+
+    def packet_end_text(self, packet):
+        texts = []
+        counts = {}
+        for end in packet.ends():
+            text = self.end_text(end)
+            if text not in counts:
+                texts.append(text)
+            counts[text] = counts.get(text, 0) + 1
+        if not texts:
+            return "-"
+        return "; ".join(("%dx %s" % (counts[t], t)) if counts[t] > 1 else t for t in texts)
+
+    # -- flows
+
+    def flow_text(self, packet):
+        """'U 10.0.0.1:5->10.96.0.10:53 (DNAT ->10.0.0.3:9000)'."""
+        headers = packet.headers
+        first = headers[0]
+        text = "%s %s" % (proto_letter(first.family, first.l4proto), _endpoints(first))
+        previous = first
+        for header in headers[1:]:
+            change = _nat_change(previous, header)
+            if change:
+                text += " (%s)" % change
+                previous = header
+        return text
+
+    def final_flow(self, copy):
+        last = copy.last_header
+        return "%s %s" % (proto_letter(last.family, last.l4proto),
+                          _endpoints(copy.travel_header()))
+
+    # -- paths and netfilter
+
+    def hops(self, copy, start=None, stop=None):
+        return hops(copy, start, stop)
+
+    def path_text(self, packet):
+        return self._tree_text(packet_tree(packet, self.node_of is not None)) or "-"
+
+    def _tree_text(self, tree, previous_netns=None):
+        parts = []
+        for item in tree:
+            if isinstance(item, Place):
+                text = self.place_text(item.netns, item.ifname, previous_netns)
+                if (self.node_of is not None and previous_netns is not None
+                        and self.node_of(item.netns) != self.node_of(previous_netns)):
+                    text = NODE_CROSSING + text
+                parts.append(text)
+                previous_netns = item.netns
+            elif isinstance(item, Fork):
+                previous_netns = self._fork_text(item, parts)
+            elif parts:
+                parts[-1] += " " + item
+            else:
+                parts.append(item)
+        return " > ".join(p for p in parts if p).replace(" > " + NODE_CROSSING, " => ")
+
+    def _fork_text(self, fork, parts):
+        """Appends the fork's text (and the branches' common tail) to parts;
+        the namespace the path is in after it, or None."""
+        rendered, suffix = factor_suffix(fork.branches)
+        alternatives = []
+        for branch, label in zip(rendered, fork.labels):
+            text = self._tree_text(branch) or "-"
+            alternatives.append("%s: %s" % (label, text) if label else text)
+        parts.append("{%s}" % " | ".join(alternatives))
+        if not suffix:
+            return None
+        parts.append(self._tree_text(suffix))
+        last = [x for x in suffix if isinstance(x, Place)]
+        return last[-1].netns if last else None
+
+    def netfilter_text(self, packet):
+        if not self.iptable_traced:
+            return "(not traced)"
+        seen = []
+        for e in packet.events:
+            if e.kind == KIND_IPTABLE:
+                text = "%s%s %s %s" % (pf_prefix(e.pf), e.table or "?", e.hook_name,
+                                       e.verdict_name)
+                if not seen or seen[-1] != text:
+                    seen.append(text)
+        return ", ".join(seen) if seen else "-"
+
+    # -- flags
+
+    def steps_text(self, steps):
+        """[Step] -> ['ip_rcv(node1/cbr0)', 'ip_forward']."""
+        out = []
+        previous_netns = None
+        for step in steps:
+            if step.show and step.place.ifname:
+                out.append("%s(%s)" % (step.func, self.place_text(*step.place, previous_netns)))
+                previous_netns = step.place.netns
+            else:
+                out.append(step.func)
+        return out
+
+    def duplicate_text(self, dup):
+        where = self.where_text(dup.place)
+        parts = []
+        for i, route in enumerate(dup.routes, 1):
+            text = " → ".join(self.steps_text(route.steps) + [where])
+            if route.end_kind == EndKind.DELIVERED:
+                text += ", delivered to a socket"
+            desc = "%s, TTL %d" % (route.label, route.ttl) if route.label else "TTL %d" % route.ttl
+            parts.append("(%d) %s: %s" % (i, desc, text))
+        return "DUPLICATE: %s reached %s %d times (%s apart): %s" % (
+            self.final_flow(dup.copies[0]), where, len(dup.copies),
+            duration_text(dup.copies[-1].end.ts_ns - dup.copies[0].end.ts_ns), "; ".join(parts))
+
+    def duplicate_lines(self):
+        return [self.duplicate_text(d) for d in self.duplicates]
+
+    def drop_flags(self):
+        """[(packet, 'DROPPED: ...')]"""
+        lines = []
+        for packet in self.packets:
+            ends = packet.ends()
+            dropped = [e for e in ends if e.kind == EndKind.DROPPED]
+            if not dropped:
+                continue
+            others = [e for e in ends if e.kind != EndKind.DROPPED]
+            text = "DROPPED: %s %s" % (self.flow_text(packet),
+                                       "; ".join(self.end_text(e) for e in dropped))
+            if others:
+                text += " (another copy: %s)" % "; ".join(self.end_text(e) for e in others)
+            lines.append((packet, text))
+        return lines
+
+    def vanished_flags(self):
+        """[(packet, 'VANISHED: ...')]"""
+        if not self.routes_traced:
+            return []
+        return [(packet, self._vanished_text(packet, end)) for packet in self.packets
+                for end in packet.ends() if end.kind == EndKind.VANISHED]
+
+    def _vanished_text(self, packet, end):
+        notes = list(self.caveats)
+        gap = (self.ended_ns - end.ts_ns) / 1e9
+        if gap < 1.0:
+            notes.append("it was last seen %.3f s before tracing stopped and may "
+                         "have been in flight" % gap)
+        text = "VANISHED: %s last seen at %s (%s): no delivery, drop, free or exit seen" % (
+            self.flow_text(packet), self.place_text(end.netns, end.ifname), end.func)
+        if notes:
+            text += "; not visible here: " + "; ".join(notes)
+        return text
+
+    def drop_lines(self):
+        return [text for _packet, text in self.drop_flags()]
+
+    def vanished_lines(self):
+        return [text for _packet, text in self.vanished_flags()]
+
+    def footnote(self):
+        """What this run could not see, when a copy's end depends on it."""
+        if self.caveats and self.end_kinds() & {EndKind.ARRIVED, EndKind.VANISHED}:
+            return "not visible in this run: " + "; ".join(self.caveats)
+        return None
+
+    def flag_lines(self):
+        lines = []
+        for found in (self.duplicate_lines(), self.drop_lines(), self.vanished_lines()):
+            lines += found[:MAX_FLAG_LINES]
+            if len(found) > MAX_FLAG_LINES:
+                kind = found[0].split(":", 1)[0]
+                lines.append("%s: ... and %d more" % (kind, len(found) - MAX_FLAG_LINES))
+        return lines
+
+    # -- the table
+
+    def table_rows(self, limit=MAX_TABLE_PACKETS):
+        chosen = self.packets
+        if len(chosen) > limit:
+            flagged = [p for p in chosen if self.flagged(p)]
+            rest = [p for p in chosen if not self.flagged(p)]
+            chosen = sorted((flagged + rest)[:limit], key=lambda p: p.number)
+        return [[p.number, self.flow_text(p), self.path_text(p), self.netfilter_text(p),
+                 self.packet_end_text(p), len(p.copies)] for p in chosen]
+
+    def table(self, limit=MAX_TABLE_PACKETS):
+        return format_table(HEADERS, self.table_rows(limit))
+
+
+END_WORDS = {EndKind.FREED: "reached %s, freed",
+             EndKind.ARRIVED: "reached %s (not seen after %s)",      # where, func
+             EndKind.LEFT: "left via %s",
+             EndKind.VANISHED: "vanished after %s (%s)",             # where, func
+             EndKind.TAP: "a copy freed at %s"}
+
+
+def exit_lines(story, events, beyond=0, limit=0):
+    """What the session writes at exit, on stderr: the headline, the flags,
+    the table and the footnote. events: how many were grouped; beyond: how
+    many were not kept (limit: the story's event limit)."""
+    count = len(story.packets)
+    lines = ["skbtracer: the story of %d packet%s in %d events (--no-summary turns it off)"
+             % (count, "" if count == 1 else "s", events)]
+    if beyond:
+        lines.append("skbtracer: the story covers the first %d events; %d more were "
+                     "not kept" % (limit, beyond))
+    lines += story.flag_lines()
+    lines.append(story.table())
+    footnote = story.footnote()
+    if footnote:
+        lines.append("skbtracer: " + footnote)
+    if count > MAX_TABLE_PACKETS:
+        lines.append("skbtracer: %d more packets not in the table (--json has them all)"
+                     % (count - MAX_TABLE_PACKETS))
+    return lines
+
+
+def duration_text(ns):
+    if ns >= 1_000_000_000:
+        return "%.3f s" % (ns / 1e9)
+    if ns >= 1_000_000:
+        return "%.3f ms" % (ns / 1e6)
+    return "%.1f us" % (ns / 1e3)
+
+
+def format_table(headers, rows):
+    try:
+        from tabulate import tabulate
+    except ImportError:     # python3-tabulate missing: plain columns
+        widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+        lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip(),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+                  for row in rows]
+        return "\n".join(lines)
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def _endpoint(addr, port, ported, family):
+    if not ported:
+        return addr
+    return "[%s]:%d" % (addr, port) if family == 6 else "%s:%d" % (addr, port)
+
+
+def _endpoints(header):
+    ported = header.ported
+    return "%s->%s" % (_endpoint(header.saddr, header.sport, ported, header.family),
+                       _endpoint(header.daddr, header.dport, ported, header.family))
+
+
+def _nat_change(before, after):
+    ported = after.ported
+    parts = []
+    if before.source != after.source:
+        parts.append("SNAT %s->" % _endpoint(after.saddr, after.sport, ported, after.family))
+    if before.destination != after.destination:
+        parts.append("DNAT ->%s" % _endpoint(after.daddr, after.dport, ported, after.family))
+    return ", ".join(parts)

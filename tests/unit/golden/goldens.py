@@ -1,0 +1,210 @@
+"""The golden corpus: event streams and the exact output skbtracer makes of
+them (rows, the story on stderr, the JSON story objects), recorded once on
+the code before the story model's redesign (issue 9) and compared byte for
+byte since.
+
+Two kinds of stream:
+  - JSON lines (corpus/*.jsonl), real traces of the seed's scenarios, drops,
+    --keep and a two-node run (capture.py, on the host's tracepoints and in
+    the 6.1 guest with kprobes), read back through -r (ReplaySession);
+  - raw events (corpus/*.raw.gz, the bytes skbtracer.c writes, 200 each,
+    with a .json beside them naming the probes), fed through the live
+    Session's perf callback and story: synthetic streams made by synth.py
+    (the unit tests' scenario sequences, IPv6, a thousand-packet mixed run).
+
+    /usr/bin/python3 tests/unit/golden/record.py     (rewrites expected/)
+"""
+
+import ctypes
+import gzip
+import io
+import json
+import os
+import tempfile
+
+from skbtracer_lib import config, names, probes, replay, story
+from skbtracer_lib.events import EVENT_SIZE
+from skbtracer_lib.runinfo import ProbeInfo, RunInfo
+from skbtracer_lib.session import Session
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+EXPECTED = os.path.join(HERE, "expected")
+REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 5: "TCP_CSUM", 6: "NETFILTER_DROP",
+           8: "OTHERHOST", 77: "SOME_NEW_REASON"}
+
+
+MANY_EVENTS = 5000      # a raw case's JSON event lines are kept up to this many events
+BIG = 200_000           # expected files larger than this are kept gzipped
+
+
+def corpus(name):
+    return os.path.join(CORPUS, name)
+
+
+# ---------------------------------------------------------------- cases
+
+# (case name, corpus files, extra argv); every -r case also runs with -t
+REPLAY_CASES = []
+for _backend in ("tracepoint", "kprobe"):
+    for _stream in ("scenarios", "drops", "keep"):
+        _file = "%s-%s.jsonl" % (_stream, _backend)
+        _base = "%s-%s" % (_stream, _backend)
+        REPLAY_CASES += [(_base, [_file], []),
+                         (_base + "-json", [_file], ["--json"]),
+                         (_base + "-latency-names", [_file], ["--latency", "--names"])]
+REPLAY_CASES += [
+    ("drops-route-tracepoint", ["drops-route-tracepoint.jsonl"], []),
+    ("drops-route-tracepoint-json", ["drops-route-tracepoint.jsonl"], ["--json"]),
+    ("scenarios-tracepoint-filtered", ["scenarios-tracepoint.jsonl"], ["udp", "port", "9000"]),
+    ("scenarios-kprobe-count", ["scenarios-kprobe.jsonl"], ["-c", "40", "--json"]),
+    ("merge", ["merge-node1-tracepoint.jsonl", "merge-node2-tracepoint.jsonl"], []),
+    ("merge-json", ["merge-node1-tracepoint.jsonl", "merge-node2-tracepoint.jsonl"],
+     ["--json", "--latency"]),
+    ("merge-skewed", ["merge-node1-tracepoint.jsonl", "merge-node2-skewed.jsonl"],
+     ["--names"]),
+    ("merge-skewed-json", ["merge-node1-tracepoint.jsonl", "merge-node2-skewed.jsonl"],
+     ["--json"]),
+]
+
+# (case name, raw corpus, argv, lost events, attached: None = every probe)
+RAW_CASES = [
+    ("raw-tracepoint-seed", "tracepoint-seed", ["--drop"], 0, None),
+    ("raw-tracepoint-seed-nodrop", "tracepoint-seed", [], 0,
+     ["netif_rx", "netif_receive_skb", "net_dev_queue", "net_dev_start_xmit",
+      "skb_copy_datagram_iovec"]),
+    ("raw-kprobe-seed", "kprobe-seed", ["--route", "--iptable", "--drop"], 0, None),
+    ("raw-kprobe-seed-latency", "kprobe-seed", ["--route", "--iptable", "--drop", "--latency",
+                                                "-H", "10.244.1.2"], 2, None),
+    ("raw-kprobe-extra", "kprobe-extra", ["--route", "--drop"], 0, None),
+    ("raw-ipv6", "ipv6", ["--route", "--drop", "--names"], 0, None),
+    ("raw-mixed", "mixed", ["--route", "--iptable", "--drop"], 0, None),
+    ("raw-keep-thousand", "keep-thousand", ["--keep", "--route", "--iptable", "--drop"], 0,
+     None),
+]
+
+
+# ---------------------------------------------------------------- -r
+
+def run_replay(files, argv):
+    """(rows, stderr, exit status) of skbtracer -r FILES -t ARGV."""
+    cfg = config.parse_args(["-r"] + [corpus(f) for f in files] + ["-t"] + argv)
+    out, err = io.StringIO(), io.StringIO()
+
+    def warn(text):
+        err.write("skbtracer: warning: %s\n" % text)
+
+    runs = replay.read_files(cfg.read, warn)
+    status = replay.ReplaySession(cfg, runs, out=out, err=err).run()
+    # the files' paths differ from checkout to checkout
+    return (out.getvalue(), err.getvalue().replace(CORPUS + os.sep, ""), status)
+
+
+# ---------------------------------------------------------------- raw events
+
+class GoldenLoaded:
+    """What Session reads of a loaded program (runinfo), for a recorded probe plan."""
+
+    def __init__(self, meta, attached=None):
+        planned = [ProbeInfo(name, kind, extra) for name, kind, extra in meta["probes"]]
+        self.info = RunInfo(meta["backend"], [p.name for p in planned], planned=planned,
+                            attached=[p for p in planned
+                                      if attached is None or p.name in attached])
+        self.bpf = None
+
+    def symbolize(self, address):
+        return "golden_sym+0x%x" % (address & 0xFFFF)
+
+    def stack(self, _stack_id):
+        return None
+
+    def lost_events(self):
+        return 0
+
+    def watch_modules(self):
+        return []
+
+
+class GoldenSession(Session):
+    def drop_reasons(self):
+        return probes.DropReasons(dict(REASONS), "the golden corpus")
+
+
+def read_raw(name):
+    with open(corpus(name + ".json")) as f:
+        meta = json.load(f)
+    with gzip.open(corpus(name + ".raw.gz"), "rb") as f:
+        data = f.read()
+    raws = [data[i:i + EVENT_SIZE] for i in range(0, len(data), EVENT_SIZE)]
+    return meta, raws
+
+
+def run_raw(name, argv, lost, attached):
+    """(rows, stderr, JSON lines) of a live Session fed the raw events."""
+    meta, raws = read_raw(name)
+    cfg = config.parse_args(["-t", "--node", "golden"] + argv)
+    cfg.json = "golden.jsonl"            # the JSON lines go to a StringIO
+    out, err, json_out = io.StringIO(), io.StringIO(), io.StringIO()
+    session = GoldenSession(cfg, GoldenLoaded(meta, attached), out=out, err=err,
+                            json_out=json_out)
+    with tempfile.TemporaryDirectory() as empty:
+        # namespaces named by their inode, whatever this machine has
+        fixed = names.NetnsNames(proc=empty, netns_dirs=())
+        fixed.host_inode = None
+        session.names = fixed
+        session.book = story.StoryBook(fixed)
+        session.json.names = fixed
+        if cfg.names:
+            session.formatter.names = fixed
+        session.json.run_id = "golden"
+        session.clock.offset_ns = 1_700_000_000_000_000_000
+        for raw in raws:
+            buffer = ctypes.create_string_buffer(raw, len(raw))
+            session._on_event(0, ctypes.addressof(buffer), len(raw))
+        session.book.trim()
+        session.lost = lost
+        session.ended_ns = meta["ended_ns"]
+        session._tell_story()
+        session._write_end_object()
+    lines = json_out.getvalue()
+    if len(raws) > MANY_EVENTS:      # the story objects only (event lines: the small cases)
+        lines = "".join(line for line in lines.splitlines(True)
+                        if not line.startswith('{"type": "event"'))
+    return out.getvalue(), err.getvalue(), lines
+
+
+# ---------------------------------------------------------------- both
+
+def outputs(case):
+    """{suffix: text} of one case, as recorded under expected/."""
+    for name, files, argv in REPLAY_CASES:
+        if name == case:
+            rows, stderr, status = run_replay(files, argv)
+            return {"out": rows, "err": stderr + "exit %d\n" % status}
+    for name, raw, argv, lost, attached in RAW_CASES:
+        if name == case:
+            rows, stderr, lines = run_raw(raw, argv, lost, attached)
+            return {"out": rows, "err": stderr, "jsonl": lines}
+    raise KeyError(case)
+
+
+def case_names():
+    return [c[0] for c in REPLAY_CASES] + [c[0] for c in RAW_CASES]
+
+
+def expected_path(case, suffix, text):
+    path = os.path.join(EXPECTED, "%s.%s" % (case, suffix))
+    return path + ".gz" if len(text.encode("utf-8")) > BIG else path
+
+
+def expected(case):
+    found = {}
+    for suffix in ("out", "err", "jsonl"):
+        path = os.path.join(EXPECTED, "%s.%s" % (case, suffix))
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                found[suffix] = f.read().decode("utf-8")
+        elif os.path.exists(path + ".gz"):
+            with gzip.open(path + ".gz", "rb") as f:
+                found[suffix] = f.read().decode("utf-8")
+    return found
