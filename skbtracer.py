@@ -69,6 +69,15 @@ def main(argv=None):
     if cfg.ebpf:
         sys.stdout.write(program.listing())
         return 0
+    refused = can_trace(program)
+    if refused is not None:
+        return refused
+    return trace(program)
+
+
+def can_trace(program):
+    """None when this run can load the program, else its exit status (the
+    reason said on one line)."""
     if os.geteuid() != 0:
         return fail("must be run as root (it loads eBPF programs)")
     try:
@@ -79,14 +88,39 @@ def main(argv=None):
     if program.notice:
         sys.stderr.write(program.notice + "\n")
     for missing in program.plan.unavailable:
-        if cfg.modes == {missing.mode}:
+        if program.cfg.modes == {missing.mode}:
             return fail("%s: %s" % (missing.flag, missing.reason))
         sys.stderr.write("skbtracer: %s: %s; %s\n" % (missing.flag, missing.reason,
                                                        missing.without))
+    return None
 
+
+def say_skipped(loaded):
+    skipped = loaded.skipped
+    if skipped and not loaded.functions.reported:   # else said with the attach count
+        sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
+                         "skipped (-v lists them and why)\n" % len(skipped))
+
+
+def open_outputs(cfg, files):
+    """(rows, JSON lines, -w capture) files the flags name, None for each
+    not named; every file opened is appended to files."""
+    wanted = ((cfg.output, "-o/--output", False),
+              (cfg.json if cfg.json != "-" else None, "--json", False),
+              (cfg.write, "-w/--write", True))
+    opened = []
+    for path, flag, binary in wanted:
+        f = open_new_file(flag, path, cfg.force, binary=binary) if path else None
+        if f is not None:
+            files.append(f)
+        opened.append(f)
+    return opened
+
+
+def trace(program):
     from skbtracer_lib.session import Session
-    headers = None
-    loaded = None
+    cfg = program.cfg
+    headers = loaded = None
     files = []
     try:
         headers = kernel.find_header_tree()
@@ -97,20 +131,8 @@ def main(argv=None):
         if cfg.verbose:
             report(program, headers, loaded)
         else:
-            skipped = loaded.skipped
-            if skipped and not loaded.functions.reported:   # else said with the attach count
-                sys.stderr.write("skbtracer: %d probe points absent or inlined on this kernel, "
-                                 "skipped (-v lists them and why)\n" % len(skipped))
-        out = json_out = capture_file = None
-        if cfg.output:
-            out = open_new_file("-o/--output", cfg.output, cfg.force)
-            files.append(out)
-        if cfg.json not in (None, "-"):
-            json_out = open_new_file("--json", cfg.json, cfg.force)
-            files.append(json_out)
-        if cfg.write:
-            capture_file = open_new_file("-w/--write", cfg.write, cfg.force, binary=True)
-            files.append(capture_file)
+            say_skipped(loaded)
+        out, json_out, capture_file = open_outputs(cfg, files)
         return Session(cfg, loaded, out=out, json_out=json_out,
                        capture_file=capture_file).run()
     except (kernel.KernelError, FileError) as e:
