@@ -116,10 +116,17 @@ struct event_t {
 };
 
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
+#ifdef RING_BUFFER_PAGES
+/* 5.8+: one ring for all CPUs, which skbtracer_lib/reader.py reads in
+ * batches straight from its mmapped pages */
+BPF_RINGBUF_OUTPUT(events, RING_BUFFER_PAGES);
+#else
 BPF_PERF_OUTPUT(events);
-/* Events the perf buffer had no room for. The kernel also reports these,
- * but only ahead of the next event that fits on the same CPU: a run that
- * ends right after an overflow would under-count without this. */
+#endif
+/* Events the ring had no room for. The ring buffer has no lost records at
+ * all; the perf buffer writes them only ahead of the next event that fits
+ * on the same CPU: a run that ends right after an overflow would
+ * under-count without this. */
 BPF_PERCPU_ARRAY(lost_events, u64, 1);
 #if defined(STACK_ALL) || defined(STACK_DROPS)
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
@@ -600,7 +607,11 @@ static __always_inline int capture_submit(void *ctx, struct event_t *e)
     if (len && bpf_probe_read_kernel(c->bytes, len, (void *)c->from))
         len = 0;
     c->head.len = len;
+#ifdef RING_BUFFER_PAGES
+    return events.ringbuf_output(&c->e, sizeof(c->e) + sizeof(c->head) + len, 0);
+#else
     return events.perf_submit(ctx, &c->e, sizeof(c->e) + sizeof(c->head) + len);
+#endif
 }
 #endif
 
@@ -614,6 +625,8 @@ static __always_inline void submit(void *ctx, struct event_t *e)
 #endif
 #ifdef CAPTURE_BYTES
     if (capture_submit(ctx, e) < 0) {
+#elif defined(RING_BUFFER_PAGES)
+    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
 #else
     if (events.perf_submit(ctx, e, sizeof(*e)) < 0) {
 #endif

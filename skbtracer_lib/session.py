@@ -1,4 +1,4 @@
-"""The tracing loop: read the perf buffer, print rows (text or JSON), stop
+"""The tracing loop: read the events (reader.py), print rows (text or JSON), stop
 on -c, Ctrl-C or SIGTERM, tell the packets' story, and say at exit how many
 rows were printed and lost."""
 
@@ -12,7 +12,6 @@ from .events import EVENT_SIZE, Event
 from .output import HEADER, Clock, OutputError, RowFormatter, line_sink
 from . import capture, jsonout, latency, names, probes, story
 
-PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
 MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
@@ -56,12 +55,16 @@ class Session:
         self.modules_checked = time.monotonic()
 
     def _on_event(self, _cpu, data, size):
-        # Runs as a ctypes callback: exceptions must not escape (bcc would
-        # print and swallow them), so failures become flags.
+        """An event as bcc's perf reader hands it over (a ctypes callback)."""
+        self._on_raw(ctypes.string_at(data, size))
+
+    def _on_raw(self, raw):
+        # Called by the reader once per event: exceptions must not escape
+        # (they would end the batch), so failures become flags.
         if self.done:
             return
         try:
-            raw = ctypes.string_at(data, size)
+            size = len(raw)
             event = Event(raw)
             stack = None
             if event.stack_id != -1 or self.cfg.stacks == "all":
@@ -127,14 +130,13 @@ class Session:
 
     def run(self):
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bpf = self.loaded.bpf
         if self.capture is not None:
             self._flush_capture(self.capture.start)
             if self.capture_error:
                 return self._capture_failed()
+        events = None
         try:
-            bpf["events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES,
-                                           lost_cb=self._on_lost)
+            events = self.loaded.open_reader(self._on_raw, self._on_lost)
             if not self.json_rows:
                 self._write(HEADER + "\n")
             if self.json is not None:
@@ -149,7 +151,7 @@ class Session:
                                % ("JSON lines" if self.json_rows else "rows", where))
                 self.err.flush()
             while not self.stopping:
-                bpf.perf_buffer_poll(timeout=POLL_TIMEOUT_MS)
+                events.poll(POLL_TIMEOUT_MS)
                 self._write("")
                 if self.capture is not None:
                     self._flush_capture(self.capture.flush)
@@ -159,13 +161,15 @@ class Session:
                 if self.book is not None:
                     self.book.trim()
             if not self.done:
-                bpf.perf_buffer_poll(timeout=0)   # what is still in the ring
+                events.poll(0)   # what is still in the ring
                 self._write("")
             if self.capture is not None:
                 self._flush_capture(self.capture.flush)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if events is not None:
+                events.close()
         self.lost = max(self.lost, self.loaded.lost_events())
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.failed is not None:

@@ -45,6 +45,9 @@ class StandInLoaded:
     def lost_events(self):
         return 0
 
+    def open_reader(self, handle, on_lost):
+        return self.bpf.open_reader(handle)
+
 
 def session(argv, out, err, bpf=None, proc=None):
     s = Session(config.parse_args(argv), StandInLoaded(bpf), out=out, err=err)
@@ -107,21 +110,25 @@ def test_fuzz_decoder_never_raises_and_rows_stay_rows(tmp_path):
 
 
 class StandInBPF(dict):
-    """bcc's perf buffer, fed from a list: one event per poll, then Ctrl-C."""
+    """The event reader, fed from a list: one event per poll, then Ctrl-C."""
 
     def __init__(self, raws, stop):
         super().__init__(events=self)
         self.raws = list(raws)
         self.stop = stop
 
-    def open_perf_buffer(self, callback, page_cnt, lost_cb):
-        self.callback = callback
+    def open_reader(self, handle):
+        self.handle = handle
+        return self
 
-    def perf_buffer_poll(self, timeout):
+    def poll(self, timeout):
         if self.raws:
-            feed(self.callback, self.raws.pop(0))
+            self.handle(self.raws.pop(0))
         elif timeout:
             self.stop()
+
+    def close(self):
+        pass
 
 
 def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_on():
