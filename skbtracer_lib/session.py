@@ -45,6 +45,9 @@ class Session:
             self.capture = capture.PcapngWriter(
                 capture_file, loaded.program.capture_bytes, probe_names,
                 label=self.names.label, wall_ns=self.clock.wall_ns)
+        # plain text rows (the default): made from the raw bytes, no Event
+        self.raw_rows = (self.json is None and capture_file is None and not cfg.stacks
+                         and not cfg.names)
         self.rows = 0
         self.lost = 0
         self.stopping = False      # leave the poll loop
@@ -64,33 +67,13 @@ class Session:
         if self.done:
             return
         try:
-            size = len(raw)
-            event = Event(raw)
-            stack = None
-            if event.stack_id != -1 or self.cfg.stacks == "all":
-                stack = self.loaded.stack(event.stack_id)
-            # every line is made before any is written: a failure leaves
-            # neither the row nor its JSON line half done
-            line = None
-            if self.json is not None:
-                line = self.json.line(event, stack) + "\n"
-            row = None
-            if self.capture is not None:
-                row = self.formatter.row(event)
-            if self.json_rows:
-                text = line
-            elif stack is None:
-                text = (row or self.formatter.row(event)) + "\n"
+            if self.raw_rows:
+                row, netns = self.formatter.row_of_raw(raw)
+                if self.book is not None:
+                    self.book.add_raw(raw if len(raw) <= EVENT_SIZE else raw[:EVENT_SIZE], netns)
+                self.out.write(row + "\n")
             else:
-                text = "\n".join([row or self.formatter.row(event)]
-                                 + self.formatter.stack_lines(stack)) + "\n"
-            if self.book is not None:
-                self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
-            if self.json_out is not None:
-                self.json_out.write(line)
-            if self.capture is not None:
-                self.capture.add(event, raw, row)
-            self.out.write(text)
+                self._show(raw)
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
             return
@@ -104,6 +87,36 @@ class Session:
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
             self.stopping = self.done = True
+
+    def _show(self, raw):
+        """The event's row or JSON line, its stack, -w's packet, the story's copy."""
+        size = len(raw)
+        event = Event(raw)
+        stack = None
+        if event.stack_id != -1 or self.cfg.stacks == "all":
+            stack = self.loaded.stack(event.stack_id)
+        # every line is made before any is written: a failure leaves
+        # neither the row nor its JSON line half done
+        line = None
+        if self.json is not None:
+            line = self.json.line(event, stack) + "\n"
+        row = None
+        if self.capture is not None:
+            row = self.formatter.row(event)
+        if self.json_rows:
+            text = line
+        elif stack is None:
+            text = (row or self.formatter.row(event)) + "\n"
+        else:
+            text = "\n".join([row or self.formatter.row(event)]
+                             + self.formatter.stack_lines(stack)) + "\n"
+        if self.book is not None:
+            self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
+        if self.json_out is not None:
+            self.json_out.write(line)
+        if self.capture is not None:
+            self.capture.add(event, raw, row)
+        self.out.write(text)
 
     def _bad_event(self, error):
         self.bad_events += 1

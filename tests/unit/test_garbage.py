@@ -137,16 +137,16 @@ def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_o
     bpf = StandInBPF([good, good, good, good], stop=lambda: None)
     s = session(["--no-summary"], out, err, bpf)
     bpf.stop = lambda: s._stop(2, None)
-    real_row = s.formatter.row
+    real_row = s.formatter.row_of_raw      # text rows are made from the raw bytes
     calls = []
 
-    def row_that_fails_twice(e):
-        calls.append(e)
+    def row_that_fails_twice(raw):
+        calls.append(raw)
         if len(calls) in (2, 3):
             raise RuntimeError("a bug in formatting")
-        return real_row(e)
+        return real_row(raw)
 
-    s.formatter.row = row_that_fails_twice
+    s.formatter.row_of_raw = row_that_fails_twice
     assert s.run() == 0
     assert len([line for line in out.getvalue().splitlines() if "eth0" in line]) == 2
     report = err.getvalue()
