@@ -118,6 +118,35 @@ def compare(ring, argv, bpf, n, repeats):
     return best
 
 
+def compare_readers(ring, argv, bpf, n, repeats):
+    """Best-of-repeats events/s of both tools through their real readers
+    (KernelRings), alternating, each on a fresh Session/printer."""
+    raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
+    rings = KernelRings(raws, n)
+    ours, theirs = [], []
+    try:
+        for _ in range(repeats):
+            with devnull_sink() as out:
+                session, _cb = make_ours(argv, bpf, out)
+                ring.feed(session._on_event, min(2000, ring.count))     # warm, as compare()
+                gc.collect()
+                started = time.thread_time()
+                rings.ours(session._on_raw)
+                ours.append(n / (time.thread_time() - started))
+            with devnull_sink() as out:
+                _p, cb = make_theirs(bpf, out)
+                ring.feed(cb, min(2000, ring.count))
+                gc.collect()
+                started = time.thread_time()
+                rings.theirs(cb)
+                theirs.append(n / (time.thread_time() - started))
+    finally:
+        rings.close()
+    return {"ours_reader_eps": max(ours), "theirs_reader_eps": max(theirs),
+            "ratio_reader": max(ours) / max(theirs),
+            "ours_reader_samples": ours, "theirs_reader_samples": theirs}
+
+
 def stages(ring, argv, bpf, n):
     """Microseconds per event of each step of Session._on_event, timed
     separately on the session's own objects (the sum is close to, not
@@ -189,11 +218,14 @@ def run(n=60000, repeats=3, log=print):
     stacked = workload.EventRing([_with_stack_ids(r, k) for k, r in
                                   enumerate(workload.mix_events(20000, seed=5))])
 
+    flows = workload.EventRing(workload.flow_events(20000))
+
     results = {"n": n, "repeats": repeats, "workloads": {}}
     for name, ring, argv, count in (
             ("mix", mix, [], n),
             ("keep", keep, ["--keep"], n),
-            ("stacks", stacked, ["--callstack"], max(n // 6, 5000))):
+            ("stacks", stacked, ["--callstack"], max(n // 6, 5000)),
+            ("flows", flows, ["--keep"], n)):
         ok, why = same_rows(ring, argv, bpf, 3000)
         if not ok:
             raise RuntimeError("ours and the original print different rows (%s): %s" % (name, why))
@@ -205,6 +237,7 @@ def run(n=60000, repeats=3, log=print):
                 _p, theirs = make_theirs(real_bpf, out)
                 figures["theirs_as_written_eps"] = rate(theirs, ring, max(count // 10, 2000))[0]
             figures["ratio_as_written"] = figures["ours_eps"] / figures["theirs_as_written_eps"]
+        figures.update(compare_readers(ring, argv, bpf, count, repeats))
         figures["events_in_ring"] = ring.count
         results["workloads"][name] = figures
 
