@@ -116,10 +116,17 @@ struct event_t {
 };
 
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
+#ifdef RING_BUFFER_PAGES
+/* 5.8+: one ring for all CPUs, which skbtracer_lib/reader.py reads in
+ * batches straight from its mmapped pages */
+BPF_RINGBUF_OUTPUT(events, RING_BUFFER_PAGES);
+#else
 BPF_PERF_OUTPUT(events);
-/* Events the perf buffer had no room for. The kernel also reports these,
- * but only ahead of the next event that fits on the same CPU: a run that
- * ends right after an overflow would under-count without this. */
+#endif
+/* Events the ring had no room for. The ring buffer has no lost records at
+ * all; the perf buffer writes them only ahead of the next event that fits
+ * on the same CPU: a run that ends right after an overflow would
+ * under-count without this. */
 BPF_PERCPU_ARRAY(lost_events, u64, 1);
 #if defined(STACK_ALL) || defined(STACK_DROPS)
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
@@ -210,7 +217,27 @@ static __always_inline void *linear_end(void *skb, struct layers *at)
     __builtin_memcpy(&__v, (span) + L_##F##_OFF - L_SKB_SPAN_OFF, L_##F##_SIZE); __v; })
 #endif
 
-/* -H, before the transport header is read: most packets stop here */
+/* -H on the IP header as read (hdr), before anything is written to the
+event or the transport header is read: most packets stop here */
+static __always_inline int header_match(u8 family, u8 *hdr)
+{
+#ifdef FILTER_ADDR4
+    if (family != 4 ||
+        (*(u32 *)&hdr[12] != FILTER_ADDR4 && *(u32 *)&hdr[16] != FILTER_ADDR4))
+        return 0;
+#endif
+#ifdef FILTER_ADDR6_0
+    if (family != 6)
+        return 0;
+    u64 *s = (u64 *)&hdr[8], *d = (u64 *)&hdr[24];
+    if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
+        !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
+        return 0;
+#endif
+    return 1;
+}
+
+/* -H on the event (filter_packet, --keep) */
 static __always_inline int address_match(struct event_t *e)
 {
 #ifdef FILTER_ADDR4
@@ -400,12 +427,16 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
         family = 6;
     else
         return 0;
-    e->family = family;
 
     u8 hdr[40] = {};
     void *l3 = find_l3(head, data, nh, after_tag, family, hdr);
     if (!l3)
         return 0;
+    if (check_address && !header_match(family, hdr))
+        return 0;
+    /* the packet is wanted (or may be): only now is the event cleared */
+    __builtin_memset(e, 0, sizeof(*e));
+    e->family = family;
 
     void *l4;
     int fragment = 0;
@@ -427,8 +458,6 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     at->head = head;
     at->data = data;
     at->l3 = l3;
-    if (check_address && !address_match(e))
-        return 0;
 #ifdef PCAP_FILTER
     if (check_address && !pcap_filter(skb, at))
         return 0;   /* before the transport header is read, as -H */
@@ -540,10 +569,9 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     struct event_t *e = scratch.lookup(&zero);
     if (!e || !skb)
         return 0;
-    __builtin_memset(e, 0, sizeof(*e));
-    e->pid = bpf_get_current_pid_tgid() >> 32;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
 #if defined(FILTER_PID) && !defined(KEEP)
-    if (!force && e->pid != FILTER_PID)
+    if (!force && pid != FILTER_PID)
         return 0;  /* the cheapest reject first */
 #endif
     struct layers at = {};
@@ -553,7 +581,8 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     int check_address = !force;
 #endif
     if (!parse_skb(skb, e, &at, check_address))
-        return 0;
+        return 0;       /* parse_skb cleared the event if it got that far */
+    e->pid = pid;
 
     u64 key = (u64)skb;
 #ifdef KEEP
@@ -600,7 +629,11 @@ static __always_inline int capture_submit(void *ctx, struct event_t *e)
     if (len && bpf_probe_read_kernel(c->bytes, len, (void *)c->from))
         len = 0;
     c->head.len = len;
+#ifdef RING_BUFFER_PAGES
+    return events.ringbuf_output(&c->e, sizeof(c->e) + sizeof(c->head) + len, 0);
+#else
     return events.perf_submit(ctx, &c->e, sizeof(c->e) + sizeof(c->head) + len);
+#endif
 }
 #endif
 
@@ -614,6 +647,8 @@ static __always_inline void submit(void *ctx, struct event_t *e)
 #endif
 #ifdef CAPTURE_BYTES
     if (capture_submit(ctx, e) < 0) {
+#elif defined(RING_BUFFER_PAGES)
+    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
 #else
     if (events.perf_submit(ctx, e, sizeof(*e)) < 0) {
 #endif

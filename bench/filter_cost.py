@@ -25,7 +25,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
-from node import DrainedTracer, VethPair, log, traced_flood  # noqa: E402
+from node import DrainedTracer, VethPair, in_guest, log, traced_flood  # noqa: E402
 
 LONG = " or ".join("host 192.0.2.%d" % n for n in range(1, 11))
 VARIANTS = [("-H 192.0.2.1", ["-H", "192.0.2.1"]),
@@ -53,13 +53,7 @@ def main(argv=None):
     ap.add_argument("--guest", action="store_true", help="run inside the Debian 6.1 guest")
     args = ap.parse_args(argv)
     if args.guest:
-        from testbed import guest
-        command = "/usr/bin/python3 bench/filter_cost.py --seconds %g --rounds %d" % (
-            args.seconds, args.rounds)
-        result = guest.run(command, flavour="6.1", timeout=1800, cwd=REPO)
-        sys.stdout.write(result.stdout)
-        sys.stderr.write(result.stderr[-2000:])
-        return result.returncode
+        return in_guest("filter_cost.py", args.seconds, args.rounds, timeout=1800)
     results = {name: [] for name, _ in VARIANTS}
     with VethPair() as pair:
         for round_ in range(args.rounds):

@@ -240,6 +240,17 @@ def traced_flood(pair, tracer, seconds):
     return flood, ns, runs
 
 
+def in_guest(script, seconds, rounds, timeout):
+    """Run bench/<script> --seconds --rounds inside the Debian 6.1 guest,
+    passing its output through; its exit status."""
+    from testbed import guest
+    command = "/usr/bin/python3 bench/%s --seconds %g --rounds %d" % (script, seconds, rounds)
+    result = guest.run(command, flavour="6.1", timeout=timeout, cwd=REPO)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr[-2000:])
+    return result.returncode
+
+
 def _on_cpu(pid):
     """Seconds pid has been on a CPU (schedstat), or None."""
     if pid is None:
@@ -258,8 +269,9 @@ class DrainedTracer:
     Started means attached: its header line was printed (the definition
     testbed.tracer.TracerRun uses for startup_seconds)."""
 
-    def __init__(self, args, cpus=None, python=PYTHON, stop_timeout=60):
+    def __init__(self, args, cpus=None, python=PYTHON, stop_timeout=60, script=SKBTRACER):
         self.args = list(args)
+        self.script = script                 # bench/empty_probes.py: the floor
         self.stop_timeout = stop_timeout     # --all detaches for a minute under TCG
         self.cpus = cpus
         self.python = python
@@ -273,7 +285,7 @@ class DrainedTracer:
 
     def start(self, timeout=600):
         started = time.monotonic()
-        self.proc = subprocess.Popen([self.python, SKBTRACER] + self.args,
+        self.proc = subprocess.Popen([self.python, self.script] + self.args,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if self.cpus:
             try:
@@ -467,7 +479,7 @@ def events_per_packet(pair, tracer_cpus=None, packets=100):
     return tracer.exit_rows / sent
 
 
-def loss(pair, tracer_cpus=None, seconds=2.0, start_eps=2000, max_steps=8, refine=2):
+def loss(pair, tracer_cpus=None, seconds=2.0, start_eps=2000, max_steps=10, refine=2):
     """Ramp the event rate by doubling until events are lost, refine between
     the last clean and first lossy rate, then run at twice the threshold,
     with and without the flush datagram."""
@@ -504,6 +516,7 @@ def loss(pair, tracer_cpus=None, seconds=2.0, start_eps=2000, max_steps=8, refin
     lossy = [x["eps"] for x in steps if x["events_lost"]]
     threshold = max(clean) if clean else None
     double = run(2 * (threshold or start_eps / 2))
+    quadruple = run(4 * (threshold or start_eps / 2))
     log("loss: flood for %.0f s, no flush datagram" % seconds)
     burst = loss_run(pair, None, seconds, tracer_cpus, flush=False)
     burst["events_sent"] = burst["packets"] * per_packet
@@ -513,26 +526,32 @@ def loss(pair, tracer_cpus=None, seconds=2.0, start_eps=2000, max_steps=8, refin
     return {"events_per_packet": k, "events_per_packet_exact": abs(k - per_packet) < 1e-9,
             "perf_pages": _perf_pages(), "ring_events": _ring_events(),
             "threshold_eps": threshold, "first_lossy_eps": min(lossy) if lossy else None,
-            "double": double, "flood_noflush": burst, "steps": steps}
+            "double": double, "quadruple": quadruple, "flood_noflush": burst, "steps": steps,
+            "buffer": _buffer()}
+
+
+def _buffer():
+    """What the tracer reads from here: "ring buffer" or "perf buffer"."""
+    from skbtracer_lib import reader
+    return "ring buffer" if reader.ring_buffer_available() else "perf buffer"
 
 
 def _ring_events():
-    """Events one CPU's ring holds: PERF_PAGES pages of perf records of
-    struct event_t (8-byte header, 4-byte size, the data, padded to 8)."""
-    pages = _perf_pages()
-    if pages is None:
-        return None
+    """Events the default buffer holds: the ring buffer's pages of 8-byte
+    headers and struct event_t, or (perf buffer) one CPU's ring of perf
+    records (8-byte header, 4-byte size, the data, padded to 8)."""
+    from skbtracer_lib import reader
     from skbtracer_lib.events import EVENT_SIZE
+    if _buffer() == "ring buffer":
+        return reader.RING_BUFFER_PAGES * reader.PAGE_SIZE // ((8 + EVENT_SIZE + 7) // 8 * 8)
     record = (8 + 4 + EVENT_SIZE + 7) // 8 * 8
-    return pages * os.sysconf("SC_PAGE_SIZE") // record
+    return reader.PERF_PAGES * reader.PAGE_SIZE // record
 
 
 def _perf_pages():
-    try:
-        from skbtracer_lib import session
-        return session.PERF_PAGES
-    except Exception:
-        return None
+    """Pages of the default buffer (all CPUs' ring buffer, or per CPU)."""
+    from skbtracer_lib import reader
+    return reader.RING_BUFFER_PAGES if _buffer() == "ring buffer" else reader.PERF_PAGES
 
 
 # ---------------------------------------------------------------- part 4: startup
@@ -552,11 +571,14 @@ def startup(samples=1, extra_btf=()):
 
 # ---------------------------------------------------------------- guest entry point
 
-def guest_main(seconds):
+def guest_main(seconds, with_loss=False):
     from skbtracer_lib import kernel
     result = {"kernel": os.uname().release,
               "backend": "kprobe" if kernel.kprobes_available() else "tracepoint"}
     with VethPair() as pair:
+        if with_loss:           # events/s in the guest: only this part
+            result["loss"] = loss(pair)
+            return result
         result["node_cost"] = node_cost(pair, seconds)
     runs = result["node_cost"]["runs"]
     result["startup"] = startup(1)
@@ -570,10 +592,11 @@ def main(argv=None):
     ap.add_argument("--guest", action="store_true",
                     help="run parts 2 and 4 and print one JSON line (what run.py starts in the guest)")
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--loss", action="store_true", help="with --guest: part 3 (loss) only")
     args = ap.parse_args(argv)
     if not args.guest:
         ap.error("run bench/run.py; node.py only has --guest")
-    result = guest_main(args.seconds)
+    result = guest_main(args.seconds, with_loss=args.loss)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -174,6 +174,26 @@ def keep_events(count, seed=2):
     return out[:count]
 
 
+def flow_events(count, flows=32, seed=4):
+    """What a trace of a few busy flows looks like: keep_events' paths of
+    `flows` packets, each path repeated by later packets of its flow (a
+    new skb address, IP id and time each time)."""
+    r = random.Random(seed)
+    paths = keep_events(flows * len(_KEEP_PATH), seed=seed)
+    out = []
+    while len(out) < count:
+        start = r.randrange(flows) * len(_KEEP_PATH)
+        skb = (0xFFFF888000000000 + r.randrange(1 << 24) * 256).to_bytes(8, "little")
+        ip_id = r.randrange(65536).to_bytes(2, "little")
+        for raw in paths[start:start + len(_KEEP_PATH)]:
+            b = bytearray(raw)
+            b[0:8] = (10**12 + len(out) * TS_STEP_NS).to_bytes(8, "little")
+            b[8:16] = skb
+            b[58:60] = ip_id
+            out.append(bytes(b))
+    return out[:count]
+
+
 class EventRing:
     """Raw events back to back in one ctypes buffer, fed round-robin."""
 

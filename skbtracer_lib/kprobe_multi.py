@@ -6,31 +6,18 @@ import ctypes
 import errno
 import functools
 import os
-import platform
 import struct
 
 from . import kernel
+from .syscalls import bpf
 
 # include/uapi/linux/bpf.h
-BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
 BPF_PROG_LOAD = 5
 BPF_LINK_CREATE = 28
 BPF_PROG_TYPE_KPROBE = 2
 BPF_TRACE_KPROBE_MULTI = 42
 # r0 = 0; exit
 RETURN_ZERO = struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0)
-
-
-def _bpf(command, attr):
-    """bpf(2): the result, or -errno."""
-    number = BPF_SYSCALL.get(platform.machine())
-    if number is None:
-        return -errno.ENOSYS
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    result = libc.syscall(ctypes.c_long(number), ctypes.c_long(command), attr,
-                          ctypes.c_uint(len(attr)))
-    return result if result >= 0 else -ctypes.get_errno()
 
 
 def create_link(prog_fd, names):
@@ -41,7 +28,7 @@ def create_link(prog_fd, names):
     # prog_fd, target_fd, attach_type, flags; then kprobe_multi: flags, cnt, syms, addrs, cookies
     struct.pack_into("<IIIIIIQQQ", attr, 0, prog_fd, 0, BPF_TRACE_KPROBE_MULTI, 0,
                      0, len(names), ctypes.addressof(syms), 0, 0)
-    return _bpf(BPF_LINK_CREATE, attr)
+    return bpf(BPF_LINK_CREATE, attr)
 
 
 def _load_empty_program():
@@ -56,7 +43,7 @@ def _load_empty_program():
     struct.pack_into("<IIQQIIQII16sII", attr, 0, BPF_PROG_TYPE_KPROBE, 2,
                      ctypes.addressof(insns), ctypes.addressof(license), 0, 0, 0,
                      (major << 16) | (minor << 8), 0, b"skbt_probe", 0, BPF_TRACE_KPROBE_MULTI)
-    return _bpf(BPF_PROG_LOAD, attr)
+    return bpf(BPF_PROG_LOAD, attr)
 
 
 @functools.lru_cache(maxsize=None)

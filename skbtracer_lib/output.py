@@ -3,15 +3,18 @@
 import errno
 import os
 import stat
+import struct
 import sys
 import time
 
 from .config import existing_file_problem
+from .events import EVENT_SIZE, Event
 from .kernel import KernelError
 from .vocabulary import KIND_DROP, KIND_IPTABLE, TCP_FLAGS, icmp_kind, is_icmp, probe_name
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
 ROW_FORMAT = "[%-8s][%-10s] %-12s %-12s %-40s %s"
+_MIDDLE_FORMAT = "][%-10s] %-12s %-12s %-40s "    # ROW_FORMAT between time and TRACE_INFO
 HEADER = HEADER_FORMAT % ("time", "NETWORK_NS", "INTERFACE", "DEST_MAC", "PKT_INFO", "TRACE_INFO")
 
 
@@ -71,6 +74,18 @@ class Clock:
         return self._text
 
 
+# What a text row shows of an event, but its time and skb address: location,
+# netns; drop_reason, verdict; probe; sport, dport; kind .. icmp_type; pf ..
+# dmac; saddr .. table (struct event_t offsets 16, 36, 56, 60, 66, 73, 104).
+# Rows of the same flow at the same point share it (ip_id, tcp_seq, len,
+# ttl, pid and the like are left out: no row shows them).
+_ROW_KEY = struct.Struct("<16x 12s 8x 8s 12x 2s 2x 4s 2x 6s x 25s 6x 64s")
+_TIME_SKB = struct.Struct("<QQ")
+ROW_CACHE_LIMIT = 8192
+ROW_CACHE_WINDOW = 2048     # rows over which the cache's hit rate is judged
+ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly misses
+
+
 class RowFormatter:
     """Formats events as text rows.
 
@@ -88,12 +103,49 @@ class RowFormatter:
         self.names = names
         if names is not None:
             self.row = self._named_row
+        self._parts = {}        # row_of_raw: what the row shows but time and skb, by key
+        self._looked_up = self._misses = 0
+        self._uncached = 0      # rows to make without the cache
+
+    def row_of_raw(self, raw):
+        """(row, netns) of raw event bytes, the same text as row(Event(raw)).
+        Rows of one flow at one probe differ only in time and skb address:
+        the rest is formatted once per distinct key. Where keys hardly
+        repeat (every packet a new flow) the cache only costs, so it is
+        left off for a while when fewer than half the rows found their key.
+        Not for --names (a label may change while tracing)."""
+        if self._uncached or len(raw) != EVENT_SIZE:
+            if self._uncached:
+                self._uncached -= 1
+            e = Event(raw)      # -w's longer records and garbage too
+            return self.row(e), e.netns
+        key = _ROW_KEY.unpack_from(raw)
+        parts = self._parts.get(key)
+        if parts is None:
+            e = Event(raw)
+            parts = (_MIDDLE_FORMAT % (e.netns, e.ifname, e.dmac.hex(), pkt_info(e)),
+                     self.trace_after_skb(e), e.netns)
+            if len(self._parts) >= ROW_CACHE_LIMIT:
+                self._parts.clear()
+            self._parts[key] = parts
+            self._misses += 1
+        self._looked_up += 1
+        if self._looked_up == ROW_CACHE_WINDOW:
+            if 2 * self._misses > ROW_CACHE_WINDOW:
+                self._uncached = ROW_CACHE_PAUSE
+            self._looked_up = self._misses = 0
+        ts_ns, skb = _TIME_SKB.unpack_from(raw)
+        return "[%-8s%s%x%s" % (self.clock.column(ts_ns), parts[0], skb, parts[1]), parts[2]
 
     def probe_name(self, index):
         return probe_name(self.probe_names, index)
 
     def trace_info(self, e):
-        prefix = "%x.%d:" % (e.skb, e.pkt_type)
+        return "%x" % e.skb + self.trace_after_skb(e)
+
+    def trace_after_skb(self, e):
+        """TRACE_INFO after the skb address."""
+        prefix = ".%d:" % e.pkt_type
         if e.kind == KIND_IPTABLE:
             return verdict_info(prefix, e.pf, e.table, e.hook_name, e.verdict_name)
         if e.kind == KIND_DROP:

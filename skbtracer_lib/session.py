@@ -1,4 +1,4 @@
-"""The tracing loop: read the perf buffer, print rows (text or JSON), stop
+"""The tracing loop: read the events (reader.py), print rows (text or JSON), stop
 on -c, Ctrl-C or SIGTERM, tell the packets' story, and say at exit how many
 rows were printed and lost."""
 
@@ -12,7 +12,6 @@ from .events import EVENT_SIZE, Event
 from .output import HEADER, Clock, OutputError, RowFormatter, line_sink
 from . import capture, jsonout, latency, names, probes, story
 
-PERF_PAGES = 64          # per CPU; 256 KiB with 4 KiB pages
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
 MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
@@ -47,6 +46,9 @@ class Session:
             self.capture = capture.PcapngWriter(
                 capture_file, info.capture_bytes, probe_names,
                 label=self.names.label, wall_ns=self.clock.wall_ns)
+        # plain text rows (the default): made from the raw bytes, no Event
+        self.raw_rows = (self.json is None and capture_file is None and not cfg.stacks
+                         and not cfg.names)
         self.rows = 0
         self.lost = 0
         self.stopping = False      # leave the poll loop
@@ -57,38 +59,22 @@ class Session:
         self.modules_checked = time.monotonic()
 
     def _on_event(self, _cpu, data, size):
-        # Runs as a ctypes callback: exceptions must not escape (bcc would
-        # print and swallow them), so failures become flags.
+        """An event as bcc's perf reader hands it over (a ctypes callback)."""
+        self._on_raw(ctypes.string_at(data, size))
+
+    def _on_raw(self, raw):
+        # Called by the reader once per event: exceptions must not escape
+        # (they would end the batch), so failures become flags.
         if self.done:
             return
         try:
-            raw = ctypes.string_at(data, size)
-            event = Event(raw)
-            stack = None
-            if event.stack_id != -1 or self.cfg.stacks == "all":
-                stack = self.loaded.stack(event.stack_id)
-            # every line is made before any is written: a failure leaves
-            # neither the row nor its JSON line half done
-            line = None
-            if self.json is not None:
-                line = self.json.line(event, stack) + "\n"
-            row = None
-            if self.capture is not None:
-                row = self.formatter.row(event)
-            if self.json_rows:
-                text = line
-            elif stack is None:
-                text = (row or self.formatter.row(event)) + "\n"
+            if self.raw_rows:
+                row, netns = self.formatter.row_of_raw(raw)
+                if self.book is not None:
+                    self.book.add_raw(raw if len(raw) <= EVENT_SIZE else raw[:EVENT_SIZE], netns)
+                self.out.write(row + "\n")
             else:
-                text = "\n".join([row or self.formatter.row(event)]
-                                 + self.formatter.stack_lines(stack)) + "\n"
-            if self.book is not None:
-                self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
-            if self.json_out is not None:
-                self.json_out.write(line)
-            if self.capture is not None:
-                self.capture.add(event, raw, row)
-            self.out.write(text)
+                self._show(raw)
         except BrokenPipeError:
             self.pipe_closed = self.stopping = self.done = True
             return
@@ -102,6 +88,36 @@ class Session:
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
             self.stopping = self.done = True
+
+    def _show(self, raw):
+        """The event's row or JSON line, its stack, -w's packet, the story's copy."""
+        size = len(raw)
+        event = Event(raw)
+        stack = None
+        if event.stack_id != -1 or self.cfg.stacks == "all":
+            stack = self.loaded.stack(event.stack_id)
+        # every line is made before any is written: a failure leaves
+        # neither the row nor its JSON line half done
+        line = None
+        if self.json is not None:
+            line = self.json.line(event, stack) + "\n"
+        row = None
+        if self.capture is not None:
+            row = self.formatter.row(event)
+        if self.json_rows:
+            text = line
+        elif stack is None:
+            text = (row or self.formatter.row(event)) + "\n"
+        else:
+            text = "\n".join([row or self.formatter.row(event)]
+                             + self.formatter.stack_lines(stack)) + "\n"
+        if self.book is not None:
+            self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
+        if self.json_out is not None:
+            self.json_out.write(line)
+        if self.capture is not None:
+            self.capture.add(event, raw, row)
+        self.out.write(text)
 
     def _bad_event(self, error):
         self.bad_events += 1
@@ -128,14 +144,13 @@ class Session:
 
     def run(self):
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bpf = self.loaded.bpf
         if self.capture is not None:
             self._flush_capture(self.capture.start)
             if self.capture_error:
                 return self._capture_failed()
+        events = None
         try:
-            bpf["events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES,
-                                           lost_cb=self._on_lost)
+            events = self.loaded.open_reader(self._on_raw, self._on_lost)
             if not self.json_rows:
                 self._write(HEADER + "\n")
             if self.json is not None:
@@ -150,7 +165,7 @@ class Session:
                                % ("JSON lines" if self.json_rows else "rows", where))
                 self.err.flush()
             while not self.stopping:
-                bpf.perf_buffer_poll(timeout=POLL_TIMEOUT_MS)
+                events.poll(POLL_TIMEOUT_MS)
                 self._write("")
                 if self.capture is not None:
                     self._flush_capture(self.capture.flush)
@@ -160,13 +175,15 @@ class Session:
                 if self.book is not None:
                     self.book.trim()
             if not self.done:
-                bpf.perf_buffer_poll(timeout=0)   # what is still in the ring
+                events.poll(0)   # what is still in the ring
                 self._write("")
             if self.capture is not None:
                 self._flush_capture(self.capture.flush)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if events is not None:
+                events.close()
         self.lost = max(self.lost, self.loaded.lost_events())
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.failed is not None:

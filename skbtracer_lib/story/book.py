@@ -21,9 +21,13 @@ class StoryBook:
         self._labels = names.labels if names is not None else _Everything()
 
     def add(self, event, raw=None):
-        self.kept.append(event if raw is None else raw)
-        if event.netns not in self._labels:
-            self.names.label(event.netns)   # name a new namespace while it exists
+        self.add_raw(event if raw is None else raw, event.netns)
+
+    def add_raw(self, raw, netns):
+        """raw bytes (or an Event) of an event in namespace netns."""
+        self.kept.append(raw)
+        if netns not in self._labels:
+            self.names.label(netns)   # name a new namespace while it exists
 
     def trim(self):
         """Drop what is beyond the limit (called between polls, not per event)."""

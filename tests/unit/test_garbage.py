@@ -42,6 +42,9 @@ class StandInLoaded:
     def lost_events(self):
         return 0
 
+    def open_reader(self, handle, on_lost):
+        return self.bpf.open_reader(handle)
+
 
 def session(argv, out, err, bpf=None, proc=None):
     s = Session(config.parse_args(argv), StandInLoaded(bpf), out=out, err=err)
@@ -104,21 +107,25 @@ def test_fuzz_decoder_never_raises_and_rows_stay_rows(tmp_path):
 
 
 class StandInBPF(dict):
-    """bcc's perf buffer, fed from a list: one event per poll, then Ctrl-C."""
+    """The event reader, fed from a list: one event per poll, then Ctrl-C."""
 
     def __init__(self, raws, stop):
         super().__init__(events=self)
         self.raws = list(raws)
         self.stop = stop
 
-    def open_perf_buffer(self, callback, page_cnt, lost_cb):
-        self.callback = callback
+    def open_reader(self, handle):
+        self.handle = handle
+        return self
 
-    def perf_buffer_poll(self, timeout):
+    def poll(self, timeout):
         if self.raws:
-            feed(self.callback, self.raws.pop(0))
+            self.handle(self.raws.pop(0))
         elif timeout:
             self.stop()
+
+    def close(self):
+        pass
 
 
 def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_on():
@@ -127,16 +134,16 @@ def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_o
     bpf = StandInBPF([good, good, good, good], stop=lambda: None)
     s = session(["--no-summary"], out, err, bpf)
     bpf.stop = lambda: s._stop(2, None)
-    real_row = s.formatter.row
+    real_row = s.formatter.row_of_raw      # text rows are made from the raw bytes
     calls = []
 
-    def row_that_fails_twice(e):
-        calls.append(e)
+    def row_that_fails_twice(raw):
+        calls.append(raw)
         if len(calls) in (2, 3):
             raise RuntimeError("a bug in formatting")
-        return real_row(e)
+        return real_row(raw)
 
-    s.formatter.row = row_that_fails_twice
+    s.formatter.row_of_raw = row_that_fails_twice
     assert s.run() == 0
     assert len([line for line in out.getvalue().splitlines() if "eth0" in line]) == 2
     report = err.getvalue()
