@@ -143,47 +143,11 @@ class Session:
         self.stopping = True
 
     def run(self):
-        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         if self.capture is not None:
             self._flush_capture(self.capture.start)
             if self.capture_error:
                 return self._capture_failed()
-        events = None
-        try:
-            events = self.loaded.open_reader(self._on_raw, self._on_lost)
-            if not self.json_rows:
-                self._write(HEADER + "\n")
-            if self.json is not None:
-                start = jsonout.dumps(self._start_object()) + "\n"
-                if self.json_out is not None:
-                    self.json_out.write(start)
-                if self.json_rows:
-                    self._write(start)
-            if self.json_rows or self.cfg.output:
-                where = self.cfg.output or "stdout"
-                self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"
-                               % ("JSON lines" if self.json_rows else "rows", where))
-                self.err.flush()
-            while not self.stopping:
-                events.poll(POLL_TIMEOUT_MS)
-                self._write("")
-                if self.capture is not None:
-                    self._flush_capture(self.capture.flush)
-                if self.names is not None:
-                    self.names.retry()
-                self._watch_modules()
-                if self.book is not None:
-                    self.book.trim()
-            if not self.done:
-                events.poll(0)   # what is still in the ring
-                self._write("")
-            if self.capture is not None:
-                self._flush_capture(self.capture.flush)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            if events is not None:
-                events.close()
+        self._trace()
         self.lost = max(self.lost, self.loaded.lost_events())
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.failed is not None:
@@ -202,6 +166,58 @@ class Session:
             self.err.write("skbtracer: %s (the story at exit)\n" % self.failed)
             return 1
         self._write_end_object()
+        return self._say_where_it_went()
+
+    def _trace(self):
+        """Read events until Ctrl-C/SIGTERM, -c or -T/-t end the trace."""
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        events = None
+        try:
+            events = self.loaded.open_reader(self._on_raw, self._on_lost)
+            self._write_heads()
+            while not self.stopping:
+                events.poll(POLL_TIMEOUT_MS)
+                self._between_polls()
+            if not self.done:
+                events.poll(0)   # what is still in the ring
+                self._write("")
+            if self.capture is not None:
+                self._flush_capture(self.capture.flush)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if events is not None:
+                events.close()
+
+    def _write_heads(self):
+        """The header row or the JSON start object, and where the rows go."""
+        if not self.json_rows:
+            self._write(HEADER + "\n")
+        if self.json is not None:
+            start = jsonout.dumps(self._start_object()) + "\n"
+            if self.json_out is not None:
+                self.json_out.write(start)
+            if self.json_rows:
+                self._write(start)
+        if self.json_rows or self.cfg.output:
+            where = self.cfg.output or "stdout"
+            self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"
+                           % ("JSON lines" if self.json_rows else "rows", where))
+            self.err.flush()
+
+    def _between_polls(self):
+        """Flush what the poll wrote; the work that is not per event."""
+        self._write("")
+        if self.capture is not None:
+            self._flush_capture(self.capture.flush)
+        if self.names is not None:
+            self.names.retry()
+        self._watch_modules()
+        if self.book is not None:
+            self.book.trim()
+
+    def _say_where_it_went(self):
+        """The exit lines: rows printed and lost, the files written."""
         unshown = ", %d events could not be shown" % self.bad_events if self.bad_events else ""
         self.err.write("skbtracer: %d rows printed, %d events lost%s\n"
                        % (self.rows, self.lost, unshown))
