@@ -410,7 +410,7 @@ class FunctionProbes:
         if len(shared) >= PROGRESS_MIN:
             skipped = len(shared) - self.count + len(self.loaded.program.plan.skipped)
             how = self.how
-            if self.how == "kprobes" and multi_error:
+            if multi_error:       # the links were refused: single kprobes instead
                 how += ", kprobe-multi unavailable: %s" % multi_error
             sys.stderr.write("skbtracer: attached %d functions in %.1f s (%s); %d skipped "
                              "(-v lists them)\n" % (self.count, time.monotonic() - started,
