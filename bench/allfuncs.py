@@ -31,11 +31,11 @@ DATAGRAMS = 20
 
 
 def variants():
-    """(name, flags, environment) to compare; kprobe-multi only on 5.18+."""
-    from skbtracer_lib import functions
+    """(name, flags, environment) to compare; kprobe-multi where the kernel has it."""
+    from skbtracer_lib import kprobe_multi
     out = [("route set", [], {}),
            ("--all kprobes", ["--all"], {"SKBTRACER_KPROBE_MULTI": "0"})]
-    if functions.has_kprobe_multi():
+    if kprobe_multi.supported():
         out.append(("--all kprobe-multi", ["--all"], {}))
     return out
 

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import kernel, kprobe_multi
+from . import kernel
 from .btf import BTF_DIR
 
 MAX_ARGUMENT = 5      # PT_REGS_PARM1..5 (the sixth is not in a register everywhere)
@@ -156,8 +156,3 @@ def select(patterns, everything, exclude=()):
             chosen.append(function)
     return Selection(chosen, skipped, len(candidates))
 
-
-def has_kprobe_multi():
-    """Can this kernel attach many kprobes with one BPF link? Asked of the
-    kernel once (kprobe_multi.supported)."""
-    return kprobe_multi.supported()

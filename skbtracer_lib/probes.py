@@ -185,7 +185,7 @@ def _plan_unresolved(plan):
 
 def _plan_functions(plan, cfg):
     """--all/--func: one kprobe per function, sharing the route programs."""
-    from . import functions
+    from . import functions, kprobe_multi
     planned = {p.name for p in plan.probes} | {name for name, _r in plan.skipped}
     # the built-in tracepoints of the same name already tell these
     planned |= {"consume_skb", "kfree_skb", DELIVERY_TRACEPOINT[1]}
@@ -201,8 +201,9 @@ def _plan_functions(plan, cfg):
     plan.skipped.extend(selection.skipped)
     count = sum(len(p.addresses) or 1 for p in plan.probes if p.by_address)
     plan.defines["PROBE_IDS_ENTRIES"] = max(2048, 2 * count + 64)
-    if functions.has_kprobe_multi():
-        plan.defines["ROUTE_FUNC_IP"] = 1   # bpf_get_func_ip: kprobe-multi and kprobes
+    if kprobe_multi.supported():
+        # bpf_get_func_ip: the shared programs serve kprobe-multi links
+        plan.defines["ROUTE_FUNC_IP"] = 1
 
 
 def _plan_route_tracepoints(plan, points):

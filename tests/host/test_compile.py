@@ -267,9 +267,9 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
     kprobes and, with bpf_get_func_ip (planned where the kernel has
     kprobe-multi links; this host has none, so planned here by hand), as
     kprobe-multi programs."""
-    from skbtracer_lib import functions
+    from skbtracer_lib import kprobe_multi
     from skbtracer_lib.kprobe_multi import BPF_TRACE_KPROBE_MULTI
-    monkeypatch.setattr(functions, "has_kprobe_multi", lambda: multi)
+    monkeypatch.setattr(kprobe_multi, "supported", lambda: multi)
     program = Program(config.parse_args(flags), backend="kprobe")
     assert program.plan.function_counts and program.plan.function_counts[1] > 10
     assert len(compile_and_load(program)) == sum(len(p.attach) for p in program.plan.probes)
