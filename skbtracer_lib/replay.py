@@ -22,7 +22,7 @@ from . import jsonout, merge, story
 from .events import Event
 from .output import HEADER, FileError, open_new_file
 from .probes import DropReasons
-from .runinfo import ProbeInfo, RunInfo
+from .runinfo import ProbeInfo, RunInfo, beyond_note
 from .session import Session
 from .vocabulary import KIND_NUMBERS, KIND_ROUTE, L4_NUMBERS, TCP_FLAG_BITS, hook_number
 
@@ -392,8 +392,7 @@ class ReplaySession(Session):
     def caveats(self):
         notes = list(self.saved_caveats)
         if self.book is not None and self.book.beyond:
-            notes.append("%d events after the story's first %d" % (self.book.beyond,
-                                                                  self.book.limit))
+            notes.append(beyond_note(self.book.beyond, self.book.limit))
         return notes
 
     def story_arguments(self):

@@ -84,8 +84,13 @@ class RunInfo:
         if lost:
             notes.append("%d lost events" % lost)
         if beyond:
-            notes.append("%d events after the story's first %d" % (beyond, limit))
+            notes.append(beyond_note(beyond, limit))
         return notes
+
+
+def beyond_note(beyond, limit):
+    """The caveat for events the story did not keep (StoryBook's limit)."""
+    return "%d events after the story's first %d" % (beyond, limit)
 
 
 def _filter_notes(cfg):
