@@ -123,19 +123,31 @@ def compare(ring, argv, bpf, n, repeats):
 
 def compare_readers(ring, argv, bpf, n, repeats):
     """Best-of-repeats events/s of both tools through their real readers
-    (KernelRings), alternating, each on a fresh Session/printer."""
+    (KernelRings), alternating, each on a fresh Session/printer. Ours twice:
+    as a run makes its rows (in C where skbtracer_lib/_rows is built), and
+    with Python's rows (what SKBTRACER_PYTHON_ROWS=1 or no build gives)."""
     raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
     rings = KernelRings(raws, n)
-    ours, theirs = [], []
+    ours, ours_python, theirs = [], [], []
+    rows_in_c = None
+
+    def read_ours(python_rows):
+        with devnull_sink() as out:
+            session, _cb = make_ours(argv, bpf, out)
+            if python_rows:
+                session.rows_in_c = None
+            ring.feed(session._on_event, min(2000, ring.count))     # warm, as compare()
+            gc.collect()
+            started = time.thread_time()
+            rings.ours(session._on_raw, session.ring_batch
+                       if session.rows_in_c is not None else None)
+            return n / (time.thread_time() - started), session.rows_in_c is not None
+
     try:
         for _ in range(repeats):
-            with devnull_sink() as out:
-                session, _cb = make_ours(argv, bpf, out)
-                ring.feed(session._on_event, min(2000, ring.count))     # warm, as compare()
-                gc.collect()
-                started = time.thread_time()
-                rings.ours(session._on_raw)
-                ours.append(n / (time.thread_time() - started))
+            eps, rows_in_c = read_ours(python_rows=False)
+            ours.append(eps)
+            ours_python.append(read_ours(python_rows=True)[0])
             with devnull_sink() as out:
                 _p, cb = make_theirs(bpf, out)
                 ring.feed(cb, min(2000, ring.count))
@@ -146,7 +158,9 @@ def compare_readers(ring, argv, bpf, n, repeats):
     finally:
         rings.close()
     return {"ours_reader_eps": max(ours), "theirs_reader_eps": max(theirs),
-            "ratio_reader": max(ours) / max(theirs),
+            "ratio_reader": max(ours) / max(theirs), "rows_in_c": rows_in_c,
+            "ours_python_reader_eps": max(ours_python),
+            "ratio_python_reader": max(ours_python) / max(theirs),
             "ours_reader_samples": ours, "theirs_reader_samples": theirs}
 
 
@@ -336,12 +350,13 @@ class KernelRings:
         self.perf_map[page:page + len(perf)] = perf
         self.perf_bytes = len(perf)
 
-    def ours(self, handle):
-        """Read all n events into handle(bytes) with skbtracer's reader."""
+    def ours(self, handle, batch=None):
+        """Read all n events into handle(bytes) with skbtracer's reader
+        (batch: the text rows in C, as a live run reads them)."""
         from skbtracer_lib import reader
         self.ring_map[0:8] = bytes(8)                                    # consumer
         self.ring_map[reader.PAGE_SIZE:reader.PAGE_SIZE + 8] = self.ring_bytes.to_bytes(8, "little")
-        rb = reader.RingBufferReader(self.ring_fd, self.ring_size, handle)
+        rb = reader.RingBufferReader(self.ring_fd, self.ring_size, handle, batch)
         try:
             count = rb.read()
         finally:

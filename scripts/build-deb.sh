@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build the Debian package from HEAD exported to a temporary directory, so
 # that no build product lands in the work tree: `scripts/build-deb.sh [DIR]`
-# leaves skbtracer_VERSION_all.deb in DIR (default: dist/). No root needed.
+# leaves skbtracer_VERSION_ARCH.deb in DIR (default: dist/). No root needed.
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(realpath -m "${1:-$repo/dist}")
@@ -10,5 +10,5 @@ trap 'rm -rf "$tmp"' EXIT
 "$repo/scripts/export-head.sh" "$tmp/skbtracer"
 (cd "$tmp/skbtracer" && dpkg-buildpackage -us -uc -b)
 mkdir -p "$out"
-cp "$tmp"/skbtracer_*_all.deb "$out"/
-ls "$out"/skbtracer_*_all.deb
+cp "$tmp"/skbtracer_*.deb "$out"/
+ls "$out"/skbtracer_*.deb

@@ -8,7 +8,7 @@ python3-pytest iproute2 iptables ebtables bpftool kmod qemu-system-x86 busybox-s
 xz-utils zstd iputils-ping procps util-linux make
 git build-essential debhelper dh-python lintian man-db python3-venv
 libpcap0.8 tcpdump python3-scapy
-python3-dpkt tshark python3-tqdm"
+python3-dpkt tshark python3-tqdm python3-dev"
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (sudo $0)" >&2; exit 1; }
 missing=""
 for p in $PACKAGES; do
@@ -21,3 +21,5 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt-get install -y -qq $missing >/dev/null
 fi
+# the text rows in C (skbtracer_lib/_rows.c): built in place, for this checkout
+"$(dirname "$0")/build-rows.sh"

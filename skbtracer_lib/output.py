@@ -85,6 +85,25 @@ ROW_CACHE_LIMIT = 8192
 ROW_CACHE_WINDOW = 2048     # rows over which the cache's hit rate is judged
 ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly misses
 
+# The same rows made in C (skbtracer_lib/_rows.c), where scripts/build-rows.sh
+# built it: a ring buffer's batch in one call. SKBTRACER_PYTHON_ROWS=1 makes
+# them in Python all the same (how the tests compare the two).
+PYTHON_ROWS_ENV = "SKBTRACER_PYTHON_ROWS"
+ROWS_ABI = 1                # _rows.c's ROWS_ABI: a stale build is not used
+
+
+def rows_in_c():
+    """The _rows module when it is built, current and wanted, else None."""
+    if os.environ.get(PYTHON_ROWS_ENV) == "1":
+        return None
+    try:
+        from . import _rows
+    except ImportError:
+        return None
+    if getattr(_rows, "ABI", None) != ROWS_ABI or _rows.EVENT_SIZE != EVENT_SIZE:
+        return None
+    return _rows
+
 
 class RowFormatter:
     """Formats events as text rows.
@@ -136,6 +155,21 @@ class RowFormatter:
             self._looked_up = self._misses = 0
         ts_ns, skb = _TIME_SKB.unpack_from(raw)
         return "[%-8s%s%x%s" % (self.clock.column(ts_ns), parts[0], skb, parts[1]), parts[2]
+
+    def in_c(self, stack=None, all_stacks=False):
+        """A _rows.Formatter making the rows row() makes, or None (not
+        built, or --names: its labels are Python's). stack: stack id ->
+        its symbols, for rows with their stacks (all_stacks: --callstack,
+        a line for "no stack" too), as Session._show writes them."""
+        rows = rows_in_c()
+        if rows is None or self.names is not None:
+            return None
+        stack_text = None
+        if stack is not None:
+            def stack_text(stack_id):
+                return "".join(line + "\n" for line in self.stack_lines(stack(stack_id)))
+        return rows.Formatter(lambda raw: self.trace_after_skb(Event(raw)), self.clock,
+                              stack_text, all_stacks)
 
     def probe_name(self, index):
         return probe_name(self.probe_names, index)
@@ -189,7 +223,8 @@ class LineSink:
         self.stream = stream        # owns the descriptor
         self.fd = stream.fileno()
         self.what = what
-        self.pending = []
+        self.pending = []           # text
+        self.encoded = []           # bytes: pending's text encoded, and write_bytes()'
         self.size = 0
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
 
@@ -199,11 +234,25 @@ class LineSink:
         if self.size >= self.FLUSH_BYTES:
             self.flush()
 
+    def write_bytes(self, data):
+        """Rows already encoded (UTF-8), after what write() was given."""
+        self._encode_pending()
+        self.encoded.append(data)
+        self.size += len(data)
+        if self.size >= self.FLUSH_BYTES:
+            self.flush()
+
+    def _encode_pending(self):
+        if self.pending:
+            self.encoded.append("".join(self.pending).encode("utf-8", "backslashreplace"))
+            self.pending = []
+
     def flush(self):
-        if not self.pending:
+        self._encode_pending()
+        if not self.encoded:
             return
-        data = "".join(self.pending).encode("utf-8", "backslashreplace")
-        self.pending = []
+        data = b"".join(self.encoded) if len(self.encoded) > 1 else self.encoded[0]
+        self.encoded = []
         self.size = 0
         view = memoryview(data)
         done = 0
@@ -235,6 +284,14 @@ def line_sink(stream, what):
     except (AttributeError, OSError, ValueError):
         return stream
     return LineSink(stream, what)
+
+
+def bytes_writer(sink):
+    """sink's write_bytes(), or for a text stream one that decodes first."""
+    write_bytes = getattr(sink, "write_bytes", None)
+    if write_bytes is not None:
+        return write_bytes
+    return lambda data: sink.write(data.decode("utf-8"))
 
 
 # -- files for -o, --json=FILE and -w

@@ -293,12 +293,13 @@ class Loaded:
                        planned=[_info(p) for p in plan.probes],
                        capture_bytes=self.program.capture_bytes)
 
-    def open_reader(self, handle, on_lost):
+    def open_reader(self, handle, on_lost, batch=None):
         """A reader.RingBufferReader or PerfBufferReader of the events,
-        handle(bytes) per event, on_lost(count) for perf lost records."""
+        handle(bytes) per event, on_lost(count) for perf lost records;
+        batch: the ring buffer's records many at a time (RingBufferReader)."""
         program = self.program
         return reader.open_reader(self.bpf, program.ring_buffer_pages, program.perf_pages,
-                                  handle, on_lost)
+                                  handle, on_lost, batch)
 
     def lost_events(self):
         """Events the kernel could not put into the ring, all CPUs."""

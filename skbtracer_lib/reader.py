@@ -91,12 +91,22 @@ def ring_buffer_available():
     return False
 
 
+# Why a walk over the ring stopped (the numbers of _rows.c's STOP_*)
+STOP_END, STOP_BUSY, STOP_SLOW, STOP_COUNT = 0, 1, 2, 3
+
+
 class RingBufferReader:
     """The BPF ring buffer map map_fd of data_size bytes; handle(bytes) per
-    record, in the order the kernel reserved them."""
+    record, in the order the kernel reserved them.
 
-    def __init__(self, map_fd, data_size, handle):
+    batch, where given, walks many records in one call (the text rows in C,
+    Session.ring_batch): batch(data, base, mask, position, producer,
+    max_records) -> (position, records, stop); a STOP_SLOW leaves the record
+    at position to handle()."""
+
+    def __init__(self, map_fd, data_size, handle, batch=None):
         self.handle = handle
+        self.batch = batch
         self.mask = data_size - 1
         self.consumer = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -116,32 +126,44 @@ class RingBufferReader:
         return self.read()
 
     def read(self):
-        """Hand on every committed record; how many there were."""
-        data, handle, mask = self.data, self.handle, self.mask
-        unpack_length = _U32.unpack_from
+        """Hand on every committed record; how many there were. The consumer
+        position is published after every PUBLISH_EVERY records at most."""
+        data, mask = self.data, self.mask
+        walk = self.batch or self._walk
         position = self.position
         count = 0
-        busy = False
-        while not busy:
+        while True:
             producer = _U64.unpack_from(data, 0)[0]
             if position >= producer:
                 break
-            while position < producer:
-                at = PAGE_SIZE + (position & mask)
-                length = unpack_length(data, at)[0]
-                if length & RINGBUF_BUSY:
-                    busy = True     # reserved, not committed: its commit wakes us
-                    break
-                if not length & RINGBUF_DISCARD:
-                    start = at + RINGBUF_HEADER
-                    handle(data[start:start + length])
-                position += ((length & ~RINGBUF_DISCARD) + RINGBUF_HEADER + 7) & ~7
-                count += 1
-                if not count % PUBLISH_EVERY:
-                    _U64.pack_into(self.consumer, 0, position)
+            position, records, stop = walk(data, PAGE_SIZE, mask, position, producer,
+                                           PUBLISH_EVERY)
+            if stop == STOP_SLOW:
+                position, one, stop = self._walk(data, PAGE_SIZE, mask, position, producer, 1)
+                records += one
+            count += records
             _U64.pack_into(self.consumer, 0, position)
+            if stop == STOP_BUSY:
+                break       # reserved, not committed: its commit wakes us
         self.position = position
         return count
+
+    def _walk(self, data, base, mask, position, producer, max_records):
+        """Records from position on to handle(), one by one."""
+        handle = self.handle
+        unpack_length = _U32.unpack_from
+        records = 0
+        while position < producer and records < max_records:
+            at = base + (position & mask)
+            length = unpack_length(data, at)[0]
+            if length & RINGBUF_BUSY:
+                return position, records, STOP_BUSY
+            if not length & RINGBUF_DISCARD:
+                start = at + RINGBUF_HEADER
+                handle(data[start:start + length])
+            position += ((length & ~RINGBUF_DISCARD) + RINGBUF_HEADER + 7) & ~7
+            records += 1
+        return position, records, STOP_END
 
     def close(self):
         if self.epoll is not None:
@@ -243,10 +265,11 @@ class PerfBufferReader:
         self.rings = []
 
 
-def open_reader(bpf, ring_buffer_pages, perf_pages, handle, on_lost):
+def open_reader(bpf, ring_buffer_pages, perf_pages, handle, on_lost, batch=None):
     """The reader of bcc module bpf's "events" map: a ring buffer of
-    ring_buffer_pages pages, or (None) a perf buffer of perf_pages per CPU."""
+    ring_buffer_pages pages (batch: see RingBufferReader), or (None) a perf
+    buffer of perf_pages per CPU."""
     table = bpf["events"]
     if ring_buffer_pages:
-        return RingBufferReader(table.map_fd, ring_buffer_pages * PAGE_SIZE, handle)
+        return RingBufferReader(table.map_fd, ring_buffer_pages * PAGE_SIZE, handle, batch)
     return PerfBufferReader(table.map_fd, handle, on_lost, perf_pages)

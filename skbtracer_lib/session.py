@@ -9,7 +9,8 @@ import sys
 import time
 
 from .events import EVENT_SIZE, Event
-from .output import HEADER, Clock, OutputError, RowFormatter, line_sink
+from .output import HEADER, Clock, OutputError, RowFormatter, bytes_writer, line_sink
+from .reader import STOP_COUNT, STOP_SLOW
 from . import capture, jsonout, latency, names, probes, story
 
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
@@ -24,6 +25,7 @@ class Session:
         where = ("-o/--output: cannot write %r" % cfg.output if cfg.output
                  else "cannot write to stdout")
         self.out = line_sink(out or sys.stdout, where)
+        self._write_rows = bytes_writer(self.out)
         self.err = err or sys.stderr
         self.json_out = None                # --json=FILE: JSON lines beside the rows
         if json_out is not None:
@@ -47,8 +49,14 @@ class Session:
                 capture_file, info.capture_bytes, probe_names,
                 label=self.names.label, wall_ns=self.clock.wall_ns)
         # plain text rows (the default): made from the raw bytes, no Event
-        self.raw_rows = (self.json is None and capture_file is None and not cfg.stacks
-                         and not cfg.names)
+        text_only = self.json is None and capture_file is None and not cfg.names
+        self.raw_rows = text_only and not cfg.stacks
+        # ... and where _rows.c is built, a ring buffer's batch in one call,
+        # stacks too
+        self.rows_in_c = None
+        if text_only:
+            self.rows_in_c = self.formatter.in_c(loaded.stack if cfg.stacks else None,
+                                                 cfg.stacks == "all")
         self.rows = 0
         self.lost = 0
         self.stopping = False      # leave the poll loop
@@ -88,6 +96,36 @@ class Session:
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
             self.stopping = self.done = True
+
+    def ring_batch(self, data, base, mask, position, producer, max_records):
+        """The text rows of many ring buffer records at once, in C (the
+        reader's batch: reader.RingBufferReader); what _on_raw does for one."""
+        if self.done:
+            wanted = 0                  # records are passed over
+        elif self.cfg.count is not None:
+            wanted = self.cfg.count - self.rows
+        else:
+            wanted = -1
+        try:
+            position, records, rows, text, raws, netns, stop = self.rows_in_c.ring(
+                data, base, mask, position, producer, wanted, max_records, self.book is not None)
+        except Exception as e:  # a bug in C: this record goes through Python
+            self._bad_event(e)
+            return position, 0, STOP_SLOW
+        if raws:
+            self.book.add_batch(raws, netns)
+        try:
+            if text:
+                self._write_rows(text)
+        except BrokenPipeError:
+            self.pipe_closed = self.stopping = self.done = True
+        except OutputError as e:
+            self.failed = e
+            self.stopping = self.done = True
+        self.rows += rows
+        if stop == STOP_COUNT:
+            self.stopping = self.done = True
+        return position, records, stop
 
     def _show(self, raw):
         """The event's row or JSON line, its stack, -w's packet, the story's copy."""
@@ -173,7 +211,8 @@ class Session:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         events = None
         try:
-            events = self.loaded.open_reader(self._on_raw, self._on_lost)
+            batch = self.ring_batch if self.rows_in_c is not None else None
+            events = self.loaded.open_reader(self._on_raw, self._on_lost, batch=batch)
             self._write_heads()
             while not self.stopping:
                 events.poll(POLL_TIMEOUT_MS)

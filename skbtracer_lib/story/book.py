@@ -29,6 +29,13 @@ class StoryBook:
         if netns not in self._labels:
             self.names.label(netns)   # name a new namespace while it exists
 
+    def add_batch(self, raws, netns):
+        """Events' raw bytes (a list), and the set of their namespaces."""
+        self.kept.extend(raws)
+        for number in netns:
+            if number not in self._labels:
+                self.names.label(number)
+
     def trim(self):
         """Drop what is beyond the limit (called between polls, not per event)."""
         extra = len(self.kept) - self.limit

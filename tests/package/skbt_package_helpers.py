@@ -42,6 +42,14 @@ def library_paths(python):
     return tuple(out.split())
 
 
+def rows_module_path(python):
+    """Where `python`, outside the checkout, finds the text rows in C
+    (skbtracer_lib/_rows, built by the install), or "None"."""
+    out = run([python, "-c", "from skbtracer_lib import output; r = output.rows_in_c(); "
+               "print(r.__file__ if r else None)"], env=clean_env(), cwd="/")
+    return out.strip()
+
+
 def check_short_trace(command):
     """One UDP datagram from the client pod to the server pod (two namespaces
     of the test bed), traced by `command`: rows in both namespaces."""

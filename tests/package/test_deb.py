@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from skbt_package_helpers import (REPO, __version__, check_short_trace, check_version, clean_env,
-                                  library_paths, run)
+                                  library_paths, rows_module_path, run)
 from skbtracer_lib import completion
 
 PACKAGE = "skbtracer"
@@ -31,7 +31,7 @@ EXPECTED = ["/usr/sbin/skbtracer",
 def deb(tmp_path_factory):
     out = tmp_path_factory.mktemp("deb")
     run([os.path.join(REPO, "scripts", "build-deb.sh"), str(out)])
-    debs = glob.glob(str(out / "skbtracer_*_all.deb"))
+    debs = glob.glob(str(out / "skbtracer_*.deb"))
     assert len(debs) == 1, debs
     return debs[0]
 
@@ -88,6 +88,11 @@ def test_installed_library_is_debians(installed):
     assert library_paths("/usr/bin/python3") == (
         "/usr/lib/python3/dist-packages/skbtracer_lib/program.py",
         "/usr/share/skbtracer/skbtracer.c")
+
+
+def test_installed_library_has_its_rows_in_c(installed):
+    path = rows_module_path("/usr/bin/python3")
+    assert path.startswith("/usr/lib/python3/dist-packages/skbtracer_lib/_rows.") and path in installed
 
 
 def test_man_page(installed):

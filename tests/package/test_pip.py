@@ -7,7 +7,7 @@ import os
 import pytest
 
 from skbt_package_helpers import (REPO, check_short_trace, check_version, clean_env,
-                                  library_paths, run)
+                                  library_paths, rows_module_path, run)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,11 @@ def test_entry_point_version(venv):
 def test_venv_library_and_c_source(venv):
     library, c_source = library_paths(venv + "/bin/python")
     assert library.startswith(venv + "/lib/") and c_source == venv + "/share/skbtracer/skbtracer.c"
+
+
+def test_venv_has_the_rows_in_c(venv):
+    """setup.py's optional extension was built (compiler and headers are here)."""
+    assert rows_module_path(venv + "/bin/python").startswith(venv + "/lib/")
 
 
 def test_entry_point_traces(venv):

@@ -42,7 +42,7 @@ class StandInLoaded:
     def lost_events(self):
         return 0
 
-    def open_reader(self, handle, on_lost):
+    def open_reader(self, handle, on_lost, batch=None):
         return self.bpf.open_reader(handle)
 
 
