@@ -6,8 +6,8 @@ empty BPF programs on the same hooks, side by side in one run.
 
 A UDP flood through bench/node.py's veth pair (198.18.0.1 -> 198.18.0.2)
 while skbtracer runs with -H 10.99.99.99 (no bench packet has it), for each
-probe set (--route, the default; --route --drop; --all where kprobes
-exist), and bench/empty_probes.py attaches empty programs to the same hooks.
+probe set (--route, the default; --drop; --route --drop; --all where
+kprobes exist), and bench/empty_probes.py attaches empty programs to the same hooks.
 Figures:
   ns/hit     the kernel's own accounting (kernel.bpf_stats_enabled):
              run_time_ns / run_cnt over the tracer's programs. The
@@ -92,7 +92,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.guest:
         return in_guest("reject_cost.py", args.seconds, args.rounds, timeout=3000)
-    sets = [("--route", ["--route"]), ("--route --drop", ["--route", "--drop"])]
+    sets = [("--route", ["--route"]), ("--drop", ["--drop"]),
+            ("--route --drop", ["--route", "--drop"])]
     if kernel.kprobes_available():
         sets.append(("--all", ["--all"]))
     variants = [("skbtracer", os.path.join(REPO, "skbtracer.py")), ("empty", EMPTY)]

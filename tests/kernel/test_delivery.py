@@ -1,6 +1,7 @@
 """Events from the kernel to the rows, on both buffers (the BPF ring buffer,
-and the perf buffer that 5.4 and older kernels get, forced here with
-SKBTRACER_PERF_BUFFER=1): N datagrams of a matching flow make exactly N
+with its rows made in C where skbtracer_lib/_rows is built and in Python
+with SKBTRACER_PYTHON_ROWS=1, and the perf buffer that 5.4 and older
+kernels get, forced here with SKBTRACER_PERF_BUFFER=1): N datagrams of a matching flow make exactly N
 times the rows of one, none out of order; with a deliberately tiny buffer
 and the tracer stopped, rows + the exit line's lost count = what the
 kernel made."""
@@ -30,13 +31,16 @@ def cluster():
         yield c
 
 
-@pytest.fixture(params=["ring", "perf"])
+@pytest.fixture(params=["ring", "ring-python-rows", "perf"])
 def buffer(request, monkeypatch):
     monkeypatch.delenv("SKBTRACER_BUFFER_PAGES", raising=False)
+    monkeypatch.delenv("SKBTRACER_PYTHON_ROWS", raising=False)
     if request.param == "perf":
         monkeypatch.setenv("SKBTRACER_PERF_BUFFER", "1")
     else:
         monkeypatch.delenv("SKBTRACER_PERF_BUFFER", raising=False)
+    if request.param == "ring-python-rows":
+        monkeypatch.setenv("SKBTRACER_PYTHON_ROWS", "1")
     return request.param
 
 
@@ -119,3 +123,26 @@ def test_lost_count_is_exact_with_a_tiny_buffer(cluster, buffer, monkeypatch):
     assert printed == len(run.rows)
     assert lost > 0, run.stderr
     assert printed + lost == per_datagram * (DATAGRAMS + 1), (printed, lost, per_datagram)
+
+
+TIME_AND_SKB = re.compile(r"^\[[^\]]*\]|(?<= )[0-9a-f]+(?=\.\d+:)")
+
+
+def test_rows_in_c_are_python_s_on_real_traffic(cluster, monkeypatch):
+    """The same datagrams traced twice, rows in C and in Python: the same
+    rows but for their times and skb addresses (source ports numbered from
+    each run's first)."""
+    monkeypatch.delenv("SKBTRACER_BUFFER_PAGES", raising=False)
+    monkeypatch.delenv("SKBTRACER_PERF_BUFFER", raising=False)
+    texts = []
+    for python_rows, first in (("0", FIRST_SPORT + 200), ("1", FIRST_SPORT + 300)):
+        monkeypatch.setenv("SKBTRACER_PYTHON_ROWS", python_rows)
+        with TracerRun(tracer_args(cluster)) as run:
+            send(cluster, 20, first)
+            wait_rows(run, at_least=20)
+        lines = [TIME_AND_SKB.sub("", line) for line in run.stdout.splitlines()[1:]]
+        texts.append([line.replace(":%d->" % sport, ":SPORT%d->" % (sport - first))
+                      for line in lines for sport in [int(line.split("->")[0].rsplit(":", 1)[1])]])
+        assert exit_counts(run) == (len(lines), 0), run.stderr
+    assert texts[0] == texts[1]
+    assert len(texts[0]) >= 20
