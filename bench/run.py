@@ -125,7 +125,7 @@ def table_userspace(u):
     print("   reader = through each tool's real reader from a ring laid out as the kernel's "
           "(ours: reader.py, BPF ring buffer, rows %s; original: bcc's perf reader and ctypes "
           "callback); Python rows = ours with SKBTRACER_PYTHON_ROWS=1; handler = the "
-          "per-event function called directly (Python rows)"
+          "per-event function called directly (ours: one event per call into C where built)"
           % ("in C (skbtracer_lib/_rows)" if in_c else "in Python: skbtracer_lib/_rows is not "
              "built (scripts/build-rows.sh)"))
     print("   original as written = plus bcc's get_table(\"stacks\") on every row "
@@ -135,12 +135,13 @@ def table_userspace(u):
     stages = u.get("stages_us") or {}
     whole = stages.get("whole Session._on_event")
     if stages:
-        print("\n   Where ours spends its time (mix workload, CPU us per event):")
+        print("\n   Where ours spends its time with Python's rows (mix workload, CPU us per event):")
         print(tabulate([[k, "%.2f" % v, fmt_pct(v / whole) if whole else "-"]
                         for k, v in stages.items()],
                        headers=["step", "us/event", "of whole"], colalign=("left", "right", "right")))
     if u.get("profile"):
-        print("\n   cProfile of Session._on_event (mix; profiling inflates small calls):")
+        print("\n   cProfile of Session._on_event, Python's rows (mix; profiling inflates small "
+              "calls):")
         print(tabulate([[f, c, "%.2f" % tt, "%.2f" % ct] for f, c, tt, ct in u["profile"]],
                        headers=["function", "calls", "own us/event", "cum us/event"],
                        colalign=("left", "right", "right", "right")))

@@ -58,9 +58,13 @@ def devnull_sink():
     return open(os.devnull, "w")
 
 
-def make_ours(argv, bpf, out):
+def make_ours(argv, bpf, out, python_rows=False):
+    """A Session and its per-event callback; python_rows: without the rows
+    in C (as SKBTRACER_PYTHON_ROWS=1 or no build of skbtracer_lib/_rows)."""
     cfg = config.parse_args(argv)
     session = Session(cfg, BenchLoaded(bpf, workload.PROBE_NAMES), out=out, err=io.StringIO())
+    if python_rows:
+        session.rows_in_c = None
     return session, session._on_event
 
 
@@ -133,9 +137,7 @@ def compare_readers(ring, argv, bpf, n, repeats):
 
     def read_ours(python_rows):
         with devnull_sink() as out:
-            session, _cb = make_ours(argv, bpf, out)
-            if python_rows:
-                session.rows_in_c = None
+            session, _cb = make_ours(argv, bpf, out, python_rows)
             ring.feed(session._on_event, min(2000, ring.count))     # warm, as compare()
             gc.collect()
             started = time.thread_time()
@@ -169,7 +171,7 @@ def stages(ring, argv, bpf, n):
     separately on the session's own objects (the sum is close to, not
     exactly, the whole: the whole also pays for its own calls and checks)."""
     out = devnull_sink()
-    session, on_event = make_ours(argv, bpf, out)
+    session, on_event = make_ours(argv, bpf, out, python_rows=True)
     addresses = ring.addresses[:n]
     size = workload.EVENT_SIZE
     result = {}
@@ -198,15 +200,19 @@ def stages(ring, argv, bpf, n):
     timed("out.write(row + newline)", lambda: [write(r + "\n") for r in rows])
     out.close()
     with devnull_sink() as out2:
-        _s, whole = make_ours(argv, bpf, out2)
+        _s, whole = make_ours(argv, bpf, out2, python_rows=True)
         result["whole Session._on_event"] = 1e6 / rate(whole, ring, n)[0]
+    with devnull_sink() as out3:
+        _s, whole = make_ours(argv, bpf, out3)
+        result["whole Session._on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
     return result
 
 
 def profile(ring, argv, bpf, n, top=14):
-    """cProfile of Session._on_event: (function, calls, tottime us/event, cumtime us/event)."""
+    """cProfile of Session._on_event with Python's rows: (function, calls,
+    tottime us/event, cumtime us/event)."""
     with devnull_sink() as out:
-        _s, on_event = make_ours(argv, bpf, out)
+        _s, on_event = make_ours(argv, bpf, out, python_rows=True)
         # CPU time, not wall time: a moment off the CPU must not land on
         # whatever function happened to be running
         prof = cProfile.Profile(time.thread_time_ns, 1e-9)

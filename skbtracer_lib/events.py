@@ -20,6 +20,14 @@ _NET_ORDER = struct.Struct(">I 6x HHHH")
 _NET_ORDER_AT = 48
 
 
+_NETNS = struct.Struct("<24x I")
+
+
+def netns_of(raw):
+    """The namespace inode of raw event bytes, without decoding the rest."""
+    return _NETNS.unpack_from(raw)[0]
+
+
 def swap16(value):
     """A 16-bit value in the other byte order (network <-> this host)."""
     return ((value & 0xFF) << 8) | (value >> 8)

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from .events import EVENT_SIZE, Event
+from .events import EVENT_SIZE, Event, netns_of
 from .output import HEADER, Clock, OutputError, RowFormatter, bytes_writer, line_sink
 from .reader import STOP_COUNT, STOP_SLOW
 from . import capture, jsonout, latency, names, probes, story
@@ -76,7 +76,14 @@ class Session:
         if self.done:
             return
         try:
-            if self.raw_rows:
+            # the rows in C, one at a time: the perf buffer's records, and
+            # the ring buffer's that its batch left to Python
+            made = self.rows_in_c.row(raw) if self.rows_in_c is not None else None
+            if made is not None:
+                if self.book is not None:
+                    self.book.add_raw(raw[:EVENT_SIZE], netns_of(raw))
+                self._write_rows(made)
+            elif self.raw_rows:
                 row, netns = self.formatter.row_of_raw(raw)
                 if self.book is not None:
                     self.book.add_raw(raw if len(raw) <= EVENT_SIZE else raw[:EVENT_SIZE], netns)
@@ -109,9 +116,8 @@ class Session:
         try:
             position, records, rows, text, raws, netns, stop = self.rows_in_c.ring(
                 data, base, mask, position, producer, wanted, max_records, self.book is not None)
-        except Exception as e:  # a bug in C: this record goes through Python
-            self._bad_event(e)
-            return position, 0, STOP_SLOW
+        except Exception:   # (only MemoryError is raised there) Python's path
+            return position, 0, STOP_SLOW           # shows the record, or counts it
         if raws:
             self.book.add_batch(raws, netns)
         try:
