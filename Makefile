@@ -1,8 +1,12 @@
 # Conveniences over scripts/ (which install what they need; run as root).
-.PHONY: deps demo test test-quick bench deb
+.PHONY: deps rows demo test test-quick bench deb
 
 deps:
 	./scripts/deps.sh
+
+# the text rows' C module, in place (deps does it too; no root needed)
+rows:
+	./scripts/build-rows.sh
 
 demo:
 	./scripts/demo.sh
