@@ -340,6 +340,24 @@ static PyObject *stack_lines(Formatter *self, const unsigned char *e)
                   PyLong_FromLong(stack_id));
 }
 
+/* The clock's offset as it is now (read per call, not per row: Python
+ * code may set it, as the golden tests do). */
+static int read_offset(Formatter *self)
+{
+    PyObject *offset = PyObject_GetAttrString(self->clock, "offset_ns");
+    if (!offset)
+        return -1;
+    long long value = PyLong_AsLongLong(offset);
+    Py_DECREF(offset);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    if (value != self->offset_ns) {
+        self->offset_ns = value;
+        self->second_text[0] = '\0';       /* the second's text is another's now */
+    }
+    return 0;
+}
+
 /* One row, as RowFormatter.row: 0, 1 for "Python's turn", -1 on error. */
 static int format_row(Formatter *self, const unsigned char *e)
 {
@@ -396,17 +414,12 @@ static int Formatter_init(Formatter *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Op", names, &tail_of, &clock,
                                      &stack_text, &all_stacks))
         return -1;
-    PyObject *offset = PyObject_GetAttrString(clock, "offset_ns");
-    PyObject *relative = offset ? PyObject_GetAttrString(clock, "relative") : NULL;
-    if (!relative) {
-        Py_XDECREF(offset);
+    PyObject *relative = PyObject_GetAttrString(clock, "relative");
+    if (!relative)
         return -1;
-    }
-    self->offset_ns = PyLong_AsLongLong(offset);
     self->relative = PyObject_IsTrue(relative);
-    Py_DECREF(offset);
     Py_DECREF(relative);
-    if (PyErr_Occurred())
+    if (self->relative < 0)
         return -1;
     Py_INCREF(tail_of);
     Py_XSETREF(self->tail_of, tail_of);
@@ -461,6 +474,10 @@ static PyObject *Formatter_ring(Formatter *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nKKKLnp", &view, &base, &mask, &position, &producer,
                           &max_rows, &max_records, &keep))
         return NULL;
+    if (read_offset(self) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     const unsigned char *data = view.buf;
     PyObject *raws = keep ? PyList_New(0) : NULL;
     PyObject *netns_seen = keep ? PySet_New(NULL) : NULL;
@@ -548,7 +565,7 @@ PyDoc_STRVAR(row_doc, "row(raw) -> bytes: one event's row (UTF-8, with its newli
 static PyObject *Formatter_row(Formatter *self, PyObject *arg)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    if (read_offset(self) < 0 || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     int made = view.len >= EVENT_SIZE ? format_row(self, view.buf) : 1;
     PyBuffer_Release(&view);
