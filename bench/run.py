@@ -136,7 +136,7 @@ def table_userspace(u):
     whole = stages.get("whole Session._on_event")
     if stages:
         print("\n   Where ours spends its time with Python's rows (mix workload, CPU us per event):")
-        print(tabulate([[k, "%.2f" % v, fmt_pct(v / whole) if whole else "-"]
+        print(tabulate([[k, "%.2f" % v, fmt_pct(v / whole) if whole and "in C" not in k else "-"]
                         for k, v in stages.items()],
                        headers=["step", "us/event", "of whole"], colalign=("left", "right", "right")))
     if u.get("profile"):

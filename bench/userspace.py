@@ -203,9 +203,36 @@ def stages(ring, argv, bpf, n):
         _s, whole = make_ours(argv, bpf, out2, python_rows=True)
         result["whole Session._on_event"] = 1e6 / rate(whole, ring, n)[0]
     with devnull_sink() as out3:
-        _s, whole = make_ours(argv, bpf, out3)
-        result["whole Session._on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
+        session, whole = make_ours(argv, bpf, out3)
+        if session.rows_in_c is not None:
+            result["whole Session._on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
+            result["rows in C: _rows.Formatter.ring alone, per event"] = _ring_call_cost(
+                session, ring, n)
     return result
+
+
+def _ring_call_cost(session, ring, n):
+    """CPU us per event of the C walk alone (rows and the story's copies
+    made, nothing written), over a KernelRings ring of n events."""
+    import mmap
+    from skbtracer_lib import reader
+    raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
+    rings = KernelRings(raws, n)
+    data = mmap.mmap(rings.ring_fd, reader.PAGE_SIZE + 2 * rings.ring_size, mmap.MAP_SHARED,
+                     mmap.PROT_READ, offset=reader.PAGE_SIZE)
+    try:
+        position = records = 0
+        gc.collect()
+        started = time.thread_time()
+        while records < n:
+            position, walked, *_rest = session.rows_in_c.ring(
+                data, reader.PAGE_SIZE, rings.ring_size - 1, position, rings.ring_bytes, -1,
+                reader.PUBLISH_EVERY, session.book is not None)
+            records += walked
+        return (time.thread_time() - started) / n * 1e6
+    finally:
+        data.close()
+        rings.close()
 
 
 def profile(ring, argv, bpf, n, top=14):
