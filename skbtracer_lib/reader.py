@@ -15,6 +15,12 @@ perf_event_header (u32 type, u16 misc, u16 size) then, for a sample, a u32
 size and the bytes, or, for a lost record, u64 id and u64 count. x86's
 ordering of loads is what makes reading the positions and headers from
 Python safe; the kernel publishes a header only after the data.
+
+The positions and headers the kernel shares with us are read and written
+as whole aligned words, through memoryview casts (one 8- or 4-byte move),
+never with struct, which goes byte by byte: a consumer position the kernel
+reads half written looks far behind, the ring looks full and the event is
+lost (one here and there, counted, under load).
 """
 
 import ctypes
@@ -46,7 +52,6 @@ PERF_RECORD_SAMPLE = 9
 PUBLISH_EVERY = 4096       # records: give room back to the kernel during a long batch
 
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 _PERF_HEADER = struct.Struct("<IHH")    # perf_event_header; a sample's u32 size follows
 _PERF_LOST = struct.Struct("<QQ")
 
@@ -112,7 +117,10 @@ class RingBufferReader:
                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self.data = mmap.mmap(map_fd, PAGE_SIZE + 2 * data_size, mmap.MAP_SHARED,
                               mmap.PROT_READ, offset=PAGE_SIZE)
-        self.position = _U64.unpack_from(self.consumer, 0)[0]
+        self.consumer_word = memoryview(self.consumer)[:8].cast("Q")  # [0]: our position
+        self.producer_word = memoryview(self.data)[:8].cast("Q")      # [0]: the kernel's
+        self.headers = memoryview(self.data).cast("I")    # [at // 4]: a record's length
+        self.position = self.consumer_word[0]
         self.map_fd = map_fd
         self.epoll = None      # made on the first wait (the unit tests' rings are files)
 
@@ -129,11 +137,12 @@ class RingBufferReader:
         """Hand on every committed record; how many there were. The consumer
         position is published after every PUBLISH_EVERY records at most."""
         data, mask = self.data, self.mask
+        producer_word, consumer_word = self.producer_word, self.consumer_word
         walk = self.batch or self._walk
         position = self.position
         count = 0
         while True:
-            producer = _U64.unpack_from(data, 0)[0]
+            producer = producer_word[0]
             if position >= producer:
                 break
             position, records, stop = walk(data, PAGE_SIZE, mask, position, producer,
@@ -142,7 +151,7 @@ class RingBufferReader:
                 position, one, stop = self._walk(data, PAGE_SIZE, mask, position, producer, 1)
                 records += one
             count += records
-            _U64.pack_into(self.consumer, 0, position)
+            consumer_word[0] = position
             if stop == STOP_BUSY:
                 break       # reserved, not committed: its commit wakes us
         self.position = position
@@ -150,12 +159,11 @@ class RingBufferReader:
 
     def _walk(self, data, base, mask, position, producer, max_records):
         """Records from position on to handle(), one by one."""
-        handle = self.handle
-        unpack_length = _U32.unpack_from
+        handle, headers = self.handle, self.headers
         records = 0
         while position < producer and records < max_records:
             at = base + (position & mask)
-            length = unpack_length(data, at)[0]
+            length = headers[at >> 2]
             if length & RINGBUF_BUSY:
                 return position, records, STOP_BUSY
             if not length & RINGBUF_DISCARD:
@@ -168,6 +176,8 @@ class RingBufferReader:
     def close(self):
         if self.epoll is not None:
             self.epoll.close()
+        for view in (self.consumer_word, self.producer_word, self.headers):
+            view.release()          # an mmap with views on it cannot close
         for m in (self.data, self.consumer):
             m.close()
 
@@ -193,12 +203,13 @@ class PerfRing:
         self.size = pages * PAGE_SIZE
         self.map = mmap.mmap(fd, PAGE_SIZE + self.size, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
-        self.tail = _U64.unpack_from(self.map, 1032)[0]
+        self.positions = memoryview(self.map)[1024:1040].cast("Q")   # data_head, data_tail
+        self.tail = self.positions[1]
 
     def read(self, handle, on_lost):
         """Hand on every sample (bytes) and lost count; records read."""
         m, size, tail = self.map, self.size, self.tail
-        head = _U64.unpack_from(m, 1024)[0]
+        head = self.positions[0]
         mask = size - 1
         count = 0
         while tail < head:
@@ -217,11 +228,12 @@ class PerfRing:
                 on_lost(_PERF_LOST.unpack_from(record, start + 8)[1])
             tail += length
             count += 1
-        _U64.pack_into(m, 1032, tail)
+        self.positions[1] = tail
         self.tail = tail
         return count
 
     def close(self):
+        self.positions.release()
         self.map.close()
 
 

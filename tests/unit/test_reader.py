@@ -154,3 +154,21 @@ def test_buffer_pages_from_the_environment(monkeypatch):
         monkeypatch.setenv(reader.BUFFER_PAGES_ENV, bad)
         with pytest.raises(reader.ReaderError):
             reader.buffer_pages(64)
+
+
+def test_positions_shared_with_the_kernel_are_whole_words():
+    """The consumer position is stored, and the producer position and the
+    headers loaded, as single aligned words (memoryview casts): struct goes
+    byte by byte, and a consumer position the kernel reads half written
+    makes the ring look full (an event lost here and there under load)."""
+    ring = SyntheticRingBuffer(pages=1)
+    rb = ring.reader(lambda raw: None)
+    try:
+        assert (rb.consumer_word.format, rb.consumer_word.nbytes) == ("Q", 8)
+        assert (rb.producer_word.format, rb.producer_word.nbytes) == ("Q", 8)
+        assert rb.headers.format == "I"
+        ring.put(b"x" * 200)
+        rb.read()
+        assert ring.consumer == ring.producer == rb.consumer_word[0]
+    finally:
+        rb.close()
