@@ -349,40 +349,18 @@ static void tail_key(const unsigned char *e, unsigned char *key)
     }
 }
 
-/* cache[key] (stolen), made by make(argument) (stolen) on a miss and kept
- * as UTF-8 bytes: a borrowed reference; NULL with no exception set when
- * Python could not make it (its own path will say what is wrong). */
-static PyObject *cached(PyObject *cache, Py_ssize_t limit, PyObject *key, PyObject *make,
-                        PyObject *argument)
+/* make(argument) as UTF-8 bytes (a new reference); NULL with no exception
+ * set when Python could not make it (its own path will say what is wrong). */
+static PyObject *utf8_of(PyObject *make, PyObject *argument)
 {
-    if (!key || !argument) {
-        Py_XDECREF(key);
-        Py_XDECREF(argument);
-        return NULL;
-    }
-    PyObject *found = PyDict_GetItemWithError(cache, key);
-    if (found || PyErr_Occurred()) {
-        Py_DECREF(key);
-        Py_DECREF(argument);
-        return found;
-    }
     PyObject *text = PyObject_CallOneArg(make, argument);
-    Py_DECREF(argument);
     PyObject *encoded = NULL;
     if (text && PyUnicode_Check(text))
         encoded = PyUnicode_AsEncodedString(text, "utf-8", "backslashreplace");
     Py_XDECREF(text);
-    if (!encoded) {
+    if (!encoded)
         PyErr_Clear();
-        Py_DECREF(key);
-        return NULL;
-    }
-    if (PyDict_GET_SIZE(cache) >= limit)
-        PyDict_Clear(cache);
-    int failed = PyDict_SetItem(cache, key, encoded);
-    Py_DECREF(key);
-    Py_DECREF(encoded);         /* the dict holds it */
-    return failed ? NULL : encoded;
+    return encoded;
 }
 
 static void clear_tails(Formatter *self)
@@ -412,16 +390,14 @@ static PyObject *tail(Formatter *self, const unsigned char *e)
         if (!memcmp(self->tails[i].key, key, TAIL_KEY_SIZE))
             return self->tails[i].text;
     PyObject *raw = PyBytes_FromStringAndSize((const char *)e, EVENT_SIZE);
-    PyObject *made = raw ? PyObject_CallOneArg(self->tail_of, raw) : NULL;
-    Py_XDECREF(raw);
-    PyObject *encoded = NULL;
-    if (made && PyUnicode_Check(made))
-        encoded = PyUnicode_AsEncodedString(made, "utf-8", "backslashreplace");
-    Py_XDECREF(made);
-    if (!encoded) {
-        PyErr_Clear();          /* Python's own path will say what is wrong */
+    if (!raw) {
+        PyErr_Clear();          /* Python's path makes this row */
         return NULL;
     }
+    PyObject *encoded = utf8_of(self->tail_of, raw);
+    Py_DECREF(raw);
+    if (!encoded)
+        return NULL;
     if (self->tails_used >= TAIL_SLOTS / 2) {
         clear_tails(self);
         for (i = hash_key(key) & mask; self->tails[i].text; i = (i + 1) & mask)
@@ -445,8 +421,20 @@ static PyObject *stack_lines(Formatter *self, const unsigned char *e)
             none = PyBytes_FromStringAndSize("", 0);
         return none;
     }
-    return cached(self->stacks, STACK_CACHE_LIMIT, PyLong_FromLong(stack_id), self->stack_text,
-                  PyLong_FromLong(stack_id));
+    PyObject *id = PyLong_FromLong(stack_id);
+    if (!id)
+        return NULL;
+    PyObject *lines = PyDict_GetItemWithError(self->stacks, id);
+    if (!lines && !PyErr_Occurred() && (lines = utf8_of(self->stack_text, id))) {
+        if (PyDict_GET_SIZE(self->stacks) >= STACK_CACHE_LIMIT)
+            PyDict_Clear(self->stacks);
+        int failed = PyDict_SetItem(self->stacks, id, lines);
+        Py_DECREF(lines);       /* the dict holds it */
+        if (failed)
+            lines = NULL;
+    }
+    Py_DECREF(id);
+    return lines;
 }
 
 /* The clock's offset as it is now (read per call, not per row: Python
