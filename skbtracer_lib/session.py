@@ -90,12 +90,8 @@ class Session:
                 self.out.write(row + "\n")
             else:
                 self._show(raw)
-        except BrokenPipeError:
-            self.pipe_closed = self.stopping = self.done = True
-            return
-        except OutputError as e:
-            self.failed = e
-            self.stopping = self.done = True
+        except (BrokenPipeError, OutputError) as e:
+            self._output_stopped(e)
             return
         except Exception as e:  # garbage from the kernel or a bug: not the end of the trace
             self._bad_event(e)
@@ -123,11 +119,8 @@ class Session:
         try:
             if text:
                 self._write_rows(text)
-        except BrokenPipeError:
-            self.pipe_closed = self.stopping = self.done = True
-        except OutputError as e:
-            self.failed = e
-            self.stopping = self.done = True
+        except (BrokenPipeError, OutputError) as e:
+            self._output_stopped(e)
         self.rows += rows
         if stop == STOP_COUNT:
             self.stopping = self.done = True
@@ -408,8 +401,14 @@ class Session:
             if text:
                 self.out.write(text)
             self.out.flush()
-        except BrokenPipeError:
-            self.pipe_closed = self.stopping = self.done = True
-        except OutputError as e:
-            self.failed = e
-            self.stopping = self.done = True
+        except (BrokenPipeError, OutputError) as e:
+            self._output_stopped(e)
+
+    def _output_stopped(self, error):
+        """Rows cannot be written any more: the reader went (`| head`,
+        BrokenPipeError) or the file failed (OutputError, kept for exit)."""
+        if isinstance(error, BrokenPipeError):
+            self.pipe_closed = True
+        else:
+            self.failed = error
+        self.stopping = self.done = True
