@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from .events import EVENT_SIZE, Event, netns_of
+from .events import Event, netns_of
 from .output import HEADER, Clock, OutputError, RowFormatter, bytes_writer, line_sink
 from .reader import STOP_COUNT, STOP_SLOW
 from . import capture, jsonout, latency, names, probes, story
@@ -81,12 +81,12 @@ class Session:
             made = self.rows_in_c.row(raw) if self.rows_in_c is not None else None
             if made is not None:
                 if self.book is not None:
-                    self.book.add_raw(raw[:EVENT_SIZE], netns_of(raw))
+                    self.book.add_raw(raw, netns_of(raw))
                 self._write_rows(made)
             elif self.raw_rows:
                 row, netns = self.formatter.row_of_raw(raw)
                 if self.book is not None:
-                    self.book.add_raw(raw if len(raw) <= EVENT_SIZE else raw[:EVENT_SIZE], netns)
+                    self.book.add_raw(raw, netns)
                 self.out.write(row + "\n")
             else:
                 self._show(raw)
@@ -128,7 +128,6 @@ class Session:
 
     def _show(self, raw):
         """The event's row or JSON line, its stack, -w's packet, the story's copy."""
-        size = len(raw)
         event = Event(raw)
         stack = None
         if event.stack_id != -1 or self.cfg.stacks == "all":
@@ -149,7 +148,7 @@ class Session:
             text = "\n".join([row or self.formatter.row(event)]
                              + self.formatter.stack_lines(stack)) + "\n"
         if self.book is not None:
-            self.book.add(event, raw if size <= EVENT_SIZE else raw[:EVENT_SIZE])
+            self.book.add(event, raw)
         if self.json_out is not None:
             self.json_out.write(line)
         if self.capture is not None:

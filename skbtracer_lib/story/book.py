@@ -1,6 +1,6 @@
 """StoryBook: the events kept while tracing, for the story at exit."""
 
-from ..events import Event
+from ..events import EVENT_SIZE, Event
 from .points import MAX_EVENTS
 
 
@@ -21,11 +21,18 @@ class StoryBook:
         self._labels = names.labels if names is not None else _Everything()
 
     def add(self, event, raw=None):
-        self.add_raw(event if raw is None else raw, event.netns)
+        """A decoded event, kept as its raw bytes where they are given."""
+        if raw is not None:
+            self.add_raw(raw, event.netns)
+            return
+        self.kept.append(event)
+        if event.netns not in self._labels:
+            self.names.label(event.netns)
 
     def add_raw(self, raw, netns):
-        """raw bytes (or an Event) of an event in namespace netns."""
-        self.kept.append(raw)
+        """Raw bytes of an event in namespace netns; only the event is kept
+        (-w's records carry the packet after it)."""
+        self.kept.append(raw[:EVENT_SIZE])
         if netns not in self._labels:
             self.names.label(netns)   # name a new namespace while it exists
 
