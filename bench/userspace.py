@@ -214,24 +214,22 @@ def stages(ring, argv, bpf, n):
 def _ring_call_cost(session, ring, n):
     """CPU us per event of the C walk alone (rows and the story's copies
     made, nothing written), over a KernelRings ring of n events."""
-    import mmap
     from skbtracer_lib import reader
     raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
     rings = KernelRings(raws, n)
-    data = mmap.mmap(rings.ring_fd, reader.PAGE_SIZE + 2 * rings.ring_size, mmap.MAP_SHARED,
-                     mmap.PROT_READ, offset=reader.PAGE_SIZE)
+    rb = reader.RingBufferReader(rings.ring_fd, rings.ring_size, None)  # its pages as mapped
     try:
         position = records = 0
         gc.collect()
         started = time.thread_time()
         while records < n:
             position, walked, *_rest = session.rows_in_c.ring(
-                data, reader.PAGE_SIZE, rings.ring_size - 1, position, rings.ring_bytes, -1,
+                rb.data, reader.PAGE_SIZE, rb.mask, position, rings.ring_bytes, -1,
                 reader.PUBLISH_EVERY, session.book is not None)
             records += walked
         return (time.thread_time() - started) / n * 1e6
     finally:
-        data.close()
+        rb.close()
         rings.close()
 
 

@@ -241,10 +241,8 @@ def test_the_walk_stops_at_a_busy_record_passes_over_discarded_ones_and_leaves_s
     good = raws_of(4)
     ring = Ring([(good[0], EVENT_SIZE), (good[1], EVENT_SIZE | RINGBUF_DISCARD),
                  (b"short", 5), (good[2], EVENT_SIZE), (good[3], EVENT_SIZE | RINGBUF_BUSY)])
-    base, mask = 2 * PAGE_SIZE - PAGE_SIZE, ring.size - 1   # the reader's data map starts at page 1
-    data = mmap.mmap(ring.fd, PAGE_SIZE + 2 * ring.size, mmap.MAP_SHARED, mmap.PROT_READ,
-                     offset=PAGE_SIZE)
-    producer = struct.unpack_from("<Q", data, 0)[0]
+    rb = ring.reader(None)          # the pages as the reader maps them
+    data, base, mask, producer = rb.data, PAGE_SIZE, rb.mask, rb.producer_word[0]
     position, records, rows, text, raws, netns, stop = fast.ring(data, base, mask, 0, producer,
                                                                   -1, 100, True)
     assert (records, rows, stop) == (2, 1, STOP_SLOW)       # the discarded one, then "short"
@@ -255,24 +253,23 @@ def test_the_walk_stops_at_a_busy_record_passes_over_discarded_ones_and_leaves_s
                                                                   -1, 100, False)
     assert (records, rows, stop, raws, netns) == (1, 1, STOP_BUSY, None, None)
     assert text.decode() == fmt.row(events.Event(good[2])) + "\n"
-    data.close()
+    rb.close()
     ring.close()
 
 
 def test_the_walk_stops_at_the_count_and_then_only_passes_over():
     fmt, fast = formatters()
     ring = Ring.of(raws_of(10))
-    data = mmap.mmap(ring.fd, PAGE_SIZE + 2 * ring.size, mmap.MAP_SHARED, mmap.PROT_READ,
-                     offset=PAGE_SIZE)
-    producer = struct.unpack_from("<Q", data, 0)[0]
-    position, records, rows, text, _r, _n, stop = fast.ring(data, PAGE_SIZE, ring.size - 1, 0,
+    rb = ring.reader(None)
+    data, mask, producer = rb.data, rb.mask, rb.producer_word[0]
+    position, records, rows, text, _r, _n, stop = fast.ring(data, PAGE_SIZE, mask, 0,
                                                              producer, 3, 100, False)
     assert (records, rows, stop, text.count(b"\n")) == (3, 3, STOP_COUNT, 3)
-    position, records, rows, text, _r, _n, stop = fast.ring(data, PAGE_SIZE, ring.size - 1,
+    position, records, rows, text, _r, _n, stop = fast.ring(data, PAGE_SIZE, mask,
                                                              position, producer, 0, 4, False)
     assert (records, rows, stop, text) == (4, 0, STOP_END, b"")
     assert position == 7 * (EVENT_SIZE + 8)
-    data.close()
+    rb.close()
     ring.close()
 
 
