@@ -23,9 +23,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
-from skbtracer_lib import config, kernel, layout  # noqa: E402
-from skbtracer_lib.output import FileError, open_new_file  # noqa: E402 (tests call it here)
-from skbtracer_lib.program import Program, Loaded  # noqa: E402
+from skbtracer_lib import config  # noqa: E402
+from skbtracer_lib.outputs.files import FileError, open_new_file  # noqa: E402 (tests call it here)
+from skbtracer_lib.program import kernel, layout  # noqa: E402
+from skbtracer_lib.program.load import Loaded  # noqa: E402
+from skbtracer_lib.program.source import Program  # noqa: E402
 
 
 def fail(message, status=1):
@@ -39,7 +41,7 @@ def report(program, headers, loaded):
     say("skbtracer: backend %s; struct layouts from %s\n"
         % (program.backend, program.layouts.description))
     say("skbtracer: bcc includes from %s\n" % headers.description)
-    from skbtracer_lib.probes import drop_reasons
+    from skbtracer_lib.program.probes import drop_reasons
     if "drop" in program.cfg.modes:
         say("skbtracer: drop reason names from %s\n" % drop_reasons().source)
     for probe, attach_type, target in loaded.attached:
@@ -57,9 +59,9 @@ def report(program, headers, loaded):
 def main(argv=None):
     cfg = config.parse_args(argv)
     if cfg.read:        # saved JSON lines: no root, no bcc, no kernel
-        from skbtracer_lib import replay
-        return replay.main(cfg)
-    from skbtracer_lib.functions import FunctionError
+        from skbtracer_lib.replay.session import main as replay
+        return replay(cfg)
+    from skbtracer_lib.program.functions import FunctionError
     try:
         program = Program(cfg)
     except kernel.KernelError as e:

@@ -22,8 +22,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
-from node import (EVERYTHING_FILTER, NOTHING_FILTER, DrainedTracer, VethPair,  # noqa: E402
-                  log, traced_flood)
+from node import EVERYTHING_FILTER, NOTHING_FILTER, DrainedTracer, VethPair, log, traced_flood  # noqa: E402
 
 ATTACHED = re.compile(r"attached (\d+) functions in ([\d.]+) s \((.*?)\); (\d+) skipped")
 DETACHED = re.compile(r"detached (\d+) functions in ([\d.]+) s")
@@ -32,7 +31,7 @@ DATAGRAMS = 20
 
 def variants():
     """(name, flags, environment) to compare; kprobe-multi where the kernel has it."""
-    from skbtracer_lib import kprobe_multi
+    from skbtracer_lib.program import kprobe_multi
     out = [("route set", [], {}),
            ("--all kprobes", ["--all"], {"SKBTRACER_KPROBE_MULTI": "0"})]
     if kprobe_multi.supported():
@@ -91,7 +90,7 @@ def main(argv=None):
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr[-3000:])
         return result.returncode
-    from skbtracer_lib import functions, kernel
+    from skbtracer_lib.program import functions, kernel
     selection = functions.select([], True)
     results = {}
     with VethPair() as pair:

@@ -36,7 +36,9 @@ sys.path.insert(0, REPO)
 import node  # noqa: E402
 import userspace  # noqa: E402
 import workload  # noqa: E402
-from skbtracer_lib import capture, config  # noqa: E402
+
+from skbtracer_lib import config
+from skbtracer_lib.outputs import capture  # noqa: E402
 from skbtracer_lib.session import Session  # noqa: E402
 
 FRAME = bytes.fromhex("020000010003020000010101" "0800") + bytes(84)   # 98 bytes, like a ping

@@ -15,8 +15,12 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from skbtracer_lib import config, kernel, program  # noqa: E402
-from skbtracer_lib.output import HEADER  # noqa: E402
+from skbtracer_lib import config
+from skbtracer_lib.events.textrow import HEADER  # noqa: E402
+from skbtracer_lib.program import (
+    kernel,  # noqa: E402
+    source,
+)
 
 EMPTY = """
 int empty_kprobe(struct pt_regs *ctx) { return 0; }
@@ -27,7 +31,7 @@ int empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }
 def main(argv):
     from bcc import BPF
     cfg = config.parse_args(argv)
-    plan = program.Program(cfg).plan
+    plan = source.Program(cfg).plan
     headers = kernel.find_header_tree()     # bcc's includes, found as skbtracer finds them
     if headers.kernel_source:
         os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source

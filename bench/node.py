@@ -532,7 +532,7 @@ def loss(pair, tracer_cpus=None, seconds=2.0, start_eps=2000, max_steps=10, refi
 
 def _buffer():
     """What the tracer reads from here: "ring buffer" or "perf buffer"."""
-    from skbtracer_lib import reader
+    from skbtracer_lib.events import reader
     return "ring buffer" if reader.ring_buffer_available() else "perf buffer"
 
 
@@ -540,8 +540,8 @@ def _ring_events():
     """Events the default buffer holds: the ring buffer's pages of 8-byte
     headers and struct event_t, or (perf buffer) one CPU's ring of perf
     records (8-byte header, 4-byte size, the data, padded to 8)."""
-    from skbtracer_lib import reader
-    from skbtracer_lib.events import EVENT_SIZE
+    from skbtracer_lib.events import reader
+    from skbtracer_lib.events.decode import EVENT_SIZE
     if _buffer() == "ring buffer":
         return reader.RING_BUFFER_PAGES * reader.PAGE_SIZE // ((8 + EVENT_SIZE + 7) // 8 * 8)
     record = (8 + 4 + EVENT_SIZE + 7) // 8 * 8
@@ -550,7 +550,7 @@ def _ring_events():
 
 def _perf_pages():
     """Pages of the default buffer (all CPUs' ring buffer, or per CPU)."""
-    from skbtracer_lib import reader
+    from skbtracer_lib.events import reader
     return reader.RING_BUFFER_PAGES if _buffer() == "ring buffer" else reader.PERF_PAGES
 
 
@@ -572,7 +572,7 @@ def startup(samples=1, extra_btf=()):
 # ---------------------------------------------------------------- guest entry point
 
 def guest_main(seconds, with_loss=False):
-    from skbtracer_lib import kernel
+    from skbtracer_lib.program import kernel
     result = {"kernel": os.uname().release,
               "backend": "kprobe" if kernel.kprobes_available() else "tracepoint"}
     with VethPair() as pair:

@@ -34,7 +34,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
 from node import DrainedTracer, VethPair, in_guest, log, traced_flood  # noqa: E402
-from skbtracer_lib import kernel  # noqa: E402
+
+from skbtracer_lib.program import kernel  # noqa: E402
 
 EMPTY = os.path.join(BENCH, "empty_probes.py")
 REJECT = ["-H", "10.99.99.99"]

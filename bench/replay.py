@@ -8,7 +8,7 @@ same events), side by side in one run.
 Two files (node1, node2; node2's clock 3.7 s ahead) of UDP datagrams that
 cross from node1 to node2 (10 rows per node each), written by the same
 JsonFormatter a live run uses. Figures are medians over rounds:
-  read      json lines -> SavedRuns (replay.read_files)
+  read      json lines -> SavedRuns (replay_read.read_files)
   merge     clock offsets from the matched packets (merge.place_on_one_clock)
   -r        the whole read-back: read + merge + rows + story (stdout to /dev/null)
   story     story.build over the same events as Event objects (the live exit cost)
@@ -26,8 +26,14 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, REPO)
 
-from skbtracer_lib import config, jsonout, merge, output, probes, replay, story  # noqa: E402
-from skbtracer_lib.events import Event, encode  # noqa: E402
+from skbtracer_lib import config, story
+from skbtracer_lib.events import textrow
+from skbtracer_lib.events.decode import Event, encode  # noqa: E402
+from skbtracer_lib.outputs import jsonl
+from skbtracer_lib.program import probes  # noqa: E402
+from skbtracer_lib.replay import read as replay_read
+from skbtracer_lib.replay import session as replay_session
+from skbtracer_lib.story import merge
 
 FUNCS = ["netif_rx", "netif_receive_skb", "net_dev_queue", "net_dev_start_xmit", "consume_skb"]
 NS = {"client": 201, "node1": 200, "node2": 300, "server2": 301}
@@ -78,15 +84,15 @@ def node_events(rows, packets, start, skb_base):
 
 
 def write(path, node, events, wall_offset):
-    rows = output.RowFormatter(FUNCS, probes.DropReasons({}, "bench"), hex, Clock(wall_offset))
-    fmt = jsonout.JsonFormatter(rows, Names(), node=node)
+    rows = textrow.RowFormatter(FUNCS, probes.DropReasons({}, "bench"), hex, Clock(wall_offset))
+    fmt = jsonl.JsonFormatter(rows, Names(), node=node)
     with open(path, "w") as f:
-        f.write(jsonout.dumps(jsonout.start_object("tracepoint", node=node, run_id=fmt.run_id,
+        f.write(jsonl.dumps(jsonl.start_object("tracepoint", node=node, run_id=fmt.run_id,
                                                    probes=FUNCS, attached=FUNCS,
                                                    modes=["route"])) + "\n")
         for e in events:
             f.write(fmt.line(e) + "\n")
-        f.write(jsonout.dumps(jsonout.end_object(node, fmt.run_id, events[-1].ts_ns, 0, []))
+        f.write(jsonl.dumps(jsonl.end_object(node, fmt.run_id, events[-1].ts_ns, 0, []))
                 + "\n")
 
 
@@ -113,15 +119,15 @@ def main():
         size = os.path.getsize(a) + os.path.getsize(b)
         cfg = config.parse_args(["-r", a, b])
         for _ in range(args.rounds):
-            seconds, runs = timed(lambda: replay.read_files([a, b], lambda _t: None))
+            seconds, runs = timed(lambda: replay_read.read_files([a, b], lambda _t: None))
             figures["read"].append(seconds)
             seconds, merged = timed(lambda: merge.place_on_one_clock(runs))
             figures["merge"].append(seconds)
 
             def whole():
                 with open(os.devnull, "w") as null:
-                    r = replay.read_files([a, b], lambda _t: None)
-                    return replay.ReplaySession(cfg, r, out=null, err=io.StringIO()).run()
+                    r = replay_read.read_files([a, b], lambda _t: None)
+                    return replay_session.ReplaySession(cfg, r, out=null, err=io.StringIO()).run()
             figures["-r"].append(timed(whole)[0])
             shifted = one + two     # node2 on node1's clock already: the story alone
             figures["story"].append(timed(lambda: story.build(shifted, FUNCS))[0])

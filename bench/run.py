@@ -66,7 +66,7 @@ def part_userspace(args, results):
 def part_host(args, results):
     import node
     results["host"] = host = {"kernel": os.uname().release, "sender_cpu": node.SENDER_CPU}
-    from skbtracer_lib import kernel
+    from skbtracer_lib.program import kernel
     host["backend"] = "kprobe" if kernel.kprobes_available() else "tracepoint"
     with node.VethPair() as pair:
         if "2" in args.parts:
@@ -126,7 +126,7 @@ def table_userspace(u):
           "(ours: reader.py, BPF ring buffer, rows %s; original: bcc's perf reader and ctypes "
           "callback); Python rows = ours with SKBTRACER_PYTHON_ROWS=1; handler = the "
           "per-event function called directly (ours: one event per call into C where built)"
-          % ("in C (skbtracer_lib/_rows)" if in_c else "in Python: skbtracer_lib/_rows is not "
+          % ("in C (skbtracer_lib/events/_rows)" if in_c else "in Python: skbtracer_lib/events/_rows is not "
              "built (scripts/build-rows.sh)"))
     print("   original as written = plus bcc's get_table(\"stacks\") on every row "
           "(%s us per call here)" % ("%.0f" % u["get_table_us"] if u.get("get_table_us") else "-"))

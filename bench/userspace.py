@@ -21,12 +21,14 @@ import statistics
 import sys
 import time
 
-import workload
 import original
+import workload
 
-from skbtracer_lib import config, probes
-from skbtracer_lib.events import Event
-from skbtracer_lib.program import KernelSymbols
+from skbtracer_lib import config
+from skbtracer_lib.events import textrow
+from skbtracer_lib.events.decode import Event
+from skbtracer_lib.program import probes
+from skbtracer_lib.program.load import KernelSymbols
 from skbtracer_lib.runinfo import RunInfo
 from skbtracer_lib.session import Session
 
@@ -193,8 +195,8 @@ def stages(ring, argv, bpf, n):
     fmt = session.formatter
     rows = timed("output.RowFormatter.row (format the row)", lambda: [fmt.row(e) for e in evs])
     timed("Clock.column alone (inside row)", lambda: [fmt.clock.column(e.ts_ns) for e in evs])
-    from skbtracer_lib import output as output_mod
-    timed("output.pkt_info alone (inside row)", lambda: [output_mod.pkt_info(e) for e in evs])
+
+    timed("output.pkt_info alone (inside row)", lambda: [textrow.pkt_info(e) for e in evs])
     timed("RowFormatter.trace_info alone (inside row)", lambda: [fmt.trace_info(e) for e in evs])
     write = out.write
     timed("out.write(row + newline)", lambda: [write(r + "\n") for r in rows])
@@ -214,7 +216,7 @@ def stages(ring, argv, bpf, n):
 def _ring_call_cost(session, ring, n):
     """CPU us per event of the C walk alone (rows and the story's copies
     made, nothing written), over a KernelRings ring of n events."""
-    from skbtracer_lib import reader
+    from skbtracer_lib.events import reader
     raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
     rings = KernelRings(raws, n)
     rb = reader.RingBufferReader(rings.ring_fd, rings.ring_size, None)  # its pages as mapped
@@ -362,7 +364,8 @@ class KernelRings:
 
     def __init__(self, raws, n):
         import mmap
-        from skbtracer_lib import reader
+
+        from skbtracer_lib.events import reader
         self.n = n
         page = reader.PAGE_SIZE
         events = [raws[k % len(raws)] for k in range(n)]
@@ -384,7 +387,7 @@ class KernelRings:
     def ours(self, handle, batch=None):
         """Read all n events into handle(bytes) with skbtracer's reader
         (batch: the text rows in C, as a live run reads them)."""
-        from skbtracer_lib import reader
+        from skbtracer_lib.events import reader
         self.ring_map[0:8] = bytes(8)                                    # consumer
         self.ring_map[reader.PAGE_SIZE:reader.PAGE_SIZE + 8] = self.ring_bytes.to_bytes(8, "little")
         rb = reader.RingBufferReader(self.ring_fd, self.ring_size, handle, batch)
@@ -398,6 +401,7 @@ class KernelRings:
         """Read all n events into callback(cpu, address, size) with bcc's
         perf reader, wrapped as bcc's PerfEventArray wraps it."""
         import errno
+
         from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE, lib
         _declare_perf_reader(lib, _RAW_CB_TYPE, _LOST_CB_TYPE)
 

@@ -30,8 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from skbtracer_lib import events  # noqa: E402
-from skbtracer_lib.events import KIND_DROP, KIND_IPTABLE, KIND_ROUTE  # noqa: E402
+from skbtracer_lib.events import decode  # noqa: E402
+from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, KIND_ROUTE  # noqa: E402
 
 # Probe ids -> names, as a kprobe run with --route --iptable --drop plans
 # them on 6.1 (a subset of probes.ROUTE_FUNCTIONS and friends).
@@ -54,7 +54,7 @@ V4 = ["10.244.1.2", "10.244.1.3", "10.96.0.10", "10.244.2.3", "10.250.0.1", "192
 V6 = ["fd00::2", "fd00:10:244:1::3", "2001:db8:85a3::8a2e:370:7334", "fe80::1", "fd00::a"]
 KSYM_BASE = 0xFFFFFFFF81000000
 
-EVENT_SIZE = events.EVENT_SIZE
+EVENT_SIZE = decode.EVENT_SIZE
 TS_STEP_NS = 10_000        # 100k events per second of event time
 
 
@@ -130,7 +130,7 @@ def mix_events(count, seed=1):
         f["skb"] = 0xFFFF888000000000 + r.randrange(1 << 24) * 256
         p = r.random()
         make = _route if p < 0.70 else _verdict if p < 0.95 else _drop
-        out.append(events.encode(**make(r, f)))
+        out.append(decode.encode(**make(r, f)))
     return out
 
 
@@ -169,7 +169,7 @@ def keep_events(count, seed=2):
                 f.update(kind=KIND_ROUTE, probe=PROBE[name])
             if step == len(_KEEP_PATH) - 1 and r.random() < 0.1:
                 _drop(r, f)
-            out.append(events.encode(**f))
+            out.append(decode.encode(**f))
             i += 1
     return out[:count]
 
@@ -283,7 +283,7 @@ def real_stack_bpf():
     attached), to pay bcc's real get_table() cost; None when bcc cannot
     compile here (not root, no headers)."""
     try:
-        from skbtracer_lib import kernel
+        from skbtracer_lib.program import kernel
         headers = kernel.find_header_tree()
         if headers.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source

@@ -21,5 +21,5 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt-get install -y -qq $missing >/dev/null
 fi
-# the text rows in C (skbtracer_lib/_rows.c): built in place, for this checkout
+# the text rows in C (skbtracer_lib/events/_rows.c): built in place, for this checkout
 "$(dirname "$0")/build-rows.sh"

@@ -8,10 +8,14 @@ import signal
 import sys
 import time
 
-from .events import Event, netns_of
-from .output import HEADER, Clock, OutputError, RowFormatter, bytes_writer, line_sink
-from .reader import STOP_COUNT, STOP_SLOW
-from . import capture, jsonout, latency, names, probes, story
+from . import story
+from .events.decode import Event, netns_of
+from .events.reader import STOP_COUNT, STOP_SLOW
+from .events.textrow import HEADER, Clock, RowFormatter
+from .outputs import capture, jsonl, names
+from .outputs.files import OutputError, bytes_writer, line_sink
+from .program import probes
+from .story import latency
 
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
@@ -39,7 +43,7 @@ class Session:
                                       self.clock, names=self.names if cfg.names else None)
         self.json = None
         if cfg.json:
-            self.json = jsonout.JsonFormatter(self.formatter, self.names, node=cfg.node)
+            self.json = jsonl.JsonFormatter(self.formatter, self.names, node=cfg.node)
         self.json_rows = cfg.json == "-"     # JSON instead of the text rows
         self.book = story.StoryBook(self.names) if cfg.summary else None
         self.capture = None                 # -w: pcapng beside the rows
@@ -231,7 +235,7 @@ class Session:
         if not self.json_rows:
             self._write(HEADER + "\n")
         if self.json is not None:
-            start = jsonout.dumps(self._start_object()) + "\n"
+            start = jsonl.dumps(self._start_object()) + "\n"
             if self.json_out is not None:
                 self.json_out.write(start)
             if self.json_rows:
@@ -305,7 +309,7 @@ class Session:
 
     def _start_object(self):
         info = self.loaded.info
-        return jsonout.start_object(
+        return jsonl.start_object(
             info.backend, node=self.json.node, run_id=self.json.run_id,
             probes=list(info.probe_names), attached=sorted(info.attached_names),
             modes=sorted(self.cfg.modes), iptable_traced=info.iptable_traced,
@@ -317,7 +321,7 @@ class Session:
         if self.json is None or self.pipe_closed:
             return
         caveats = self.caveats() if self.book is not None else []
-        line = jsonout.dumps(jsonout.end_object(self.json.node, self.json.run_id,
+        line = jsonl.dumps(jsonl.end_object(self.json.node, self.json.run_id,
                                                 self.ended_ns, self.lost, caveats)) + "\n"
         try:
             for stream in ((self.out,) if self.json_rows else ()) + (
@@ -373,7 +377,7 @@ class Session:
                 self._flush_capture(lambda: self.capture.write_story(say))
             stream = self.out if self.json_rows else self.json_out
             if stream is not None and not self.pipe_closed:
-                lines = [jsonout.dumps(latency.with_hops(obj, told))
+                lines = [jsonl.dumps(latency.with_hops(obj, told))
                          for obj in story.story_objects(told)]
                 stream.write("\n".join(lines) + "\n")
                 stream.flush()

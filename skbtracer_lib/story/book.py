@@ -1,6 +1,6 @@
 """StoryBook: the events kept while tracing, for the story at exit."""
 
-from ..events import EVENT_SIZE, Event
+from ..events.decode import EVENT_SIZE, Event
 from .points import MAX_EVENTS
 
 

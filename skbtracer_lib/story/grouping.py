@@ -1,7 +1,7 @@
 """Events -> copies -> packets (see the package's docstring for the rules),
 then each copy's parent and end."""
 
-from ..vocabulary import KIND_DROP, KIND_IPTABLE, probe_name
+from ..events.vocabulary import KIND_DROP, KIND_IPTABLE, probe_name
 from .ends import end_of, last_interface
 from .model import Copy, End, EndKind, Header, Packet
 from .points import (FREE_POINTS, JOIN_WINDOW_NS, LATE_VERDICT_NS, MAX_COPIES, REUSE_GAP_NS,

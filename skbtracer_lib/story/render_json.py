@@ -3,7 +3,7 @@
 Structure comes from the model; the "text", "flow", "path" and "end"
 fields are the text renderer's words for the same things."""
 
-from ..vocabulary import KIND_IPTABLE, L4_NAMES
+from ..events.vocabulary import KIND_IPTABLE, L4_NAMES
 from .model import EndKind, FLAGGED_ENDS, SocketPlace
 
 

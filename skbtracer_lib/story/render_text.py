@@ -2,7 +2,7 @@
 words, the DUPLICATE / DROPPED / VANISHED lines, the table, and the lines
 the session writes at exit (exit_lines)."""
 
-from ..vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
+from ..events.vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
 from .points import MAX_FLAG_LINES, MAX_TABLE_PACKETS, SOCKET_POINTS

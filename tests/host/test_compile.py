@@ -1,6 +1,6 @@
 """The generated BPF program compiles with bcc and every program of every
 probe passes the verifier, for both backends and a representative set of
-flag combinations; and struct event_t as compiled matches events.py.
+flag combinations; and struct event_t as compiled matches decode.py.
 
 kprobe programs are only loaded (verifier), never attached, so this runs on
 kernels without kprobes too. Run as root with Debian's interpreter:
@@ -19,8 +19,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
-from skbtracer_lib import config, events, kernel  # noqa: E402
-from skbtracer_lib.program import Program  # noqa: E402
+from skbtracer_lib import config
+from skbtracer_lib.events import decode
+from skbtracer_lib.program import kernel  # noqa: E402
+from skbtracer_lib.program.source import Program  # noqa: E402
 
 bcc = pytest.importorskip("bcc", reason="bcc is not importable: run with /usr/bin/python3 "
                                         "(Debian's python3-bpfcc)")
@@ -89,7 +91,7 @@ def header_tree():
         tree.close()
 
 
-# --- struct event_t as bcc compiled it vs events.EVENT -----------------------
+# --- struct event_t as bcc compiled it vs decode.EVENT -----------------------
 
 _FORMAT_ITEM = re.compile(r"(\d*)([xcbB?hHiIlLqQnNefdspP])")
 
@@ -97,7 +99,7 @@ _FORMAT_ITEM = re.compile(r"(\d*)([xcbB?hHiIlLqQnNefdspP])")
 def format_fields(fmt):
     """[(offset, size, code)] of each field of a '<' struct format; an 'Ns'
     string or 'x' padding byte run is one field."""
-    assert fmt[0] in "<=", "events.EVENT must be unaligned little-endian"
+    assert fmt[0] in "<=", "decode.EVENT must be unaligned little-endian"
     fields = []
     offset = 0
     for count, code in _FORMAT_ITEM.findall(fmt[1:].replace(" ", "")):
@@ -131,9 +133,9 @@ _CODES = {"Q": (ctypes.c_uint64,), "I": (ctypes.c_uint32,), "i": (ctypes.c_int32
 
 def check_event_layout(bpf):
     leaf = event_struct(bpf)
-    assert ctypes.sizeof(leaf) == events.EVENT_SIZE == 200
+    assert ctypes.sizeof(leaf) == decode.EVENT_SIZE == 200
     c_fields = leaf._fields_
-    py_fields = format_fields(events.EVENT.format)
+    py_fields = format_fields(decode.EVENT.format)
     assert len(c_fields) == len(py_fields), ([f[0] for f in c_fields], py_fields)
     for (name, ctype), (offset, size, code) in zip(c_fields, py_fields):
         described = getattr(leaf, name)
@@ -217,7 +219,7 @@ def test_header_layout_capture_compiles(header_tree):
 
 def test_event_bytes_from_the_compiled_struct_decode(header_tree):
     """Fill bcc's struct event_t field by field as the BPF code does (network
-    order for packet fields) and decode the bytes with events.Event."""
+    order for packet fields) and decode the bytes with decode.Event."""
     program = Program(config.parse_args(["--drop"]), backend="tracepoint")
     bpf = BPF(text=program.text)
     try:
@@ -232,7 +234,7 @@ def test_event_bytes_from_the_compiled_struct_decode(header_tree):
     e.len, e.probe = 1514, 3
     e.ip_id, e.sport, e.dport, e.icmp_id = (socket.htons(v) for v in (0xBEEF, 443, 51000, 9))
     (e.kind, e.pkt_type, e.family, e.l4proto, e.tcp_flags, e.icmp_type, e.ttl, e.pf,
-     e.hook) = (events.KIND_DROP, 3, 4, 6, 0x12, 0, 61, 2, 4)
+     e.hook) = (decode.KIND_DROP, 3, 4, 6, 0x12, 0, 61, 2, 4)
     e.ifname = b"veth0"
     e.dmac[:] = list(bytes.fromhex("0242ac110002"))
     e.smac[:] = list(bytes.fromhex("0242ac110003"))
@@ -241,9 +243,9 @@ def test_event_bytes_from_the_compiled_struct_decode(header_tree):
     e.table = b"filter"
     e.chain = b"INPUT"
     raw = bytes(e)
-    assert len(raw) == events.EVENT_SIZE
+    assert len(raw) == decode.EVENT_SIZE
 
-    d = events.Event(raw)
+    d = decode.Event(raw)
     assert (d.ts_ns, d.skb, d.location) == (111_222_333, 0xFFFF888012345678, 0xFFFFFFFF81000010)
     assert (d.netns, d.ifindex, d.pid, d.drop_reason) == (4026531840, 7, 4321, 77)
     assert (d.verdict, d.stack_id) == (1, -14)
@@ -251,7 +253,7 @@ def test_event_bytes_from_the_compiled_struct_decode(header_tree):
     assert (d.len, d.probe) == (1514, 3)
     assert (d.ip_id, d.sport, d.dport, d.icmp_id) == (0xBEEF, 443, 51000, 9)
     assert (d.kind, d.pkt_type, d.family, d.l4proto, d.tcp_flags, d.icmp_type, d.ttl, d.pf,
-            d.hook) == (events.KIND_DROP, 3, 4, 6, 0x12, 0, 61, 2, 4)
+            d.hook) == (decode.KIND_DROP, 3, 4, 6, 0x12, 0, 61, 2, 4)
     assert d.ifname == "veth0"
     assert d.dmac == bytes.fromhex("0242ac110002") and d.smac == bytes.fromhex("0242ac110003")
     assert (d.saddr, d.daddr) == ("10.1.2.3", "10.4.5.6")
@@ -267,8 +269,8 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
     kprobes and, with bpf_get_func_ip (planned where the kernel has
     kprobe-multi links; this host has none, so planned here by hand), as
     kprobe-multi programs."""
-    from skbtracer_lib import kprobe_multi
-    from skbtracer_lib.kprobe_multi import BPF_TRACE_KPROBE_MULTI
+    from skbtracer_lib.program import kprobe_multi
+    from skbtracer_lib.program.kprobe_multi import BPF_TRACE_KPROBE_MULTI
     monkeypatch.setattr(kprobe_multi, "supported", lambda: multi)
     program = Program(config.parse_args(flags), backend="kprobe")
     assert program.plan.function_counts and program.plan.function_counts[1] > 10

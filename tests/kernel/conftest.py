@@ -13,7 +13,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from skbtracer_lib import kernel, probes  # noqa: E402
+from skbtracer_lib.program import (
+    kernel,
+    probes,  # noqa: E402
+)
 
 BACKEND = "kprobe" if kernel.kprobes_available() else "tracepoint"
 # skb:kfree_skb carries a reason since 5.17; before that drop rows have none

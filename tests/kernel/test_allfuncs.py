@@ -13,8 +13,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import BACKEND
+
 from testbed.topology import SeedCluster
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun, is_subsequence
 
@@ -108,7 +108,7 @@ def test_all_runs_and_detaches(scenario1):
 
 @kprobes_only
 def test_all_shows_functions_beyond_the_route_set_in_path_order(scenario1):
-    from skbtracer_lib.probes import ROUTE_FUNCTIONS
+    from skbtracer_lib.program.probes import ROUTE_FUNCTIONS
     _cluster, runs = scenario1
     run = runs["all"][0]
     rows = [r for r in run.rows if ":%d->" % SPORT_ALL in r.pkt]

@@ -17,9 +17,9 @@ import time
 import uuid
 
 import pytest
-
 from conftest import BACKEND, mounted_tmpfs
-from skbtracer_lib import kernel
+
+from skbtracer_lib.program import kernel
 from testbed import topology
 from testbed.tracer import PYTHON, SKBTRACER, StderrReadyRun, TracerRun, parse_rows
 

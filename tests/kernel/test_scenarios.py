@@ -11,8 +11,8 @@
 """
 
 import pytest
-
 from conftest import ARRIVAL, BACKEND, HAVE_DROP_REASONS
+
 from testbed.scenarios import run_scenarios
 from testbed.topology import SeedCluster
 from testbed.tracer import is_subsequence
@@ -30,7 +30,7 @@ def traced(request, settle):
 def nft_verdicts_possible():
     """nft_do_chain's structs live in the nf_tables module: kernels before
     5.11 have no module BTF, and skbtracer skips the probe there (-v)."""
-    from skbtracer_lib import kernel
+    from skbtracer_lib.program import kernel
     btf = kernel.btf()
     return btf is not None and (btf.module("nf_tables") is not None
                                 or btf.vmlinux.find("nft_chain", (4,)) is not None)

@@ -14,9 +14,10 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import BACKEND
-from skbtracer_lib import __version__, jsonout
+
+from skbtracer_lib import __version__
+from skbtracer_lib.outputs import jsonl
 from testbed.scenarios import run_scenarios
 from testbed.topology import SeedCluster
 from testbed.tracer import PYTHON, SKBTRACER, StderrReadyRun, TracerRun
@@ -129,11 +130,11 @@ def test_json_lines_parse_and_carry_the_text_rows_events(traced):
     assert rows and len(events) == len(rows)
     for obj, row in zip(events, rows):
         clock = time.strftime("%H:%M:%S", time.localtime(obj["time_ns"] // 1_000_000_000))
-        assert jsonout.text_row(obj, clock) == row.line
+        assert jsonl.text_row(obj, clock) == row.line
         assert obj["netns_name"] or obj["netns"] == 0
     assert {o["type"] for o in objects} >= {"event", "summary", "duplicate", "dropped"}
     # the stream says first which skbtracer wrote it, on which kernel and backend
-    expected = jsonout.start_object(BACKEND, run_id=objects[0]["run_id"])
+    expected = jsonl.start_object(BACKEND, run_id=objects[0]["run_id"])
     assert {k: objects[0][k] for k in expected} == expected
     # every event says which node and run it came from
     assert {(o["node"], o["run_id"]) for o in events} == {(expected["node"],

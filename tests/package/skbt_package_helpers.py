@@ -36,8 +36,8 @@ def check_version(command):
 
 
 def library_paths(python):
-    """(skbtracer_lib/program.py, skbtracer.c) as `python` finds them, outside the checkout."""
-    out = run([python, "-c", "import skbtracer_lib.program as p; "
+    """(skbtracer_lib/program/source.py, skbtracer.c) as `python` finds them, outside the checkout."""
+    out = run([python, "-c", "import skbtracer_lib.program.source as p; "
                "print(p.__file__); print(p.c_source_path())"], env=clean_env(), cwd="/")
     return tuple(out.split())
 
@@ -45,7 +45,7 @@ def library_paths(python):
 def rows_module_path(python):
     """Where `python`, outside the checkout, finds the text rows in C
     (skbtracer_lib/_rows, built by the install), or "None"."""
-    out = run([python, "-c", "from skbtracer_lib import output; r = output.rows_in_c(); "
+    out = run([python, "-c", "from skbtracer_lib.events import textrow; r = textrow.rows_in_c(); "
                "print(r.__file__ if r else None)"], env=clean_env(), cwd="/")
     return out.strip()
 

@@ -9,10 +9,18 @@ import shutil
 import subprocess
 
 import pytest
+from skbt_package_helpers import (
+    REPO,
+    __version__,
+    check_short_trace,
+    check_version,
+    clean_env,
+    library_paths,
+    rows_module_path,
+    run,
+)
 
-from skbt_package_helpers import (REPO, __version__, check_short_trace, check_version, clean_env,
-                                  library_paths, rows_module_path, run)
-from skbtracer_lib import completion
+from skbtracer_lib.config import completion
 
 PACKAGE = "skbtracer"
 # One install-use-purge at a time on a machine (two test runs would purge each other's)
@@ -86,13 +94,13 @@ def test_installed_command_version_and_help(installed):
 def test_installed_library_is_debians(installed):
     """Debian's python3 imports the package's library and finds its C half."""
     assert library_paths("/usr/bin/python3") == (
-        "/usr/lib/python3/dist-packages/skbtracer_lib/program.py",
+        "/usr/lib/python3/dist-packages/skbtracer_lib/program/source.py",
         "/usr/share/skbtracer/skbtracer.c")
 
 
 def test_installed_library_has_its_rows_in_c(installed):
     path = rows_module_path("/usr/bin/python3")
-    assert path.startswith("/usr/lib/python3/dist-packages/skbtracer_lib/_rows.") and path in installed
+    assert path.startswith("/usr/lib/python3/dist-packages/skbtracer_lib/events/_rows.") and path in installed
 
 
 def test_man_page(installed):

@@ -10,11 +10,10 @@ import shutil
 import subprocess
 
 import pytest
-
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
-from skbtracer_lib import btf as btf_mod
-from skbtracer_lib import layout, probes
+from skbtracer_lib.program import btf as btf_mod
+from skbtracer_lib.program import layout, probes
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 

@@ -13,10 +13,13 @@ import uuid
 import dpkt
 import pytest
 from dpkt import pcapng
-
 from skbt_unit_helpers import run_cli
-from skbtracer_lib import capture, config, events, program
 from test_config import assert_usage_error
+
+from skbtracer_lib import config
+from skbtracer_lib.events import decode
+from skbtracer_lib.outputs import capture
+from skbtracer_lib.program import source
 
 PROBES = ["netif_receive_skb", "net_dev_start_xmit", "kfree_skb", "ipt_do_table"]
 TSHARK = shutil.which("tshark")
@@ -46,9 +49,9 @@ class Rows:
     def add(self, data, linktype, wire_len=None, **fields):
         fields.setdefault("saddr", "10.244.1.2")
         fields.setdefault("daddr", "10.96.0.10")
-        raw = events.encode(**fields) + capture.pack(linktype, data, wire_len)
-        e = events.Event(raw)
-        comment = "row %d: %s" % (len(self.items), PROBES[e.probe] if e.kind != events.KIND_IPTABLE
+        raw = decode.encode(**fields) + capture.pack(linktype, data, wire_len)
+        e = decode.Event(raw)
+        comment = "row %d: %s" % (len(self.items), PROBES[e.probe] if e.kind != decode.KIND_IPTABLE
                                   else "2.nat.PREROUTING.ACCEPT")
         self.items.append((e, raw, comment))
 
@@ -68,13 +71,13 @@ def written(tmp_path_factory):
     rows.add(ethernet(ip64), capture.LINKTYPE_ETHERNET, ts_ns=BASE_NS + 2_001, netns=NS["node"],
              ifname="vethclient", ifindex=3, probe=0, pkt_type=3, len=len(ip64))
     rows.add(ethernet(nat63), capture.LINKTYPE_ETHERNET, ts_ns=BASE_NS + 3_000_000_007,
-             netns=NS["node"], ifname="cbr0", ifindex=2, kind=events.KIND_IPTABLE, probe=3,
+             netns=NS["node"], ifname="cbr0", ifindex=2, kind=decode.KIND_IPTABLE, probe=3,
              pf=2, hook=0, verdict=1, pkt_type=0, len=len(nat63))
     rows.add(ethernet(nat63)[:40], capture.LINKTYPE_ETHERNET, wire_len=len(nat63) + 14,
              ts_ns=BASE_NS + 3_000_000_500, netns=NS["node"], ifname="cbr0", ifindex=2,
              probe=0, pkt_type=0, len=len(nat63))
     rows.add(nat63, capture.LINKTYPE_RAW, ts_ns=BASE_NS + 3_000_001_000, netns=NS["node"],
-             ifname="", kind=events.KIND_DROP, probe=2, pkt_type=0, len=len(nat63))
+             ifname="", kind=decode.KIND_DROP, probe=2, pkt_type=0, len=len(nat63))
     labels = {NS["client"]: "client", NS["node"]: "node1"}
     with open(path, "xb") as f:
         writer = capture.PcapngWriter(f, 256, PROBES, label=labels.get,
@@ -319,10 +322,10 @@ def test_write_config_and_defines(tmp_path):
     path = str(tmp_path / "t.pcapng")
     cfg = config.parse_args(["-w", path])
     assert (cfg.write, cfg.snaplen) == (path, 256)
-    assert program.mode_defines(cfg)["CAPTURE_BYTES"] == 256
+    assert source.mode_defines(cfg)["CAPTURE_BYTES"] == 256
     big = config.parse_args(["-w", path, "--snaplen", "65535"])
-    assert program.mode_defines(big)["CAPTURE_BYTES"] == program.CAPTURE_BYTES_MAX
-    assert "CAPTURE_BYTES" not in program.mode_defines(config.parse_args([]))
+    assert source.mode_defines(big)["CAPTURE_BYTES"] == source.CAPTURE_BYTES_MAX
+    assert "CAPTURE_BYTES" not in source.mode_defines(config.parse_args([]))
 
 
 def test_ebpf_text_copies_bytes_only_with_w(tmp_path):
@@ -339,7 +342,7 @@ def test_ebpf_text_copies_bytes_only_with_w(tmp_path):
 def test_unwritable_path_is_one_line_exit_1():
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        "skbtracer_main", os.path.join(os.path.dirname(capture.__file__), "..", "skbtracer.py"))
+        "skbtracer_main", os.path.join(os.path.dirname(capture.__file__), "..", "..", "skbtracer.py"))
     main = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(main)
     with pytest.raises(main.kernel.KernelError, match=r"^-w/--write: cannot write"):

@@ -1,14 +1,14 @@
-"""Decoding raw perf events (events.py) and formatting rows (output.py)."""
+"""Decoding raw perf events (decode.py) and formatting rows (output.py)."""
 
 import struct
 import time
 
 import pytest
-
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
-from skbtracer_lib import events, output, probes
-from skbtracer_lib.events import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
+from skbtracer_lib.events import decode, textrow
+from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
+from skbtracer_lib.program import probes
 
 # The formats of the original tool, written out here on purpose.
 HEADER_FMT = "%-10s %-12s %-12s %-12s %-40s %s"
@@ -32,7 +32,7 @@ class FixedClock:
 
 
 def formatter(clock=None, reasons=REASONS):
-    return output.RowFormatter(PROBE_NAMES, reasons, symbolize, clock or FixedClock())
+    return textrow.RowFormatter(PROBE_NAMES, reasons, symbolize, clock or FixedClock())
 
 
 def row_of(raw, **kw):
@@ -97,8 +97,8 @@ def hand_packed(**f):
 
 
 def test_event_size():
-    assert events.EVENT.size == 200
-    assert events.EVENT_SIZE == 200
+    assert decode.EVENT.size == 200
+    assert decode.EVENT_SIZE == 200
 
 
 def test_hand_packed_tcp_event_decodes():
@@ -163,18 +163,18 @@ def test_tcp_flags(flags, text):
     raw = encode(l4proto=6, tcp_flags=flags, saddr="1.2.3.4", sport=80, daddr="5.6.7.8",
                  dport=1234)
     assert columns(row_of(raw))[4] == "T_%s:1.2.3.4:80->5.6.7.8:1234" % text
-    assert output.TCP_FLAGS[flags] == text
+    assert textrow.TCP_FLAGS[flags] == text
 
 
 def test_tcp_example_exact():
     raw = encode(l4proto=6, tcp_flags=0x18, saddr="1.2.3.4", sport=80, daddr="5.6.7.8",
                  dport=1234)
-    assert output.pkt_info(Event(raw)) == "T_ACK,PSH:1.2.3.4:80->5.6.7.8:1234"
+    assert textrow.pkt_info(Event(raw)) == "T_ACK,PSH:1.2.3.4:80->5.6.7.8:1234"
 
 
 def test_udp():
     raw = encode(l4proto=17, saddr="10.244.0.3", sport=40000, daddr="10.96.0.10", dport=53)
-    assert output.pkt_info(Event(raw)) == "U:10.244.0.3:40000->10.96.0.10:53"
+    assert textrow.pkt_info(Event(raw)) == "U:10.244.0.3:40000->10.96.0.10:53"
 
 
 @pytest.mark.parametrize("family, saddr, daddr, icmp_type, text", [
@@ -194,13 +194,13 @@ def test_icmp(family, saddr, daddr, icmp_type, text):
     e = Event(raw)
     assert e.is_icmp
     assert e.icmp_id == 22
-    assert output.pkt_info(e) == text
+    assert textrow.pkt_info(e) == text
 
 
 def test_icmpv4_number_in_ipv6_is_not_icmp():
     e = Event(encode(family=6, l4proto=1, saddr="fd00::1", daddr="fd00::2"))
     assert not e.is_icmp
-    assert output.pkt_info(e) == "1:fd00::1->fd00::2"
+    assert textrow.pkt_info(e) == "1:fd00::1->fd00::2"
 
 
 @pytest.mark.parametrize("saddr, daddr, text", [
@@ -213,7 +213,7 @@ def test_ipv6_addresses_are_compressed(saddr, daddr, text):
     e = Event(encode(family=6, l4proto=17, saddr=saddr, daddr=daddr, sport=1, dport=2))
     src, dst = text.split("->")
     assert (e.saddr, e.daddr) == (src, dst)
-    assert output.pkt_info(e) == "U:%s:1->%s:2" % (src, dst)
+    assert textrow.pkt_info(e) == "U:%s:1->%s:2" % (src, dst)
 
 
 @pytest.mark.parametrize("proto, family, saddr, daddr", [
@@ -224,7 +224,7 @@ def test_ipv6_addresses_are_compressed(saddr, daddr, text):
 ])
 def test_other_protocol(proto, family, saddr, daddr):
     e = Event(encode(family=family, l4proto=proto, saddr=saddr, daddr=daddr))
-    assert output.pkt_info(e) == "%d:%s->%s" % (proto, saddr, daddr)
+    assert textrow.pkt_info(e) == "%d:%s->%s" % (proto, saddr, daddr)
 
 
 # --- TRACE_INFO of every row kind --------------------------------------------
@@ -302,10 +302,10 @@ def test_drop_reason_lookup():
 # --- columns ------------------------------------------------------------------
 
 def test_header_exact():
-    assert output.HEADER == HEADER_FMT % ("time", "NETWORK_NS", "INTERFACE", "DEST_MAC",
+    assert textrow.HEADER == HEADER_FMT % ("time", "NETWORK_NS", "INTERFACE", "DEST_MAC",
                                           "PKT_INFO", "TRACE_INFO")
-    assert output.HEADER_FORMAT == HEADER_FMT
-    assert output.ROW_FORMAT == ROW_FMT
+    assert textrow.HEADER_FORMAT == HEADER_FMT
+    assert textrow.ROW_FORMAT == ROW_FMT
 
 
 def test_row_widths_and_padding():
@@ -352,20 +352,20 @@ def test_no_bytes_repr_anywhere():
                 encode(kind=KIND_DROP, probe=3, drop_reason=77, location=LOCATION),
                 hand_packed(ifname=b"\xff\xfebad", table=b"\x80x", l4proto=47)):
         rows.append(row_of(raw))
-    rows.append(output.HEADER)
+    rows.append(textrow.HEADER)
     for row in rows:
         assert "b'" not in row and 'b"' not in row and "\\x" not in row, row
         assert "\0" not in row
 
 
 def test_stack_lines():
-    assert output.RowFormatter.stack_lines(["a+0x1", "b+0x2"]) == ["    a+0x1", "    b+0x2"]
+    assert textrow.RowFormatter.stack_lines(["a+0x1", "b+0x2"]) == ["    a+0x1", "    b+0x2"]
 
 
 # --- clocks -------------------------------------------------------------------
 
 def test_relative_clock_microseconds():
-    clock = output.Clock(relative=True)
+    clock = textrow.Clock(relative=True)
     base = 5_000_000_000
     assert clock.column(base) == "0.000000"
     assert clock.column(base + 1_000) == "0.000001"
@@ -375,7 +375,7 @@ def test_relative_clock_microseconds():
 
 
 def test_relative_clock_in_rows():
-    clock = output.Clock(relative=True)
+    clock = textrow.Clock(relative=True)
     f = formatter(clock=clock)
     first = f.row(Event(encode(ts_ns=10**12, l4proto=17)))
     second = f.row(Event(encode(ts_ns=10**12 + 2_500, l4proto=17)))
@@ -388,7 +388,7 @@ def _hms_candidates(wall_seconds):
 
 
 def test_wall_clock_uses_the_event_time():
-    clock = output.Clock(relative=False)
+    clock = textrow.Clock(relative=False)
     now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     now_wall = time.time()
     # an event from 2 h 17 min ago, printed now
@@ -405,7 +405,7 @@ def test_wall_clock_uses_the_event_time():
 
 
 def test_wall_clock_format_and_row():
-    clock = output.Clock(relative=False)
+    clock = textrow.Clock(relative=False)
     mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     row = formatter(clock=clock).row(Event(encode(ts_ns=mono, l4proto=17)))
     assert row[0] == "[" and row[9] == "]"
@@ -415,6 +415,6 @@ def test_wall_clock_format_and_row():
 
 
 def test_wall_ns():
-    clock = output.Clock(relative=False)
+    clock = textrow.Clock(relative=False)
     mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert abs(clock.wall_ns(mono) - time.time_ns()) < 10**9

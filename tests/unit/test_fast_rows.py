@@ -16,21 +16,32 @@ import sys
 import tempfile
 
 import pytest
-
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
-from skbtracer_lib import config, events, names, output, probes, story
-from skbtracer_lib.events import EVENT_SIZE
-from skbtracer_lib.output import Clock, RowFormatter
-from skbtracer_lib.reader import (PAGE_SIZE, RINGBUF_BUSY, RINGBUF_DISCARD, STOP_BUSY,
-                                  STOP_COUNT, STOP_END, STOP_SLOW, RingBufferReader)
+
+from skbtracer_lib import config, story
+from skbtracer_lib.events import decode, textrow
+from skbtracer_lib.events.decode import EVENT_SIZE
+from skbtracer_lib.events.reader import (
+    PAGE_SIZE,
+    RINGBUF_BUSY,
+    RINGBUF_DISCARD,
+    STOP_BUSY,
+    STOP_COUNT,
+    STOP_END,
+    STOP_SLOW,
+    RingBufferReader,
+)
+from skbtracer_lib.events.textrow import Clock, RowFormatter
+from skbtracer_lib.outputs import files, names
+from skbtracer_lib.program import probes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
 import goldens  # noqa: E402
 
-ROWS = output.rows_in_c()
+ROWS = textrow.rows_in_c()
 if ROWS is None and os.environ.get("SKBTRACER_REQUIRE_C_ROWS") == "1":
-    raise RuntimeError("skbtracer_lib._rows is not built (scripts/build-rows.sh)")
-pytestmark = pytest.mark.skipif(ROWS is None, reason="skbtracer_lib._rows not built")
+    raise RuntimeError("skbtracer_lib.events._rows is not built (scripts/build-rows.sh)")
+pytestmark = pytest.mark.skipif(ROWS is None, reason="skbtracer_lib.events._rows not built")
 
 
 class Ring:
@@ -199,40 +210,40 @@ def test_every_random_event_s_row_is_python_s_row(relative):
     for raw in hostile(rng, 20000):
         made = fast.row(raw)
         if made is None:        # a time no clock holds: Python's turn (and its error)
-            assert events.Event(raw).ts_ns >= 1 << 62
+            assert decode.Event(raw).ts_ns >= 1 << 62
             left += 1
             continue
-        assert made.decode("utf-8") == fmt.row(events.Event(raw)) + "\n", raw.hex()
+        assert made.decode("utf-8") == fmt.row(decode.Event(raw)) + "\n", raw.hex()
     assert left < 20000 * 0.1
 
 
 def test_longer_records_are_their_first_200_bytes_and_shorter_ones_python_s():
     fmt, fast = formatters()
-    raw = events.encode(ifname="eth0", saddr="10.0.0.1", daddr="10.0.0.2", sport=1, dport=2)
+    raw = decode.encode(ifname="eth0", saddr="10.0.0.1", daddr="10.0.0.2", sport=1, dport=2)
     assert fast.row(raw + b"packet bytes") == fast.row(raw)
     assert fast.row(raw[:-1]) is None
 
 
 def test_a_trace_info_python_cannot_make_is_left_to_python():
     fmt, _ = formatters()
-    fast = output.rows_in_c().Formatter(lambda raw: 1 / 0, fmt.clock)
-    assert fast.row(events.encode()) is None
+    fast = textrow.rows_in_c().Formatter(lambda raw: 1 / 0, fmt.clock)
+    assert fast.row(decode.encode()) is None
 
 
 def test_relative_times_start_at_the_first_event_whoever_shows_it():
     fmt, fast = formatters(relative=True)
-    first = events.encode(ts_ns=5_000_000_000)
-    later = events.encode(ts_ns=6_250_000_001)
-    assert fmt.row(events.Event(first)).startswith("[0.000000")
+    first = decode.encode(ts_ns=5_000_000_000)
+    later = decode.encode(ts_ns=6_250_000_001)
+    assert fmt.row(decode.Event(first)).startswith("[0.000000")
     assert fast.row(later).startswith(b"[1.250000")
     fmt2, fast2 = formatters(relative=True)
     assert fast2.row(first).startswith(b"[0.000000")
     assert fmt2.clock.first_ns == 5_000_000_000
-    assert fmt2.row(events.Event(later)).startswith("[1.250000")
+    assert fmt2.row(decode.Event(later)).startswith("[1.250000")
 
 
 def raws_of(n, **fields):
-    return [events.encode(ts_ns=k, skb=0x1000 + k, ifname="eth0", saddr="10.0.0.1",
+    return [decode.encode(ts_ns=k, skb=0x1000 + k, ifname="eth0", saddr="10.0.0.1",
                           daddr="10.0.0.2", sport=k + 1, dport=9, **fields) for k in range(n)]
 
 
@@ -246,13 +257,13 @@ def test_the_walk_stops_at_a_busy_record_passes_over_discarded_ones_and_leaves_s
     position, records, rows, text, raws, netns, stop = fast.ring(data, base, mask, 0, producer,
                                                                   -1, 100, True)
     assert (records, rows, stop) == (2, 1, STOP_SLOW)       # the discarded one, then "short"
-    assert text.decode() == fmt.row(events.Event(good[0])) + "\n"
+    assert text.decode() == fmt.row(decode.Event(good[0])) + "\n"
     assert raws == [good[0]] and netns == {0}
     at = position + (5 + 8 + 7) // 8 * 8                     # Python's turn for "short"
     position, records, rows, text, raws, netns, stop = fast.ring(data, base, mask, at, producer,
                                                                   -1, 100, False)
     assert (records, rows, stop, raws, netns) == (1, 1, STOP_BUSY, None, None)
-    assert text.decode() == fmt.row(events.Event(good[2])) + "\n"
+    assert text.decode() == fmt.row(decode.Event(good[2])) + "\n"
     rb.close()
     ring.close()
 
@@ -295,7 +306,7 @@ def test_a_live_session_counts_garbage_and_stops_at_c_alike():
 
 def test_rows_pass_the_python_path_s_pending_text_in_order():
     sink_file = tempfile.TemporaryFile("w+")
-    sink = output.LineSink(sink_file, "test")
+    sink = files.LineSink(sink_file, "test")
     sink.write("header\n")
     sink.write_bytes(b"row \xc3\xa9\n")
     sink.write("after\n")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from skbtracer_lib import kernel
+from skbtracer_lib.program import kernel
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SKBTRACER = os.path.join(REPO, "skbtracer.py")

@@ -12,9 +12,10 @@ import socket
 import threading
 
 import pytest
-
 from skbt_unit_helpers import SKBTRACER, run_cli
-from skbtracer_lib import config, kernel
+
+from skbtracer_lib import config
+from skbtracer_lib.program import kernel
 
 _spec = importlib.util.spec_from_file_location("skbtracer_cli", SKBTRACER)
 cli = importlib.util.module_from_spec(_spec)

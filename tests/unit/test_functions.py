@@ -4,11 +4,11 @@ glob matching, and bad --func values (one line, exit 2)."""
 import subprocess
 
 import pytest
-
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
-
-from skbtracer_lib import config, functions
 from test_btf import BpftoolBTF, pytestmark, ref  # noqa: F401  (bpftool's side, its skips)
+
+from skbtracer_lib import config
+from skbtracer_lib.program import functions
 
 
 def bpftool_skb_functions(ref):
@@ -26,7 +26,7 @@ def bpftool_skb_functions(ref):
 
 @pytest.fixture(scope="module")
 def discovered():
-    from skbtracer_lib.btf import KernelBTF
+    from skbtracer_lib.program.btf import KernelBTF
     return functions.btf_skb_functions(KernelBTF(), modules=[])
 
 
@@ -84,9 +84,10 @@ def test_func_naming_nothing_exits_2_before_any_bpf():
     kprobes (exit 1, one line); --ebpf plans the probes with kprobes forced."""
     proc = subprocess.run(["/usr/bin/python3", "-c",
                            "import sys; sys.path.insert(0, '.');"
-                           "from skbtracer_lib import config, program, functions\n"
+                           "from skbtracer_lib import config\n"
+                           "from skbtracer_lib.program import functions, source\n"
                            "cfg = config.parse_args(['--func', 'no_such_function_xyz'])\n"
-                           "try:\n program.Program(cfg, backend='kprobe')\n"
+                           "try:\n source.Program(cfg, backend='kprobe')\n"
                            "except functions.FunctionError as e:\n print(e); sys.exit(2)\n"],
                           capture_output=True, text=True, cwd=skbt_unit_helpers.REPO)
     assert proc.returncode == 2, proc.stderr

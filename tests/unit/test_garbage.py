@@ -14,7 +14,10 @@ import subprocess
 import sys
 
 from skbt_unit_helpers import REPO, SYSTEM_PYTHON
-from skbtracer_lib import config, events, names
+
+from skbtracer_lib import config
+from skbtracer_lib.events import decode
+from skbtracer_lib.outputs import names
 from skbtracer_lib.runinfo import RunInfo
 from skbtracer_lib.session import Session
 
@@ -59,16 +62,16 @@ def inputs(rng):
     """Random events: whole-size noise, odd sizes, and real events with a
     few bytes overwritten (impossible lengths, probes, protocols, names
     without a NUL)."""
-    base = [events.encode(kind=k, family=f, l4proto=p, ifname="eth0", saddr=a, daddr=a,
+    base = [decode.encode(kind=k, family=f, l4proto=p, ifname="eth0", saddr=a, daddr=a,
                           table="filter", chain="INPUT")
             for k in (1, 2, 3) for p in (6, 17, 1, 58, 250)
             for f, a in ((4, "10.0.0.1"), (6, "fd00::1"))]
     for i in range(FUZZ_INPUTS):
         choice = i % 10
         if choice < 5:
-            yield rng.randbytes(events.EVENT_SIZE)
+            yield rng.randbytes(decode.EVENT_SIZE)
         elif choice == 5:
-            yield rng.randbytes(rng.randrange(0, 2 * events.EVENT_SIZE))
+            yield rng.randbytes(rng.randrange(0, 2 * decode.EVENT_SIZE))
         else:
             raw = bytearray(rng.choice(base))
             for _ in range(rng.randrange(1, 8)):
@@ -89,7 +92,7 @@ def test_fuzz_decoder_never_raises_and_rows_stay_rows(tmp_path):
     json_rows = session(["--json", "--no-summary"], js, err, proc=str(tmp_path))
     short = 0
     for raw in inputs(rng):
-        short += len(raw) < events.EVENT_SIZE
+        short += len(raw) < decode.EVENT_SIZE
         feed(rows._on_event, raw)        # an exception here fails the test
         feed(json_rows._on_event, raw)
     assert rows.rows + rows.bad_events == FUZZ_INPUTS
@@ -129,7 +132,7 @@ class StandInBPF(dict):
 
 
 def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_on():
-    good = events.encode(ifname="eth0", saddr="10.0.0.1", daddr="10.0.0.2", sport=1, dport=2)
+    good = decode.encode(ifname="eth0", saddr="10.0.0.1", daddr="10.0.0.2", sport=1, dport=2)
     out, err = io.StringIO(), io.StringIO()
     bpf = StandInBPF([good, good, good, good], stop=lambda: None)
     s = session(["--no-summary"], out, err, bpf)
@@ -165,18 +168,18 @@ def test_names_from_proc_and_netns_dirs_are_data(tmp_path):
 
 
 def test_kernel_strings_are_escaped():
-    raw = events.encode(ifname="a\nb c\\", table="t\x1b[31m")
-    e = events.Event(raw)
+    raw = decode.encode(ifname="a\nb c\\", table="t\x1b[31m")
+    e = decode.Event(raw)
     assert e.ifname == "a\\x0ab\\x20c\\x5c" and e.table == "t\\x1b[31m"
     unterminated = bytearray(raw)
     unterminated[IFNAME_AT:IFNAME_AT + 16] = b"x" * 16
-    assert len(events.Event(bytes(unterminated)).ifname) == 16
+    assert len(decode.Event(bytes(unterminated)).ifname) == 16
 
 
 SINK_CHILD = r"""
 import os, resource, sys
 sys.path.insert(0, %(repo)r)
-from skbtracer_lib.output import LineSink, OutputError
+from skbtracer_lib.outputs.files import LineSink, OutputError
 f = open(%(path)r, "w")
 sink = LineSink(f, "cannot write")
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))   # Python ignores SIGXFSZ

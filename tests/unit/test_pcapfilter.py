@@ -13,16 +13,29 @@ import subprocess
 import sys
 
 import pytest
-
 from skbt_unit_helpers import REPO, assert_usage_error, run_cli
 
 sys.path.insert(0, REPO)
-from skbtracer_lib import pcapfilter  # noqa: E402
+from skbtracer_lib.program import pcapfilter  # noqa: E402
 
 scapy = pytest.importorskip("scapy.all")
-from scapy.all import (ARP, ICMP, IP, TCP, UDP, Dot1Q, Ether, ICMPv6EchoReply,  # noqa: E402
-                       ICMPv6EchoRequest, IPOption_RR, IPv6, IPv6ExtHdrFragment,
-                       IPv6ExtHdrHopByHop, Raw, fragment)
+from scapy.all import (  # noqa: E402
+    ARP,
+    ICMP,
+    IP,
+    TCP,
+    UDP,
+    Dot1Q,
+    Ether,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    IPOption_RR,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    Raw,
+    fragment,
+)
 
 EXPRESSIONS = [
     "ip", "ip6", "tcp", "udp", "icmp", "icmp6", "arp", "vlan", "vlan and udp", "vlan 100",
@@ -328,7 +341,7 @@ def test_expression_reaches_the_program_only_as_numbers():
     assert "#define PCAP_FILTER 1" in text
     assert "0xa63584dU" in text and "0x1092U" in text              # 10.99.88.77, port 4242
     from skbtracer_lib import config
-    from skbtracer_lib.program import Program
+    from skbtracer_lib.program.source import Program
     program = Program(config.parse_args(["--backend", "tracepoint", marker]), backend="tracepoint")
     assert marker not in program.text and "10.99.88.77" not in program.text
 

@@ -1,10 +1,11 @@
-"""Text rows made from the raw bytes (output.RowFormatter.row_of_raw, the
+"""Text rows made from the raw bytes (textrow.RowFormatter.row_of_raw, the
 default per-event path) are the rows of the decoded events, cached or not."""
 
 import random
 
-from skbtracer_lib import events, output, probes
-from skbtracer_lib.output import Clock, RowFormatter
+from skbtracer_lib.events import decode, textrow
+from skbtracer_lib.events.textrow import Clock, RowFormatter
+from skbtracer_lib.program import probes
 
 PROBES = ["ip_rcv", "kfree_skb", "nf_hook_slow", "ipt_do_table"]
 
@@ -15,7 +16,7 @@ def formatter():
 
 
 def sample(rng, n):
-    base = [events.encode(kind=k, family=f, l4proto=p, ifname="eth%d" % k, saddr=a, daddr=a,
+    base = [decode.encode(kind=k, family=f, l4proto=p, ifname="eth%d" % k, saddr=a, daddr=a,
                           table="filter", chain="INPUT", probe=k, sport=53, dport=9,
                           location=0xFFFFFFFF81000000 * (k == 3), drop_reason=2, verdict=1)
             for k in (1, 2, 3) for p in (6, 17, 1, 58, 250)
@@ -32,8 +33,8 @@ def sample(rng, n):
 def test_rows_from_raw_bytes_are_the_decoded_rows():
     rng = random.Random(9)
     fmt, plain = formatter(), formatter()
-    for raw in sample(rng, 3 * output.ROW_CACHE_WINDOW):
-        e = events.Event(raw)
+    for raw in sample(rng, 3 * textrow.ROW_CACHE_WINDOW):
+        e = decode.Event(raw)
         assert fmt.row_of_raw(raw) == (plain.row(e), e.netns)
     assert fmt._parts                                   # the cache was used
 
@@ -41,7 +42,7 @@ def test_rows_from_raw_bytes_are_the_decoded_rows():
 def test_the_cache_steps_aside_when_keys_do_not_repeat():
     rng = random.Random(10)
     fmt, plain = formatter(), formatter()
-    for _ in range(output.ROW_CACHE_WINDOW + 10):
-        raw = events.encode(sport=rng.randrange(1, 65536), saddr="10.0.0.1", daddr="10.0.0.2")
-        assert fmt.row_of_raw(raw)[0] == plain.row(events.Event(raw))
+    for _ in range(textrow.ROW_CACHE_WINDOW + 10):
+        raw = decode.encode(sport=rng.randrange(1, 65536), saddr="10.0.0.1", daddr="10.0.0.2")
+        assert fmt.row_of_raw(raw)[0] == plain.row(decode.Event(raw))
     assert fmt._uncached > 0

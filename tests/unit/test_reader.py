@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
-from skbtracer_lib import reader
-from skbtracer_lib.reader import PAGE_SIZE, PerfRing, RingBufferReader
+from skbtracer_lib.events import reader
+from skbtracer_lib.events.reader import PAGE_SIZE, PerfRing, RingBufferReader
 
 SEED = 14
 

@@ -8,10 +8,17 @@ import random
 import re
 
 import pytest
-
 from skbt_unit_helpers import run_cli
-from skbtracer_lib import config, jsonout, latency, merge, output, probes, replay
-from skbtracer_lib.events import Event, encode
+
+from skbtracer_lib import config
+from skbtracer_lib.events import textrow
+from skbtracer_lib.events.decode import Event, encode
+from skbtracer_lib.outputs import jsonl
+from skbtracer_lib.program import probes
+from skbtracer_lib.replay import read as replay_read
+from skbtracer_lib.replay import rebuild
+from skbtracer_lib.replay import session as replay_session
+from skbtracer_lib.story import latency, merge
 
 TRACEPOINTS = ["netif_rx", "netif_receive_skb", "net_dev_queue", "net_dev_start_xmit",
                "skb_copy_datagram_iovec", "kfree_skb", "consume_skb"]
@@ -88,10 +95,10 @@ def reply(ip_id, dport, t):
 
 
 def write_run(path, node, events, skew_ns=0, shuffle=False, end=True):
-    rows = output.RowFormatter(TRACEPOINTS, probes.DropReasons({}, "test"), hex,
+    rows = textrow.RowFormatter(TRACEPOINTS, probes.DropReasons({}, "test"), hex,
                                Clock(BASE_WALL + skew_ns))
-    fmt = jsonout.JsonFormatter(rows, Names(), node=node, run_id="run-" + node)
-    lines = [jsonout.dumps(jsonout.start_object("tracepoint", node=node, run_id=fmt.run_id,
+    fmt = jsonl.JsonFormatter(rows, Names(), node=node, run_id="run-" + node)
+    lines = [jsonl.dumps(jsonl.start_object("tracepoint", node=node, run_id=fmt.run_id,
                                                 probes=TRACEPOINTS, attached=TRACEPOINTS,
                                                 modes=["route"], iptable_traced=False))]
     body = [fmt.line(e) for e in sorted(events, key=lambda e: e.ts_ns)]
@@ -100,7 +107,7 @@ def write_run(path, node, events, skew_ns=0, shuffle=False, end=True):
     lines += body
     if end:
         last = max(e.ts_ns for e in events) + 5_000_000_000
-        lines.append(jsonout.dumps(jsonout.end_object(node, fmt.run_id, last, 0, [])))
+        lines.append(jsonl.dumps(jsonl.end_object(node, fmt.run_id, last, 0, [])))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -108,8 +115,8 @@ def write_run(path, node, events, skew_ns=0, shuffle=False, end=True):
 def tell(*paths, args=()):
     cfg = config.parse_args([*args, "-r", *map(str, paths)])
     out, err = io.StringIO(), io.StringIO()
-    runs = replay.read_files(cfg.read, lambda text: err.write("warning: %s\n" % text))
-    status = replay.ReplaySession(cfg, runs, out=out, err=err).run()
+    runs = replay_read.read_files(cfg.read, lambda text: err.write("warning: %s\n" % text))
+    status = replay_session.ReplaySession(cfg, runs, out=out, err=err).run()
     return status, out.getvalue(), err.getvalue()
 
 
@@ -175,7 +182,7 @@ def test_one_file_reads_as_live(tmp_path):
     status, out, err = tell(a)
     assert status == 0
     rows = out.splitlines()
-    assert rows[0] == output.HEADER and len(rows) == 6
+    assert rows[0] == textrow.HEADER and len(rows) == 6
     assert re.match(r"^\[\d\d:\d\d:\d\d\]\[201 +\] eth0 ", rows[1]), rows[1]
     assert "node1:" not in err and "=>" not in err     # one node: the labels as saved
     assert "client/eth0 > node1/vethclient > cbr0 > eth0" in err
@@ -228,8 +235,8 @@ def test_hop_deltas_and_the_slowest_hop(tmp_path):
 def test_latency_table_counts_over_packets(tmp_path):
     a, b = two_node_files(tmp_path, 0)
     cfg = config.parse_args(["-r", str(a), str(b)])
-    runs = replay.read_files(cfg.read, lambda text: None)
-    session = replay.ReplaySession(cfg, runs, out=io.StringIO(), err=io.StringIO())
+    runs = replay_read.read_files(cfg.read, lambda text: None)
+    session = replay_session.ReplaySession(cfg, runs, out=io.StringIO(), err=io.StringIO())
     session.run()
     told = session.last_story
     rows = latency.hop_table_rows(told)
@@ -291,7 +298,7 @@ def test_newer_format_version(tmp_path):
     path = write_run(tmp_path / "a.jsonl", "node1", one)
     lines = path.read_text().splitlines()
     start = json.loads(lines[0])
-    start["format"] = jsonout.FORMAT + 1
+    start["format"] = jsonl.FORMAT + 1
     lines[0] = json.dumps(start)
     path.write_text("\n".join(lines) + "\n")
     one_line(run_cli("-r", str(path)), 2, "a.jsonl:1:", "format version 2 is newer")
@@ -308,8 +315,8 @@ def test_read_needs_no_root_nor_bcc(tmp_path):
             "try:\n    runpy.run_path(%r, run_name='__main__')\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
             "assert 'bcc' not in sys.modules, 'bcc imported'\n"
-            % (str(path), str(replay.__file__.rsplit('/', 2)[0]),
-               replay.__file__.rsplit('/', 2)[0] + "/skbtracer.py"))
+            % (str(path), str(replay_session.__file__.rsplit('/', 3)[0]),
+               replay_session.__file__.rsplit('/', 3)[0] + "/skbtracer.py"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -372,13 +379,13 @@ def test_saved_events_with_impossible_values_never_raise(tmp_path):
         lines[n] = json.dumps(obj)
         path.write_text("\n".join(lines) + "\n")
         try:
-            runs = replay.read_files(cfg.read, lambda text: None)
-        except replay.ReadError as e:
+            runs = replay_read.read_files(cfg.read, lambda text: None)
+        except replay_read.ReadError as e:
             assert "fuzz.jsonl:%d" % (n + 1) in str(e), (case, str(e))
             refused += 1
             continue
         out, err = io.StringIO(), io.StringIO()
-        assert replay.ReplaySession(cfg, runs, out=out, err=err).run() == 0, (case, obj)
+        assert replay_session.ReplaySession(cfg, runs, out=out, err=err).run() == 0, (case, obj)
         told += 1
     assert refused and told
 
@@ -391,7 +398,7 @@ def test_100k_garbage_event_objects_are_accepted_whole_or_refused(tmp_path):
     lines = write_run(tmp_path / "good.jsonl", "node1", one).read_text().splitlines()
     events = [json.loads(line) for line in lines if '"type": "event"' in line]
     rng = random.Random(100_000)
-    rebuilder, run = replay.Rebuilder(False), replay.SavedRun("x", 1, {"node": "n"})
+    rebuilder, run = rebuild.Rebuilder(False), replay_read.SavedRun("x", 1, {"node": "n"})
     accepted = 0
     for _ in range(100_000):
         obj = dict(rng.choice(events))
@@ -399,11 +406,11 @@ def test_100k_garbage_event_objects_are_accepted_whole_or_refused(tmp_path):
             key = rng.choice(sorted(obj))
             obj[key] = rng.choice(GARBAGE)
         try:
-            replay._check_event(obj)
+            replay_read._check_event(obj)
         except (KeyError, ValueError):
             continue
         rebuilder.event(run, obj, obj["ktime_ns"])
-        jsonout.text_row(obj, "")
+        jsonl.text_row(obj, "")
         accepted += 1
     assert 0 < accepted < 100_000
 
@@ -414,17 +421,17 @@ def test_functions_of_all_are_known_to_the_story_again(tmp_path):
     is only a path row (story_name's "()")."""
     probe_names = TRACEPOINTS + ["tpacket_rcv", "veth_xmit"]
     path = tmp_path / "all.json"
-    path.write_text(jsonout.dumps(jsonout.start_object(
+    path.write_text(jsonl.dumps(jsonl.start_object(
         "kprobe", node="n1", run_id="r1", probes=probe_names, attached=probe_names,
         modes=["route"], iptable_traced=False, functions=["tpacket_rcv", "veth_xmit"])) + "\n")
     cfg = config.parse_args(["-r", str(path)])
-    session = replay.ReplaySession(cfg, replay.read_files(cfg.read, print))
+    session = replay_session.ReplaySession(cfg, replay_read.read_files(cfg.read, print))
     session.rebuilder.probe_names[:] = probe_names
     names, visible, extra = session.story_probes()
     assert names == TRACEPOINTS + ["tpacket_rcv()", "veth_xmit"]
     assert {"tpacket_rcv()", "veth_xmit"} <= visible and extra == {"tpacket_rcv()", "veth_xmit"}
     # without the field (a run without --all, or an older file): none extra
     path.write_text(path.read_text().replace(', "functions": ["tpacket_rcv", "veth_xmit"]', ""))
-    session = replay.ReplaySession(cfg, replay.read_files(cfg.read, print))
+    session = replay_session.ReplaySession(cfg, replay_read.read_files(cfg.read, print))
     session.rebuilder.probe_names[:] = probe_names
     assert session.story_probes()[2] == set()

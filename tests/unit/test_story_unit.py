@@ -1,4 +1,4 @@
-"""The packet's story (story.py), JSON lines (jsonout.py), namespace names
+"""The packet's story (story.py), JSON lines (jsonl.py), namespace names
 (names.py) and the new flags, on synthetic events built with events.encode.
 
 The event sequences are the seed's scenarios as skbtracer recorded them
@@ -7,17 +7,19 @@ rows that matter and with made-up skb addresses and namespace inodes.
 """
 
 import json
-import re
 import os
 import random
+import re
 
 import pytest
-
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 from skbt_unit_helpers import run_cli
 
-from skbtracer_lib import config, jsonout, names, output, probes, story
-from skbtracer_lib.events import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
+from skbtracer_lib import config, story
+from skbtracer_lib.events import textrow
+from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
+from skbtracer_lib.outputs import jsonl, names
+from skbtracer_lib.program import probes
 
 NS = {"client": 101, "node1": 100, "server": 102, "node2": 103, "server2": 104}
 LABELS = {inode: name for name, inode in NS.items()}
@@ -462,7 +464,7 @@ def test_large_trace_table_is_capped_and_keeps_flagged_packets():
 
 def test_story_objects_are_json():
     told = guest_scenario1(Trace(KPROBES)).story(iptable_traced=True)
-    objects = [json.loads(jsonout.dumps(o)) for o in story.story_objects(told)]
+    objects = [json.loads(jsonl.dumps(o)) for o in story.story_objects(told)]
     assert [o["type"] for o in objects] == ["summary", "duplicate"]
     summary, duplicate = objects
     assert summary["flags"] == ["DUPLICATE"] and summary["skbs"] == 4
@@ -495,8 +497,8 @@ EVENT_KEYS = {"type", "time_ns", "time", "ktime_ns", "netns", "netns_name", "con
 
 
 def json_formatter(names_=None):
-    rows = output.RowFormatter(KPROBES, REASONS, lambda a: "fn+0x%x" % (a & 0xfff), FixedClock())
-    return jsonout.JsonFormatter(rows, names_)
+    rows = textrow.RowFormatter(KPROBES, REASONS, lambda a: "fn+0x%x" % (a & 0xfff), FixedClock())
+    return jsonl.JsonFormatter(rows, names_)
 
 
 def test_json_event_schema():
@@ -554,7 +556,7 @@ def test_json_fast_line_is_the_event_object(tmp_path):
              dict(l4proto=47, ttl=255, len=2**31, pid=2**31, ifindex=2**31)]
     for fields in cases:
         e = Event(encode(ts_ns=123456789, skb=A, **fields))
-        assert f.line(e) == jsonout.dumps(f.event(e))
+        assert f.line(e) == jsonl.dumps(f.event(e))
         json.loads(f.line(e))
 
 
@@ -568,7 +570,7 @@ def test_json_names_come_from_the_resolver(tmp_path):
 
 def test_json_and_text_rows_carry_the_same_fields():
     """What --json says can be turned back into the text row of the same event."""
-    rows = output.RowFormatter(KPROBES, REASONS, lambda a: "fn+0x%x" % (a & 0xfff), FixedClock())
+    rows = textrow.RowFormatter(KPROBES, REASONS, lambda a: "fn+0x%x" % (a & 0xfff), FixedClock())
     jf = json_formatter()
     trace = guest_scenario1(Trace(KPROBES))
     trace.add(C, "kfree_skb", "node1/cbr0", flow(1), drop_reason=8, location=0xffffffff81000123)
@@ -582,7 +584,7 @@ def test_json_and_text_rows_carry_the_same_fields():
     trace.add(D, "ip_rcv", "node1/cbr0", dict(l4proto=47, saddr=CLIENT, daddr=SERVER))
     for e in trace.events:
         obj = json.loads(jf.line(e))
-        assert rows.row(e) == jsonout.text_row(obj, "12:34:56")
+        assert rows.row(e) == jsonl.text_row(obj, "12:34:56")
 
 
 # ---------------------------------------------------------------- names
@@ -697,8 +699,8 @@ def test_rows_with_names():
         def label(self, inode):
             return LABELS.get(inode, str(inode))
 
-    f = output.RowFormatter(TRACEPOINTS, REASONS, str, FixedClock(), names=Names())
-    plain = output.RowFormatter(TRACEPOINTS, REASONS, str, FixedClock())
+    f = textrow.RowFormatter(TRACEPOINTS, REASONS, str, FixedClock(), names=Names())
+    plain = textrow.RowFormatter(TRACEPOINTS, REASONS, str, FixedClock())
     e = Event(encode(netns=NS["server"], ifname="eth0", probe=0))
     assert f.row(e) == plain.row(e).replace("[%-10d]" % NS["server"], "[server    ]")
 

@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
-
 from skbt_unit_helpers import REPO
-from skbtracer_lib import __version__, completion, config, jsonout
+
+from skbtracer_lib import __version__, config
+from skbtracer_lib.config import completion
+from skbtracer_lib.outputs import jsonl
 
 
 def test_version_flag():
@@ -43,7 +45,7 @@ def test_man_page_header_agrees():
 
 
 def test_json_start_object():
-    start = jsonout.start_object("tracepoint")
+    start = jsonl.start_object("tracepoint")
     assert start["type"] == "start" and start["version"] == __version__
     assert start["kernel"] == os.uname().release and start["backend"] == "tracepoint"
 
@@ -126,8 +128,9 @@ def control_depends():
 
 def test_every_import_of_the_tracer_is_in_depends():
     lib = os.path.join(REPO, "skbtracer_lib")
-    paths = [os.path.join(REPO, "skbtracer.py")] + [
-        os.path.join(lib, name) for name in sorted(os.listdir(lib)) if name.endswith(".py")]
+    paths = [os.path.join(REPO, "skbtracer.py")] + sorted(
+        os.path.join(folder, name) for folder, _dirs, names in os.walk(lib)
+        for name in names if name.endswith(".py"))
     outside = imported_modules(paths) - set(sys.stdlib_module_names) - {"skbtracer_lib"}
     assert outside <= set(DEBIAN_PACKAGES), "add to DEBIAN_PACKAGES and debian/control: %s" % (
         outside - set(DEBIAN_PACKAGES))

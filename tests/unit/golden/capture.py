@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, REPO)
 
-from skbtracer_lib import kernel  # noqa: E402
+from skbtracer_lib.program import kernel  # noqa: E402
 from testbed.scenarios import run_scenarios  # noqa: E402
 from testbed.topology import SeedCluster  # noqa: E402
 from testbed.tracer import TracerRun  # noqa: E402

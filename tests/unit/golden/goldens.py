@@ -22,8 +22,12 @@ import json
 import os
 import tempfile
 
-from skbtracer_lib import config, names, probes, replay, story
-from skbtracer_lib.events import EVENT_SIZE
+from skbtracer_lib import config, story
+from skbtracer_lib.events.decode import EVENT_SIZE
+from skbtracer_lib.outputs import names
+from skbtracer_lib.program import probes
+from skbtracer_lib.replay import read as replay_read
+from skbtracer_lib.replay import session as replay_session
 from skbtracer_lib.runinfo import ProbeInfo, RunInfo
 from skbtracer_lib.session import Session
 
@@ -94,8 +98,8 @@ def run_replay(files, argv):
     def warn(text):
         err.write("skbtracer: warning: %s\n" % text)
 
-    runs = replay.read_files(cfg.read, warn)
-    status = replay.ReplaySession(cfg, runs, out=out, err=err).run()
+    runs = replay_read.read_files(cfg.read, warn)
+    status = replay_session.ReplaySession(cfg, runs, out=out, err=err).run()
     # the files' paths differ from checkout to checkout
     return (out.getvalue(), err.getvalue().replace(CORPUS + os.sep, ""), status)
 

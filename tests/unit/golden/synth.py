@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 import test_story_unit as u  # noqa: E402
 import workload  # noqa: E402
 
-from skbtracer_lib.events import KIND_IPTABLE, encode  # noqa: E402
+from skbtracer_lib.events.decode import KIND_IPTABLE, encode  # noqa: E402
 
 NETNS_POOL = [1001, 1002, 1003, 1004, 1005]     # inodes no machine names
 
@@ -41,7 +41,7 @@ def kind_of(name):
 
 
 def save(name, probe_names, raws, backend, extra=(), ended_gap_ns=2_000_000_000):
-    from skbtracer_lib.events import Event
+    from skbtracer_lib.events.decode import Event
     last = max(Event(r).ts_ns for r in raws)
     meta = {"backend": backend, "ended_ns": last + ended_gap_ns,
             "probes": [[n, kind_of(n), n in extra] for n in probe_names]}

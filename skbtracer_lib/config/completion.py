@@ -2,13 +2,13 @@
 the flags are written once. The Debian package runs this at build time;
 from a checkout or a venv:
 
-    source <(/usr/bin/python3 -m skbtracer_lib.completion)
+    source <(/usr/bin/python3 -m skbtracer_lib.config.completion)
 """
 
 import argparse
 import sys
 
-from . import __version__, config
+from .. import __version__, config
 
 # What a flag's value completes to, by its metavar or dest; values we cannot
 # guess (addresses, numbers) complete to nothing.

@@ -9,8 +9,8 @@ packet-socket taps are not on the packet's way: they are left out.
 
 from typing import NamedTuple
 
-from .story import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS, format_table
-from .story import duration_text
+from .points import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS
+from .render_text import duration_text, format_table
 
 MAX_TIME_LINES = MAX_FLAG_LINES
 

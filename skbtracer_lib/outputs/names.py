@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .events import printable
+from ..events.decode import printable
 
 NETNS_DIRS = ("/run/netns",)
 RETRY_SECONDS = 2.0

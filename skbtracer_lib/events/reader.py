@@ -31,8 +31,8 @@ import os
 import select
 import struct
 
-from . import kernel
-from .syscalls import PERF_EVENT_OPEN, bpf, syscall
+from ..program import kernel
+from ..program.syscalls import PERF_EVENT_OPEN, bpf, syscall
 
 RING_BUFFER_PAGES = 1024   # one ring for all CPUs: 4 MiB with 4 KiB pages
 PERF_PAGES = 64            # per CPU; 256 KiB with 4 KiB pages

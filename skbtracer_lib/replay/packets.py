@@ -9,8 +9,8 @@ Payload bytes, checksums and the MACs read as zeros (man page, CAVEATS).
 import socket
 import struct
 
-from . import pcapfilter
-from .vocabulary import TCP_FLAG_BITS
+from ..program import pcapfilter
+from ..events.vocabulary import TCP_FLAG_BITS
 
 
 def rebuild(o):

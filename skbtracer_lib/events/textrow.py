@@ -1,15 +1,11 @@
-"""Turning decoded events into the original tool's text rows."""
+"""The text row: the original tool's columns for a decoded event (the
+reference), and the same rows made in C (_rows.c) where it is built."""
 
-import errno
 import os
-import stat
 import struct
-import sys
 import time
 
-from .config import existing_file_problem
-from .events import EVENT_SIZE, Event
-from .kernel import KernelError
+from .decode import EVENT_SIZE, Event
 from .vocabulary import KIND_DROP, KIND_IPTABLE, TCP_FLAGS, icmp_kind, is_icmp, probe_name
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
@@ -85,7 +81,7 @@ ROW_CACHE_LIMIT = 8192
 ROW_CACHE_WINDOW = 2048     # rows over which the cache's hit rate is judged
 ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly misses
 
-# The same rows made in C (skbtracer_lib/_rows.c), where scripts/build-rows.sh
+# The same rows made in C (skbtracer_lib/events/_rows.c), where scripts/build-rows.sh
 # built it: a ring buffer's batch in one call. SKBTRACER_PYTHON_ROWS=1 makes
 # them in Python all the same (how the tests compare the two).
 PYTHON_ROWS_ENV = "SKBTRACER_PYTHON_ROWS"
@@ -201,141 +197,3 @@ class RowFormatter:
     @staticmethod
     def stack_lines(symbols):
         return ["    %s" % s for s in symbols]
-
-
-class OutputError(Exception):
-    """Rows could not be written (full disk, file size limit, I/O error)."""
-
-
-class LineSink:
-    """Whole lines to a file descriptor, never part of one.
-
-    Text is gathered and written with os.write in chunks that end at a
-    line; when a write fails after part of a chunk reached a regular file,
-    the file is cut back to its last complete line, so what was written
-    before the failure stays intact. EPIPE stays BrokenPipeError (`| head`);
-    anything else becomes OutputError(what, strerror)."""
-
-    FLUSH_BYTES = 1 << 16
-
-    def __init__(self, stream, what):
-        stream.flush()              # whatever went through it before us
-        self.stream = stream        # owns the descriptor
-        self.fd = stream.fileno()
-        self.what = what
-        self.pending = []           # text
-        self.encoded = []           # bytes: pending's text encoded, and write_bytes()'
-        self.size = 0
-        self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
-
-    def write(self, text):
-        self.pending.append(text)
-        self.size += len(text)
-        if self.size >= self.FLUSH_BYTES:
-            self.flush()
-
-    def write_bytes(self, data):
-        """Rows already encoded (UTF-8), after what write() was given."""
-        self._encode_pending()
-        self.encoded.append(data)
-        self.size += len(data)
-        if self.size >= self.FLUSH_BYTES:
-            self.flush()
-
-    def _encode_pending(self):
-        if self.pending:
-            self.encoded.append("".join(self.pending).encode("utf-8", "backslashreplace"))
-            self.pending = []
-
-    def flush(self):
-        self._encode_pending()
-        if not self.encoded:
-            return
-        data = b"".join(self.encoded) if len(self.encoded) > 1 else self.encoded[0]
-        self.encoded = []
-        self.size = 0
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(data):
-                done += os.write(self.fd, view[done:])
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            self._cut_partial_line(data, done)
-            raise OutputError("%s: %s" % (self.what, e.strerror)) from None
-
-    def _cut_partial_line(self, data, done):
-        if not self.regular or done == 0:
-            return
-        partial = done - (data.rfind(b"\n", 0, done) + 1)
-        if partial:
-            try:
-                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR) - partial)
-            except OSError:
-                pass
-
-
-def line_sink(stream, what):
-    """A LineSink for a stream with a file descriptor; other streams (tests'
-    StringIO) are written to as they are."""
-    try:
-        stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return stream
-    return LineSink(stream, what)
-
-
-def bytes_writer(sink):
-    """sink's write_bytes(), or for a text stream one that decodes first."""
-    write_bytes = getattr(sink, "write_bytes", None)
-    if write_bytes is not None:
-        return write_bytes
-    return lambda data: sink.write(data.decode("utf-8"))
-
-
-# -- files for -o, --json=FILE and -w
-
-class FileError(KernelError):
-    """A file named on the command line cannot be opened for writing (one
-    line, exit 1; a KernelError too, for callers that say both alike)."""
-
-
-def open_new_file(flag, path, force, binary=False):
-    """Open a file for rows (binary: for blocks). Creates it exclusively;
-    an existing one is opened only as existing_file_problem()
-    allows, checked on the opened file itself (it may have changed since
-    the flags were checked). Never follows a symlink."""
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
-    try:
-        try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            fd = _open_existing(flag, path, force, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise FileError("%s: %r is a symbolic link; refusing to follow it" % (flag, path))
-        raise FileError("%s: cannot write %r: %s" % (flag, path, e.strerror))
-    if binary:
-        return os.fdopen(fd, "wb")
-    return os.fdopen(fd, "w", encoding="utf-8")
-
-
-def _open_existing(flag, path, force, flags):
-    # O_NONBLOCK: a FIFO without a reader must not hang the open (ENXIO)
-    try:
-        fd = os.open(path, flags | os.O_NONBLOCK)
-    except OSError as e:
-        if e.errno != errno.ENXIO or not stat.S_ISFIFO(os.lstat(path).st_mode):
-            raise
-        sys.stderr.write("skbtracer: %s: waiting for a reader of %r\n" % (flag, path))
-        fd = os.open(path, flags)
-    st = os.fstat(fd)
-    problem = existing_file_problem(st, force)
-    if problem:
-        os.close(fd)
-        raise FileError("%s: %r %s" % (flag, path, problem))
-    os.set_blocking(fd, True)
-    if stat.S_ISREG(st.st_mode):
-        os.ftruncate(fd, 0)     # --force
-    return fd

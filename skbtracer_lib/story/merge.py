@@ -15,7 +15,7 @@ cancel, as in NTP); with one, the smallest delta (off by one wire delay).
 
 import statistics
 
-from .story import FREE_POINTS, RX_POINTS
+from .points import FREE_POINTS, RX_POINTS
 
 NS = 1_000_000_000
 

@@ -14,7 +14,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 
-from . import __version__
+from .. import __version__
 
 PROG = "skbtracer"
 
@@ -381,7 +381,7 @@ def validate(ns):
             raise UsageError("-r reads saved events; %s applies only while tracing"
                              % ", ".join(live_only))
     cfg.all_functions = ns.all_functions
-    from .functions import FunctionError, check_patterns
+    from ..program.functions import FunctionError, check_patterns
     try:
         cfg.functions = check_patterns(ns.func)
     except FunctionError as e:
@@ -409,7 +409,7 @@ def parse_expression(words):
     text = " ".join(words).strip()
     if not text:
         return None
-    from . import pcapfilter
+    from ..program import pcapfilter
     try:
         return pcapfilter.Expression(text)
     except pcapfilter.FilterError as e:
@@ -420,7 +420,7 @@ def parse_args(argv=None, parser=None):
     """Parse and validate; on a bad value print one line and exit 2."""
     parser = parser or build_parser()
     ns = parser.parse_args(argv)
-    from .pcapfilter import LibpcapMissing
+    from ..program.pcapfilter import LibpcapMissing
     try:
         return validate(ns)
     except UsageError as e:

@@ -13,9 +13,9 @@ import os
 import time
 import uuid
 
-from . import __version__
-from .output import ROW_FORMAT, drop_info, pkt_info, verdict_info
-from .vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
+from .. import __version__
+from ..events.textrow import ROW_FORMAT, drop_info, pkt_info, verdict_info
+from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
                          PKT_TYPES, TCP_FLAG_BITS, TCP_FLAGS)
 
 FORMAT = 1          # the JSON lines' format version; -r refuses newer ones

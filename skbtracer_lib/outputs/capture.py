@@ -27,8 +27,8 @@ import struct
 
 from dpkt import pcapng
 
-from .events import EVENT_SIZE, KIND_DROP, KIND_IPTABLE, BoundedCache
-from . import story
+from ..events.decode import EVENT_SIZE, KIND_DROP, KIND_IPTABLE, BoundedCache
+from .. import story
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101              # raw IPv4 or IPv6, by the version nibble

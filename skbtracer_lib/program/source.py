@@ -1,0 +1,160 @@
+"""The C text: skbtracer.c with the generated #defines before it and the
+probe lines after it, for the flags and the running kernel."""
+
+import os
+import sys
+
+from . import kernel, layout, probes
+from ..events import reader
+from ..events.decode import EVENT_SIZE, swap16
+
+C_SOURCE_NAME = "skbtracer.c"
+# where skbtracer.c takes the translated filter expression
+PCAP_FUNCTIONS_MARKER = "/* @pcap-functions@ skbtracer.py puts the translated expression here */"
+KEEP_ENTRIES = 65536
+STACK_ENTRIES = 16384
+# -w: struct capture_t (a u64, the event, an 8-byte head, the bytes) is one
+# per-CPU map value, and the kernel refuses values over 32 KiB
+CAPTURE_VALUE_MAX = 32768
+CAPTURE_BYTES_MAX = CAPTURE_VALUE_MAX - 8 - EVENT_SIZE - 8
+
+
+def capture_bytes(snaplen):
+    """Packet bytes the kernel copies per row for --snaplen."""
+    return min(snaplen, CAPTURE_BYTES_MAX)
+
+def c_source_path():
+    """skbtracer.c next to skbtracer.py (a checkout), else where setup.cfg
+    installs it."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for candidate in (os.path.join(here, C_SOURCE_NAME),
+                      os.path.join(sys.prefix, "share", "skbtracer", C_SOURCE_NAME)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise kernel.KernelError("cannot find %s next to skbtracer.py" % C_SOURCE_NAME)
+
+
+def filter_defines(cfg):
+    """The filters as numbers, in the byte order the kernel's packet bytes
+    have when loaded as little-endian integers."""
+    d = {}
+    if cfg.addr is not None:
+        packed = cfg.addr.packed
+        if cfg.addr.version == 4:
+            d["FILTER_ADDR4"] = "%dU" % int.from_bytes(packed, "little")
+        else:
+            d["FILTER_ADDR6_0"] = "%dULL" % int.from_bytes(packed[:8], "little")
+            d["FILTER_ADDR6_1"] = "%dULL" % int.from_bytes(packed[8:], "little")
+    if cfg.proto == "icmp":
+        d["FILTER_ICMP"] = 1
+    elif cfg.proto in ("tcp", "udp"):
+        d["FILTER_L4PROTO"] = {"tcp": 6, "udp": 17}[cfg.proto]
+    if cfg.port is not None:
+        d["FILTER_PORT"] = swap16(cfg.port)
+    if cfg.icmpid is not None:
+        d["FILTER_ICMPID"] = swap16(cfg.icmpid)
+    if cfg.pid is not None:
+        d["FILTER_PID"] = cfg.pid
+    inodes = cfg.netns_all or ([cfg.netns] if cfg.netns is not None else [])
+    if inodes:        # -N, repeatable: a fixed set of numbers (config.MAX_NETNS at most)
+        d["FILTER_NETNS(n)"] = "(%s)" % " || ".join("(n) == %dU" % int(i) for i in inodes)
+    if cfg.expression is not None:
+        d["PCAP_FILTER"] = 1
+        d.update(cfg.expression.defines())
+    return d
+
+
+def mode_defines(cfg):
+    d = {}
+    if "iptable" in cfg.modes:
+        d["MODE_IPTABLE"] = 1
+    if "drop" in cfg.modes:
+        d["MODE_DROP"] = 1
+    if cfg.keep:
+        d["KEEP"] = 1
+        d["KEEP_ENTRIES"] = KEEP_ENTRIES
+    if cfg.stacks:
+        d["STACK_ALL" if cfg.stacks == "all" else "STACK_DROPS"] = 1
+        d["STACK_ENTRIES"] = STACK_ENTRIES
+    if cfg.write:
+        d["CAPTURE_BYTES"] = capture_bytes(cfg.snaplen)
+    return d
+
+
+def choose_backend(requested):
+    """(backend, notice) for --backend auto|kprobe|tracepoint."""
+    have_kprobes = kernel.kprobes_available()
+    if requested == "kprobe" and not have_kprobes:
+        raise kernel.KernelError("--backend kprobe: kprobes are unavailable on this kernel "
+                                 "(no CONFIG_KPROBES); use --backend tracepoint")
+    if requested == "auto":
+        if have_kprobes:
+            return "kprobe", None
+        return "tracepoint", ("skbtracer: kprobes are unavailable on this kernel; "
+                              "using tracepoints (fewer probe points, see -v)")
+    return requested, None
+
+
+class Program:
+    """The complete C text and the probes it instantiates."""
+
+    def __init__(self, cfg, backend=None):
+        """backend: force one without checking the kernel can attach it
+        (the compile and verifier tests load kprobe programs on kernels
+        that cannot attach them)."""
+        self.cfg = cfg
+        if backend:
+            self.backend, self.notice = backend, None
+        else:
+            self.backend, self.notice = choose_backend(cfg.backend)
+        self.layouts = layout.choose(cfg.layout)
+        self.plan = probes.plan_probes(cfg, self.backend, self.layouts)
+        if cfg.expression is not None:
+            self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())
+        defines = {}
+        defines.update(self.layouts.defines)
+        defines.update(mode_defines(cfg))
+        defines.update(filter_defines(cfg))
+        defines.update(self.plan.defines)
+        # events through the BPF ring buffer where the kernel has one (5.8+)
+        ring = reader.ring_buffer_available()
+        try:
+            pages = reader.buffer_pages(reader.RING_BUFFER_PAGES if ring else reader.PERF_PAGES)
+        except reader.ReaderError as e:
+            raise kernel.KernelError(str(e)) from None
+        self.ring_buffer_pages = pages if ring else None   # else the perf buffer's, per CPU
+        self.perf_pages = None if ring else pages
+        if self.ring_buffer_pages:
+            defines["RING_BUFFER_PAGES"] = self.ring_buffer_pages
+        with open(c_source_path()) as f:
+            body = f.read()
+        head = ["/* generated by skbtracer.py: layouts from %s, %s backend */"
+                % (self.layouts.description, self.backend)]
+        head += ["#define %s %s" % (name, value) for name, value in sorted(defines.items())]
+        tail = list(dict.fromkeys(p.c_line for p in self.plan.probes if p.c_line))
+        self._parts = ("\n".join(head) + "\n\n", body, "\n" + "\n".join(tail) + "\n")
+        self.text = self._assemble(listing=False)
+
+    def _assemble(self, listing):
+        head, body, tail = self._parts
+        expression = self.cfg.expression
+        if expression is not None:
+            functions = expression.c_functions()
+            if listing:
+                functions = expression.c_comment() + functions
+            body = body.replace(PCAP_FUNCTIONS_MARKER, functions)
+        return head + body + tail
+
+    def listing(self):
+        """--ebpf: the program as compiled, with the filter expression as a
+        comment above its translation (the compiled text has no trace of it)."""
+        return self._assemble(listing=True)
+
+    @property
+    def capture_bytes(self):
+        """-w: packet bytes the kernel copies per row at most."""
+        return capture_bytes(self.cfg.snaplen)
+
+    @property
+    def probe_names(self):
+        return [p.name for p in self.plan.probes]
