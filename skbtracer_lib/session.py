@@ -16,6 +16,7 @@ from .outputs import capture, jsonl, names
 from .outputs.files import OutputError, bytes_writer, line_sink
 from .program import probes
 from .story import latency
+from .story.fit import terminal_width
 
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
@@ -69,6 +70,7 @@ class Session:
         self.failed = None         # the OutputError that ended the trace
         self.bad_events = 0        # events that raised while being shown
         self.modules_checked = time.monotonic()
+        self.stopped_by = None     # what ended the trace: "-c", "Ctrl-C", "SIGTERM" ...
 
     def _on_event(self, _cpu, data, size):
         """An event as bcc's perf reader hands it over (a ctypes callback)."""
@@ -102,7 +104,7 @@ class Session:
             return
         self.rows += 1
         if self.cfg.count is not None and self.rows >= self.cfg.count:
-            self.stopping = self.done = True
+            self._stopped_by("-c")
 
     def ring_batch(self, data, base, mask, position, producer, max_records):
         """The text rows of many ring buffer records at once, in C (the
@@ -127,7 +129,7 @@ class Session:
             self._output_stopped(e)
         self.rows += rows
         if stop == STOP_COUNT:
-            self.stopping = self.done = True
+            self._stopped_by("-c")
         return position, records, stop
 
     def _show(self, raw):
@@ -179,8 +181,16 @@ class Session:
     def _on_lost(self, count):
         self.lost += count
 
-    def _stop(self, _signum, _frame):
+    def _stop(self, signum, _frame):
+        if self.stopped_by is None:
+            self.stopped_by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         self.stopping = True
+
+    def _stopped_by(self, what):
+        """-c reached: print no more; the story says what it cut off."""
+        if self.stopped_by is None:
+            self.stopped_by = what
+        self.stopping = self.done = True
 
     def run(self):
         if self.capture is not None:
@@ -321,8 +331,8 @@ class Session:
         if self.json is None or self.pipe_closed:
             return
         caveats = self.caveats() if self.book is not None else []
-        line = jsonl.dumps(jsonl.end_object(self.json.node, self.json.run_id,
-                                                self.ended_ns, self.lost, caveats)) + "\n"
+        line = jsonl.dumps(jsonl.end_object(self.json.node, self.json.run_id, self.ended_ns,
+                                            self.lost, caveats, self.stopped_by)) + "\n"
         try:
             for stream in ((self.out,) if self.json_rows else ()) + (
                     (self.json_out,) if self.json_out is not None else ()):
@@ -365,13 +375,15 @@ class Session:
                 reasons=self.drop_reasons(), caveats=self.caveats(),
                 routes_traced="route" in self.cfg.modes,
                 iptable_traced=self.loaded.info.iptable_traced,
-                ended_ns=self.ended_ns, **self.story_arguments())
+                ended_ns=self.ended_ns, stopped_by=self.stopped_by, **self.story_arguments())
             self.last_story = told
             if not told.packets:
                 self.err.write("skbtracer: no packets to tell about\n")
                 return
-            say = story.exit_lines(told, len(self.book), self.book.beyond, self.book.limit)
-            say += latency.story_lines(told, self.cfg.latency)
+            width = self.cfg.width or terminal_width(self.err)
+            say = story.exit_lines(told, len(self.book), self.book.beyond, self.book.limit,
+                                   width, self.cfg.story_per_packet)
+            say += latency.story_lines(told, self.cfg.latency, width)
             self.err.write("\n".join(say) + "\n")
             if self.capture is not None:
                 self._flush_capture(lambda: self.capture.write_story(say))
@@ -414,4 +426,4 @@ class Session:
             self.pipe_closed = True
         else:
             self.failed = error
-        self.stopping = self.done = True
+        self._stopped_by("the output closed" if self.pipe_closed else "an output error")

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..story.fit import DEFAULT_WIDTH
 
 PROG = "skbtracer"
 
@@ -94,6 +95,8 @@ class Config:
     latency: bool = False           # --latency: hop-to-hop delay table at exit
     all_functions: bool = False     # --all: every function taking an skb
     functions: list = field(default_factory=list)   # --func patterns
+    width: int = None               # --width: columns of the story (default: the terminal's)
+    story_per_packet: bool = False  # --story-per-packet: a table row per packet
 
 
 def build_parser():
@@ -168,6 +171,12 @@ def build_parser():
                    help="the node name written into the JSON objects (default: the host name)")
     p.add_argument("--latency", action="store_true",
                    help="at exit, a table of hop-to-hop delays (count, median, p99, max)")
+    p.add_argument("--story-per-packet", action="store_true",
+                   help="the story's table: a row per packet instead of one per flow, "
+                        "path and end")
+    p.add_argument("--width", metavar="N",
+                   help="fit the story into N columns (default: the terminal's width, "
+                        "else %d)" % DEFAULT_WIDTH)
     p.add_argument("--version", action="version", version="%(prog)s " + __version__)
     p.add_argument("expression", nargs="*", metavar="EXPRESSION",
                    help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; "
@@ -321,6 +330,8 @@ def validate(ns):
             raise UsageError("--node: %r is not a node name (letters, digits, _.@:-)" % ns.node)
     cfg.node = ns.node or os.uname().nodename
     cfg.latency = ns.latency
+    cfg.story_per_packet = ns.story_per_packet
+    cfg.width = _number(ns.width, "--width", 40, 1000)
     cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
     if ns.time and ns.timestamp:
         raise UsageError("-T/--time and -t/--timestamp exclude each other")

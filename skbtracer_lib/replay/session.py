@@ -59,6 +59,9 @@ class ReplaySession(Session):
                 if note not in self.saved_caveats:
                     self.saved_caveats.append(note)
         self.lost = sum((r.end or {}).get("lost") or 0 for r in runs)
+        # what stopped the saved runs (-c, Ctrl-C ...): the story tells what it cut off
+        stops = [(r.end or {}).get("stopped_by") for r in runs]
+        self.stopped_by = next((s for s in stops if isinstance(s, str) and s), None)
 
     def drop_reasons(self):
         return DropReasons(dict(self.rebuilder.reason_names), "the saved events")
@@ -122,7 +125,10 @@ class ReplaySession(Session):
             if self.failed is not None:
                 break
             self.rows += 1
-            if self.pipe_closed or (self.cfg.count is not None and self.rows >= self.cfg.count):
+            if self.pipe_closed:
+                break
+            if self.cfg.count is not None and self.rows >= self.cfg.count:
+                self.stopped_by = "-c"
                 break
         self.ended_ns = self._ended_ns(timeline)
         if self.failed is not None:
