@@ -226,7 +226,7 @@ def test_longer_records_are_their_first_200_bytes_and_shorter_ones_python_s():
 
 def test_a_trace_info_python_cannot_make_is_left_to_python():
     fmt, _ = formatters()
-    fast = textrow.rows_in_c().Formatter(lambda raw: 1 / 0, fmt.clock)
+    fast = textrow.rows_in_c().Formatter(textrow.c_spec(), lambda raw: 1 / 0, fmt.clock)
     assert fast.row(decode.encode()) is None
 
 
