@@ -166,13 +166,25 @@ def c_offsets():
     return {f.name: (f.offset, f.size, f.seen == NETWORK) for f in FIELDS}
 
 
-def ctypes_fields(rename=None):
-    """(name, ctypes type) of every field in order: the struct as a
-    ctypes.Structure's _fields_ (the benchmark's model of the original
-    tool reads the same bytes this way); rename: name -> another name."""
+def ctypes_fields(rename=None, types=None):
+    """The struct as a ctypes.Structure's _fields_, for one with _pack_ = 1
+    (the padding C puts between fields is a field of its own here): the
+    benchmark's model of the original tool reads the bytes this way.
+    rename: name -> the name to give it; types: name -> its ctypes type
+    instead of the table's (of the same size)."""
     import ctypes
-    types = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "s32": ctypes.c_int32,
-             "u16": ctypes.c_uint16, "u8": ctypes.c_uint8, "char": ctypes.c_char}
-    rename = rename or {}
-    return [(rename.get(f.name, f.name),
-             types[f.ctype] * f.count if f.count > 1 else types[f.ctype]) for f in FIELDS]
+    scalars = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "s32": ctypes.c_int32,
+               "u16": ctypes.c_uint16, "u8": ctypes.c_uint8, "char": ctypes.c_char}
+    rename, types = rename or {}, types or {}
+    result, end = [], 0
+    for f in FIELDS:
+        if f.offset > end:
+            result.append(("_gap%d" % end, ctypes.c_uint8 * (f.offset - end)))
+        ctype = scalars[f.ctype] * f.count if f.count > 1 else scalars[f.ctype]
+        ctype = types.get(f.name, ctype)
+        assert ctypes.sizeof(ctype) == f.size, f.name
+        result.append((rename.get(f.name, f.name), ctype))
+        end = f.offset + f.size
+    if EVENT_SIZE > end:
+        result.append(("_gap%d" % end, ctypes.c_uint8 * (EVENT_SIZE - end)))
+    return result
