@@ -8,6 +8,7 @@ field as one line in the table and one in the struct (on a copy of the tree)."""
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from event_struct import NotAMember, differences, members
 from skbtracer_lib.events import decode, fields, textrow
 from skbtracer_lib.events.fields import FIELDS, Field
 from skbtracer_lib.events.textrow import Clock, RowFormatter
+from skbtracer_lib.events.vocabulary import KINDS
 from skbtracer_lib.outputs import jsonl
 from skbtracer_lib.program import probes
 
@@ -258,3 +260,11 @@ def test_a_new_field_is_one_line_in_the_table_and_one_in_the_struct(tmp_path):
     result = json.loads(done.stdout)
     assert result["event_size"] == fields.EVENT_SIZE + 8      # 4 more, padded to 8
     assert result["rows_in_c"] == (textrow.rows_in_c() is not None)
+
+
+def test_the_kinds_skbtracer_c_defines_are_vocabulary_s():
+    """skbtracer.c still writes KIND_* itself (until Python defines them for
+    it): the same numbers as vocabulary.KINDS."""
+    defined = {name.lower(): int(number) for name, number in
+               re.findall(r"^#define KIND_(\w+)\s+(\d+)\s*$", c_text(), re.M)}
+    assert defined == {name: number for number, name in KINDS.items()}
