@@ -99,101 +99,118 @@ PyDoc_STRVAR(ring_doc,
 "their namespaces (netns), for the story; else both None. stop: why the\n"
 "walk ended (STOP_*); STOP_SLOW leaves the record at position to Python.");
 
+/* The story's copies of a batch's events: their bytes and namespaces */
+typedef struct {
+    PyObject *raws;          /* list of bytes */
+    PyObject *netns_seen;    /* set of int */
+    uint32_t last_netns;
+    int have_netns;
+} Kept;
+
+static int keep_event(Kept *kept, const Spec *spec, const unsigned char *e)
+{
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)e, spec->event_size);
+    if (!raw || PyList_Append(kept->raws, raw) < 0) {
+        Py_XDECREF(raw);
+        return -1;
+    }
+    Py_DECREF(raw);
+    uint32_t netns = host32(e + spec->netns);
+    if (kept->have_netns && netns == kept->last_netns)
+        return 0;
+    PyObject *number = PyLong_FromUnsignedLong(netns);
+    if (!number || PySet_Add(kept->netns_seen, number) < 0) {
+        Py_XDECREF(number);
+        return -1;
+    }
+    Py_DECREF(number);
+    kept->last_netns = netns;
+    kept->have_netns = 1;
+    return 0;
+}
+
+/* Where a walk is and what it made */
+typedef struct {
+    unsigned long long position;
+    Py_ssize_t records, rows;
+    int stop;
+} Walk;
+
+/* The records of data (view_len bytes; their pages at base, mask = their
+ * size - 1) from w->position to producer, as Formatter.ring: 0, or -1 on
+ * an error. kept: where the story's copies go, or NULL. */
+static int walk(Formatter *self, const unsigned char *data, size_t view_len, size_t base,
+                unsigned long long mask, unsigned long long producer, long long max_rows,
+                Py_ssize_t max_records, Kept *kept, Walk *w)
+{
+    const Spec *spec = &self->spec;
+    size_t header = (size_t)spec->ringbuf_header;
+    w->stop = spec->stop_end;
+    while (w->records < max_records && w->position < producer) {
+        size_t at = base + (size_t)(w->position & mask);
+        if (at + header > view_len) {
+            w->stop = spec->stop_slow;
+            return 0;
+        }
+        uint32_t length = __atomic_load_n((const uint32_t *)(data + at), __ATOMIC_ACQUIRE);
+        if (length & spec->ringbuf_busy) {
+            w->stop = spec->stop_busy; /* reserved, not committed: its commit wakes the reader */
+            return 0;
+        }
+        if (!(length & spec->ringbuf_discard) && max_rows != 0) {
+            const unsigned char *e = data + at + header;
+            if (length < (size_t)spec->event_size || at + header + length > view_len) {
+                w->stop = spec->stop_slow;
+                return 0;
+            }
+            int made = format_row(self, e);
+            if (made < 0 || (made == 0 && kept && keep_event(kept, spec, e) < 0))
+                return -1;
+            if (made > 0) {
+                w->stop = spec->stop_slow;
+                return 0;
+            }
+            w->rows++;
+        }
+        w->position += ((length & ~spec->ringbuf_discard) + header + 7) & ~7ULL;
+        w->records++;
+        if (max_rows > 0 && w->rows >= max_rows) {
+            w->stop = spec->stop_count;
+            return 0;
+        }
+    }
+    return 0;
+}
+
 static PyObject *Formatter_ring(Formatter *self, PyObject *args)
 {
     Py_buffer view;
     Py_ssize_t base, max_records;
-    unsigned long long mask, position, producer;
+    unsigned long long mask, producer;
     long long max_rows;
     int keep;
-    if (!PyArg_ParseTuple(args, "y*nKKKLnp", &view, &base, &mask, &position, &producer,
+    Walk w = {0};
+    if (!PyArg_ParseTuple(args, "y*nKKKLnp", &view, &base, &mask, &w.position, &producer,
                           &max_rows, &max_records, &keep))
         return NULL;
-    if (read_offset(self) < 0) {
-        PyBuffer_Release(&view);
+    Kept kept = {keep ? PyList_New(0) : Py_None, keep ? PySet_New(NULL) : Py_None, 0, 0};
+    if (!keep) {
+        Py_INCREF(Py_None);
+        Py_INCREF(Py_None);
+    }
+    int failed = !kept.raws || !kept.netns_seen || read_offset(self) < 0 ||
+                 walk(self, view.buf, (size_t)view.len, (size_t)base, mask, producer, max_rows,
+                      max_records, keep ? &kept : NULL, &w) < 0;
+    PyBuffer_Release(&view);
+    PyObject *text = failed ? NULL : take_text(self);
+    if (!text) {
+        self->out.len = 0;
+        Py_XDECREF(kept.raws);
+        Py_XDECREF(kept.netns_seen);
         return NULL;
     }
-    const unsigned char *data = view.buf;
-    PyObject *raws = keep ? PyList_New(0) : NULL;
-    PyObject *netns_seen = keep ? PySet_New(NULL) : NULL;
-    uint32_t last_netns = 0;
-    int have_netns = 0;
-    Py_ssize_t records = 0, rows = 0;
-    const Spec *spec = &self->spec;
-    int stop = spec->stop_end;
-    if (keep && (!raws || !netns_seen))
-        goto error;
-    while (records < max_records && position < producer) {
-        size_t at = (size_t)base + (size_t)(position & mask);
-        size_t header = (size_t)spec->ringbuf_header;
-        if (at + header > (size_t)view.len) {
-            stop = spec->stop_slow;
-            break;
-        }
-        uint32_t length = __atomic_load_n((const uint32_t *)(data + at), __ATOMIC_ACQUIRE);
-        if (length & spec->ringbuf_busy) {
-            stop = spec->stop_busy; /* reserved, not committed: its commit wakes the reader */
-            break;
-        }
-        if (!(length & spec->ringbuf_discard) && max_rows != 0) {
-            const unsigned char *e = data + at + header;
-            if (length < (size_t)spec->event_size || at + header + length > (size_t)view.len) {
-                stop = spec->stop_slow;
-                break;
-            }
-            int made = format_row(self, e);
-            if (made < 0)
-                goto error;
-            if (made > 0) {
-                stop = spec->stop_slow;
-                break;
-            }
-            rows++;
-            if (keep) {
-                PyObject *raw = PyBytes_FromStringAndSize((const char *)e, spec->event_size);
-                if (!raw || PyList_Append(raws, raw) < 0) {
-                    Py_XDECREF(raw);
-                    goto error;
-                }
-                Py_DECREF(raw);
-                uint32_t netns = host32(e + spec->netns);
-                if (!have_netns || netns != last_netns) {
-                    PyObject *number = PyLong_FromUnsignedLong(netns);
-                    if (!number || PySet_Add(netns_seen, number) < 0) {
-                        Py_XDECREF(number);
-                        goto error;
-                    }
-                    Py_DECREF(number);
-                    last_netns = netns;
-                    have_netns = 1;
-                }
-            }
-        }
-        position += ((length & ~spec->ringbuf_discard) + header + 7) & ~7ULL;
-        records++;
-        if (max_rows > 0 && rows >= max_rows) {
-            stop = spec->stop_count;
-            break;
-        }
-    }
-    PyBuffer_Release(&view);
-    PyObject *text = take_text(self);
-    if (!text)
-        goto error_released;
-    if (!keep) {
-        raws = Py_None;
-        netns_seen = Py_None;
-        Py_INCREF(raws);
-        Py_INCREF(netns_seen);
-    }
-    return Py_BuildValue("KnnNNNi", position, records, rows, text, raws, netns_seen, stop);
-error:
-    PyBuffer_Release(&view);
-error_released:
-    self->out.len = 0;
-    Py_XDECREF(raws);
-    Py_XDECREF(netns_seen);
-    return NULL;
+    return Py_BuildValue("KnnNNNi", w.position, w.records, w.rows, text, kept.raws,
+                         kept.netns_seen, w.stop);
 }
 
 PyDoc_STRVAR(row_doc, "row(raw) -> bytes: one event's row (UTF-8, with its newline), or None "
