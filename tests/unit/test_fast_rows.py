@@ -317,3 +317,21 @@ def test_rows_pass_the_python_path_s_pending_text_in_order():
     sink.flush()
     sink_file.seek(0)
     assert sink_file.read() == "header\nrow \u00e9\nafter\n"
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.pop("udp_prefix"),
+    lambda s: s["fields"].update(sport=(60, 2, False)),             # host order: not what C reads
+    lambda s: s["fields"].update(netns=(198, 4, False)),            # past the event's end
+    lambda s: s.update(row_widths=(8, 10, 12, 12)),
+    lambda s: s.update(tcp_prefixes=s["tcp_prefixes"][:255]),
+    lambda s: s.update(trace_fields=s["trace_fields"] + ((0, 64),)),  # a key over 64 bytes
+    lambda s: s.update(other_prefixes=(b"bytes",) * 256),
+], ids=["missing", "byte-order", "outside", "widths", "short-table", "key-size", "not-text"])
+def test_a_spec_the_c_rows_cannot_follow_is_refused(change):
+    spec = dict(textrow.c_spec(), fields=dict(textrow.c_spec()["fields"]))
+    change(spec)
+    fmt, _ = formatters()
+    with pytest.raises(ValueError, match="rows spec"):
+        textrow.rows_in_c().Formatter(spec, fmt.trace_after_skb, fmt.clock)
+    assert textrow.rows_in_c().Formatter(textrow.c_spec(), fmt.trace_after_skb, fmt.clock)
