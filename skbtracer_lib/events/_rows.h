@@ -23,8 +23,10 @@
 #define STACK_CACHE_LIMIT 16384
 #define INFO_SIZE 512            /* PKT_INFO's buffer: the spec's longest must fit */
 #define TIME_SIZE 64
+#define PIECE_SLACK 16           /* zeros after each piece (and room after a row's text) */
 
-/* A piece of text Python handed over (UTF-8, in Spec.texts) */
+/* A piece of text Python handed over (UTF-8, in Spec.texts, PIECE_SLACK
+ * zeros after it) */
 typedef struct {
     const char *text;
     Py_ssize_t len;
@@ -52,6 +54,7 @@ typedef struct {
     Py_ssize_t longest_info;     /* PKT_INFO's length at most */
     Piece name_bytes[256];       /* a name's bytes as a row shows them */
     Py_ssize_t longest_name_byte;
+    Py_ssize_t row_room;         /* a row's bytes at most, but its time, PKT_INFO, tail, stack */
     char wall_format[32];        /* Clock.WALL_FORMAT */
     int relative_digits;
     int stop_end, stop_busy, stop_slow, stop_count;

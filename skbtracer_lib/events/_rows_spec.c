@@ -41,13 +41,20 @@ static int read_piece(Spec *spec, PyObject *text, Piece *piece)
         PyErr_SetString(PyExc_ValueError, "rows spec: a text that is not a str");
         return -1;
     }
-    PyObject *bytes = PyUnicode_AsUTF8String(text);
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
+    if (!utf8)
+        return -1;
+    /* PIECE_SLACK zeros after it: short pieces are copied in one move of that size */
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, len + PIECE_SLACK);
     if (!bytes || PyList_Append(spec->texts, bytes) < 0) {
         Py_XDECREF(bytes);
         return -1;
     }
+    memcpy(PyBytes_AS_STRING(bytes), utf8, len);
+    memset(PyBytes_AS_STRING(bytes) + len, 0, PIECE_SLACK);
     piece->text = PyBytes_AS_STRING(bytes);
-    piece->len = PyBytes_GET_SIZE(bytes);
+    piece->len = len;
     piece->chars = PyUnicode_GET_LENGTH(text);
     Py_DECREF(bytes);           /* spec->texts holds it */
     return 0;
@@ -140,6 +147,27 @@ static int read_fields(Spec *spec, PyObject *dict)
     return 0;
 }
 
+/* The spans in offset order, neighbours joined: fewer copies per key */
+static void join_spans(Spec *spec)
+{
+    int n = spec->trace_count, joined = 0;
+    for (int i = 1; i < n; i++)         /* insertion sort: a dozen spans at most */
+        for (int j = i; j > 0 && spec->trace_at[j - 1] > spec->trace_at[j]; j--) {
+            Py_ssize_t at = spec->trace_at[j], size = spec->trace_size[j];
+            spec->trace_at[j] = spec->trace_at[j - 1], spec->trace_size[j] = spec->trace_size[j - 1];
+            spec->trace_at[j - 1] = at, spec->trace_size[j - 1] = size;
+        }
+    for (int i = 0; i < n; i++) {
+        if (joined && spec->trace_at[joined - 1] + spec->trace_size[joined - 1] == spec->trace_at[i]) {
+            spec->trace_size[joined - 1] += spec->trace_size[i];
+            continue;
+        }
+        spec->trace_at[joined] = spec->trace_at[i];
+        spec->trace_size[joined++] = spec->trace_size[i];
+    }
+    spec->trace_count = joined;
+}
+
 /* trace_fields: ((offset, size), ...), whose bytes together key TRACE_INFO */
 static int read_trace_fields(Spec *spec, PyObject *dict)
 {
@@ -166,6 +194,7 @@ static int read_trace_fields(Spec *spec, PyObject *dict)
         spec->trace_size[i] = size;
     }
     spec->trace_count = (int)n;
+    join_spans(spec);
     return 0;
 }
 
@@ -231,7 +260,7 @@ static int read_words(Spec *spec, PyObject *dict)
                          6 * longest(spec->ports_literals, 6) +
                          4 * longest(spec->addresses_literals, 4);
     spec->longest_name_byte = longest(spec->name_bytes, 256);
-    if (spec->longest_info > INFO_SIZE) {
+    if (spec->longest_info + PIECE_SLACK > INFO_SIZE) {
         PyErr_SetString(PyExc_ValueError, "rows spec: PKT_INFO's words too long");
         return -1;
     }
@@ -256,6 +285,17 @@ static int read_numbers(Spec *spec, PyObject *dict)
     return 0;
 }
 
+/* Bytes a row may take at most, but its time, PKT_INFO, TRACE_INFO and stack */
+static Py_ssize_t row_room(const Spec *s)
+{
+    Py_ssize_t room = 64 + PIECE_SLACK + 2 * s->dmac_size + s->ifname_size * s->longest_name_byte;
+    for (int i = 0; i < ROW_COLUMNS + 2; i++)
+        room += s->row_literals[i].len;
+    for (int i = 0; i < ROW_COLUMNS; i++)
+        room += s->row_widths[i];
+    return room;
+}
+
 int spec_read(Spec *spec, PyObject *dict)
 {
     spec_clear(spec);
@@ -268,9 +308,11 @@ int spec_read(Spec *spec, PyObject *dict)
         read_int(dict, "event_size", 1, 1 << 20, &event_size) < 0)
         return -1;
     spec->event_size = (Py_ssize_t)event_size;
-    return read_fields(spec, dict) < 0 || read_trace_fields(spec, dict) < 0 ||
-           read_format(spec, dict) < 0 || read_words(spec, dict) < 0 ||
-           read_numbers(spec, dict) < 0 ? -1 : 0;
+    if (read_fields(spec, dict) < 0 || read_trace_fields(spec, dict) < 0 ||
+        read_format(spec, dict) < 0 || read_words(spec, dict) < 0 || read_numbers(spec, dict) < 0)
+        return -1;
+    spec->row_room = row_room(spec);
+    return 0;
 }
 
 void spec_clear(Spec *spec)

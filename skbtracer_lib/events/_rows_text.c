@@ -30,15 +30,60 @@ static int text_reserve(Text *t, size_t more)
     return 0;
 }
 
+/* The spec's pieces are mostly a few bytes (":", "->", one character of
+ * a name), the key's spans the sizes of fields: copies of a known size,
+ * not a call to memcpy, for those */
+static inline void copy(void *to, const void *from, size_t n)
+{
+    switch (n) {
+    case 0:
+        return;
+    case 1:
+        *(char *)to = *(const char *)from;
+        return;
+    case 2:
+        memcpy(to, from, 2);
+        return;
+    case 3:
+        memcpy(to, from, 3);
+        return;
+    case 4:
+        memcpy(to, from, 4);
+        return;
+    case 8:
+        memcpy(to, from, 8);
+        return;
+    case 16:
+        memcpy(to, from, 16);
+        return;
+    case 32:
+        memcpy(to, from, 32);
+        return;
+    default:
+        memcpy(to, from, n);
+    }
+}
+
 static inline void put(Text *t, const char *s, size_t n)
 {
     memcpy(t->data + t->len, s, n);
     t->len += n;
 }
 
+/* A piece into room reserved with PIECE_SLACK to spare: a short one in
+ * one move of that size (what lands past it is overwritten or unused) */
+static inline size_t piece_at(char *to, const Piece *p)
+{
+    if (p->len <= PIECE_SLACK)
+        memcpy(to, p->text, PIECE_SLACK);
+    else
+        memcpy(to, p->text, (size_t)p->len);
+    return (size_t)p->len;
+}
+
 static inline void put_piece(Text *t, const Piece *p)
 {
-    put(t, p->text, (size_t)p->len);
+    t->len += piece_at(t->data + t->len, p);
 }
 
 static inline void put_spaces(Text *t, Py_ssize_t n)
@@ -46,6 +91,14 @@ static inline void put_spaces(Text *t, Py_ssize_t n)
     if (n > 0) {
         memset(t->data + t->len, ' ', n);
         t->len += n;
+    }
+}
+
+static inline void put_hex(Text *t, const unsigned char *bytes, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        t->data[t->len++] = hex_digits[bytes[i] >> 4];
+        t->data[t->len++] = hex_digits[bytes[i] & 15];
     }
 }
 
@@ -173,9 +226,8 @@ static size_t address(char *p, int family, const unsigned char *raw)
 /* A piece at p; *wide counts its bytes past one per character */
 static inline size_t text(char *p, const Piece *piece, Py_ssize_t *wide)
 {
-    memcpy(p, piece->text, piece->len);
     *wide += piece->len - piece->chars;
-    return (size_t)piece->len;
+    return piece_at(p, piece);
 }
 
 /* textrow.protocol_prefix, from the spec's tables */
@@ -274,7 +326,7 @@ static PyObject *tail(Formatter *self, const unsigned char *e)
     const Spec *s = &self->spec;
     unsigned char key[TAIL_KEY_SIZE] = {0};
     for (int f = 0, at = 0; f < s->trace_count; at += s->trace_size[f], f++)
-        memcpy(key + at, e + s->trace_at[f], s->trace_size[f]);
+        copy(key + at, e + s->trace_at[f], (size_t)s->trace_size[f]);
     size_t mask = TAIL_SLOTS - 1, i = hash_key(key) & mask;
     for (; self->tails[i].text; i = (i + 1) & mask)
         if (!memcmp(self->tails[i].key, key, TAIL_KEY_SIZE))
@@ -327,17 +379,6 @@ static PyObject *stack_lines(Formatter *self, const unsigned char *e)
     return lines;
 }
 
-/* Bytes a row may take at most, but its time, PKT_INFO, TRACE_INFO and stack */
-static size_t row_room(const Spec *s)
-{
-    size_t room = 64 + 2 * (size_t)s->dmac_size + (size_t)s->ifname_size * s->longest_name_byte;
-    for (int i = 0; i < ROW_COLUMNS + 2; i++)
-        room += s->row_literals[i].len;
-    for (int i = 0; i < ROW_COLUMNS; i++)
-        room += s->row_widths[i];
-    return room;
-}
-
 /* One row, as RowFormatter.row: 0, 1 for "Python's turn", -1 on error. */
 int format_row(Formatter *self, const unsigned char *e)
 {
@@ -353,7 +394,7 @@ int format_row(Formatter *self, const unsigned char *e)
         return PyErr_Occurred() ? -1 : 1;
     Py_ssize_t info_chars, info_len = (Py_ssize_t)pkt_info(s, e, info, &info_chars);
     Py_ssize_t tail_len = PyBytes_GET_SIZE(tail_text);
-    if (text_reserve(&self->out, row_room(s) + column_len + info_len + tail_len + stack_len) < 0)
+    if (text_reserve(&self->out, s->row_room + column_len + info_len + tail_len + stack_len) < 0)
         return -1;
     Text *t = &self->out;
     const Piece *literal = s->row_literals;
@@ -368,10 +409,10 @@ int format_row(Formatter *self, const unsigned char *e)
     put_piece(t, &literal[2]);
     put_spaces(t, width[2] - put_name(t, s, e + s->ifname, s->ifname_size));
     put_piece(t, &literal[3]);
-    for (Py_ssize_t i = 0; i < s->dmac_size; i++) {
-        t->data[t->len++] = hex_digits[e[s->dmac + i] >> 4];
-        t->data[t->len++] = hex_digits[e[s->dmac + i] & 15];
-    }
+    if (s->dmac_size == 6)          /* a MAC address: the loop unrolled */
+        put_hex(t, e + s->dmac, 6);
+    else
+        put_hex(t, e + s->dmac, s->dmac_size);
     put_spaces(t, width[3] - 2 * s->dmac_size);
     put_piece(t, &literal[4]);
     put(t, info, info_len);
