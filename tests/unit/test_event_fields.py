@@ -252,13 +252,14 @@ def test_a_new_field_is_one_line_in_the_table_and_one_in_the_struct(tmp_path):
     anchor = '    Field("stack_id",'
     at = text.index("\n", text.index(anchor)) + 1
     table.write_text(text[:at] + '    Field("made_up",     "u32"),\n' + text[at:])
-    (tmp_path / "skbtracer.c").write_text(with_member(c_text(), "s32 stack_id", "u32 made_up;"))
+    c_with_it = with_member(c_text(), "s32 stack_id", "u32 made_up;")
+    (tmp_path / "skbtracer.c").write_text(c_with_it)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([sys.executable, "-c", ONE_FIELD_CHECKS, HERE], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["event_size"] == fields.EVENT_SIZE + 8      # 4 more, padded to 8
+    assert result["event_size"] == members(c_with_it)[1]
     assert result["rows_in_c"] == (textrow.rows_in_c() is not None)
 
 
