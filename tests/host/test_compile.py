@@ -114,8 +114,10 @@ def check_event_layout(bpf):
     offsets, sizes and signedness as clang laid it out; decode.EVENT the same."""
     leaf = event_struct(bpf)
     assert ctypes.sizeof(leaf) == fields.EVENT_SIZE == decode.EVENT.size
-    assert [name for name, _ctype in leaf._fields_] == [f.name for f in fields.FIELDS]
-    for (name, ctype), f in zip(leaf._fields_, fields.FIELDS):
+    members = [(name, ctype) for name, ctype in leaf._fields_
+               if not name.startswith("__pad")]         # bcc's names for C's padding
+    assert [name for name, _ctype in members] == [f.name for f in fields.FIELDS]
+    for (name, ctype), f in zip(members, fields.FIELDS):
         described = getattr(leaf, name)
         assert (described.offset, described.size) == (f.offset, f.size), name
         element = getattr(ctype, "_type_", ctype) if f.count > 1 else ctype
