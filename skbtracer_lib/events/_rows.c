@@ -20,6 +20,48 @@
 
 #include <string.h>
 
+/* make(argument) as UTF-8 bytes (a new reference); NULL with no exception
+ * set when Python could not make it (its own path will say what is wrong). */
+PyObject *utf8_of(PyObject *make, PyObject *argument)
+{
+    PyObject *text = PyObject_CallOneArg(make, argument);
+    PyObject *encoded = NULL;
+    if (text && PyUnicode_Check(text))
+        encoded = PyUnicode_AsEncodedString(text, "utf-8", "backslashreplace");
+    Py_XDECREF(text);
+    if (!encoded)
+        PyErr_Clear();
+    return encoded;
+}
+
+/* The event's stack lines (borrowed), b"" without, or NULL. A stack id
+ * names one stack for the whole run (skbtracer.c asks without
+ * BPF_F_REUSE_STACKID and nothing deletes): its lines are made once. */
+PyObject *stack_lines(Formatter *self, const unsigned char *e)
+{
+    static PyObject *none;
+    int32_t stack_id = (int32_t)host32(e + self->spec.stack_id);
+    if (self->stack_text == Py_None || (stack_id == -1 && !self->all_stacks)) {
+        if (!none)
+            none = PyBytes_FromStringAndSize("", 0);
+        return none;
+    }
+    PyObject *id = PyLong_FromLong(stack_id);
+    if (!id)
+        return NULL;
+    PyObject *lines = PyDict_GetItemWithError(self->stacks, id);
+    if (!lines && !PyErr_Occurred() && (lines = utf8_of(self->stack_text, id))) {
+        if (PyDict_GET_SIZE(self->stacks) >= STACK_CACHE_LIMIT)
+            PyDict_Clear(self->stacks);
+        int failed = PyDict_SetItem(self->stacks, id, lines);
+        Py_DECREF(lines);       /* the dict holds it */
+        if (failed)
+            lines = NULL;
+    }
+    Py_DECREF(id);
+    return lines;
+}
+
 /* The clock's offset as it is now (read per call, not per row: Python
  * code may set it, as the golden tests do). */
 static int read_offset(Formatter *self)

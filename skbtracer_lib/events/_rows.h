@@ -1,6 +1,7 @@
 /*
  * skbtracer's text rows in C: what the three files share. _rows.c is the
- * Python type (a Formatter: the ring walk, one row), _rows_spec.c reads
+ * Python type (a Formatter: the ring walk, one row) and the calls into
+ * Python a row may need (its TRACE_INFO, its stack), _rows_spec.c reads
  * what Python tells a Formatter when it is made (textrow.c_spec(): where
  * the event's fields are, the row's format and words, the numbers shared
  * with reader.py), _rows_text.c writes the rows.
@@ -49,10 +50,13 @@ typedef struct {
     /* PKT_INFO: PORTS_INFO's and ADDRESSES_INFO's text between the arguments */
     Piece ports_literals[6], addresses_literals[4];
     int tcp, udp, icmp4, icmp6;  /* protocol numbers */
-    Piece tcp_prefixes[256], udp_prefix, icmp4_prefixes[256], icmp6_prefixes[256],
+    /* textrow.protocol_prefix: TCP's and UDP's by tcp_flags, ICMP's by type,
+     * any other protocol's by its number */
+    Piece tcp_prefixes[256], udp_prefixes[256], icmp4_prefixes[256], icmp6_prefixes[256],
         other_prefixes[256];
     Py_ssize_t longest_info;     /* PKT_INFO's length at most */
     Piece name_bytes[256];       /* a name's bytes as a row shows them */
+    unsigned char name_plain[256];   /* 1: the byte shows as itself */
     Py_ssize_t longest_name_byte;
     Py_ssize_t row_room;         /* a row's bytes at most, but its time, PKT_INFO, tail, stack */
     char wall_format[32];        /* Clock.WALL_FORMAT */
@@ -96,6 +100,10 @@ typedef struct {
 /* _rows_spec.c */
 int spec_read(Spec *spec, PyObject *dict);
 void spec_clear(Spec *spec);
+
+/* _rows.c: what calls Python for a row */
+PyObject *utf8_of(PyObject *make, PyObject *argument);
+PyObject *stack_lines(Formatter *self, const unsigned char *e);
 
 /* _rows_text.c */
 int format_row(Formatter *self, const unsigned char *e);

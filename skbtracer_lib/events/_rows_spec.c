@@ -240,7 +240,7 @@ static int read_words(Spec *spec, PyObject *dict)
         read_int(dict, "icmp4", 0, 255, &icmp4) < 0 ||
         read_int(dict, "icmp6", 0, 255, &icmp6) < 0 ||
         read_pieces(spec, dict, "tcp_prefixes", spec->tcp_prefixes, 256) < 0 ||
-        read_text(spec, dict, "udp_prefix", &spec->udp_prefix) < 0 ||
+        read_pieces(spec, dict, "udp_prefixes", spec->udp_prefixes, 256) < 0 ||
         read_pieces(spec, dict, "icmp4_prefixes", spec->icmp4_prefixes, 256) < 0 ||
         read_pieces(spec, dict, "icmp6_prefixes", spec->icmp6_prefixes, 256) < 0 ||
         read_pieces(spec, dict, "other_prefixes", spec->other_prefixes, 256) < 0 ||
@@ -248,18 +248,20 @@ static int read_words(Spec *spec, PyObject *dict)
         return -1;
     spec->tcp = (int)tcp, spec->udp = (int)udp;
     spec->icmp4 = (int)icmp4, spec->icmp6 = (int)icmp6;
-    Py_ssize_t prefix = longest(spec->tcp_prefixes, 256);
-    const Piece *tables[] = {spec->icmp4_prefixes, spec->icmp6_prefixes, spec->other_prefixes};
-    for (int i = 0; i < 3; i++)
+    Py_ssize_t prefix = 0;
+    const Piece *tables[] = {spec->tcp_prefixes, spec->udp_prefixes, spec->icmp4_prefixes,
+                             spec->icmp6_prefixes, spec->other_prefixes};
+    for (int i = 0; i < 5; i++)
         if (longest(tables[i], 256) > prefix)
             prefix = longest(tables[i], 256);
-    if (spec->udp_prefix.len > prefix)
-        prefix = spec->udp_prefix.len;
     /* the prefix, two addresses, two ports and the text between them */
     spec->longest_info = prefix + 2 * INET6_ADDRSTRLEN + 2 * 5 +
                          6 * longest(spec->ports_literals, 6) +
                          4 * longest(spec->addresses_literals, 4);
     spec->longest_name_byte = longest(spec->name_bytes, 256);
+    for (int b = 0; b < 256; b++)
+        spec->name_plain[b] = spec->name_bytes[b].len == 1 &&
+                              (unsigned char)spec->name_bytes[b].text[0] == b;
     if (spec->longest_info + PIECE_SLACK > INFO_SIZE) {
         PyErr_SetString(PyExc_ValueError, "rows spec: PKT_INFO's words too long");
         return -1;

@@ -30,38 +30,18 @@ static int text_reserve(Text *t, size_t more)
     return 0;
 }
 
-/* The spec's pieces are mostly a few bytes (":", "->", one character of
- * a name), the key's spans the sizes of fields: copies of a known size,
- * not a call to memcpy, for those */
-static inline void copy(void *to, const void *from, size_t n)
+/* The key's spans are fields (joined where they touch): copies of a
+ * known size, not a call to memcpy, for the usual sizes */
+static inline void copy_span(unsigned char *to, const unsigned char *from, size_t n)
 {
-    switch (n) {
-    case 0:
-        return;
-    case 1:
-        *(char *)to = *(const char *)from;
-        return;
-    case 2:
+    if (n == 2)
         memcpy(to, from, 2);
-        return;
-    case 3:
-        memcpy(to, from, 3);
-        return;
-    case 4:
-        memcpy(to, from, 4);
-        return;
-    case 8:
+    else if (n == 8)
         memcpy(to, from, 8);
-        return;
-    case 16:
-        memcpy(to, from, 16);
-        return;
-    case 32:
+    else if (n == 32)
         memcpy(to, from, 32);
-        return;
-    default:
+    else
         memcpy(to, from, n);
-    }
 }
 
 static inline void put(Text *t, const char *s, size_t n)
@@ -172,6 +152,11 @@ static Py_ssize_t put_name(Text *t, const Spec *spec, const unsigned char *raw, 
 {
     Py_ssize_t chars = 0;
     for (Py_ssize_t i = 0; i < size && raw[i]; i++) {
+        if (spec->name_plain[raw[i]]) {             /* most bytes of most names */
+            t->data[t->len++] = (char)raw[i];
+            chars++;
+            continue;
+        }
         const Piece *shown = &spec->name_bytes[raw[i]];
         put_piece(t, shown);
         chars += shown->chars;
@@ -237,7 +222,7 @@ static const Piece *protocol_prefix(const Spec *s, const unsigned char *e)
     if (l4 == s->tcp)
         return &s->tcp_prefixes[e[s->tcp_flags]];
     if (l4 == s->udp)
-        return &s->udp_prefix;
+        return &s->udp_prefixes[e[s->tcp_flags]];
     if (family == 4 && l4 == s->icmp4)
         return &s->icmp4_prefixes[e[s->icmp_type]];
     if (family == 6 && l4 == s->icmp6)
@@ -288,20 +273,6 @@ static Py_ssize_t utf8_chars(const char *p, Py_ssize_t n)
     return chars;
 }
 
-/* make(argument) as UTF-8 bytes (a new reference); NULL with no exception
- * set when Python could not make it (its own path will say what is wrong). */
-static PyObject *utf8_of(PyObject *make, PyObject *argument)
-{
-    PyObject *text = PyObject_CallOneArg(make, argument);
-    PyObject *encoded = NULL;
-    if (text && PyUnicode_Check(text))
-        encoded = PyUnicode_AsEncodedString(text, "utf-8", "backslashreplace");
-    Py_XDECREF(text);
-    if (!encoded)
-        PyErr_Clear();
-    return encoded;
-}
-
 void clear_tails(Formatter *self)
 {
     for (size_t i = 0; i < TAIL_SLOTS; i++)
@@ -326,7 +297,7 @@ static PyObject *tail(Formatter *self, const unsigned char *e)
     const Spec *s = &self->spec;
     unsigned char key[TAIL_KEY_SIZE] = {0};
     for (int f = 0, at = 0; f < s->trace_count; at += s->trace_size[f], f++)
-        copy(key + at, e + s->trace_at[f], (size_t)s->trace_size[f]);
+        copy_span(key + at, e + s->trace_at[f], (size_t)s->trace_size[f]);
     size_t mask = TAIL_SLOTS - 1, i = hash_key(key) & mask;
     for (; self->tails[i].text; i = (i + 1) & mask)
         if (!memcmp(self->tails[i].key, key, TAIL_KEY_SIZE))
@@ -349,34 +320,6 @@ static PyObject *tail(Formatter *self, const unsigned char *e)
     self->tails[i].text = encoded;
     self->tails_used++;
     return encoded;
-}
-
-/* The event's stack lines (borrowed), b"" without, or NULL. A stack id
- * names one stack for the whole run (skbtracer.c asks without
- * BPF_F_REUSE_STACKID and nothing deletes): its lines are made once. */
-static PyObject *stack_lines(Formatter *self, const unsigned char *e)
-{
-    static PyObject *none;
-    int32_t stack_id = (int32_t)host32(e + self->spec.stack_id);
-    if (self->stack_text == Py_None || (stack_id == -1 && !self->all_stacks)) {
-        if (!none)
-            none = PyBytes_FromStringAndSize("", 0);
-        return none;
-    }
-    PyObject *id = PyLong_FromLong(stack_id);
-    if (!id)
-        return NULL;
-    PyObject *lines = PyDict_GetItemWithError(self->stacks, id);
-    if (!lines && !PyErr_Occurred() && (lines = utf8_of(self->stack_text, id))) {
-        if (PyDict_GET_SIZE(self->stacks) >= STACK_CACHE_LIMIT)
-            PyDict_Clear(self->stacks);
-        int failed = PyDict_SetItem(self->stacks, id, lines);
-        Py_DECREF(lines);       /* the dict holds it */
-        if (failed)
-            lines = NULL;
-    }
-    Py_DECREF(id);
-    return lines;
 }
 
 /* One row, as RowFormatter.row: 0, 1 for "Python's turn", -1 on error. */

@@ -46,13 +46,20 @@ def protocol_prefix(family, l4proto, tcp_flags, icmp_type):
     return "%d:" % l4proto
 
 
+# protocol_prefix of TCP and UDP (most rows) by their flags, made once; the
+# rows in C are handed the same tables
+PORTED_PREFIXES = {l4: tuple(protocol_prefix(0, l4, flags, 0) for flags in range(256))
+                   for l4 in PORTED}
+
+
 def pkt_info(e):
     """PKT_INFO column: T_<FLAGS>:/U:/I_request:/... src->dst. e: an Event,
     or anything with its header fields (l4proto, tcp_flags as a number...)."""
-    prefix = protocol_prefix(e.family, e.l4proto, e.tcp_flags, e.icmp_type)
-    if e.l4proto in PORTED:
-        return PORTS_INFO % (prefix, e.saddr, e.sport, e.daddr, e.dport)
-    return ADDRESSES_INFO % (prefix, e.saddr, e.daddr)
+    prefixes = PORTED_PREFIXES.get(e.l4proto)
+    if prefixes is not None:
+        return PORTS_INFO % (prefixes[e.tcp_flags], e.saddr, e.sport, e.daddr, e.dport)
+    return ADDRESSES_INFO % (protocol_prefix(e.family, e.l4proto, e.tcp_flags, e.icmp_type),
+                             e.saddr, e.daddr)
 
 
 def verdict_info(prefix, pf, table, hook, verdict):
@@ -248,6 +255,7 @@ def c_spec():
     byte as decode.c_string shows it), the clock's formats and the numbers
     it shares with reader.py."""
     u8 = range(256)
+    assert PORTED == (TCP, UDP), "the rows in C show the ports of TCP and UDP only"
     return {
         "event_size": EVENT_SIZE,
         "fields": fields.c_offsets(),
@@ -258,8 +266,7 @@ def c_spec():
         "ports_literals": tuple(_ARGUMENT.split(PORTS_INFO)),
         "addresses_literals": tuple(_ARGUMENT.split(ADDRESSES_INFO)),
         "tcp": TCP, "udp": UDP, "icmp4": ICMP_PROTOCOLS[4], "icmp6": ICMP_PROTOCOLS[6],
-        "tcp_prefixes": tuple(protocol_prefix(4, TCP, flags, 0) for flags in u8),
-        "udp_prefix": protocol_prefix(4, UDP, 0, 0),
+        "tcp_prefixes": PORTED_PREFIXES[TCP], "udp_prefixes": PORTED_PREFIXES[UDP],
         "icmp4_prefixes": tuple(protocol_prefix(4, ICMP_PROTOCOLS[4], 0, t) for t in u8),
         "icmp6_prefixes": tuple(protocol_prefix(6, ICMP_PROTOCOLS[6], 0, t) for t in u8),
         "other_prefixes": tuple(protocol_prefix(0, l4, 0, 0) for l4 in u8),

@@ -68,12 +68,10 @@ def test_a_field_on_one_side_only_is_caught():
     said = differences(c_members, FIELDS)
     assert "made_up is in struct event_t, not in the field table" in said
     assert any(s.startswith("tcp_seq: C has") for s in said)     # and what it moved
-    table = FIELDS[:9] + (Field("made_up", "u32"),) + FIELDS[9:]
+    table = [Field(f.name, f.ctype, f.count, f.seen, f.json, f.mask) for f in FIELDS]
+    table.insert(9, Field("made_up", "u32"))
     fields.lay_out(table)
-    try:
-        said = differences(members(text)[0], table)
-    finally:
-        fields.lay_out(FIELDS)
+    said = differences(members(text)[0], table)
     assert "made_up is in the field table, not in struct event_t" in said
 
 

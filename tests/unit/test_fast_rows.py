@@ -320,7 +320,7 @@ def test_rows_pass_the_python_path_s_pending_text_in_order():
 
 
 @pytest.mark.parametrize("change", [
-    lambda s: s.pop("udp_prefix"),
+    lambda s: s.pop("udp_prefixes"),
     lambda s: s["fields"].update(sport=(60, 2, False)),             # host order: not what C reads
     lambda s: s["fields"].update(netns=(EVENT_SIZE - 2, 4, False)),  # past the event's end
     lambda s: s.update(row_widths=(8, 10, 12, 12)),
