@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..events.vocabulary import L4_NUMBERS
 
 PROG = "skbtracer"
 
@@ -46,7 +47,7 @@ EXAMPLES = """examples:
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 
-L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
+L4_PROTOCOLS = dict(L4_NUMBERS, any=None)     # --proto's words
 BACKENDS = ("auto", "kprobe", "tracepoint")
 SNAPLEN_DEFAULT = 256
 MAX_NETNS = 8       # -N namespaces compiled into the kernel filter

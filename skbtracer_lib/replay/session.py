@@ -1,13 +1,12 @@
 """-r: the saved runs told as the live run would tell them."""
 
 import sys
-import time
 
 from .. import story
 from ..events.vocabulary import L4_NUMBERS
 from ..outputs import jsonl
 from ..outputs.files import FileError, open_new_file
-from ..events.textrow import HEADER
+from ..events.textrow import HEADER, Clock
 from ..program.probes import DropReasons
 from ..runinfo import beyond_note
 from ..session import Session
@@ -98,8 +97,7 @@ class ReplaySession(Session):
         json_rows = self.json_rows
         if not json_rows:
             self._write(HEADER + "\n")
-        first_wall = timeline[0][1] if timeline else 0
-        second, clock_text = None, ""
+        clock = Clock(self.cfg.timestamp, offset_ns=0)    # the saved times are wall-clock times
         for ts, wall, run, obj in timeline:
             event = self.rebuilder.event(run, obj, ts)
             if self.book is not None:
@@ -107,15 +105,8 @@ class ReplaySession(Session):
             if json_rows:
                 self._write(jsonl.dumps(obj) + "\n")
             else:
-                if self.cfg.timestamp:
-                    column = "%.6f" % ((wall - first_wall) / 1e9)
-                else:
-                    if wall // 1_000_000_000 != second:
-                        second = wall // 1_000_000_000
-                        clock_text = time.strftime("%H:%M:%S", time.localtime(second))
-                    column = clock_text
                 netns = self.names.label(event.netns) if self.cfg.names else None
-                text = jsonl.text_row(obj, column, netns)
+                text = jsonl.text_row(obj, clock.column(wall), netns)
                 for symbol in obj.get("stack") or ():
                     text += "\n    " + symbol
                 self._write(text + "\n")
