@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from . import groundtruth
 from .echo import EchoServer
-from .kuberules import (ClusterConfig, Endpoint, ServicePort, iptables_ruleset, ipvs_ipset, ipvs_iptables,
-                        ipvs_services, nft_node_firewall, nft_ruleset, NFT_TABLE, NODE_FIREWALL_TABLE)
+from .ipvsrules import ipvs_ipset, ipvs_iptables, ipvs_services
+from .kuberules import (NFT_TABLE, NODE_FIREWALL_TABLE, ClusterConfig, Endpoint, ServicePort, iptables_ruleset,
+                        nft_node_firewall, nft_ruleset)
 from .topology import IP, SERVER_PORT, SeedCluster, _iproute, run_in_netns, write_sysctl
 
 SERVER = Endpoint(IP["server"], SERVER_PORT)
