@@ -35,6 +35,8 @@ LB_CLUSTER_IP, LB_IP = "10.96.0.40", "10.250.1.40"  # LB_IP: routed towards node
 NO_ENDPOINTS_IP = "10.96.0.50"
 UNALLOCATED_IP = "10.96.0.99"  # in the service CIDR, no Service
 ENDPOINT_PODS = ("server", "server2")
+NOOP_SOURCE, NOOP_COMMENT = "192.0.2.1", "inserted while tracing"  # a rule that never matches
+NOOP_SPEC = ("-s", f"{NOOP_SOURCE}/32", "-m", "comment", "--comment", NOOP_COMMENT, "-j", "RETURN")
 
 
 def default_services() -> list[ServicePort]:
@@ -215,6 +217,25 @@ class KubeProxyNode:
             self.exec("node1", ["ipvsadm", "-C"], check=False)
             self.exec("node1", ["ipset", "destroy"], check=False)
             self.exec("node1", ["ip", "link", "del", "kube-ipvs0"], check=False)
+
+    # -- a rule changed while tracing
+
+    def insert_noop_rule(self, chain: str, table: str = "nat") -> str | None:
+        """Insert, at the top of `chain`, a rule that never matches (source 192.0.2.1, TEST-NET-1):
+        in iptables modes the rules below move down one number, in nft mode a new handle appears
+        above them.  Returns the nft handle (None in iptables modes), for delete_noop_rule()."""
+        if self.mode == "nft":
+            out = self.exec("node1", ["nft", "--echo", "--handle", "insert", "rule", "ip", NFT_TABLE, chain,
+                                      "ip", "saddr", NOOP_SOURCE, "return", "comment", f'"{NOOP_COMMENT}"']).stdout
+            return out.rsplit("# handle", 1)[1].split()[0]
+        self.exec("node1", [f"iptables-{self.iptables_flavour}", "-w", "-t", table, "-I", chain, "1", *NOOP_SPEC])
+        return None
+
+    def delete_noop_rule(self, chain: str, handle: str | None = None, table: str = "nat") -> None:
+        if self.mode == "nft":
+            self.exec("node1", ["nft", "delete", "rule", "ip", NFT_TABLE, chain, "handle", handle])
+        else:
+            self.exec("node1", [f"iptables-{self.iptables_flavour}", "-w", "-t", table, "-D", chain, *NOOP_SPEC])
 
     # -- the cluster's plumbing, for the judges and the tests
 

@@ -322,3 +322,40 @@ def test_service_connections_and_a_second_service(echo_node, proto):
     sports = {c.sport for c in conns}
     seen = {r.sport for pod in ("server", "server2") for r in echo_node.received_now(pod, proto)}
     assert sports <= seen
+
+
+# ---------------------------------------------------------------- a rule changed while tracing
+
+
+def test_iptables_rule_inserted_above_then_deleted(ipt_node):
+    """After a rule is inserted above it, the DNAT rule of scenario 1 is number 3 in its chain and
+    counts there; after the delete, number 2 again."""
+    svc = ipt_node.service("ubuntu-server:dns")
+    chain = svc.sep_chain(SERVER)
+    ipt_node.insert_noop_rule(chain)
+    try:
+        _, hits, _, state = _send(ipt_node, "service", 41400)
+        dnat = state.rule(table="nat", chain=chain, contains="DNAT")
+        assert dnat.number == 3 and hits[("nat", chain, 3)] == 1
+        assert state.rule(table="nat", chain=chain, comment="inserted while tracing").number == 1
+    finally:
+        ipt_node.delete_noop_rule(chain)
+    _, hits, _, state = _send(ipt_node, "service", 41401)
+    assert state.rule(table="nat", chain=chain, contains="DNAT").number == 2 and hits[("nat", chain, 2)] == 1
+
+
+def test_nft_rule_inserted_above_keeps_handles(nft_node):
+    svc = nft_node.service("ubuntu-server:dns")
+    chain = svc.nft_endpoint_chain(SERVER)
+    _, lines = _traced(nft_node, "service", 42300)
+    handle = [l.handle for l in lines if l.chain == chain and "dnat" in l.text][0]
+    key = nft_node.insert_noop_rule(chain)
+    try:
+        rules = [r for r in groundtruth.nft_rules(nft_node.nft_ruleset(), "kube-proxy") if r["chain"] == chain]
+        assert rules[0]["handle"] == int(key) and rules[0]["comment"] == "inserted while tracing"
+        _, lines = _traced(nft_node, "service", 42301)  # the trace shows only rules that matched
+        assert [l.handle for l in lines if l.chain == chain and "dnat" in l.text] == [handle]
+    finally:
+        nft_node.delete_noop_rule(chain, key)
+    rules = groundtruth.nft_rules(nft_node.nft_ruleset(), "kube-proxy")
+    assert int(key) not in {r["handle"] for r in rules if r["chain"] == chain}
