@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -192,16 +193,70 @@ def parse_trace(line: str) -> TraceLine | None:
 TRACE_TABLE = "skbt-trace"
 
 
-class NftTrace:
+class _Monitor:
+    """A netlink monitor (`nft monitor trace`, `conntrack -E`) running in a namespace while a block
+    runs.  Ready and drained are known, not guessed: a canary datagram from the namespace to
+    CANARY_IP is sent until the monitor prints it (on entry: subscribed; on exit: everything
+    before it printed), so a slow TCG guest loses no line."""
+
+    argv: list[str] = []
+
+    def __init__(self, shape, ns: str):
+        self.shape, self.ns = shape, ns
+        self.raw: list[str] = []
+        self._port = CANARY_PORT
+
+    def __enter__(self):
+        self.proc = self.shape.popen(self.ns, self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._canary()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._canary()
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self._reader.join(timeout=10)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.raw.append(line.rstrip("\n"))
+
+    def _canary(self, timeout: float = 20.0) -> None:
+        self._port += 1
+        sock = self.shape.socket(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
+        deadline = time.monotonic() + timeout
+        with sock:
+            while not any(self._is_canary(line, self._port) for line in list(self.raw)):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.argv[0]} in {self.ns} printed no canary (port {self._port})")
+                sock.sendto(b"canary", (CANARY_IP, self._port))
+                time.sleep(0.1)
+
+    @staticmethod
+    def _is_canary(line: str, port: int) -> bool:
+        raise NotImplementedError
+
+
+CANARY_IP, CANARY_PORT = "127.0.0.127", 40000
+
+
+class NftTrace(_Monitor):
     """`nft -a monitor trace` in a namespace while the body runs, with a table of its own
     (priority -500 on prerouting and output) that sets nftrace on packets matching `match`.
     kube-proxy's table is left as it is; leaving the block removes the trace table.
-    lines() -> TraceLine for every rule, policy and verdict the kernel reported."""
+    lines() -> TraceLine for every rule, policy and verdict the kernel reported (the canaries'
+    left out).  Only rules that matched are reported: a rule whose match failed has no line."""
+
+    argv = ["nft", "-a", "monitor", "trace"]
 
     def __init__(self, shape, ns: str, match: str = "meta l4proto { tcp, udp }"):
-        self.shape, self.ns, self.match = shape, ns, match
-        self.raw: list[str] = []
-        self.proc = None
+        super().__init__(shape, ns)
+        self.match = match
 
     def __enter__(self) -> "NftTrace":
         t = f"ip {TRACE_TABLE}"
@@ -209,29 +264,25 @@ class NftTrace:
                  f"add chain {t} pre {{ type filter hook prerouting priority -500 ; }}",
                  f"add chain {t} out {{ type filter hook output priority -500 ; }}",
                  f"add rule {t} pre {self.match} meta nftrace set 1",
-                 f"add rule {t} out {self.match} meta nftrace set 1"]
+                 f"add rule {t} out {self.match} meta nftrace set 1",
+                 f"add rule {t} out ip daddr {CANARY_IP} meta nftrace set 1"]
         self.shape.exec(self.ns, ["nft", "-f", "-"], input="\n".join(rules) + "\n")
-        self.proc = self.shape.popen(self.ns, ["nft", "-a", "monitor", "trace"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        time.sleep(0.3)  # the monitor's netlink subscription, before the first packet
-        return self
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.raw.append(line.rstrip("\n"))
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        time.sleep(0.3)
-        self.proc.terminate()
-        self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
-        self.shape.exec(self.ns, ["nft", "delete", "table", "ip", TRACE_TABLE], check=False)
+        try:
+            super().__exit__(*exc)
+        finally:
+            self.shape.exec(self.ns, ["nft", "delete", "table", "ip", TRACE_TABLE], check=False)
+
+    @staticmethod
+    def _is_canary(line: str, port: int) -> bool:
+        return f"ip daddr {CANARY_IP} " in line and f"udp dport {port} " in line
 
     def lines(self, table: str | None = None) -> list[TraceLine]:
         parsed = [p for p in map(parse_trace, self.raw) if p]
-        return [p for p in parsed if table is None or p.table == table]
+        canaries = {p.trace_id for p in parsed if p.kind == "packet" and f"ip daddr {CANARY_IP} " in p.text}
+        return [p for p in parsed if p.trace_id not in canaries and (table is None or p.table == table)]
 
 
 # ---------------------------------------------------------------- conntrack
@@ -323,33 +374,21 @@ class CtEvent:
     entry: CtEntry
 
 
-class ConntrackEvents:
-    """`conntrack -E -o id` in a namespace while the body runs; events() afterwards."""
+class ConntrackEvents(_Monitor):
+    """`conntrack -E -o id` in a namespace while the body runs; events() afterwards (the canaries'
+    entries, to 127.0.0.127, left out)."""
 
-    def __init__(self, shape, ns: str):
-        self.shape, self.ns = shape, ns
-        self.raw: list[str] = []
+    argv = ["conntrack", "-E", "-o", "id"]
 
-    def __enter__(self) -> "ConntrackEvents":
-        self.proc = self.shape.popen(self.ns, ["conntrack", "-E", "-o", "id"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-        self._reader = threading.Thread(target=lambda: self.raw.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.3)
-        self.proc.terminate()  # conntrack prints its last events and a summary on SIGTERM
-        self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
+    @staticmethod
+    def _is_canary(line: str, port: int) -> bool:
+        return f"dst={CANARY_IP} " in line and f"dport={port} " in line
 
     def events(self) -> list[CtEvent]:
         out = []
         for line in self.raw:
-            if m := _EVENT.match(line):
-                entry = parse_conntrack_line(m.group(2))
-                if entry:
+            if (m := _EVENT.match(line)) and (entry := parse_conntrack_line(m.group(2))):
+                if entry.orig.get("dst") != CANARY_IP:
                     out.append(CtEvent(m.group(1), entry))
         return out
 

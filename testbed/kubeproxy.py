@@ -248,6 +248,9 @@ class KubeProxyNode:
     def netns_name(self, ns: str) -> str:
         return self.cluster.netns_name(ns)
 
+    def socket(self, ns, *args):
+        return self.cluster.socket(ns, *args)
+
     def node_run(self, argv: list[str], input: str | None = None) -> str:
         """stdout of argv run in node1 (what the groundtruth readers take)."""
         return self.exec("node1", argv, input=input).stdout
