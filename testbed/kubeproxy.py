@@ -3,10 +3,16 @@ mode (iptables-nft or iptables-legacy), nftables mode or IPVS mode, and the flow
 rule decided.
 
     with KubeProxyNode(mode="iptables", iptables="legacy") as node:
+        svc = node.service("ubuntu-server:dns")            # kube-proxy's names: svc.svc_chain, svc.sep_chain(SERVER)
         before = node.iptables()
-        outcome = node.send(FLOWS["service"], sport=41001)
-        hits = node.iptables().hits(before)     # {(table, chain, rule number): packets}
-        sep = node.iptables().rule(table="nat", chain=node.service("ubuntu-server:dns").sep_chain(ep), ...)
+        outcome = node.send(FLOWS["service"], sport=41001)  # outcome.received == {"server": 1, "server2": 0}
+        after = node.iptables()
+        dnat = after.rule(table="nat", chain=svc.sep_chain(SERVER), contains="DNAT")
+        after.hits(before)[("nat", dnat.chain, dnat.number)] == 1    # the rule that decided, by number
+
+    nft mode:   with node.nft_trace(f"ip saddr {IP['client']}") as trace: node.send(...)
+                trace.lines() -> chain, handle, verdict of every rule that matched; node.nft_ruleset()
+    IPVS mode:  node.ipvs()[f"UDP {PAIR_IP}:53"].reals (per real server), node.ipvs_connections()
 
 The cluster is the seed's (testbed/topology.py, built with services=False so only these rules are
 in node1); node1 also gets a default route towards node2, as a real node has, so traffic to a
