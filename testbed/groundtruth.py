@@ -228,14 +228,15 @@ class _Monitor:
 
     def _canary(self, timeout: float = 20.0) -> None:
         self._port += 1
-        sock = self.shape.socket(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
         deadline = time.monotonic() + timeout
-        with sock:
-            while not any(self._is_canary(line, self._port) for line in list(self.raw)):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.argv[0]} in {self.ns} printed no canary (port {self._port})")
+        while not any(self._is_canary(line, self._port) for line in list(self.raw)):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[0]} in {self.ns} printed no canary (port {self._port})")
+            # A new socket (source port) each time: one sent before the monitor listened made a
+            # conntrack entry whose NEW event is gone, and its repeats would make no new one.
+            with self.shape.socket(self.ns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.sendto(b"canary", (CANARY_IP, self._port))
-                time.sleep(0.1)
+            time.sleep(0.1)
 
     @staticmethod
     def _is_canary(line: str, port: int) -> bool:
