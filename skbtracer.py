@@ -104,23 +104,9 @@ def say_skipped(loaded):
                          "skipped (-v lists them and why)\n" % len(skipped))
 
 
-def open_outputs(cfg, files):
-    """(rows, JSON lines, -w capture) files the flags name, None for each
-    not named; every file opened is appended to files."""
-    wanted = ((cfg.output, "-o/--output", False),
-              (cfg.json if cfg.json != "-" else None, "--json", False),
-              (cfg.write, "-w/--write", True))
-    opened = []
-    for path, flag, binary in wanted:
-        f = open_new_file(flag, path, cfg.force, binary=binary) if path else None
-        if f is not None:
-            files.append(f)
-        opened.append(f)
-    return opened
-
-
 def trace(program):
-    from skbtracer_lib.session import Session
+    from skbtracer_lib.live import live_session
+    from skbtracer_lib.outputs.sinks import open_outputs
     cfg = program.cfg
     headers = loaded = None
     files = []
@@ -134,9 +120,8 @@ def trace(program):
             report(program, headers, loaded)
         else:
             say_skipped(loaded)
-        out, json_out, capture_file = open_outputs(cfg, files)
-        return Session(cfg, loaded, out=out, json_out=json_out,
-                       capture_file=capture_file).run()
+        opened = open_outputs(cfg, files)
+        return live_session(cfg, loaded, out=opened.get("output"), files=opened).run()
     except (kernel.KernelError, FileError) as e:
         return fail(e)
     except KeyboardInterrupt:

@@ -1,10 +1,11 @@
 """Part 1: userspace throughput of the per-event path, ours vs the original's.
 
-Ours is skbtracer's real perf callback, Session._on_event, on a Session
-built from the product's own config.parse_args() (so its defaults, e.g. the
-story at exit, are what a user gets), with a stand-in for the loaded bcc
-module: program.KernelSymbols' stack() and symbolize() (what Loaded uses) run
-on top of workload.FakeBPF. Theirs is original.OriginalPrinter.event_printer. Both get
+Ours is skbtracer's real perf callback, LiveEvents.on_event, of a live
+session (live.live_session) built from the product's own
+config.parse_args() (so its defaults, e.g. the story at exit, are what a
+user gets), with a stand-in for the loaded bcc module:
+program.KernelSymbols' stack() and symbolize() (what Loaded uses) run on
+top of workload.FakeBPF. Theirs is original.OriginalPrinter.event_printer. Both get
 the same raw bytes, from one ctypes buffer, as (cpu, address, size), and
 write to the same kind of sink: a text file on /dev/null (what sys.stdout is
 when redirected, without the disk).
@@ -29,14 +30,14 @@ from skbtracer_lib.events import textrow
 from skbtracer_lib.events.decode import Event
 from skbtracer_lib.program import probes
 from skbtracer_lib.program.load import KernelSymbols
+from skbtracer_lib.live import live_session
 from skbtracer_lib.runinfo import RunInfo
-from skbtracer_lib.session import Session
 
 _TIME_COLUMN = re.compile(r"^\[[^\]]*\]")
 
 
 class BenchLoaded:
-    """What Session reads of a loaded program (runinfo), without compiling or
+    """What the live source reads of a loaded program (runinfo), without compiling or
     attaching: the product's stack() and symbolize() (program.KernelSymbols)
     over a fake bcc module."""
 
@@ -61,13 +62,16 @@ def devnull_sink():
 
 
 def make_ours(argv, bpf, out, python_rows=False):
-    """A Session and its per-event callback; python_rows: without the rows
-    in C (as SKBTRACER_PYTHON_ROWS=1 or no build of skbtracer_lib/_rows)."""
+    """A live source (live.LiveEvents, of a whole session) and its per-event
+    callback; python_rows: without the rows in C (as SKBTRACER_PYTHON_ROWS=1
+    or no build of skbtracer_lib/_rows)."""
     cfg = config.parse_args(argv)
-    session = Session(cfg, BenchLoaded(bpf, workload.PROBE_NAMES), out=out, err=io.StringIO())
+    session = live_session(cfg, BenchLoaded(bpf, workload.PROBE_NAMES), out=out,
+                           err=io.StringIO())
+    source = session.source
     if python_rows:
-        session.rows_in_c = None
-    return session, session._on_event
+        source.rows_in_c = None
+    return source, source.on_event
 
 
 def make_theirs(bpf, out, timestamp=False):
@@ -107,7 +111,7 @@ def rate(callback, ring, n):
 
 def compare(ring, argv, bpf, n, repeats):
     """Best-of-repeats events/s of ours and theirs, measured alternately,
-    each on a fresh Session/printer (the story book starts empty)."""
+    each on a fresh session/printer (the story book starts empty)."""
     ours, theirs = [], []
     for _ in range(repeats):
         with devnull_sink() as out:
@@ -129,7 +133,7 @@ def compare(ring, argv, bpf, n, repeats):
 
 def compare_readers(ring, argv, bpf, n, repeats):
     """Best-of-repeats events/s of both tools through their real readers
-    (KernelRings), alternating, each on a fresh Session/printer. Ours twice:
+    (KernelRings), alternating, each on a fresh session/printer. Ours twice:
     as a run makes its rows (in C where skbtracer_lib/_rows is built), and
     with Python's rows (what SKBTRACER_PYTHON_ROWS=1 or no build gives)."""
     raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
@@ -139,13 +143,13 @@ def compare_readers(ring, argv, bpf, n, repeats):
 
     def read_ours(python_rows):
         with devnull_sink() as out:
-            session, _cb = make_ours(argv, bpf, out, python_rows)
-            ring.feed(session._on_event, min(2000, ring.count))     # warm, as compare()
+            source, on_event = make_ours(argv, bpf, out, python_rows)
+            ring.feed(on_event, min(2000, ring.count))     # warm, as compare()
             gc.collect()
             started = time.thread_time()
-            rings.ours(session._on_raw, session.ring_batch
-                       if session.rows_in_c is not None else None)
-            return n / (time.thread_time() - started), session.rows_in_c is not None
+            rings.ours(source.on_raw, source.ring_batch
+                       if source.rows_in_c is not None else None)
+            return n / (time.thread_time() - started), source.rows_in_c is not None
 
     try:
         for _ in range(repeats):
@@ -169,11 +173,11 @@ def compare_readers(ring, argv, bpf, n, repeats):
 
 
 def stages(ring, argv, bpf, n):
-    """Microseconds per event of each step of Session._on_event, timed
+    """Microseconds per event of each step of LiveEvents.on_event, timed
     separately on the session's own objects (the sum is close to, not
     exactly, the whole: the whole also pays for its own calls and checks)."""
     out = devnull_sink()
-    session, on_event = make_ours(argv, bpf, out, python_rows=True)
+    source, on_event = make_ours(argv, bpf, out, python_rows=True)
     addresses = ring.addresses[:n]
     size = workload.EVENT_SIZE
     result = {}
@@ -188,11 +192,11 @@ def stages(ring, argv, bpf, n):
     raws = timed("ctypes.string_at (copy out of the ring)",
                  lambda: [ctypes.string_at(a, size) for a in addresses])
     evs = timed("events.Event(raw) (unpack + field fixups)", lambda: [Event(r) for r in raws])
-    book = getattr(session, "book", None)
+    book = source.book
     if book is not None:
         timed("story.StoryBook.add (kept for the exit story)",
               lambda: [book.add(e) for e in evs])
-    fmt = session.formatter
+    fmt = source.formatter
     rows = timed("output.RowFormatter.row (format the row)", lambda: [fmt.row(e) for e in evs])
     timed("Clock.column alone (inside row)", lambda: [fmt.clock.column(e.ts_ns) for e in evs])
 
@@ -203,17 +207,17 @@ def stages(ring, argv, bpf, n):
     out.close()
     with devnull_sink() as out2:
         _s, whole = make_ours(argv, bpf, out2, python_rows=True)
-        result["whole Session._on_event"] = 1e6 / rate(whole, ring, n)[0]
+        result["whole LiveEvents.on_event"] = 1e6 / rate(whole, ring, n)[0]
     with devnull_sink() as out3:
-        session, whole = make_ours(argv, bpf, out3)
-        if session.rows_in_c is not None:
-            result["whole Session._on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
+        source, whole = make_ours(argv, bpf, out3)
+        if source.rows_in_c is not None:
+            result["whole LiveEvents.on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
             result["rows in C: _rows.Formatter.ring alone, per event"] = _ring_call_cost(
-                session, ring, n)
+                source, ring, n)
     return result
 
 
-def _ring_call_cost(session, ring, n):
+def _ring_call_cost(source, ring, n):
     """CPU us per event of the C walk alone (rows and the story's copies
     made, nothing written), over a KernelRings ring of n events."""
     from skbtracer_lib.events import reader
@@ -225,9 +229,9 @@ def _ring_call_cost(session, ring, n):
         gc.collect()
         started = time.thread_time()
         while records < n:
-            position, walked, *_rest = session.rows_in_c.ring(
+            position, walked, *_rest = source.rows_in_c.ring(
                 rb.data, reader.PAGE_SIZE, rb.mask, position, rings.ring_bytes, -1,
-                reader.PUBLISH_EVERY, session.book is not None)
+                reader.PUBLISH_EVERY, source.book is not None)
             records += walked
         return (time.thread_time() - started) / n * 1e6
     finally:
@@ -236,7 +240,7 @@ def _ring_call_cost(session, ring, n):
 
 
 def profile(ring, argv, bpf, n, top=14):
-    """cProfile of Session._on_event with Python's rows: (function, calls,
+    """cProfile of LiveEvents.on_event with Python's rows: (function, calls,
     tottime us/event, cumtime us/event)."""
     with devnull_sink() as out:
         _s, on_event = make_ours(argv, bpf, out, python_rows=True)

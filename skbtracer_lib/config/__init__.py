@@ -376,6 +376,7 @@ def validate(ns):
         live_only = [flag for flag, given in (
             ("-p/--pid", cfg.pid is not None), ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
             ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
+            ("-w/--write", cfg.write is not None),
             ("--callstack/--dropstack", cfg.stacks is not None)) if given]
         if live_only:
             raise UsageError("-r reads saved events; %s applies only while tracing"

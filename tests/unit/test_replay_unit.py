@@ -116,7 +116,7 @@ def tell(*paths, args=()):
     cfg = config.parse_args([*args, "-r", *map(str, paths)])
     out, err = io.StringIO(), io.StringIO()
     runs = replay_read.read_files(cfg.read, lambda text: err.write("warning: %s\n" % text))
-    status = replay_session.ReplaySession(cfg, runs, out=out, err=err).run()
+    status = replay_session.saved_session(cfg, runs, out=out, err=err).run()
     return status, out.getvalue(), err.getvalue()
 
 
@@ -236,7 +236,7 @@ def test_latency_table_counts_over_packets(tmp_path):
     a, b = two_node_files(tmp_path, 0)
     cfg = config.parse_args(["-r", str(a), str(b)])
     runs = replay_read.read_files(cfg.read, lambda text: None)
-    session = replay_session.ReplaySession(cfg, runs, out=io.StringIO(), err=io.StringIO())
+    session = replay_session.saved_session(cfg, runs, out=io.StringIO(), err=io.StringIO())
     session.run()
     told = session.last_story
     rows = latency.hop_table_rows(told)
@@ -385,7 +385,7 @@ def test_saved_events_with_impossible_values_never_raise(tmp_path):
             refused += 1
             continue
         out, err = io.StringIO(), io.StringIO()
-        assert replay_session.ReplaySession(cfg, runs, out=out, err=err).run() == 0, (case, obj)
+        assert replay_session.saved_session(cfg, runs, out=out, err=err).run() == 0, (case, obj)
         told += 1
     assert refused and told
 
@@ -425,13 +425,13 @@ def test_functions_of_all_are_known_to_the_story_again(tmp_path):
         "kprobe", node="n1", run_id="r1", probes=probe_names, attached=probe_names,
         modes=["route"], iptable_traced=False, functions=["tpacket_rcv", "veth_xmit"])) + "\n")
     cfg = config.parse_args(["-r", str(path)])
-    session = replay_session.ReplaySession(cfg, replay_read.read_files(cfg.read, print))
-    session.rebuilder.probe_names[:] = probe_names
-    names, visible, extra = session.story_probes()
+    session = replay_session.saved_session(cfg, replay_read.read_files(cfg.read, print))
+    session.source.rebuilder.probe_names[:] = probe_names
+    names, visible, extra = session.source.loaded.info.story_probes()
     assert names == TRACEPOINTS + ["tpacket_rcv()", "veth_xmit"]
     assert {"tpacket_rcv()", "veth_xmit"} <= visible and extra == {"tpacket_rcv()", "veth_xmit"}
     # without the field (a run without --all, or an older file): none extra
     path.write_text(path.read_text().replace(', "functions": ["tpacket_rcv", "veth_xmit"]', ""))
-    session = replay_session.ReplaySession(cfg, replay_read.read_files(cfg.read, print))
-    session.rebuilder.probe_names[:] = probe_names
-    assert session.story_probes()[2] == set()
+    session = replay_session.saved_session(cfg, replay_read.read_files(cfg.read, print))
+    session.source.rebuilder.probe_names[:] = probe_names
+    assert session.source.loaded.info.story_probes()[2] == set()

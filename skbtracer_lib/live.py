@@ -1,0 +1,272 @@
+"""Live tracing as a source of events for the run loop (session.Session):
+the loaded program's ring buffer or perf buffer (events.reader), polled
+until Ctrl-C, SIGTERM, -c or a failed output ends the trace, the namespace
+names and probed modules looked after between polls.
+
+Each event is made into what the sinks need (a Sighting: the Event, its
+row, its JSON line) ... except where the text rows are the only output
+(not --names): then the rows are made straight from the raw bytes, in C
+(_rows.c, a ring buffer's batch per call: ring_batch) or in Python
+(RowFormatter.row_of_raw), and written to the text rows sink as they are.
+"""
+
+import ctypes
+import signal
+import sys
+import time
+from types import SimpleNamespace
+
+from . import story
+from .events.decode import Event, netns_of
+from .events.reader import STOP_COUNT, STOP_SLOW
+from .events.textrow import Clock, RowFormatter
+from .outputs import jsonl, names as netns_names
+from .outputs.sinks import SINK_ERRORS, Sighting, TextRows, make_sinks
+from .program import probes
+from .session import Session
+
+POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
+MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
+
+
+def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reasons=None):
+    """The run loop over a loaded program (program.Loaded, or what runinfo
+    describes). out: the rows' stream (stdout); files: {Config attribute:
+    file} of the other outputs (sinks.open_outputs); names: the namespace
+    names (default: this machine's, where a flag needs them); reasons: the
+    drop reason names (default: the running kernel's)."""
+    err = err or sys.stderr
+    clock = Clock(relative=cfg.timestamp)
+    if names is None and (cfg.names or cfg.json or cfg.summary or cfg.write):
+        names = netns_names.NetnsNames()
+    run = SimpleNamespace(info=loaded.info, names=names, clock=clock)
+    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, run)
+    book = story.StoryBook(names) if cfg.summary else None
+    source = LiveEvents(cfg, loaded, sinks, book, err, names,
+                        reasons if reasons is not None else probes.drop_reasons(), clock)
+    return Session(cfg, source, sinks, book, err)
+
+
+class LiveEvents:
+    """The events of a loaded program, read until the trace ends."""
+
+    failure_note = "; tracing stopped, the complete rows before it are kept"
+
+    def __init__(self, cfg, loaded, sinks, book, err, names, reasons, clock):
+        self.cfg = cfg
+        self.loaded = loaded
+        self.book = book
+        self.err = err
+        self.names = names
+        self.reasons = reasons
+        self.clock = clock
+        self.session = None         # set by the Session that reads this
+        self.formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize,
+                                      clock, names=names if cfg.names else None)
+        needs = set().union(*(sink.needs for sink in sinks))
+        self.json = (jsonl.JsonFormatter(self.formatter, names, node=cfg.node)
+                     if "line" in needs else None)
+        self.make_row = "row" in needs
+        self.all_stacks = cfg.stacks == "all"
+        self._choose_row_path([sink for sink in sinks if sink.needs])
+        self.count = cfg.count
+        self.rows = 0
+        self.lost = 0
+        self.bad_events = 0         # events that raised while being shown
+        self.stopping = False       # leave the poll loop
+        self.ended_ns = None
+        self.modules_checked = time.monotonic()
+
+    def _choose_row_path(self, writers):
+        """Where the text rows are the only output (not --names: its labels
+        are Python's), rows from the raw bytes: in C where _rows is built
+        (stacks too), else in Python (no stacks)."""
+        self.rows_sink = self.rows_in_c = None
+        self.raw_rows = False
+        if len(writers) != 1 or not isinstance(writers[0], TextRows) or self.cfg.names:
+            return
+        self.rows_sink = writers[0]
+        self.write_text, self.write_bytes = self.rows_sink.write_text, self.rows_sink.write_bytes
+        self.raw_rows = not self.cfg.stacks
+        self.rows_in_c = self.formatter.in_c(self.loaded.stack if self.cfg.stacks else None,
+                                             self.all_stacks)
+
+    # -- per event (the reader's callbacks)
+
+    def on_event(self, _cpu, data, size):
+        """An event as bcc's perf reader hands it over (a ctypes callback)."""
+        self.on_raw(ctypes.string_at(data, size))
+
+    def on_raw(self, raw):
+        # Called by the reader once per event: exceptions must not escape
+        # (they would end the batch), so failures become flags.
+        session = self.session
+        if session.done:
+            return
+        try:
+            # the rows in C, one at a time: the perf buffer's records, and
+            # the ring buffer's that its batch left to Python
+            made = self.rows_in_c.row(raw) if self.rows_in_c is not None else None
+            if made is not None:
+                if self.book is not None:
+                    self.book.add_raw(raw, netns_of(raw))
+                self.write_bytes(made)
+            elif self.raw_rows:
+                row, netns = self.formatter.row_of_raw(raw)
+                if self.book is not None:
+                    self.book.add_raw(raw, netns)
+                self.write_text(row + "\n")
+            elif not session.show(self.sighting(raw)):
+                return
+        except SINK_ERRORS as e:        # the rows' own writes, above
+            session.broke(self.rows_sink, e)
+            return
+        except Exception as e:  # garbage from the kernel or a bug: not the end of the trace
+            self._bad_event(e)
+            return
+        self.rows += 1
+        if self.count is not None and self.rows >= self.count:
+            session.done = True
+
+    def sighting(self, raw):
+        """The event, its stack, and its row and JSON line where a sink
+        needs them; all made before any is written, so that a failure
+        leaves neither the row nor its JSON line half done."""
+        event = Event(raw)
+        stack = None
+        if event.stack_id != -1 or self.all_stacks:
+            stack = self.loaded.stack(event.stack_id)
+        line = self.json.line(event, stack) if self.json is not None else None
+        row = self.formatter.row(event) if self.make_row else None
+        return Sighting(event, raw, row, stack, line)
+
+    def ring_batch(self, data, base, mask, position, producer, max_records):
+        """The text rows of many ring buffer records at once, in C (the
+        reader's batch: reader.RingBufferReader); what on_raw does for one."""
+        session = self.session
+        if session.done:
+            wanted = 0                  # records are passed over
+        elif self.count is not None:
+            wanted = self.count - self.rows
+        else:
+            wanted = -1
+        try:
+            position, records, rows, text, raws, netns, stop = self.rows_in_c.ring(
+                data, base, mask, position, producer, wanted, max_records, self.book is not None)
+        except Exception:   # (only MemoryError is raised there) Python's path
+            return position, 0, STOP_SLOW           # shows the record, or counts it
+        if raws:
+            self.book.add_batch(raws, netns)
+        try:
+            if text:
+                self.write_bytes(text)
+        except SINK_ERRORS as e:
+            session.broke(self.rows_sink, e)
+        self.rows += rows
+        if stop == STOP_COUNT:
+            session.done = True
+        return position, records, stop
+
+    def on_lost(self, count):
+        self.lost += count
+
+    def _bad_event(self, error):
+        self.bad_events += 1
+        if self.bad_events == 1:
+            self.err.write("skbtracer: cannot show an event (%s: %s); tracing goes on, "
+                           "the count of such events is at exit\n"
+                           % (type(error).__name__, error))
+            self.err.flush()
+
+    # -- the poll loop
+
+    def read(self, session):
+        """Read events until Ctrl-C/SIGTERM, -c, a failed output or -T/-t
+        end the trace."""
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        reader = None
+        try:
+            batch = self.ring_batch if self.rows_in_c is not None else None
+            reader = self.loaded.open_reader(self.on_raw, self.on_lost, batch=batch)
+            if session.start(self.start_object()):
+                self._say_tracing()
+                self._poll(reader, session)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if reader is not None:
+                reader.close()
+        self.lost = max(self.lost, self.loaded.lost_events())
+        self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def _poll(self, reader, session):
+        while not self.stopping and not session.done:
+            reader.poll(POLL_TIMEOUT_MS)
+            self._between_polls()
+        if not session.done:
+            reader.poll(0)   # what is still in the ring
+        session.flush()
+
+    def _between_polls(self):
+        """Flush what the poll wrote; the work that is not per event."""
+        self.session.flush()
+        if self.names is not None:
+            self.names.retry()
+        self._watch_modules()
+
+    def _watch_modules(self):
+        now = time.monotonic()
+        if now - self.modules_checked < MODULE_CHECK_SECONDS:
+            return
+        self.modules_checked = now
+        for line in self.loaded.watch_modules():
+            self.err.write("skbtracer: %s\n" % line)
+            self.err.flush()
+
+    def stop(self):
+        """Leave the poll loop (what Ctrl-C and SIGTERM do)."""
+        self.stopping = True
+
+    def _on_signal(self, _signum, _frame):
+        self.stop()
+
+    def _say_tracing(self):
+        """Where the rows go, when it is not the terminal's rows."""
+        json_rows = self.cfg.json == "-"
+        if json_rows or self.cfg.output:
+            self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"
+                           % ("JSON lines" if json_rows else "rows", self.cfg.output or "stdout"))
+            self.err.flush()
+
+    # -- what the loop asks at exit
+
+    def caveats(self, book):
+        """What this run could not see, for "vanished" verdicts."""
+        return self.loaded.info.unseen(self.cfg, self.lost, book.beyond, book.limit)
+
+    def story_extras(self):
+        return {}
+
+    def start_object(self):
+        """The JSON start object: what -r needs to tell the same story later."""
+        if self.json is None:
+            return None
+        info = self.loaded.info
+        return jsonl.start_object(
+            info.backend, node=self.json.node, run_id=self.json.run_id,
+            probes=list(info.probe_names), attached=sorted(info.attached_names),
+            modes=sorted(self.cfg.modes), iptable_traced=info.iptable_traced,
+            # --all/--func: which probes are extra functions, so that -r tells
+            # their rows as this run does (absent without them)
+            **({"functions": info.extra_names} if info.extra_names else {}))
+
+    def end_object(self, caveats):
+        if self.json is None:
+            return None
+        return jsonl.end_object(self.json.node, self.json.run_id, self.ended_ns, self.lost,
+                                caveats)
+
+    def exit_line(self):
+        unshown = ", %d events could not be shown" % self.bad_events if self.bad_events else ""
+        return "%d rows printed, %d events lost%s" % (self.rows, self.lost, unshown)
