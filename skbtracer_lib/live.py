@@ -3,11 +3,12 @@ the loaded program's ring buffer or perf buffer (events.reader), polled
 until Ctrl-C, SIGTERM, -c or a failed output ends the trace, the namespace
 names and probed modules looked after between polls.
 
-Each event is made into what the sinks need (a Sighting: the Event, its
-row, its JSON line) ... except where the text rows are the only output
-(not --names): then the rows are made straight from the raw bytes, in C
-(_rows.c, a ring buffer's batch per call: ring_batch) or in Python
-(RowFormatter.row_of_raw), and written to the text rows sink as they are.
+Each event becomes a Sighting (outputs.sinks: the Event, and the row and
+JSON line the sinks need of it) handed to the sinks. Where the text rows
+are the only output (and not --names), the rows are made straight from the
+raw bytes instead and written to the text rows sink as they come: in C
+(_rows.c: a ring buffer's batch per call, ring_batch, or one record), else
+in Python (RowFormatter.row_of_raw).
 """
 
 import ctypes
@@ -33,12 +34,12 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
     """The run loop over a loaded program (program.Loaded, or what runinfo
     describes). out: the rows' stream (stdout); files: {Config attribute:
     file} of the other outputs (sinks.open_outputs); names: the namespace
-    names (default: this machine's, where a flag needs them); reasons: the
-    drop reason names (default: the running kernel's)."""
+    names (default: this machine's); reasons: the drop reason names
+    (default: the running kernel's)."""
     err = err or sys.stderr
     clock = Clock(relative=cfg.timestamp)
-    if names is None and (cfg.names or cfg.json or cfg.summary or cfg.write):
-        names = netns_names.NetnsNames()
+    if names is None:
+        names = netns_names.NetnsNames()     # looks nothing up until asked
     run = SimpleNamespace(info=loaded.info, names=names, clock=clock)
     sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, run)
     book = story.StoryBook(names) if cfg.summary else None
@@ -211,8 +212,7 @@ class LiveEvents:
     def _between_polls(self):
         """Flush what the poll wrote; the work that is not per event."""
         self.session.flush()
-        if self.names is not None:
-            self.names.retry()
+        self.names.retry()
         self._watch_modules()
 
     def _watch_modules(self):
