@@ -15,7 +15,6 @@ import ctypes
 import signal
 import sys
 import time
-from types import SimpleNamespace
 
 from . import story
 from .events.decode import Event, netns_of
@@ -37,14 +36,13 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
     names (default: this machine's); reasons: the drop reason names
     (default: the running kernel's)."""
     err = err or sys.stderr
-    clock = Clock(relative=cfg.timestamp)
     if names is None:
         names = netns_names.NetnsNames()     # looks nothing up until asked
-    run = SimpleNamespace(info=loaded.info, names=names, clock=clock)
-    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, run)
+    if reasons is None:
+        reasons = probes.drop_reasons()
+    source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp))
+    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, source)
     book = story.StoryBook(names) if cfg.summary else None
-    source = LiveEvents(cfg, loaded, sinks, book, err, names,
-                        reasons if reasons is not None else probes.drop_reasons(), clock)
     return Session(cfg, source, sinks, book, err)
 
 
@@ -53,23 +51,16 @@ class LiveEvents:
 
     failure_note = "; tracing stopped, the complete rows before it are kept"
 
-    def __init__(self, cfg, loaded, sinks, book, err, names, reasons, clock):
+    def __init__(self, cfg, loaded, err, names, reasons, clock):
         self.cfg = cfg
         self.loaded = loaded
-        self.book = book
         self.err = err
         self.names = names
         self.reasons = reasons
         self.clock = clock
-        self.session = None         # set by the Session that reads this
         self.formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize,
                                       clock, names=names if cfg.names else None)
-        needs = set().union(*(sink.needs for sink in sinks))
-        self.json = (jsonl.JsonFormatter(self.formatter, names, node=cfg.node)
-                     if "line" in needs else None)
-        self.make_row = "row" in needs
         self.all_stacks = cfg.stacks == "all"
-        self._choose_row_path([sink for sink in sinks if sink.needs])
         self.count = cfg.count
         self.rows = 0
         self.lost = 0
@@ -77,6 +68,17 @@ class LiveEvents:
         self.stopping = False       # leave the poll loop
         self.ended_ns = None
         self.modules_checked = time.monotonic()
+
+    def attach(self, session):
+        """Hand the events to session: what its sinks need of an event
+        decides what is made of it."""
+        self.session = session
+        self.book = session.book
+        needs = set().union(*(sink.needs for sink in session.writers))
+        self.json = (jsonl.JsonFormatter(self.formatter, self.names, node=self.cfg.node)
+                     if "line" in needs else None)
+        self.make_row = "row" in needs
+        self._choose_row_path(session.writers)
 
     def _choose_row_path(self, writers):
         """Where the text rows are the only output (not --names: its labels

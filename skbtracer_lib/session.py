@@ -2,12 +2,15 @@
 exit and the exit lines. Live tracing and -r are the same loop over two
 sources (live.LiveEvents, replay.session.SavedEvents), which have:
 
+    attach(session)        the session it hands its events to (what its sinks
+                           need of an event: session.writers' needs)
     read(session)          start the sinks (session.start) once events can
                            come, hand every event to session.show() (or its
                            ready-made rows to the text rows sink) until the
                            end, session.done or a stop; then ended_ns, lost
     loaded, names, reasons the run's probes and symbols (runinfo), its
                            namespace labels and drop reason names: the story's
+    clock                  textrow.Clock: the events' times (the sinks')
     caveats(book)          what the run could not see
     story_extras()         story.build's arguments only this source has
     end_object(caveats)    the JSON end object, or None
@@ -31,7 +34,6 @@ class Session:
     def __init__(self, cfg, source, sinks, book, err):
         self.cfg = cfg
         self.source = source
-        source.session = self      # where the source hands its events
         self.sinks = sinks
         self.writers = [sink for sink in sinks if sink.needs]   # event() per event
         self.book = book
@@ -40,6 +42,7 @@ class Session:
         self.done = False          # no more events: -c reached or an output failed
         self.failed = None         # the OutputError that ended the trace
         self.last_story = None
+        source.attach(self)
 
     def run(self):
         """Read, tell, end; the exit status."""

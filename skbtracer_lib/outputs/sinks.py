@@ -190,17 +190,18 @@ class Pcapng(Sink):
 FileOutput = namedtuple("FileOutput", "attribute flag binary sink")
 FileOutput.__doc__ = """A file a flag names: the Config attribute holding its path
 ("-": stdout, not a file), the flag as errors name it, whether it takes
-bytes, and sink(cfg, file, run) -> its Sink (None: the rows' own file)."""
+bytes, and sink(cfg, file, source) -> its Sink (None: the rows' own file)."""
 
 
-def _json_file(cfg, file, run):
+def _json_file(cfg, file, source):
     return JsonLines(file, "--json: cannot write %r" % cfg.json,
                      said="JSON lines written to %s" % cfg.json)
 
 
-def _pcapng_file(cfg, file, run):
-    return Pcapng(file, cfg.write, run.info.capture_bytes, run.info.probe_names,
-                  run.names.label, run.clock.wall_ns)
+def _pcapng_file(cfg, file, source):
+    info = source.loaded.info
+    return Pcapng(file, cfg.write, info.capture_bytes, info.probe_names, source.names.label,
+                  source.clock.wall_ns)
 
 
 FILE_OUTPUTS = (
@@ -230,12 +231,12 @@ def open_outputs(cfg, files):
     return opened
 
 
-def make_sinks(cfg, out, err, files, run):
+def make_sinks(cfg, out, err, files, source):
     """The sinks of a run, in the order the loop calls them: the story on
     stderr (unless --no-summary), the rows (text, or JSON lines with --json)
     on out, then one per file in files ({Config attribute: file}, as
-    open_outputs made it). run: what file sinks may read of the run (info:
-    runinfo.RunInfo, names: names.NetnsNames, clock: textrow.Clock)."""
+    open_outputs made it). source: the run's source of events (what a sink
+    may read of the run: see session.py)."""
     sinks = [StoryText(err)] if cfg.summary else []
     what = ("-o/--output: cannot write %r" % cfg.output if cfg.output
             else "cannot write to stdout")
@@ -245,5 +246,5 @@ def make_sinks(cfg, out, err, files, run):
     for output in FILE_OUTPUTS:
         file = files.get(output.attribute)
         if file is not None and output.sink is not None:
-            sinks.append(output.sink(cfg, file, run))
+            sinks.append(output.sink(cfg, file, source))
     return sinks

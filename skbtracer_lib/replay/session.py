@@ -17,12 +17,13 @@ from .read import ReadError, read_files
 from .rebuild import Rebuilder, SavedLoaded, SavedNames
 
 
-def saved_session(cfg, runs, out=None, err=None):
+def saved_session(cfg, runs, out=None, err=None, files=None):
     """The run loop over saved runs (read.read_files); out: the rows' stream
-    (stdout)."""
+    (stdout); files: {Config attribute: file} of the other outputs
+    (sinks.open_outputs)."""
     err = err or sys.stderr
-    sinks = make_sinks(cfg, out or sys.stdout, err, {}, run=None)
-    source = SavedEvents(cfg, runs, sinks, err)
+    source = SavedEvents(cfg, runs, err)
+    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, source)
     book = story.StoryBook(source.names) if cfg.summary else None
     return Session(cfg, source, sinks, book, err)
 
@@ -60,7 +61,7 @@ class SavedEvents:
 
     failure_note = ""
 
-    def __init__(self, cfg, runs, sinks, err):
+    def __init__(self, cfg, runs, err):
         several = len({r.node for r in runs}) > 1
         self.cfg = cfg
         self.runs = runs
@@ -69,9 +70,8 @@ class SavedEvents:
         self.merged = merge.place_on_one_clock(runs) if several else None
         self.loaded = SavedLoaded(runs, self.rebuilder)
         self.names = SavedNames(self.rebuilder)
-        self.session = None         # set by the Session that reads this
-        needs = set().union(*(sink.needs for sink in sinks))
-        self.make_row, self.make_line = "row" in needs, "line" in needs
+        self.session = None
+        self.make_row = self.make_line = False
         self.clock = Clock(relative=cfg.timestamp)
         self.clock.offset_ns = 0    # the saved times are wall-clock times already
         self.saved_caveats = []
@@ -82,6 +82,12 @@ class SavedEvents:
         self.lost = sum((r.end or {}).get("lost") or 0 for r in runs)
         self.rows = 0
         self.ended_ns = None
+
+    def attach(self, session):
+        """Hand the events to session, with the texts its sinks need."""
+        self.session = session
+        needs = set().union(*(sink.needs for sink in session.writers))
+        self.make_row, self.make_line = "row" in needs, "line" in needs
 
     @property
     def reasons(self):
@@ -179,7 +185,7 @@ def main(cfg):
     files = []
     try:        # -o FILE: opened as for a live run (no symlinks, --force to overwrite)
         opened = open_outputs(cfg, files)
-        return saved_session(cfg, runs, out=opened.get("output")).run()
+        return saved_session(cfg, runs, out=opened.get("output"), files=opened).run()
     except FileError as e:
         err.write("skbtracer: %s\n" % e)
         return 1

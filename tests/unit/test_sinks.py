@@ -9,7 +9,6 @@ import io
 import os
 import sys
 import tempfile
-from types import SimpleNamespace
 
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
@@ -95,12 +94,10 @@ def live(argv, extra, out, err, files=None, case="kprobe-seed"):
     cfg = config.parse_args(["-t", "--node", "unit"] + argv)
     loaded = FedLoaded(meta, raws)
     names = goldens.fixed_names(tempfile.mkdtemp())
-    clock = Clock(relative=True)
-    run = SimpleNamespace(info=loaded.info, names=names, clock=clock)
-    sinks = make_sinks(cfg, out, err, files or {}, run) + extra
-    book = story.StoryBook(names) if cfg.summary else None
-    source = LiveEvents(cfg, loaded, sinks, book, err, names, goldens.golden_reasons(), clock)
+    source = LiveEvents(cfg, loaded, err, names, goldens.golden_reasons(), Clock(relative=True))
     loaded.source = source
+    sinks = make_sinks(cfg, out, err, files or {}, source) + extra
+    book = story.StoryBook(names) if cfg.summary else None
     return Session(cfg, source, sinks, book, err)
 
 
@@ -108,8 +105,8 @@ def saved(paths, argv, extra, out, err):
     """An -r session over the files, the extra sinks after the flags' own ones."""
     cfg = config.parse_args(["-t", "-r"] + paths + argv)
     runs = replay_read.read_files(cfg.read, lambda text: None)
-    sinks = make_sinks(cfg, out, err, {}, None) + extra
-    source = SavedEvents(cfg, runs, sinks, err)
+    source = SavedEvents(cfg, runs, err)
+    sinks = make_sinks(cfg, out, err, {}, source) + extra
     book = story.StoryBook(source.names) if cfg.summary else None
     return Session(cfg, source, sinks, book, err)
 
