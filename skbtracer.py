@@ -13,10 +13,10 @@
 #                     [--version] [EXPRESSION ...]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
-# flags (config), BPF building (program, probes, layout, and pcapfilter for
-# tcpdump filter expressions), decoding (events, vocabulary)
-# and output (output, jsonout, names, session, runinfo), and the packets'
-# story told at exit (the story package).
+# flags (config), building the BPF program (program: probes, layouts, and
+# pcapfilter for tcpdump filter expressions), the event path (events), the
+# outputs as sinks (outputs), the run loop (session) over live events (live)
+# or saved ones (replay, -r), and the packets' story told at exit (story).
 
 import os
 import sys
