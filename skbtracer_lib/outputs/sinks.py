@@ -16,8 +16,9 @@ A write that fails raises: BrokenPipeError (the reader went, `| head`),
 files.OutputError (the rows cannot be written: the trace fails) or
 SinkFailed (this sink is done; it says why at exit, the others go on).
 
-A new output format is one sink here, a row in FILE_OUTPUTS and its flag in
-config.flags.
+A new output format to a file is one sink here and its row in FILE_OUTPUTS,
+and its flag (config.flags' table, and its Config field and file check in
+config); live tracing and -r then feed it alike.
 """
 
 from collections import namedtuple
@@ -51,7 +52,8 @@ class Sighting:
 
 class Sink:
     """The methods every sink has, doing nothing. needs: what event() reads
-    of a sighting beyond the event: "row", "line" (empty: no event())."""
+    of a sighting: "event" (the Event and raw bytes only), "row" (the text
+    row too), "line" (the JSON line too); empty: event() is not called."""
 
     needs = frozenset()
     closed = False          # set by the loop when a write failed: not called again
