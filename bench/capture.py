@@ -2,7 +2,7 @@
 """What -w costs, side by side in one run (host only):
 
   1. userspace: events/s through skbtracer's own perf callback
-     (LiveEvents.on_event, with the poll loop's flush every 256 events) on
+     (live.Records.on_event, with the poll loop's flush every 256 events) on
      the bench's event mix, without -w and with -w (each event then carries
      a 98-byte Ethernet frame, as the kernel appends it), best of R;
   2. node cost: the BPF programs' run time per datagram (kernel.bpf_stats)
@@ -69,7 +69,7 @@ class CaptureRing(workload.EventRing):
 
 
 def session_rate(argv, ring, n, capture_path=None):
-    """Events per CPU-second of LiveEvents.on_event (+ the sinks' flushes)."""
+    """Events per CPU-second of Records.on_event (+ the sinks' flushes)."""
     cfg = config.parse_args(argv)
     ksyms = workload.FakeKsyms()
     bpf = workload.FakeBPF(ksyms, workload.FakeStackTable(ksyms))
@@ -83,7 +83,7 @@ def session_rate(argv, ring, n, capture_path=None):
             session.start(None)
 
             def fed(count):
-                on_event = session.source.on_event
+                on_event = session.source.records.on_event
                 for start in range(0, count, FLUSH_EVERY):
                     ring.feed(on_event, min(FLUSH_EVERY, count - start))
                     session.flush()

@@ -133,14 +133,14 @@ def table_userspace(u):
     print("   symbolizer: fake %.1f us per address; bcc's BPF.ksym %s us per address (warm)"
           % (u["fake_ksym_us"], "%.1f" % u["bcc_ksym_us"] if u.get("bcc_ksym_us") else "-"))
     stages = u.get("stages_us") or {}
-    whole = stages.get("whole LiveEvents.on_event")
+    whole = stages.get("whole Records.on_event")
     if stages:
         print("\n   Where ours spends its time with Python's rows (mix workload, CPU us per event):")
         print(tabulate([[k, "%.2f" % v, fmt_pct(v / whole) if whole and "in C" not in k else "-"]
                         for k, v in stages.items()],
                        headers=["step", "us/event", "of whole"], colalign=("left", "right", "right")))
     if u.get("profile"):
-        print("\n   cProfile of LiveEvents.on_event, Python's rows (mix; profiling inflates small "
+        print("\n   cProfile of Records.on_event, Python's rows (mix; profiling inflates small "
               "calls):")
         print(tabulate([[f, c, "%.2f" % tt, "%.2f" % ct] for f, c, tt, ct in u["profile"]],
                        headers=["function", "calls", "own us/event", "cum us/event"],

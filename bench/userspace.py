@@ -1,6 +1,6 @@
 """Part 1: userspace throughput of the per-event path, ours vs the original's.
 
-Ours is skbtracer's real perf callback, LiveEvents.on_event, of a live
+Ours is skbtracer's real perf callback, live.Records.on_event, of a live
 session (live.live_session) built from the product's own
 config.parse_args() (so its defaults, e.g. the story at exit, are what a
 user gets), with a stand-in for the loaded bcc module:
@@ -62,16 +62,16 @@ def devnull_sink():
 
 
 def make_ours(argv, bpf, out, python_rows=False):
-    """A live source (live.LiveEvents, of a whole session) and its per-event
-    callback; python_rows: without the rows in C (as SKBTRACER_PYTHON_ROWS=1
-    or no build of skbtracer_lib/_rows)."""
+    """A live session's per-event half (live.Records) and its callback;
+    python_rows: without the rows in C (as SKBTRACER_PYTHON_ROWS=1 or no
+    build of skbtracer_lib/_rows)."""
     cfg = config.parse_args(argv)
     session = live_session(cfg, BenchLoaded(bpf, workload.PROBE_NAMES), out=out,
                            err=io.StringIO())
-    source = session.source
+    records = session.source.records
     if python_rows:
-        source.rows_in_c = None
-    return source, source.on_event
+        records.rows_in_c = None
+    return records, records.on_event
 
 
 def make_theirs(bpf, out, timestamp=False):
@@ -173,7 +173,7 @@ def compare_readers(ring, argv, bpf, n, repeats):
 
 
 def stages(ring, argv, bpf, n):
-    """Microseconds per event of each step of LiveEvents.on_event, timed
+    """Microseconds per event of each step of Records.on_event, timed
     separately on the session's own objects (the sum is close to, not
     exactly, the whole: the whole also pays for its own calls and checks)."""
     out = devnull_sink()
@@ -207,11 +207,11 @@ def stages(ring, argv, bpf, n):
     out.close()
     with devnull_sink() as out2:
         _s, whole = make_ours(argv, bpf, out2, python_rows=True)
-        result["whole LiveEvents.on_event"] = 1e6 / rate(whole, ring, n)[0]
+        result["whole Records.on_event"] = 1e6 / rate(whole, ring, n)[0]
     with devnull_sink() as out3:
         source, whole = make_ours(argv, bpf, out3)
         if source.rows_in_c is not None:
-            result["whole LiveEvents.on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
+            result["whole Records.on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
             result["rows in C: _rows.Formatter.ring alone, per event"] = _ring_call_cost(
                 source, ring, n)
     return result
@@ -240,7 +240,7 @@ def _ring_call_cost(source, ring, n):
 
 
 def profile(ring, argv, bpf, n, top=14):
-    """cProfile of LiveEvents.on_event with Python's rows: (function, calls,
+    """cProfile of Records.on_event with Python's rows: (function, calls,
     tottime us/event, cumtime us/event)."""
     with devnull_sink() as out:
         _s, on_event = make_ours(argv, bpf, out, python_rows=True)

@@ -3,10 +3,10 @@ the loaded program's ring buffer or perf buffer (events.reader), polled
 until Ctrl-C, SIGTERM, -c or a failed output ends the trace, the namespace
 names and probed modules looked after between polls.
 
-Each event becomes a Sighting (outputs.sinks: the Event, and the row and
-JSON line the sinks need of it) handed to the sinks. Where the text rows
-are the only output (and not --names), the rows are made straight from the
-raw bytes instead and written to the text rows sink as they come: in C
+Each event (Records) becomes a Sighting (outputs.sinks: the Event, and the
+row and JSON line the sinks need of it) handed to the sinks. Where the text
+rows are the only output (and not --names), the rows are made straight from
+the raw bytes instead and written to the text rows sink as they come: in C
 (_rows.c: a ring buffer's batch per call, ring_batch, or one record), else
 in Python (RowFormatter.row_of_raw).
 """
@@ -46,38 +46,28 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
     return Session(cfg, source, sinks, book, err)
 
 
-class LiveEvents:
-    """The events of a loaded program, read until the trace ends."""
+class Records:
+    """The records the reader hands over (the raw events), made into what
+    the session's sinks take and handed to them, counted (-c)."""
 
-    failure_note = "; tracing stopped, the complete rows before it are kept"
-
-    def __init__(self, cfg, loaded, err, names, reasons, clock):
+    def __init__(self, cfg, loaded, err, formatter):
         self.cfg = cfg
         self.loaded = loaded
         self.err = err
-        self.names = names
-        self.reasons = reasons
-        self.clock = clock
-        self.formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize,
-                                      clock, names=names if cfg.names else None)
+        self.formatter = formatter
         self.all_stacks = cfg.stacks == "all"
         self.count = cfg.count
         self.rows = 0
-        self.lost = 0
         self.bad_events = 0         # events that raised while being shown
-        self.stopping = False       # leave the poll loop
-        self.ended_ns = None
-        self.modules_checked = time.monotonic()
+        self.session = self.book = self.json = None
 
-    def attach(self, session):
-        """Hand the events to session: what its sinks need of an event
-        decides what is made of it."""
+    def attach(self, session, json):
+        """Hand the records to session; json: the JSON lines' formatter, or
+        None. What its sinks need of an event decides what is made of it."""
         self.session = session
         self.book = session.book
-        needs = set().union(*(sink.needs for sink in session.writers))
-        self.json = (jsonl.JsonFormatter(self.formatter, self.names, node=self.cfg.node)
-                     if "line" in needs else None)
-        self.make_row = "row" in needs
+        self.json = json
+        self.make_row = any("row" in sink.needs for sink in session.writers)
         self._choose_row_path(session.writers)
 
     def _choose_row_path(self, writers):
@@ -170,9 +160,6 @@ class LiveEvents:
             session.done = True
         return position, records, stop
 
-    def on_lost(self, count):
-        self.lost += count
-
     def _bad_event(self, error):
         self.bad_events += 1
         if self.bad_events == 1:
@@ -180,6 +167,41 @@ class LiveEvents:
                            "the count of such events is at exit\n"
                            % (type(error).__name__, error))
             self.err.flush()
+
+
+class LiveEvents:
+    """The events of a loaded program, read until the trace ends: the
+    source of a live session (see session.py); records: what is made of
+    each event."""
+
+    failure_note = "; tracing stopped, the complete rows before it are kept"
+
+    def __init__(self, cfg, loaded, err, names, reasons, clock):
+        self.cfg = cfg
+        self.loaded = loaded
+        self.err = err
+        self.names = names
+        self.reasons = reasons
+        self.clock = clock
+        formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize, clock,
+                                 names=names if cfg.names else None)
+        self.records = Records(cfg, loaded, err, formatter)
+        self.session = self.json = None
+        self.lost = 0
+        self.stopping = False       # leave the poll loop
+        self.ended_ns = None
+        self.modules_checked = time.monotonic()
+
+    def attach(self, session):
+        """Hand the events to session (its sinks: JSON lines or not)."""
+        self.session = session
+        if any("line" in sink.needs for sink in session.writers):
+            self.json = jsonl.JsonFormatter(self.records.formatter, self.names,
+                                            node=self.cfg.node)
+        self.records.attach(session, self.json)
+
+    def on_lost(self, count):
+        self.lost += count
 
     # -- the poll loop
 
@@ -190,8 +212,9 @@ class LiveEvents:
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         reader = None
         try:
-            batch = self.ring_batch if self.rows_in_c is not None else None
-            reader = self.loaded.open_reader(self.on_raw, self.on_lost, batch=batch)
+            records = self.records
+            batch = records.ring_batch if records.rows_in_c is not None else None
+            reader = self.loaded.open_reader(records.on_raw, self.on_lost, batch=batch)
             if session.start(self.start_object()):
                 self._say_tracing()
                 self._poll(reader, session)
@@ -270,5 +293,6 @@ class LiveEvents:
                                 caveats)
 
     def exit_line(self):
-        unshown = ", %d events could not be shown" % self.bad_events if self.bad_events else ""
-        return "%d rows printed, %d events lost%s" % (self.rows, self.lost, unshown)
+        bad = self.records.bad_events
+        unshown = ", %d events could not be shown" % bad if bad else ""
+        return "%d rows printed, %d events lost%s" % (self.records.rows, self.lost, unshown)

@@ -95,22 +95,22 @@ def golden_session(meta, argv, c_rows):
                            reasons=goldens.golden_reasons())
     session.source.clock.offset_ns = 1_700_000_000_000_000_000
     if not c_rows:
-        session.source.rows_in_c = None
-    assert (session.source.rows_in_c is not None) == c_rows
+        session.source.records.rows_in_c = None
+    assert (session.source.records.rows_in_c is not None) == c_rows
     return session, out, err
 
 
 def trace(session, ring):
     """What a live run does with the ring's records: read, story, exit lines."""
-    source = session.source
-    batch = source.ring_batch if source.rows_in_c is not None else None
-    rb = ring.reader(source.on_raw, batch)
+    records = session.source.records
+    batch = records.ring_batch if records.rows_in_c is not None else None
+    rb = ring.reader(records.on_raw, batch)
     try:
         rb.read()
     finally:
         rb.close()
     session.flush()
-    source.ended_ns = 0
+    session.source.ended_ns = 0
     session.finish()
 
 
@@ -285,7 +285,7 @@ def session_of(argv, raws, c_rows):
     ring = Ring([(raw, len(raw)) for raw in raws])
     trace(session, ring)
     ring.close()
-    return out.getvalue(), err.getvalue(), session.source
+    return out.getvalue(), err.getvalue(), session.source.records
 
 
 def test_a_live_session_counts_garbage_and_stops_at_c_alike():

@@ -87,8 +87,8 @@ def test_fuzz_decoder_never_raises_and_rows_stay_rows(tmp_path):
     rng = random.Random(FUZZ_SEED)
     text, js = io.StringIO(), io.StringIO()
     err = io.StringIO()
-    rows = session(["--callstack"], text, err, proc=str(tmp_path)).source
-    json_rows = session(["--json", "--no-summary"], js, err, proc=str(tmp_path)).source
+    rows = session(["--callstack"], text, err, proc=str(tmp_path)).source.records
+    json_rows = session(["--json", "--no-summary"], js, err, proc=str(tmp_path)).source.records
     short = 0
     for raw in inputs(rng):
         short += len(raw) < decode.EVENT_SIZE
@@ -136,7 +136,7 @@ def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_o
     bpf = StandInBPF([good, good, good, good], stop=lambda: None)
     s = session(["--no-summary"], out, err, bpf)
     bpf.stop = s.source.stop
-    real_row = s.source.formatter.row_of_raw   # text rows are made from the raw bytes
+    real_row = s.source.records.formatter.row_of_raw   # rows made from the raw bytes
     calls = []
 
     def row_that_fails_twice(raw):
@@ -145,8 +145,8 @@ def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_o
             raise RuntimeError("a bug in formatting")
         return real_row(raw)
 
-    s.source.formatter.row_of_raw = row_that_fails_twice
-    s.source.rows_in_c = None              # Python's rows (the C ones: test_fast_rows.py)
+    s.source.records.formatter.row_of_raw = row_that_fails_twice
+    s.source.records.rows_in_c = None      # Python's rows (the C ones: test_fast_rows.py)
     assert s.run() == 0
     assert len([line for line in out.getvalue().splitlines() if "eth0" in line]) == 2
     report = err.getvalue()

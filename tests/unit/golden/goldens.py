@@ -10,7 +10,7 @@ Two kinds of stream:
     replay.session.SavedEvents);
   - raw events (corpus/*.raw.gz, the bytes skbtracer.c writes, 200 each,
     with a .json beside them naming the probes), fed through the live
-    source's perf callback (live.LiveEvents.on_event) and the run loop's
+    source's perf callback (live.Records.on_event) and the run loop's
     story: synthetic streams made by synth.py
     (the unit tests' scenario sequences, IPv6, a thousand-packet mixed run).
 
@@ -167,7 +167,7 @@ def run_raw(name, argv, lost, attached):
         source.clock.offset_ns = 1_700_000_000_000_000_000
         for raw in raws:
             buffer = ctypes.create_string_buffer(raw, len(raw))
-            source.on_event(0, ctypes.addressof(buffer), len(raw))
+            source.records.on_event(0, ctypes.addressof(buffer), len(raw))
         session.flush()
         source.lost = lost
         source.ended_ns = meta["ended_ns"]
