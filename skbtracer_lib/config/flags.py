@@ -1,6 +1,7 @@
 """The command-line flags, as a table: argparse's parser (build_parser) and
 bash completion (completion.py) are both made from FLAGS. A new flag is one
-Flag here (in the order --help lists it) and its check in validate()."""
+Flag here (in the order --help lists it), and its Config field and check in
+validate() (config/__init__.py)."""
 
 import argparse
 
