@@ -3,8 +3,8 @@ the loaded program's ring buffer or perf buffer (events.reader), polled
 until Ctrl-C, SIGTERM, -c or a failed output ends the trace, the namespace
 names and probed modules looked after between polls.
 
-Each event (Records) becomes a Sighting (outputs.sinks: the Event, and the
-row and JSON line the sinks need of it) handed to the sinks. Where the text
+Each event (Records) is decoded, and its row and JSON line are made where
+the sinks need them, then handed to the sinks (session.Session.show). Where the text
 rows are the only output (and not --names), the rows are made straight from
 the raw bytes instead and written to the text rows sink as they come: in C
 (_rows.c: a ring buffer's batch per call, ring_batch, or one record), else
@@ -21,7 +21,7 @@ from .events.decode import Event, netns_of
 from .events.reader import STOP_COUNT, STOP_SLOW
 from .events.textrow import Clock, RowFormatter
 from .outputs import jsonl, names as netns_names
-from .outputs.sinks import SINK_ERRORS, Sighting, TextRows, make_sinks
+from .outputs.sinks import SINK_ERRORS, TextRows, make_sinks
 from .program import probes
 from .session import Session
 
@@ -109,8 +109,18 @@ class Records:
                 if self.book is not None:
                     self.book.add_raw(raw, netns)
                 self.write_text(row + "\n")
-            elif not session.show(self.sighting(raw)):
-                return
+            else:
+                # what the sinks need of the event, all made before any is
+                # written: a failure leaves neither a row nor its JSON line
+                # half done (inline: the per-event path)
+                event = Event(raw)
+                stack = None
+                if event.stack_id != -1 or self.all_stacks:
+                    stack = self.loaded.stack(event.stack_id)
+                line = self.json.line(event, stack) if self.json is not None else None
+                row = self.formatter.row(event) if self.make_row else None
+                if not session.show(event, raw, row, stack, line):
+                    return
         except SINK_ERRORS as e:        # the rows' own writes, above
             session.broke(self.rows_sink, e)
             return
@@ -120,18 +130,6 @@ class Records:
         self.rows += 1
         if self.count is not None and self.rows >= self.count:
             session.done = True
-
-    def sighting(self, raw):
-        """The event, its stack, and its row and JSON line where a sink
-        needs them; all made before any is written, so that a failure
-        leaves neither the row nor its JSON line half done."""
-        event = Event(raw)
-        stack = None
-        if event.stack_id != -1 or self.all_stacks:
-            stack = self.loaded.stack(event.stack_id)
-        line = self.json.line(event, stack) if self.json is not None else None
-        row = self.formatter.row(event) if self.make_row else None
-        return Sighting(event, raw, row, stack, line)
 
     def ring_batch(self, data, base, mask, position, producer, max_records):
         """The text rows of many ring buffer records at once, in C (the

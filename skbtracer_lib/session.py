@@ -62,16 +62,16 @@ class Session:
         self.flush()
         return True
 
-    def show(self, s):
-        """One sighting to the book and to every sink; False when a sink
-        failed (the event is not counted)."""
+    def show(self, event, raw, row, stack, line):
+        """One event to the book and to every sink (Sink.event's arguments);
+        False when a sink failed (the event is not counted)."""
         if self.book is not None:
-            self.book.add(s.event, s.raw)
+            self.book.add(event, raw)
         for sink in self.writers:       # (per event: _call's work inlined)
             if sink.closed:
                 continue
             try:
-                sink.event(s)
+                sink.event(event, raw, row, stack, line)
             except SINK_ERRORS as e:
                 self.broke(sink, e)
                 return False

@@ -5,8 +5,12 @@ loop (session.Session) in the order of its list:
     start(start_object)  before the first event: the header row, the JSON
                          start object (None: -r writes none), the pcapng
                          section
-    event(sighting)      one event (only sinks with `needs`; what they need
-                         of it is made before any sink writes)
+    event(event, raw, row, stack, line)
+                         one event (only sinks with `needs`): the decoded
+                         Event, its raw bytes (None for saved events), and
+                         what the sinks need made, before any sink writes:
+                         its text row, its kernel stack's symbols (or None)
+                         and its JSON line (None where no sink needs them)
     flush()              between the reader's polls: whatever is pending
     story(told, lines)   at exit: the story model and its lines on stderr
     end(end_object)      the JSON end object (None: none), the last flush
@@ -39,21 +43,11 @@ class SinkFailed(Exception):
 SINK_ERRORS = (BrokenPipeError, OutputError, SinkFailed)
 
 
-class Sighting:
-    """One event as the sinks get it: the decoded Event, its raw bytes (None
-    for saved events), and what the sinks asked for ready made: its text row,
-    its kernel stack's symbols (or None) and its JSON line."""
-
-    __slots__ = ("event", "raw", "row", "stack", "line")
-
-    def __init__(self, event, raw, row, stack, line):
-        self.event, self.raw, self.row, self.stack, self.line = event, raw, row, stack, line
-
-
 class Sink:
-    """The methods every sink has, doing nothing. needs: what event() reads
-    of a sighting: "event" (the Event and raw bytes only), "row" (the text
-    row too), "line" (the JSON line too); empty: event() is not called."""
+    """The methods every sink has, doing nothing. needs: what event() reads:
+    "event" (the Event and raw bytes only), "row" (the text row too), "line"
+    (the JSON line too); empty: event() is not called. (event()'s arguments
+    are the event's parts, not an object holding them: it runs per event.)"""
 
     needs = frozenset()
     closed = False          # set by the loop when a write failed: not called again
@@ -62,7 +56,7 @@ class Sink:
     def start(self, start_object):
         pass
 
-    def event(self, sighting):
+    def event(self, event, raw, row, stack, line):
         pass
 
     def flush(self):
@@ -104,11 +98,11 @@ class TextRows(Sink):
     def start(self, start_object):
         self.out.write(HEADER + "\n")
 
-    def event(self, s):
-        if s.stack is None:
-            self.out.write(s.row + "\n")
+    def event(self, event, raw, row, stack, line):
+        if stack is None:
+            self.out.write(row + "\n")
         else:
-            self.out.write("\n".join([s.row] + RowFormatter.stack_lines(s.stack)) + "\n")
+            self.out.write("\n".join([row] + RowFormatter.stack_lines(stack)) + "\n")
 
     def flush(self):
         self.out.flush()
@@ -131,8 +125,8 @@ class JsonLines(Sink):
         if start_object is not None:
             self.out.write(jsonl.dumps(start_object) + "\n")
 
-    def event(self, s):
-        self.out.write(s.line + "\n")
+    def event(self, event, raw, row, stack, line):
+        self.out.write(line + "\n")
 
     def flush(self):
         self.out.flush()
@@ -165,8 +159,8 @@ class Pcapng(Sink):
     def start(self, start_object):
         self._write(self.writer.start)
 
-    def event(self, s):
-        self.writer.add(s.event, s.raw, s.row)
+    def event(self, event, raw, row, stack, line):
+        self.writer.add(event, raw, row)
 
     def flush(self):
         self._write(self.writer.flush)

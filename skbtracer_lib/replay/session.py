@@ -8,7 +8,7 @@ from ..events.textrow import Clock
 from ..events.vocabulary import L4_NUMBERS
 from ..outputs import jsonl
 from ..outputs.files import FileError
-from ..outputs.sinks import Sighting, make_sinks, open_outputs
+from ..outputs.sinks import make_sinks, open_outputs
 from ..program.probes import DropReasons
 from ..runinfo import beyond_note
 from ..session import Session
@@ -101,7 +101,7 @@ class SavedEvents:
         timeline = self.timeline()
         if session.start(None):         # the saved start objects are not written again
             for ts, wall, run, obj in timeline:
-                if not session.show(self.sighting(ts, wall, run, obj)):
+                if not session.show(*self.shown(ts, wall, run, obj)):
                     break
                 self.rows += 1
                 if session.done or (self.cfg.count is not None and self.rows >= self.cfg.count):
@@ -109,7 +109,10 @@ class SavedEvents:
             session.flush()
         self.ended_ns = self._ended_ns(timeline)
 
-    def sighting(self, ts, wall, run, obj):
+    def shown(self, ts, wall, run, obj):
+        """(event, raw, row, stack, line) of a saved object, as the sinks
+        take them: the rebuilt Event, no raw bytes, the saved object's row
+        and JSON line where a sink needs them."""
         event = self.rebuilder.event(run, obj, ts)
         row = line = None
         if self.make_row:
@@ -117,7 +120,7 @@ class SavedEvents:
             row = jsonl.text_row(obj, self.clock.column(wall), netns)
         if self.make_line:
             line = jsonl.dumps(obj)
-        return Sighting(event, None, row, obj.get("stack"), line)
+        return event, None, row, obj.get("stack"), line
 
     def timeline(self):
         """(ts_ns in the story, wall ns, run, object) of every kept event, in time order."""

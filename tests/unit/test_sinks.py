@@ -44,8 +44,8 @@ class Recorder(Sink):
     def start(self, start_object):
         self._record("start")
 
-    def event(self, s):
-        self._record("event", s.event.probe, s.event.skb & 0xFFFFFFFF, s.row)
+    def event(self, event, raw, row, stack, line):
+        self._record("event", event.probe, event.skb & 0xFFFFFFFF, row)
 
     def flush(self):
         self._record("flush")
