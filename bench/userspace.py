@@ -26,7 +26,7 @@ import workload
 from rings import KernelRings
 
 from skbtracer_lib import config
-from skbtracer_lib.events import textrow
+from skbtracer_lib.events import fields, textrow
 from skbtracer_lib.events.decode import Event
 from skbtracer_lib.program import probes
 from skbtracer_lib.program.load import KernelSymbols
@@ -309,7 +309,7 @@ def run(n=60000, repeats=3, log=print):
 def _with_stack_ids(raw, k):
     """Stack ids 1..48 (the original skips id 0, a bug of its own we do not probe)."""
     b = bytearray(raw)
-    b[44:48] = (1 + k % 47).to_bytes(4, "little", signed=True)
+    b[fields.at("stack_id").span] = (1 + k % 47).to_bytes(4, "little", signed=True)
     return bytes(b)
 
 

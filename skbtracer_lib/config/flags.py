@@ -6,10 +6,11 @@ validate() (config/__init__.py)."""
 import argparse
 
 from .. import __version__
+from ..events.vocabulary import L4_NUMBERS
 
 PROG = "skbtracer"
 
-L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
+L4_PROTOCOLS = dict(L4_NUMBERS, any=None)     # --proto's words
 BACKENDS = ("auto", "kprobe", "tracepoint")
 SNAPLEN_DEFAULT = 256
 MAX_NETNS = 8       # -N namespaces compiled into the kernel filter

@@ -96,7 +96,7 @@ def ring_buffer_available():
     return False
 
 
-# Why a walk over the ring stopped (the numbers of _rows.c's STOP_*)
+# Why a walk over the ring stopped (_rows.c is told these in textrow.c_spec())
 STOP_END, STOP_BUSY, STOP_SLOW, STOP_COUNT = 0, 1, 2, 3
 
 

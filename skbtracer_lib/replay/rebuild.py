@@ -1,6 +1,7 @@
 """Saved event objects rebuilt as the live decoder's Event objects, with
 the names, symbols and probes the saved run had."""
 
+from ..events import fields
 from ..events.decode import Event
 from ..events.vocabulary import KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, hook_number
 from ..runinfo import ProbeInfo, RunInfo
@@ -8,6 +9,20 @@ from ..runinfo import ProbeInfo, RunInfo
 
 def _mac(text):
     return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+# The fields the event object shows from the table as they are (none by
+# hand) and those it does not show: rebuilt from their keys, or zero
+_TABLE_FIELDS = tuple(f for f in fields.DECODED if f.json != fields.HAND)
+
+
+def _table_value(f, value):
+    """A table field's value from the JSON (jsonl._json_value's inverse)."""
+    if f.seen == fields.BYTES:
+        return bytes.fromhex(value) if value else bytes(f.size)
+    if f.seen in (fields.TEXT, fields.ADDRESS):
+        return value or ""
+    return value or 0
 
 
 class Rebuilder:
@@ -94,6 +109,8 @@ class Rebuilder:
             if drop.get("location_addr"):
                 e.location = int(drop["location_addr"], 16)
                 self.symbols[e.location] = drop.get("location") or "%#x" % e.location
+        for f in _TABLE_FIELDS:
+            setattr(e, f.name, _table_value(f, obj.get(f.json) if f.json else None))
         return e
 
 

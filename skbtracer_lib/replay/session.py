@@ -72,8 +72,7 @@ class SavedEvents:
         self.names = SavedNames(self.rebuilder)
         self.session = None
         self.make_row = self.make_line = False
-        self.clock = Clock(relative=cfg.timestamp)
-        self.clock.offset_ns = 0    # the saved times are wall-clock times already
+        self.clock = Clock(cfg.timestamp, offset_ns=0)    # the saved times are wall-clock times
         self.saved_caveats = []
         for run in runs:
             for note in (run.end or {}).get("caveats") or []:

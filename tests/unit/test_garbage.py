@@ -9,14 +9,13 @@ import json
 import os
 import random
 import re
-import struct
 import subprocess
 import sys
 
 from skbt_unit_helpers import REPO, SYSTEM_PYTHON
 
 from skbtracer_lib import config
-from skbtracer_lib.events import decode
+from skbtracer_lib.events import decode, fields
 from skbtracer_lib.outputs import names
 from skbtracer_lib.live import live_session
 from skbtracer_lib.runinfo import RunInfo
@@ -26,7 +25,7 @@ FUZZ_INPUTS = 100_000
 # a text row: time, netns, ifname (may be empty), dmac, PKT_INFO, TRACE_INFO
 ROW = re.compile(r"^\[[0-9:]{8}\]\[\S+ *\] +\S* +[0-9a-f]{12} \S+ +[0-9a-f]+\.\d+:\S+"
                  r"( reason=\S+)?( location=\S+)?$")
-IFNAME_AT = struct.calcsize("<QQQ IIIIIiII HHHHH BBBBBBBBB x")
+IFNAME = fields.at("ifname").span
 
 
 class StandInLoaded:
@@ -171,8 +170,8 @@ def test_kernel_strings_are_escaped():
     e = decode.Event(raw)
     assert e.ifname == "a\\x0ab\\x20c\\x5c" and e.table == "t\\x1b[31m"
     unterminated = bytearray(raw)
-    unterminated[IFNAME_AT:IFNAME_AT + 16] = b"x" * 16
-    assert len(decode.Event(bytes(unterminated)).ifname) == 16
+    unterminated[IFNAME] = b"x" * fields.at("ifname").size
+    assert len(decode.Event(bytes(unterminated)).ifname) == fields.at("ifname").size
 
 
 SINK_CHILD = r"""

@@ -8,8 +8,8 @@ Two kinds of stream:
     --keep and a two-node run (capture.py, on the host's tracepoints and in
     the 6.1 guest with kprobes), read back through -r (the run loop over
     replay.session.SavedEvents);
-  - raw events (corpus/*.raw.gz, the bytes skbtracer.c writes, 200 each,
-    with a .json beside them naming the probes), fed through the live
+  - raw events (corpus/*.raw.gz, the bytes skbtracer.c writes, with a .json
+    beside them naming the probes and the layout), fed through the live
     source's perf callback (live.Records.on_event) and the run loop's
     story: synthetic streams made by synth.py
     (the unit tests' scenario sequences, IPv6, a thousand-packet mixed run).
@@ -25,6 +25,7 @@ import os
 import tempfile
 
 from skbtracer_lib import config
+from skbtracer_lib.events import fields
 from skbtracer_lib.events.decode import EVENT_SIZE
 from skbtracer_lib.live import live_session
 from skbtracer_lib.outputs import names
@@ -144,12 +145,29 @@ def fixed_names(empty):
 
 
 def read_raw(name):
+    """(meta, the events in today's layout): the corpus says the layout it
+    was written in (synth.save), so a field added to the table since reads
+    as zeros and the rest where it is now."""
     with open(corpus(name + ".json")) as f:
         meta = json.load(f)
     with gzip.open(corpus(name + ".raw.gz"), "rb") as f:
         data = f.read()
-    raws = [data[i:i + EVENT_SIZE] for i in range(0, len(data), EVENT_SIZE)]
+    size = meta["event_size"]
+    raws = [data[i:i + size] for i in range(0, len(data), size)]
+    recorded = {name: (at, length) for name, at, length in meta["event_fields"]}
+    if recorded != {f.name: (f.offset, f.size) for f in fields.FIELDS}:
+        raws = [in_todays_layout(raw, recorded) for raw in raws]
     return meta, raws
+
+
+def in_todays_layout(raw, recorded):
+    """raw written in another layout (recorded: name -> (offset, size))."""
+    event = bytearray(EVENT_SIZE)
+    for f in fields.FIELDS:
+        at, size = recorded.get(f.name, (None, None))
+        if size == f.size:
+            event[f.span] = raw[at:at + size]
+    return bytes(event)
 
 
 def run_raw(name, argv, lost, attached):
