@@ -105,7 +105,7 @@ class RingBufferReader:
     record, in the order the kernel reserved them.
 
     batch, where given, walks many records in one call (the text rows in C,
-    Session.ring_batch): batch(data, base, mask, position, producer,
+    live.Records.ring_batch): batch(data, base, mask, position, producer,
     max_records) -> (position, records, stop); a STOP_SLOW leaves the record
     at position to handle()."""
 

@@ -7,9 +7,6 @@ from ..events.vocabulary import KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, hook_nu
 from ..runinfo import ProbeInfo, RunInfo
 
 
-
-# ---------------------------------------------------------------- events
-
 def _mac(text):
     return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
 
@@ -26,7 +23,6 @@ def _table_value(f, value):
     if f.seen in (fields.TEXT, fields.ADDRESS):
         return value or ""
     return value or 0
-
 
 
 class Rebuilder:
@@ -118,7 +114,6 @@ class Rebuilder:
         return e
 
 
-
 class SavedNames:
     """The namespace labels the events were saved with (names.NetnsNames'
     interface); with several nodes each label says its node: node1:client."""
@@ -143,10 +138,6 @@ class SavedNames:
         pass
 
 
-# ---------------------------------------------------------------- filters
-
-# ---------------------------------------------------------------- the run
-
 def saved_names(start, key):
     """A start object's list of probe names; [] when absent or not one."""
     names = start.get(key)
@@ -156,7 +147,7 @@ def saved_names(start, key):
 
 
 class SavedLoaded:
-    """What Session reads of a loaded program (runinfo), from the start objects."""
+    """What the run loop reads of a loaded program (runinfo), from the start objects."""
 
     def __init__(self, runs, rebuilder):
         attached = []

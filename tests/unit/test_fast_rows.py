@@ -18,7 +18,7 @@ import tempfile
 import pytest
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
-from skbtracer_lib import config, story
+from skbtracer_lib import config
 from skbtracer_lib.events import decode, fields, textrow
 from skbtracer_lib.events.decode import EVENT_SIZE
 from skbtracer_lib.events.reader import (
@@ -32,7 +32,8 @@ from skbtracer_lib.events.reader import (
     RingBufferReader,
 )
 from skbtracer_lib.events.textrow import Clock, RowFormatter
-from skbtracer_lib.outputs import files, names
+from skbtracer_lib.live import live_session
+from skbtracer_lib.outputs import files
 from skbtracer_lib.program import probes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
@@ -86,37 +87,32 @@ class StackedLoaded(goldens.GoldenLoaded):
 
 
 def golden_session(meta, argv, c_rows):
-    """A live Session for a recorded probe plan, text rows to a StringIO;
+    """A live session for a recorded probe plan, text rows to a StringIO;
     c_rows: the rows in C, or Python's."""
     cfg = config.parse_args(["-t"] + argv)
     out, err = io.StringIO(), io.StringIO()
-    session = goldens.GoldenSession(cfg, StackedLoaded(meta), out=out, err=err)
-    empty = tempfile.mkdtemp()
-    fixed = names.NetnsNames(proc=empty, netns_dirs=())
-    fixed.host_inode = None
-    session.names = fixed
-    if session.book is not None:
-        session.book = story.StoryBook(fixed)
-    session.clock.offset_ns = 1_700_000_000_000_000_000
+    session = live_session(cfg, StackedLoaded(meta), out=out, err=err,
+                           names=goldens.fixed_names(tempfile.mkdtemp()),
+                           reasons=goldens.golden_reasons())
+    session.source.clock.offset_ns = 1_700_000_000_000_000_000
     if not c_rows:
-        session.rows_in_c = None
-    assert (session.rows_in_c is not None) == c_rows
+        session.source.records.rows_in_c = None
+    assert (session.source.records.rows_in_c is not None) == c_rows
     return session, out, err
 
 
 def trace(session, ring):
     """What a live run does with the ring's records: read, story, exit lines."""
-    batch = session.ring_batch if session.rows_in_c is not None else None
-    rb = ring.reader(session._on_raw, batch)
+    records = session.source.records
+    batch = records.ring_batch if records.rows_in_c is not None else None
+    rb = ring.reader(records.on_raw, batch)
     try:
         rb.read()
     finally:
         rb.close()
-    session._write("")
-    session.ended_ns = 0
-    if session.book is not None:
-        session._tell_story()
-    session._say_where_it_went()
+    session.flush()
+    session.source.ended_ns = 0
+    session.finish()
 
 
 def both(name, argv):
@@ -125,7 +121,6 @@ def both(name, argv):
     for c_rows in (True, False):
         ring = Ring.of(raws)
         session, out, err = golden_session(meta, argv, c_rows)
-        session.ended_ns = meta["ended_ns"]
         trace(session, ring)
         ring.close()
         texts.append((out.getvalue(), err.getvalue()))
@@ -294,7 +289,7 @@ def session_of(argv, raws, c_rows):
     ring = Ring([(raw, len(raw)) for raw in raws])
     trace(session, ring)
     ring.close()
-    return out.getvalue(), err.getvalue(), session
+    return out.getvalue(), err.getvalue(), session.source.records
 
 
 def test_a_live_session_counts_garbage_and_stops_at_c_alike():
