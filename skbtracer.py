@@ -13,10 +13,10 @@
 #                     [--version] [EXPRESSION ...]
 #
 # The eBPF half is skbtracer.c; the Python package skbtracer_lib holds the
-# flags (config), BPF building (program, probes, layout, and pcapfilter for
-# tcpdump filter expressions), decoding (events, vocabulary)
-# and output (output, jsonout, names, session, runinfo), and the packets'
-# story told at exit (the story package).
+# flags (config), building the BPF program (program: probes, layouts, and
+# pcapfilter for tcpdump filter expressions), the event path (events), the
+# outputs as sinks (outputs), the run loop (session) over live events (live)
+# or saved ones (replay, -r), and the packets' story told at exit (story).
 
 import os
 import sys
@@ -104,23 +104,9 @@ def say_skipped(loaded):
                          "skipped (-v lists them and why)\n" % len(skipped))
 
 
-def open_outputs(cfg, files):
-    """(rows, JSON lines, -w capture) files the flags name, None for each
-    not named; every file opened is appended to files."""
-    wanted = ((cfg.output, "-o/--output", False),
-              (cfg.json if cfg.json != "-" else None, "--json", False),
-              (cfg.write, "-w/--write", True))
-    opened = []
-    for path, flag, binary in wanted:
-        f = open_new_file(flag, path, cfg.force, binary=binary) if path else None
-        if f is not None:
-            files.append(f)
-        opened.append(f)
-    return opened
-
-
 def trace(program):
-    from skbtracer_lib.session import Session
+    from skbtracer_lib.live import live_session
+    from skbtracer_lib.outputs.sinks import open_outputs
     cfg = program.cfg
     headers = loaded = None
     files = []
@@ -134,9 +120,8 @@ def trace(program):
             report(program, headers, loaded)
         else:
             say_skipped(loaded)
-        out, json_out, capture_file = open_outputs(cfg, files)
-        return Session(cfg, loaded, out=out, json_out=json_out,
-                       capture_file=capture_file).run()
+        opened = open_outputs(cfg, files)
+        return live_session(cfg, loaded, out=opened.get("output"), files=opened).run()
     except (kernel.KernelError, FileError) as e:
         return fail(e)
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 """What -w costs, side by side in one run (host only):
 
   1. userspace: events/s through skbtracer's own perf callback
-     (Session._on_event, with the poll loop's flush every 256 events) on
+     (live.Records.on_event, with the poll loop's flush every 256 events) on
      the bench's event mix, without -w and with -w (each event then carries
      a 98-byte Ethernet frame, as the kernel appends it), best of R;
   2. node cost: the BPF programs' run time per datagram (kernel.bpf_stats)
@@ -39,7 +39,7 @@ import workload  # noqa: E402
 
 from skbtracer_lib import config
 from skbtracer_lib.outputs import capture  # noqa: E402
-from skbtracer_lib.session import Session  # noqa: E402
+from skbtracer_lib.live import live_session  # noqa: E402
 
 FRAME = bytes.fromhex("020000010003020000010101" "0800") + bytes(84)   # 98 bytes, like a ping
 FLUSH_EVERY = 256       # events per poll batch (what one perf_buffer_poll hands over)
@@ -69,7 +69,7 @@ class CaptureRing(workload.EventRing):
 
 
 def session_rate(argv, ring, n, capture_path=None):
-    """Events per CPU-second of Session._on_event (+ the capture's flushes)."""
+    """Events per CPU-second of Records.on_event (+ the sinks' flushes)."""
     cfg = config.parse_args(argv)
     ksyms = workload.FakeKsyms()
     bpf = workload.FakeBPF(ksyms, workload.FakeStackTable(ksyms))
@@ -78,16 +78,15 @@ def session_rate(argv, ring, n, capture_path=None):
     with open(os.devnull, "w") as out:
         capture_file = open(capture_path, "wb") if capture_path else None
         try:
-            session = Session(cfg, loaded, out=out, err=io.StringIO(), capture_file=capture_file)
-            if session.capture is not None:
-                session.capture.start()
+            files = {"write": capture_file} if capture_file else {}
+            session = live_session(cfg, loaded, out=out, err=io.StringIO(), files=files)
+            session.start(None)
 
             def fed(count):
-                on_event = session._on_event
+                on_event = session.source.records.on_event
                 for start in range(0, count, FLUSH_EVERY):
                     ring.feed(on_event, min(FLUSH_EVERY, count - start))
-                    if session.capture is not None:
-                        session.capture.flush()
+                    session.flush()
 
             fed(min(2000, ring.count))               # warm: caches, interfaces
             cpu0 = time.thread_time()

@@ -11,7 +11,8 @@ b.get_table("stacks") for every event before looking at the stack id.
 
 Differences, all so that both tools produce the same rows from the same
 bytes (checked by userspace.py before timing):
-  - the Structure has the fields of this project's struct event_t (the
+  - the Structure has the fields of this project's struct event_t, from its
+    field table (skbtracer_lib/events/fields.py), and its event kinds (the
     original's event carried the function name as char[64]; here the probe
     id indexes the name list, as in ours);
   - the original's kernel half converted ports to host order; these bytes
@@ -28,48 +29,21 @@ import time
 from socket import AF_INET, AF_INET6, inet_ntop, ntohs
 from struct import pack
 
+from skbtracer_lib.events import fields
+from skbtracer_lib.events.vocabulary import KIND_DROP, KIND_IPTABLE
+
 
 class TestEvt(ct.Structure):
-    _fields_ = [
-        ("ts_ns", ct.c_ulonglong),
-        ("skb", ct.c_ulonglong),
-        ("location", ct.c_ulonglong),
-        ("netns", ct.c_uint),
-        ("ifindex", ct.c_uint),
-        ("pid", ct.c_uint),
-        ("drop_reason", ct.c_uint),
-        ("verdict", ct.c_uint),
-        ("kernel_stack_id", ct.c_int),
-        ("tcp_seq", ct.c_uint),
-        ("len", ct.c_uint),
-        ("probe", ct.c_ushort),
-        ("ip_id", ct.c_ushort),
-        ("sport", ct.c_ushort),
-        ("dport", ct.c_ushort),
-        ("icmpid", ct.c_ushort),
-        ("kind", ct.c_ubyte),
-        ("pkt_type", ct.c_ubyte),
-        ("ip_version", ct.c_ubyte),
-        ("l4_proto", ct.c_ubyte),
-        ("tcpflags", ct.c_ubyte),
-        ("icmptype", ct.c_ubyte),
-        ("ttl", ct.c_ubyte),
-        ("pf", ct.c_ubyte),
-        ("hook", ct.c_ubyte),
-        ("pad", ct.c_ubyte),
-        ("ifname", ct.c_char * 16),
-        ("dest_mac", ct.c_ubyte * 6),
-        ("src_mac", ct.c_ubyte * 6),
-        ("saddr", ct.c_ulonglong * 2),
-        ("daddr", ct.c_ulonglong * 2),
-        ("tablename", ct.c_char * 32),
-        ("chain", ct.c_char * 32),
-    ]
+    _pack_ = 1      # the gaps are fields (ctypes_fields): the offsets are the table's
+    _fields_ = fields.ctypes_fields(
+        rename={"stack_id": "kernel_stack_id", "icmp_id": "icmpid", "family": "ip_version",
+                "l4proto": "l4_proto", "tcp_flags": "tcpflags", "icmp_type": "icmptype",
+                "dmac": "dest_mac", "smac": "src_mac", "table": "tablename"},
+        types={"saddr": ct.c_ulonglong * 2, "daddr": ct.c_ulonglong * 2})
 
 
-assert ct.sizeof(TestEvt) == 200, ct.sizeof(TestEvt)
+assert ct.sizeof(TestEvt) == fields.EVENT_SIZE, ct.sizeof(TestEvt)
 
-KIND_IPTABLE, KIND_DROP = 2, 3
 
 # uapi/linux/netfilter.h
 NF_VERDICT_NAME = ["DROP", "ACCEPT", "STOLEN", "QUEUE", "REPEAT", "STOP"]

@@ -127,7 +127,7 @@ def main():
             def whole():
                 with open(os.devnull, "w") as null:
                     r = replay_read.read_files([a, b], lambda _t: None)
-                    return replay_session.ReplaySession(cfg, r, out=null, err=io.StringIO()).run()
+                    return replay_session.saved_session(cfg, r, out=null, err=io.StringIO()).run()
             figures["-r"].append(timed(whole)[0])
             shifted = one + two     # node2 on node1's clock already: the story alone
             figures["story"].append(timed(lambda: story.build(shifted, FUNCS))[0])

@@ -133,14 +133,14 @@ def table_userspace(u):
     print("   symbolizer: fake %.1f us per address; bcc's BPF.ksym %s us per address (warm)"
           % (u["fake_ksym_us"], "%.1f" % u["bcc_ksym_us"] if u.get("bcc_ksym_us") else "-"))
     stages = u.get("stages_us") or {}
-    whole = stages.get("whole Session._on_event")
+    whole = stages.get("whole Records.on_event")
     if stages:
         print("\n   Where ours spends its time with Python's rows (mix workload, CPU us per event):")
         print(tabulate([[k, "%.2f" % v, fmt_pct(v / whole) if whole and "in C" not in k else "-"]
                         for k, v in stages.items()],
                        headers=["step", "us/event", "of whole"], colalign=("left", "right", "right")))
     if u.get("profile"):
-        print("\n   cProfile of Session._on_event, Python's rows (mix; profiling inflates small "
+        print("\n   cProfile of Records.on_event, Python's rows (mix; profiling inflates small "
               "calls):")
         print(tabulate([[f, c, "%.2f" % tt, "%.2f" % ct] for f, c, tt, ct in u["profile"]],
                        headers=["function", "calls", "own us/event", "cum us/event"],
@@ -358,7 +358,12 @@ def main(argv=None):
 
     results["loadavg_after"] = os.getloadavg()
     results["total_seconds"] = time.monotonic() - started
+    print_tables(results)
+    save(results, args.json)
+    return 1 if results["errors"] else 0
 
+
+def print_tables(results):
     if "userspace" in results:
         table_userspace(results["userspace"])
     table_node(results)
@@ -372,16 +377,18 @@ def main(argv=None):
           % (results["total_seconds"], ", ".join("%s %.0f s" % kv for kv in results["part_seconds"].items()),
              results["loadavg_before"][0], results["loadavg_after"][0]))
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+
+def save(results, path):
+    """The figures as JSON to path; beside latest.json, a time-stamped copy."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     text = json.dumps(results, indent=1, default=str) + "\n"
-    with open(args.json, "w") as f:
+    with open(path, "w") as f:
         f.write(text)
-    if os.path.abspath(args.json) == os.path.join(RESULTS, "latest.json"):
+    if os.path.abspath(path) == os.path.join(RESULTS, "latest.json"):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         with open(os.path.join(RESULTS, "bench-%s.json" % stamp), "w") as f:
             f.write(text)
-    print("Figures written to %s" % os.path.abspath(args.json))
-    return 1 if results["errors"] else 0
+    print("Figures written to %s" % os.path.abspath(path))
 
 
 def _git_head():

@@ -1,10 +1,11 @@
 """Part 1: userspace throughput of the per-event path, ours vs the original's.
 
-Ours is skbtracer's real perf callback, Session._on_event, on a Session
-built from the product's own config.parse_args() (so its defaults, e.g. the
-story at exit, are what a user gets), with a stand-in for the loaded bcc
-module: program.KernelSymbols' stack() and symbolize() (what Loaded uses) run
-on top of workload.FakeBPF. Theirs is original.OriginalPrinter.event_printer. Both get
+Ours is skbtracer's real perf callback, live.Records.on_event, of a live
+session (live.live_session) built from the product's own
+config.parse_args() (so its defaults, e.g. the story at exit, are what a
+user gets), with a stand-in for the loaded bcc module:
+program.KernelSymbols' stack() and symbolize() (what Loaded uses) run on
+top of workload.FakeBPF. Theirs is original.OriginalPrinter.event_printer. Both get
 the same raw bytes, from one ctypes buffer, as (cpu, address, size), and
 write to the same kind of sink: a text file on /dev/null (what sys.stdout is
 when redirected, without the disk).
@@ -18,25 +19,25 @@ import os
 import pstats
 import re
 import statistics
-import sys
 import time
 
 import original
 import workload
+from rings import KernelRings
 
 from skbtracer_lib import config
-from skbtracer_lib.events import textrow
+from skbtracer_lib.events import fields, textrow
 from skbtracer_lib.events.decode import Event
 from skbtracer_lib.program import probes
 from skbtracer_lib.program.load import KernelSymbols
+from skbtracer_lib.live import live_session
 from skbtracer_lib.runinfo import RunInfo
-from skbtracer_lib.session import Session
 
 _TIME_COLUMN = re.compile(r"^\[[^\]]*\]")
 
 
 class BenchLoaded:
-    """What Session reads of a loaded program (runinfo), without compiling or
+    """What the live source reads of a loaded program (runinfo), without compiling or
     attaching: the product's stack() and symbolize() (program.KernelSymbols)
     over a fake bcc module."""
 
@@ -61,13 +62,16 @@ def devnull_sink():
 
 
 def make_ours(argv, bpf, out, python_rows=False):
-    """A Session and its per-event callback; python_rows: without the rows
-    in C (as SKBTRACER_PYTHON_ROWS=1 or no build of skbtracer_lib/_rows)."""
+    """A live session's per-event half (live.Records) and its callback;
+    python_rows: without the rows in C (as SKBTRACER_PYTHON_ROWS=1 or no
+    build of skbtracer_lib/_rows)."""
     cfg = config.parse_args(argv)
-    session = Session(cfg, BenchLoaded(bpf, workload.PROBE_NAMES), out=out, err=io.StringIO())
+    session = live_session(cfg, BenchLoaded(bpf, workload.PROBE_NAMES), out=out,
+                           err=io.StringIO())
+    records = session.source.records
     if python_rows:
-        session.rows_in_c = None
-    return session, session._on_event
+        records.rows_in_c = None
+    return records, records.on_event
 
 
 def make_theirs(bpf, out, timestamp=False):
@@ -107,7 +111,7 @@ def rate(callback, ring, n):
 
 def compare(ring, argv, bpf, n, repeats):
     """Best-of-repeats events/s of ours and theirs, measured alternately,
-    each on a fresh Session/printer (the story book starts empty)."""
+    each on a fresh session/printer (the story book starts empty)."""
     ours, theirs = [], []
     for _ in range(repeats):
         with devnull_sink() as out:
@@ -129,7 +133,7 @@ def compare(ring, argv, bpf, n, repeats):
 
 def compare_readers(ring, argv, bpf, n, repeats):
     """Best-of-repeats events/s of both tools through their real readers
-    (KernelRings), alternating, each on a fresh Session/printer. Ours twice:
+    (KernelRings), alternating, each on a fresh session/printer. Ours twice:
     as a run makes its rows (in C where skbtracer_lib/_rows is built), and
     with Python's rows (what SKBTRACER_PYTHON_ROWS=1 or no build gives)."""
     raws = [ctypes.string_at(a, workload.EVENT_SIZE) for a in ring.addresses]
@@ -139,13 +143,13 @@ def compare_readers(ring, argv, bpf, n, repeats):
 
     def read_ours(python_rows):
         with devnull_sink() as out:
-            session, _cb = make_ours(argv, bpf, out, python_rows)
-            ring.feed(session._on_event, min(2000, ring.count))     # warm, as compare()
+            source, on_event = make_ours(argv, bpf, out, python_rows)
+            ring.feed(on_event, min(2000, ring.count))     # warm, as compare()
             gc.collect()
             started = time.thread_time()
-            rings.ours(session._on_raw, session.ring_batch
-                       if session.rows_in_c is not None else None)
-            return n / (time.thread_time() - started), session.rows_in_c is not None
+            rings.ours(source.on_raw, source.ring_batch
+                       if source.rows_in_c is not None else None)
+            return n / (time.thread_time() - started), source.rows_in_c is not None
 
     try:
         for _ in range(repeats):
@@ -169,11 +173,11 @@ def compare_readers(ring, argv, bpf, n, repeats):
 
 
 def stages(ring, argv, bpf, n):
-    """Microseconds per event of each step of Session._on_event, timed
+    """Microseconds per event of each step of Records.on_event, timed
     separately on the session's own objects (the sum is close to, not
     exactly, the whole: the whole also pays for its own calls and checks)."""
     out = devnull_sink()
-    session, on_event = make_ours(argv, bpf, out, python_rows=True)
+    source, on_event = make_ours(argv, bpf, out, python_rows=True)
     addresses = ring.addresses[:n]
     size = workload.EVENT_SIZE
     result = {}
@@ -188,11 +192,11 @@ def stages(ring, argv, bpf, n):
     raws = timed("ctypes.string_at (copy out of the ring)",
                  lambda: [ctypes.string_at(a, size) for a in addresses])
     evs = timed("events.Event(raw) (unpack + field fixups)", lambda: [Event(r) for r in raws])
-    book = getattr(session, "book", None)
+    book = source.book
     if book is not None:
         timed("story.StoryBook.add (kept for the exit story)",
               lambda: [book.add(e) for e in evs])
-    fmt = session.formatter
+    fmt = source.formatter
     rows = timed("output.RowFormatter.row (format the row)", lambda: [fmt.row(e) for e in evs])
     timed("Clock.column alone (inside row)", lambda: [fmt.clock.column(e.ts_ns) for e in evs])
 
@@ -203,17 +207,17 @@ def stages(ring, argv, bpf, n):
     out.close()
     with devnull_sink() as out2:
         _s, whole = make_ours(argv, bpf, out2, python_rows=True)
-        result["whole Session._on_event"] = 1e6 / rate(whole, ring, n)[0]
+        result["whole Records.on_event"] = 1e6 / rate(whole, ring, n)[0]
     with devnull_sink() as out3:
-        session, whole = make_ours(argv, bpf, out3)
-        if session.rows_in_c is not None:
-            result["whole Session._on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
+        source, whole = make_ours(argv, bpf, out3)
+        if source.rows_in_c is not None:
+            result["whole Records.on_event, rows in C"] = 1e6 / rate(whole, ring, n)[0]
             result["rows in C: _rows.Formatter.ring alone, per event"] = _ring_call_cost(
-                session, ring, n)
+                source, ring, n)
     return result
 
 
-def _ring_call_cost(session, ring, n):
+def _ring_call_cost(source, ring, n):
     """CPU us per event of the C walk alone (rows and the story's copies
     made, nothing written), over a KernelRings ring of n events."""
     from skbtracer_lib.events import reader
@@ -225,9 +229,9 @@ def _ring_call_cost(session, ring, n):
         gc.collect()
         started = time.thread_time()
         while records < n:
-            position, walked, *_rest = session.rows_in_c.ring(
+            position, walked, *_rest = source.rows_in_c.ring(
                 rb.data, reader.PAGE_SIZE, rb.mask, position, rings.ring_bytes, -1,
-                reader.PUBLISH_EVERY, session.book is not None)
+                reader.PUBLISH_EVERY, source.book is not None)
             records += walked
         return (time.thread_time() - started) / n * 1e6
     finally:
@@ -236,7 +240,7 @@ def _ring_call_cost(session, ring, n):
 
 
 def profile(ring, argv, bpf, n, top=14):
-    """cProfile of Session._on_event with Python's rows: (function, calls,
+    """cProfile of Records.on_event with Python's rows: (function, calls,
     tottime us/event, cumtime us/event)."""
     with devnull_sink() as out:
         _s, on_event = make_ours(argv, bpf, out, python_rows=True)
@@ -305,7 +309,7 @@ def run(n=60000, repeats=3, log=print):
 def _with_stack_ids(raw, k):
     """Stack ids 1..48 (the original skips id 0, a bug of its own we do not probe)."""
     b = bytearray(raw)
-    b[44:48] = (1 + k % 47).to_bytes(4, "little", signed=True)
+    b[fields.at("stack_id").span] = (1 + k % 47).to_bytes(4, "little", signed=True)
     return bytes(b)
 
 
@@ -349,120 +353,3 @@ def _bcc_ksym_cost(calls=2000):
         return (time.thread_time() - started) / len(sample) * 1e6
     except Exception:
         return None
-
-
-# ---------------------------------------------------------------- through the readers
-
-class KernelRings:
-    """The same events, n of them (the workload's ring round and round),
-    laid out in memory files as the kernel lays them out: a BPF ring buffer
-    for ours (read by skbtracer_lib.reader, as a live run does) and one
-    CPU's perf ring for the original (read by bcc's own C perf reader,
-    perf_reader_event_read, calling back into Python through the ctypes
-    thunk and bcc's raw_cb_ wrapper, as the original's perf_buffer_poll
-    does). Both rings are big enough for all n: nothing wraps."""
-
-    def __init__(self, raws, n):
-        import mmap
-
-        from skbtracer_lib.events import reader
-        self.n = n
-        page = reader.PAGE_SIZE
-        events = [raws[k % len(raws)] for k in range(n)]
-        ring = b"".join(struct_header(len(r)) + r for r in events)   # 8-byte headers, 8-aligned sizes
-        self.ring_size = _power_of_two_pages(len(ring))
-        self.ring_fd = os.memfd_create("bench-ringbuf")
-        os.ftruncate(self.ring_fd, 2 * page + 2 * self.ring_size)
-        self.ring_map = mmap.mmap(self.ring_fd, 2 * page + 2 * self.ring_size)
-        self.ring_map[2 * page:2 * page + len(ring)] = ring
-        self.ring_bytes = len(ring)
-        perf = b"".join(perf_sample(r) for r in events)
-        self.perf_pages = _power_of_two_pages(len(perf)) // page
-        self.perf_fd = os.memfd_create("bench-perf")
-        os.ftruncate(self.perf_fd, page + self.perf_pages * page)
-        self.perf_map = mmap.mmap(self.perf_fd, page + self.perf_pages * page)
-        self.perf_map[page:page + len(perf)] = perf
-        self.perf_bytes = len(perf)
-
-    def ours(self, handle, batch=None):
-        """Read all n events into handle(bytes) with skbtracer's reader
-        (batch: the text rows in C, as a live run reads them)."""
-        from skbtracer_lib.events import reader
-        self.ring_map[0:8] = bytes(8)                                    # consumer
-        self.ring_map[reader.PAGE_SIZE:reader.PAGE_SIZE + 8] = self.ring_bytes.to_bytes(8, "little")
-        rb = reader.RingBufferReader(self.ring_fd, self.ring_size, handle, batch)
-        try:
-            count = rb.read()
-        finally:
-            rb.close()
-        assert count == self.n, (count, self.n)
-
-    def theirs(self, callback, cpu=0):
-        """Read all n events into callback(cpu, address, size) with bcc's
-        perf reader, wrapped as bcc's PerfEventArray wraps it."""
-        import errno
-
-        from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE, lib
-        _declare_perf_reader(lib, _RAW_CB_TYPE, _LOST_CB_TYPE)
-
-        def raw_cb_(_, data, size):          # bcc's table.py, as written
-            try:
-                callback(cpu, data, size)
-            except IOError as e:
-                if e.errno == errno.EPIPE:
-                    exit()
-                else:
-                    raise e
-        fn = _RAW_CB_TYPE(raw_cb_)
-        self.perf_map[1024:1040] = self.perf_bytes.to_bytes(8, "little") + bytes(8)  # head, tail
-        perf_reader = lib.perf_reader_new(fn, ctypes.cast(None, _LOST_CB_TYPE), None,
-                                          self.perf_pages)
-        try:
-            lib.perf_reader_set_fd(perf_reader, os.dup(self.perf_fd))  # free() closes it
-            if lib.perf_reader_mmap(perf_reader) < 0:
-                raise RuntimeError("perf_reader_mmap failed")
-            lib.perf_reader_event_read(perf_reader)
-        finally:
-            lib.perf_reader_free(perf_reader)
-        tail = int.from_bytes(self.perf_map[1032:1040], "little")
-        assert tail == self.perf_bytes, (tail, self.perf_bytes)
-
-    def close(self):
-        self.ring_map.close()
-        self.perf_map.close()
-        os.close(self.ring_fd)
-        os.close(self.perf_fd)
-
-
-def struct_header(length):
-    return length.to_bytes(4, "little") + bytes(4)
-
-
-def perf_sample(raw):
-    """A PERF_RECORD_SAMPLE of raw as the kernel writes it (u32 size
-    counting the padding to 8)."""
-    raw_size = (4 + len(raw) + 7) // 8 * 8 - 4
-    body = raw_size.to_bytes(4, "little") + raw.ljust(raw_size, b"\0")
-    return (9).to_bytes(4, "little") + (0).to_bytes(2, "little") + \
-        (8 + len(body)).to_bytes(2, "little") + body
-
-
-def _power_of_two_pages(nbytes):
-    page = os.sysconf("SC_PAGE_SIZE")
-    size = page
-    while size < nbytes:
-        size *= 2
-    return size
-
-
-def _declare_perf_reader(lib, raw_cb_type, lost_cb_type):
-    """bcc's Python module does not declare these (it opens readers through
-    bpf_open_perf_buffer)."""
-    lib.perf_reader_new.restype = ctypes.c_void_p
-    lib.perf_reader_new.argtypes = [raw_cb_type, lost_cb_type, ctypes.py_object, ctypes.c_int]
-    lib.perf_reader_set_fd.restype = None
-    lib.perf_reader_set_fd.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.perf_reader_mmap.restype = ctypes.c_int
-    lib.perf_reader_mmap.argtypes = [ctypes.c_void_p]
-    lib.perf_reader_event_read.restype = None
-    lib.perf_reader_event_read.argtypes = [ctypes.c_void_p]

@@ -1,6 +1,7 @@
 """The interface between a session and the program it reads events from.
 
-A session (session.Session, replay.ReplaySession) needs of its program only:
+A session's source (live.LiveEvents, replay.session.SavedEvents) needs of
+its program only:
 
     info                RunInfo: probe names, what was attached, the backend
     symbolize(address)  'func+0xoff' of a kernel address

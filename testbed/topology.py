@@ -261,15 +261,16 @@ def _process_start_time(pid: int) -> float | None:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def cleanup_stale() -> list[str]:
+def cleanup_stale(pattern: re.Pattern = STALE_RE) -> list[str]:
     """Remove namespaces of dead runs that used the default prefix (skbt<pid>-<n>-<role>).
 
     A run is dead when its PID is gone, or the PID now belongs to a process that started after
     the namespace was made (PID reuse).  Custom prefixes are never touched here; `down --prefix`.
+    Shapes with roles of their own pass a pattern like STALE_RE (group 1: the owner's PID).
     """
     removed = []
     for name in sorted(os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []):
-        m = STALE_RE.match(name)
+        m = pattern.match(name)
         if not m:
             continue
         pid = int(m.group(1))
@@ -463,6 +464,7 @@ class SeedCluster:
         settle: float = 0.2,
         receive_timeout: float = 2.0,
         disable_ipv6: bool = True,
+        services: bool = True,
     ):
         if iptables not in ("nft", "legacy"):
             raise ValueError("iptables must be 'nft' or 'legacy'")
@@ -478,6 +480,9 @@ class SeedCluster:
         self.settle = settle
         self.receive_timeout = receive_timeout
         self.disable_ipv6 = disable_ipv6  # no IPv6 DAD/RS/MLD chatter in traces
+        # False: node1 gets no DNAT rules of ours (a shape that writes kube-proxy's own rules, e.g.
+        # testbed/kubeproxy.py, then owns netfilter in node1 alone).
+        self.services = services
         self.ns = {role: f"{self.prefix}-{role}" for role in ROLES}
         self.ns_inode: dict[str, int] = {}
         self.ip = dict(IP)
@@ -513,7 +518,8 @@ class SeedCluster:
             for pod in PODS:
                 gw = IP["cbr0"] if POD_NODE[pod] == "node1" else IP["node2_cbr0"]
                 run_in_netns(self.ns[pod], self._build_pod, pod, gw)
-            self._install_services()
+            if self.services:
+                self._install_services()
             if self.dedup_rule:
                 self.set_dedup(True)
         except BaseException:

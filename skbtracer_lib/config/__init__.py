@@ -5,7 +5,6 @@ before any BPF is built: only those numbers ever reach the C text.
 A bad value is one line on stderr and exit status 2.
 """
 
-import argparse
 import fcntl
 import ipaddress
 import os
@@ -14,52 +13,16 @@ import stat
 import sys
 from dataclasses import dataclass, field
 
-from .. import __version__
-from ..story.fit import DEFAULT_WIDTH
-
-PROG = "skbtracer"
-
-EXAMPLES = """examples:
-    skbtracer.py                                      # trace the packet path of every packet
-    skbtracer.py -H 10.244.0.3 --proto udp --route --iptable
-                                                      # one pod's UDP: path and netfilter verdicts
-    skbtracer.py --proto icmp -H 1.2.3.4 --icmpid 22  # one ping (echo id 22)
-    skbtracer.py --proto tcp -H 1.2.3.4 -P 22         # TCP to or from 1.2.3.4 port 22
-    skbtracer.py -H fd00::2 --proto icmp              # ICMPv6 of one IPv6 address
-    skbtracer.py -N server --drop --dropstack         # drops in netns "server", with stacks
-    skbtracer.py -H 10.96.0.10 --keep                 # follow a service IP's packets past DNAT
-    skbtracer.py -p 1234 -c 20 -T                     # 20 rows from process 1234's context
-    skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
-    skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
-    skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
-    skbtracer.py -H 10.244.0.3 --drop -w t.pcapng     # rows, and every sighting as pcapng
-    skbtracer.py -H 10.244.0.3 -w t.pcapng --snaplen 1500
-                                                      # whole packets (up to the linear data)
-    skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
-    skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
-    skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
-    skbtracer.py -N node1 -N client --node node1 --json=a.jsonl
-                                                      # a node and its pod, JSON lines to a file
-    skbtracer.py -r a.jsonl b.jsonl --latency         # two nodes' saved traces: one story, hop delays
-"""
+from ..story.fit import MIN_WIDTH
+from .flags import BACKENDS, L4_PROTOCOLS, MAX_NETNS, PROG, SNAPLEN_DEFAULT, build_parser
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 
-L4_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
-BACKENDS = ("auto", "kprobe", "tracepoint")
-SNAPLEN_DEFAULT = 256
-MAX_NETNS = 8       # -N namespaces compiled into the kernel filter
-
 
 class UsageError(Exception):
     """A bad flag value: reported as one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, "%s: error: %s\n" % (PROG, message))
 
 
 @dataclass
@@ -85,7 +48,7 @@ class Config:
     output: str = None              # -o FILE (None: stdout)
     json: str = None                # None, "-" (JSON rows instead of text) or a FILE beside them
     write: str = None               # -w FILE: pcapng beside the rows
-    snaplen: int = 256              # --snaplen: packet bytes per pcapng block
+    snaplen: int = SNAPLEN_DEFAULT  # --snaplen: packet bytes per pcapng block
     force: bool = False
     names: bool = False             # NETWORK_NS column shows names
     summary: bool = True            # the packets' story at exit
@@ -93,99 +56,10 @@ class Config:
     read: list = None               # -r FILE ...: saved JSON lines instead of tracing
     node: str = None                # --node NAME: written into every JSON object
     latency: bool = False           # --latency: hop-to-hop delay table at exit
-    all_functions: bool = False     # --all: every function taking an skb
-    functions: list = field(default_factory=list)   # --func patterns
     width: int = None               # --width: columns of the story (default: the terminal's)
     story_per_packet: bool = False  # --story-per-packet: a table row per packet
-
-
-def build_parser():
-    p = _Parser(
-        prog=PROG,
-        description="Trace the path of packets through the kernel: one row per "
-                    "function or netfilter hook an skb passes.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLES)
-    p.add_argument("-H", "--ipaddr", metavar="ADDR",
-                   help="packet's source or destination is ADDR (IPv4 or IPv6)")
-    p.add_argument("--proto", default="any", metavar="PROTO",
-                   help="tcp, udp, icmp (ICMPv6 for IPv6 packets) or any (default)")
-    p.add_argument("-P", "--port", metavar="N", help="TCP/UDP source or destination port")
-    p.add_argument("--icmpid", metavar="N", help="ICMP echo id (needs --proto icmp)")
-    p.add_argument("-p", "--pid", metavar="N",
-                   help="only events in the context of this process")
-    p.add_argument("-N", "--netns", metavar="NS", action="append",
-                   help="only this network namespace: an inode number, a name "
-                        "from 'ip netns', or a path like /proc/PID/ns/net; repeat "
-                        "for up to %d namespaces" % MAX_NETNS)
-    p.add_argument("-c", "--catch-count", metavar="N", dest="count",
-                   help="stop after N rows (default: unlimited)")
-    p.add_argument("-T", "--time", action="store_true",
-                   help="show the event's time as HH:MM:SS (the default)")
-    p.add_argument("-t", "--timestamp", action="store_true",
-                   help="show seconds since the first event, us resolution")
-    p.add_argument("--route", action="store_true",
-                   help="packet path rows (the default when no mode is given)")
-    p.add_argument("--iptable", action="store_true", help="netfilter verdict rows")
-    p.add_argument("--drop", action="store_true",
-                   help="rows for packets freed as drops, with reason and location")
-    p.add_argument("--dropstack", action="store_true",
-                   help="kernel stack under every drop row (implies --drop)")
-    p.add_argument("--callstack", action="store_true", help="kernel stack under every row")
-    p.add_argument("--keep", action="store_true",
-                   help="keep following a matched skb (and its clones) after NAT "
-                        "changes its addresses, until it is freed")
-    p.add_argument("--backend", default="auto", metavar="B",
-                   help="auto (default), kprobe or tracepoint")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="say which probes attached, which were skipped and why")
-    p.add_argument("--all", action="store_true", dest="all_functions",
-                   help="route rows from every kernel function that takes an skb "
-                        "(kprobes; BTF of vmlinux and loaded modules)")
-    p.add_argument("--func", action="append", default=[], metavar="PATTERN",
-                   help="route rows from functions by name or shell-style glob "
-                        "('br_*'); repeatable; with --all, only those")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="write the rows to FILE instead of stdout (refuses to overwrite "
-                        "an existing FILE without --force)")
-    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                   help="JSON lines, one object per event: instead of the text rows "
-                        "(--json), or to FILE beside them (--json=FILE)")
-    p.add_argument("-w", "--write", metavar="FILE",
-                   help="also write every row as a packet to FILE, pcapng for Wireshark: "
-                        "one interface per namespace/device, the row as the comment")
-    p.add_argument("--snaplen", metavar="N",
-                   help="-w: packet bytes per row (default %d, at most the skb's linear "
-                        "data)" % SNAPLEN_DEFAULT)
-    p.add_argument("--force", action="store_true",
-                   help="let -o/--output, --json=FILE and -w overwrite an existing file")
-    p.add_argument("--names", action="store_true",
-                   help="NETWORK_NS column: the namespace's 'ip netns' name, pod or "
-                        "container instead of its inode")
-    p.add_argument("--no-summary", action="store_true",
-                   help="no packet story (flows, paths, duplicates, drops) on stderr at exit")
-    p.add_argument("-r", "--read", nargs="+", metavar="FILE",
-                   help="read saved JSON lines (--json) instead of tracing; several files "
-                        "(nodes) make one story; no root or bcc needed")
-    p.add_argument("--node", metavar="NAME",
-                   help="the node name written into the JSON objects (default: the host name)")
-    p.add_argument("--latency", action="store_true",
-                   help="at exit, a table of hop-to-hop delays (count, median, p99, max)")
-    p.add_argument("--story-per-packet", action="store_true",
-                   help="the story's table: a row per packet instead of one per flow, "
-                        "path and end")
-    p.add_argument("--width", metavar="N",
-                   help="fit the story into N columns (default: the terminal's width, "
-                        "else %d)" % DEFAULT_WIDTH)
-    p.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    p.add_argument("expression", nargs="*", metavar="EXPRESSION",
-                   help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; "
-                        "compiled by libpcap and run in the kernel")
-    p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
-    # Where struct layouts come from: btf (default when the kernel has it) or
-    # the installed headers. For tests and benchmarks.
-    p.add_argument("--layout", default="auto", help=argparse.SUPPRESS)
-    return p
+    all_functions: bool = False     # --all: every function taking an skb
+    functions: list = field(default_factory=list)   # --func patterns
 
 
 def _number(text, what, low, high):
@@ -299,6 +173,24 @@ def check_new_file(flag, path, force):
 def validate(ns):
     """argparse namespace -> Config, or UsageError."""
     cfg = Config()
+    cfg.read = ns.read
+    _filters(ns, cfg)
+    _shown(ns, cfg)
+    _outputs(ns, cfg)
+    cfg.expression = parse_expression(ns.expression)
+    if cfg.read:
+        _read_only(cfg)
+    cfg.all_functions = ns.all_functions
+    from ..program.functions import FunctionError, check_patterns
+    try:
+        cfg.functions = check_patterns(ns.func)
+    except FunctionError as e:
+        raise UsageError(str(e)) from None
+    return cfg
+
+
+def _filters(ns, cfg):
+    """-H, --proto, -P, --icmpid, -p, -N."""
     if ns.ipaddr is not None:
         cfg.addr = parse_address(ns.ipaddr)
     proto = ns.proto.strip().lower()
@@ -314,7 +206,6 @@ def validate(ns):
     cfg.pid = _number(ns.pid, "-p/--pid", 1, 2**22)
     if cfg.pid is not None and not os.path.exists("/proc/%d" % cfg.pid):
         raise UsageError("-p: no process %d" % cfg.pid)
-    cfg.read = ns.read
     if ns.netns:
         if len(ns.netns) > MAX_NETNS:
             raise UsageError("-N: at most %d namespaces, not %d" % (MAX_NETNS, len(ns.netns)))
@@ -325,34 +216,33 @@ def validate(ns):
             cfg.netns_all = sorted({inode for inode, _label in resolved})
             cfg.netns, cfg.netns_label = resolved[0]
             cfg.netns_label = ",".join(label for _inode, label in resolved)
+
+
+def _shown(ns, cfg):
+    """What is traced and how it is shown: --node, --latency, -c, -T/-t, the
+    modes, stacks, --keep, --backend, --layout..."""
     if ns.node is not None:
         if not re.fullmatch(r"[A-Za-z0-9_.@:-]{1,64}", ns.node):
             raise UsageError("--node: %r is not a node name (letters, digits, _.@:-)" % ns.node)
     cfg.node = ns.node or os.uname().nodename
     cfg.latency = ns.latency
     cfg.story_per_packet = ns.story_per_packet
-    cfg.width = _number(ns.width, "--width", 40, 1000)
+    cfg.width = _number(ns.width, "--width", MIN_WIDTH, 1000)
     cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
     if ns.time and ns.timestamp:
         raise UsageError("-T/--time and -t/--timestamp exclude each other")
     cfg.clock, cfg.timestamp = ns.time, ns.timestamp
-
-    if ns.route:
-        cfg.modes.add("route")
-    if ns.iptable:
-        cfg.modes.add("iptable")
-    if ns.drop or ns.dropstack:
-        cfg.modes.add("drop")
+    for mode, given in (("route", ns.route), ("iptable", ns.iptable),
+                        ("drop", ns.drop or ns.dropstack)):
+        if given:
+            cfg.modes.add(mode)
     if not cfg.modes:
         cfg.modes.add("route")
     if ns.callstack:
         cfg.stacks = "all"
     elif ns.dropstack:
         cfg.stacks = "drops"
-    cfg.keep = ns.keep
-    cfg.ebpf = ns.ebpf
-    cfg.verbose = ns.verbose
-
+    cfg.keep, cfg.ebpf, cfg.verbose = ns.keep, ns.ebpf, ns.verbose
     cfg.backend = ns.backend.strip().lower()
     if cfg.backend not in BACKENDS:
         raise UsageError("--backend must be auto, kprobe or tracepoint; not %r" % ns.backend)
@@ -360,6 +250,9 @@ def validate(ns):
     if cfg.layout not in ("auto", "btf", "headers"):
         raise UsageError("--layout must be auto, btf or headers; not %r" % ns.layout)
 
+
+def _outputs(ns, cfg):
+    """-o, --json, -w and --snaplen, --force, --names, --no-summary."""
     cfg.force = ns.force
     cfg.names = ns.names
     cfg.summary = not ns.no_summary
@@ -382,22 +275,18 @@ def validate(ns):
         raise UsageError("--snaplen applies only with -w")
     if cfg.force and not cfg.output and cfg.json in (None, "-") and not cfg.write:
         raise UsageError("--force applies only with -o/--output, --json=FILE or -w")
-    cfg.expression = parse_expression(ns.expression)
-    if cfg.read:
-        live_only = [flag for flag, given in (
-            ("-p/--pid", cfg.pid is not None), ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
-            ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
-            ("--callstack/--dropstack", cfg.stacks is not None)) if given]
-        if live_only:
-            raise UsageError("-r reads saved events; %s applies only while tracing"
-                             % ", ".join(live_only))
-    cfg.all_functions = ns.all_functions
-    from ..program.functions import FunctionError, check_patterns
-    try:
-        cfg.functions = check_patterns(ns.func)
-    except FunctionError as e:
-        raise UsageError(str(e)) from None
-    return cfg
+
+
+def _read_only(cfg):
+    """-r: the flags that apply only while tracing are refused."""
+    live_only = [flag for flag, given in (
+        ("-p/--pid", cfg.pid is not None), ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
+        ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
+        ("-w/--write", cfg.write is not None),
+        ("--callstack/--dropstack", cfg.stacks is not None)) if given]
+    if live_only:
+        raise UsageError("-r reads saved events; %s applies only while tracing"
+                         % ", ".join(live_only))
 
 
 def validate_write(ns, cfg):

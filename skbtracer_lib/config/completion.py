@@ -1,20 +1,14 @@
-"""Bash completion for skbtracer, generated from config.build_parser() so
-the flags are written once. The Debian package runs this at build time;
+"""Bash completion for skbtracer, generated from the flag table
+(config.flags.FLAGS) so the flags are written once. The Debian package runs this at build time;
 from a checkout or a venv:
 
     source <(/usr/bin/python3 -m skbtracer_lib.config.completion)
 """
 
-import argparse
 import sys
 
-from .. import __version__, config
-
-# What a flag's value completes to, by its metavar or dest; values we cannot
-# guess (addresses, numbers) complete to nothing.
-WORDS = {"proto": " ".join(config.L4_PROTOCOLS), "backend": " ".join(config.BACKENDS)}
-FILES = {"FILE"}
-NETNS = {"NS"}
+from .. import __version__
+from .flags import FILE, FLAGS, NETNS
 
 TEMPLATE = """\
 # bash completion for skbtracer(8) %(version)s: generated from its argparse
@@ -49,35 +43,35 @@ NETNS_REPLY = ('if [[ $cur == /* ]]; then %s; else COMPREPLY=($(compgen -W '
                '"$(ip netns list 2>/dev/null | cut -d" " -f1)" -- "$cur")); fi' % FILE_REPLY)
 
 
-def value_reply(action):
-    """The shell that completes action's value ("COMPREPLY=()": nothing to offer)."""
-    if action.dest in WORDS:
-        return 'COMPREPLY=($(compgen -W "%s" -- "$cur"))' % WORDS[action.dest]
-    if action.metavar in FILES:
+def value_reply(flag):
+    """The shell that completes flag's value ("COMPREPLY=()": nothing to
+    guess, as addresses and numbers)."""
+    if flag.complete == FILE:
         return FILE_REPLY
-    if action.metavar in NETNS:
+    if flag.complete == NETNS:
         return NETNS_REPLY
+    if flag.complete:
+        return 'COMPREPLY=($(compgen -W "%s" -- "$cur"))' % " ".join(flag.complete)
     return "COMPREPLY=()"
 
 
-def bash(parser=None):
-    parser = parser or config.build_parser()
-    flags, cases = [], []
-    for action in parser._actions:
-        if not action.option_strings or action.help == argparse.SUPPRESS:
+def bash(flags=FLAGS):
+    names, cases = [], []
+    for flag in flags:
+        if flag.hidden or not flag.names[0].startswith("-"):
             continue
-        flags += action.option_strings
-        if action.nargs == 0:
+        names += flag.names
+        if not flag.takes_value:
             continue                        # a switch (-h and --version too)
-        if action.nargs == "?":
+        pattern = "|".join(flag.names)
+        if flag.value_optional:
             # an optional value only as --flag=VALUE: "--json FILE" is --json and FILE
             cases.append("        %s) [[ $assigned ]] && { %s; return; };;"
-                         % ("|".join(action.option_strings), value_reply(action)))
+                         % (pattern, value_reply(flag)))
         else:
-            cases.append("        %s) %s; return;;"
-                         % ("|".join(action.option_strings), value_reply(action)))
+            cases.append("        %s) %s; return;;" % (pattern, value_reply(flag)))
     return TEMPLATE % {"version": __version__, "cases": "\n".join(cases),
-                       "flags": " ".join(flags)}
+                       "flags": " ".join(names)}
 
 
 if __name__ == "__main__":

@@ -1,26 +1,27 @@
-"""Decoding the raw events that skbtracer.c writes into the perf buffer."""
+"""Decoding the raw events that skbtracer.c writes into the ring: bytes ->
+Event, the layout from fields.FIELDS (struct event_t)."""
 
 import socket
 import struct
 
+from . import fields
+from .fields import ADDRESS, BYTES, EVENT_SIZE, NETWORK, TEXT
 from .vocabulary import (  # noqa: F401  (the kinds and names are imported from here too)
     KIND_DROP, KIND_IPTABLE, KIND_ROUTE, NF_HOOKS, NF_HOOKS_BY_PF, NF_PROTOCOLS, PKT_TYPES,
     hook_name, icmp_kind, is_icmp, probe_name, verdict_name)
 
-# Mirrors struct event_t in skbtracer.c (little-endian, 200 bytes).
-EVENT = struct.Struct("<QQQ IIIIIiII HHHHH BBBBBBBBB x 16s 6s 6s 16s 16s 32s 32s")
-EVENT_SIZE = EVENT.size
-
+# struct event_t as one unaligned little-endian struct (encode() packs it)
+EVENT = fields.struct_of(fields.DECODED, size=EVENT_SIZE)
 
 # Decoding reads the same bytes through two structs: the host-order fields,
-# and the header fields the kernel copied in network byte order (tcp_seq at
-# 48; ip_id, sport, dport, icmp_id at 58). Cheaper than swapping in Python.
-_HOST_ORDER = struct.Struct("<QQQ IIIIIi 4x I H 8x BBBBBBBBB x 16s 6s 6s 16s 16s 32s 32s")
-_NET_ORDER = struct.Struct(">I 6x HHHH")
-_NET_ORDER_AT = 48
+# and the header fields the kernel copied in network byte order (one
+# big-endian struct over them). Cheaper than swapping in Python.
+_HOST_FIELDS = tuple(f for f in fields.DECODED if f.seen != NETWORK)
+_NET_FIELDS = tuple(f for f in fields.DECODED if f.seen == NETWORK)
+_HOST_ORDER = fields.struct_of(_HOST_FIELDS, size=EVENT_SIZE)   # too short: an error
+_NET_ORDER = fields.struct_of(_NET_FIELDS, ">")
 
-
-_NETNS = struct.Struct("<24x I")
+_NETNS = fields.struct_of([fields.at("netns")])
 
 
 def netns_of(raw):
@@ -60,41 +61,58 @@ def printable(text):
     return text.translate(_ESCAPES)
 
 
-def _c_string(raw):
-    """A NUL-terminated (or unterminated, at most the field's size) name."""
+def c_string(raw):
+    """A NUL-terminated (or unterminated, at most the field's size) name, as
+    a row shows it."""
     return printable(raw.split(b"\0", 1)[0].decode("ascii", "replace"))
 
 
 _IPV4 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET, raw[:4]))
 _IPV6 = BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET6, raw))
-_STRINGS = BoundedCache(_c_string)
+_STRINGS = BoundedCache(c_string)
+
+
+def _decoder_source():
+    """Event.__init__, written out from the table: the two unpacks into the
+    attributes, then the fields Python sees as other than numbers or bytes.
+    (Generated as namedtuple and dataclasses do: one tuple assignment is
+    what makes decoding cheap.)"""
+    def target(f):
+        direct = f.seen not in (TEXT, ADDRESS) and f.mask is None
+        return "self." + f.name if direct else f.name
+    lines = ["def __init__(self, raw):"]
+    for fields_, unpack in ((_HOST_FIELDS, "_HOST_ORDER"), (_NET_FIELDS, "_NET_ORDER")):
+        if fields_:
+            lines.append("    (%s,) = %s.unpack_from(raw)" % (", ".join(map(target, fields_)), unpack))
+    if any(f.seen == ADDRESS for f in fields.DECODED):
+        lines.append("    addresses = _IPV4 if self.family == 4 else _IPV6")
+    for f in fields.DECODED:
+        if f.seen == TEXT:
+            lines.append("    self.%s = _STRINGS[%s]" % (f.name, f.name))
+        elif f.seen == ADDRESS:
+            lines.append("    self.%s = addresses[%s]" % (f.name, f.name))
+        elif f.mask is not None:
+            lines.append("    self.%s = %s & %#x" % (f.name, f.name, f.mask))
+    return "\n".join(lines) + "\n"
+
+
+DECODER_SOURCE = _decoder_source()
+
+
+def _decoder():
+    namespace = {"_HOST_ORDER": _HOST_ORDER, "_NET_ORDER": _NET_ORDER, "_IPV4": _IPV4,
+                 "_IPV6": _IPV6, "_STRINGS": _STRINGS}
+    exec(compile(DECODER_SOURCE, "<decode.Event.__init__>", "exec"), namespace)
+    return namespace["__init__"]
 
 
 class Event:
-    """One decoded event; 16-bit and 32-bit header fields in host order."""
+    """One decoded event: an attribute per field of struct event_t
+    (fields.FIELDS, but its padding), 16-bit and 32-bit header fields in
+    host order. __init__(raw) is made from the table (DECODER_SOURCE)."""
 
-    __slots__ = ("ts_ns", "skb", "location", "netns", "ifindex", "pid", "drop_reason",
-                 "verdict", "stack_id", "tcp_seq", "len", "probe", "ip_id", "sport",
-                 "dport", "icmp_id", "kind", "pkt_type", "family", "l4proto", "tcp_flags",
-                 "icmp_type", "ttl", "pf", "hook", "ifname", "dmac", "smac", "saddr",
-                 "daddr", "table", "chain")
-
-    def __init__(self, raw):
-        (self.ts_ns, self.skb, self.location, self.netns, self.ifindex, self.pid,
-         self.drop_reason, verdict, self.stack_id, self.len, self.probe,
-         self.kind, self.pkt_type, self.family, self.l4proto, self.tcp_flags,
-         self.icmp_type, self.ttl, self.pf, self.hook,
-         ifname, self.dmac, self.smac, saddr, daddr, table, chain) = _HOST_ORDER.unpack_from(raw)
-        self.tcp_seq, self.ip_id, self.sport, self.dport, self.icmp_id = \
-            _NET_ORDER.unpack_from(raw, _NET_ORDER_AT)
-        strings = _STRINGS
-        self.ifname = strings[ifname]
-        addresses = _IPV4 if self.family == 4 else _IPV6
-        self.saddr = addresses[saddr]
-        self.daddr = addresses[daddr]
-        self.table = strings[table]
-        self.chain = strings[chain]
-        self.verdict = verdict & 0xFF   # NF_DROP_ERR() keeps an errno in the upper bits
+    __slots__ = tuple(f.name for f in fields.DECODED)
+    __init__ = _decoder()
 
     @property
     def hook_name(self):
@@ -114,31 +132,43 @@ class Event:
         return icmp_kind(self.family, self.icmp_type)
 
 
-def encode(**fields):
+# What encode() gives a field it is not told (others: zero, empty)
+_ENCODE_DEFAULTS = {"stack_id": -1, "kind": KIND_ROUTE, "family": 4, "l4proto": 17, "ttl": 64}
+
+
+def _packed(f, value, family):
+    """A field's value for EVENT.pack, from what encode() was given."""
+    if f.seen == NETWORK:
+        return int.from_bytes(value.to_bytes(f.size, "big"), "little")
+    if f.seen == ADDRESS:
+        if isinstance(value, str):
+            value = socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, value)
+        return value.ljust(f.size, b"\0")
+    if f.seen == BYTES and isinstance(value, str):
+        return bytes.fromhex(value)
+    if f.seen == TEXT and isinstance(value, str):
+        return value.encode()
+    return value
+
+
+def encode(**values):
     """Raw event bytes from keyword fields, as the kernel would write them.
-    For tests and benchmarks; addresses are strings, ports host order."""
-    family = fields.get("family", 4)
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    For tests and benchmarks: numbers in host order (ports too), addresses
+    and names as text or bytes, MACs as hex or bytes; any other field's
+    value is zero (or _ENCODE_DEFAULTS')."""
+    unknown = set(values) - set(Event.__slots__)
+    if unknown:
+        raise TypeError("encode(): no field %s" % ", ".join(sorted(unknown)))
+    family = values.get("family", _ENCODE_DEFAULTS["family"])
+    packed = []
+    for f in fields.DECODED:
+        value = values.get(f.name, _ENCODE_DEFAULTS.get(f.name))
+        if value is None:
+            value = b"" if f.seen in (TEXT, ADDRESS, BYTES) else 0
+        packed.append(_packed(f, value, family))
+    return EVENT.pack(*packed)
 
-    def addr(text):
-        return socket.inet_pton(af, text).ljust(16, b"\0")
 
-    def be16(value):
-        return swap16(value)
-
-    return EVENT.pack(
-        fields.get("ts_ns", 0), fields.get("skb", 0), fields.get("location", 0),
-        fields.get("netns", 0), fields.get("ifindex", 0), fields.get("pid", 0),
-        fields.get("drop_reason", 0), fields.get("verdict", 0), fields.get("stack_id", -1),
-        int.from_bytes(fields.get("tcp_seq", 0).to_bytes(4, "big"), "little"),
-        fields.get("len", 0), fields.get("probe", 0), be16(fields.get("ip_id", 0)),
-        be16(fields.get("sport", 0)), be16(fields.get("dport", 0)),
-        be16(fields.get("icmp_id", 0)), fields.get("kind", KIND_ROUTE),
-        fields.get("pkt_type", 0), family, fields.get("l4proto", 17),
-        fields.get("tcp_flags", 0), fields.get("icmp_type", 0), fields.get("ttl", 64),
-        fields.get("pf", 0), fields.get("hook", 0), fields.get("ifname", "").encode(),
-        bytes.fromhex(fields.get("dmac", "000000000000")),
-        bytes.fromhex(fields.get("smac", "000000000000")),
-        addr(fields.get("saddr", "0.0.0.0" if family == 4 else "::")),
-        addr(fields.get("daddr", "0.0.0.0" if family == 4 else "::")),
-        fields.get("table", "").encode(), fields.get("chain", "").encode())
+def encode_event(e):
+    """encode() of a decoded Event's (or any such object's) fields."""
+    return encode(**{name: getattr(e, name) for name in Event.__slots__})

@@ -96,7 +96,7 @@ def ring_buffer_available():
     return False
 
 
-# Why a walk over the ring stopped (the numbers of _rows.c's STOP_*)
+# Why a walk over the ring stopped (_rows.c is told these in textrow.c_spec())
 STOP_END, STOP_BUSY, STOP_SLOW, STOP_COUNT = 0, 1, 2, 3
 
 
@@ -105,7 +105,7 @@ class RingBufferReader:
     record, in the order the kernel reserved them.
 
     batch, where given, walks many records in one call (the text rows in C,
-    Session.ring_batch): batch(data, base, mask, position, producer,
+    live.Records.ring_batch): batch(data, base, mask, position, producer,
     max_records) -> (position, records, stop); a STOP_SLOW leaves the record
     at position to handle()."""
 

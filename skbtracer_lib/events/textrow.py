@@ -1,33 +1,65 @@
 """The text row: the original tool's columns for a decoded event (the
-reference), and the same rows made in C (_rows.c) where it is built."""
+reference), and the same rows made in C (_rows.c) where it is built. The C
+copy is told the row's format and vocabulary when it is made (c_spec): the
+widths, words and numbers of a row are written here only."""
 
+import functools
 import os
-import struct
+import re
 import time
 
-from .decode import EVENT_SIZE, Event
-from .vocabulary import KIND_DROP, KIND_IPTABLE, TCP_FLAGS, icmp_kind, is_icmp, probe_name
+from . import fields, reader
+from .decode import EVENT_SIZE, Event, c_string
+from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, PORTED, TCP, TCP_FLAGS, UDP,
+                         icmp_kind, is_icmp, probe_name)
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
 ROW_FORMAT = "[%-8s][%-10s] %-12s %-12s %-40s %s"
-_MIDDLE_FORMAT = "][%-10s] %-12s %-12s %-40s "    # ROW_FORMAT between time and TRACE_INFO
 HEADER = HEADER_FORMAT % ("time", "NETWORK_NS", "INTERFACE", "DEST_MAC", "PKT_INFO", "TRACE_INFO")
 
+# ROW_FORMAT's columns: the text before each, and the padded ones' widths
+_COLUMN = re.compile(r"%(?:-(\d+))?s")
+_ROW_LITERALS = tuple(_COLUMN.split(ROW_FORMAT)[::2])
+_ROW_WIDTHS = tuple(int(w) for w in _COLUMN.findall(ROW_FORMAT) if w)
+# row_of_raw's pieces of it: the time column, then what follows it but TRACE_INFO
+_TIME_END = _COLUMN.search(ROW_FORMAT).end()
+_MIDDLE_FORMAT = ROW_FORMAT[_TIME_END:ROW_FORMAT.rindex("%s")]
+_CACHED_ROW = ROW_FORMAT[:_TIME_END] + "%s%x%s"    # time, the middle, skb, TRACE_INFO's rest
 
-# The row's columns, for a decoded event and for a saved one (jsonout.text_row)
+# PKT_INFO: the protocol's prefix, the addresses, and the ports of TCP and UDP
+PORTS_INFO = "%s%s:%d->%s:%d"        # prefix, source, its port, destination, its port
+ADDRESSES_INFO = "%s%s->%s"          # prefix, source, destination
+
+
+# The row's columns, for a decoded event and for a saved one (jsonl.text_row)
+
+def protocol_prefix(family, l4proto, tcp_flags, icmp_type):
+    """PKT_INFO before the addresses: T_<FLAGS>:, U:, I_request:, I_reply:,
+    I: (other ICMP messages) or the protocol's number."""
+    if l4proto == TCP:
+        return "T_%s:" % TCP_FLAGS[tcp_flags]
+    if l4proto == UDP:
+        return "U:"
+    if is_icmp(family, l4proto):
+        kind = icmp_kind(family, icmp_type)
+        return "I_%s:" % kind if kind else "I:"
+    return "%d:" % l4proto
+
+
+# protocol_prefix of TCP and UDP (most rows) by their flags, made once; the
+# rows in C are handed the same tables
+PORTED_PREFIXES = {l4: tuple(protocol_prefix(0, l4, flags, 0) for flags in range(256))
+                   for l4 in PORTED}
+
 
 def pkt_info(e):
     """PKT_INFO column: T_<FLAGS>:/U:/I_request:/... src->dst. e: an Event,
     or anything with its header fields (l4proto, tcp_flags as a number...)."""
-    l4 = e.l4proto
-    if l4 == 6:
-        return "T_%s:%s:%d->%s:%d" % (TCP_FLAGS[e.tcp_flags], e.saddr, e.sport, e.daddr, e.dport)
-    if l4 == 17:
-        return "U:%s:%d->%s:%d" % (e.saddr, e.sport, e.daddr, e.dport)
-    if is_icmp(e.family, l4):
-        kind = icmp_kind(e.family, e.icmp_type)
-        return "I%s:%s->%s" % ("_" + kind if kind else "", e.saddr, e.daddr)
-    return "%d:%s->%s" % (l4, e.saddr, e.daddr)
+    prefixes = PORTED_PREFIXES.get(e.l4proto)
+    if prefixes is not None:
+        return PORTS_INFO % (prefixes[e.tcp_flags], e.saddr, e.sport, e.daddr, e.dport)
+    return ADDRESSES_INFO % (protocol_prefix(e.family, e.l4proto, e.tcp_flags, e.icmp_type),
+                             e.saddr, e.daddr)
 
 
 def verdict_info(prefix, pf, table, hook, verdict):
@@ -46,14 +78,22 @@ def drop_info(text, reason, location):
 
 class Clock:
     """Event times: bpf_ktime_get_ns() is CLOCK_MONOTONIC; rows show the
-    wall-clock time of the event, or seconds since the first event."""
+    wall-clock time of the event, or seconds since the first event.
+    offset_ns: what to add to a time to make it wall-clock time (None:
+    measured now; 0: the times are wall-clock times already, as -r's)."""
 
-    def __init__(self, relative):
+    WALL_FORMAT = "%H:%M:%S"        # strftime's
+    RELATIVE_DIGITS = 6             # -t: seconds with microseconds
+
+    def __init__(self, relative, offset_ns=None):
         self.relative = relative
-        self.offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if offset_ns is None:
+            offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.offset_ns = offset_ns
         self.first_ns = None
         self._second = None
         self._text = ""
+        self._relative_format = "%%.%df" % self.RELATIVE_DIGITS
 
     def wall_ns(self, ts_ns):
         return ts_ns + self.offset_ns
@@ -62,21 +102,25 @@ class Clock:
         if self.relative:
             if self.first_ns is None:
                 self.first_ns = ts_ns
-            return "%.6f" % ((ts_ns - self.first_ns) / 1e9)
+            return self._relative_format % ((ts_ns - self.first_ns) / 1e9)
         second = (ts_ns + self.offset_ns) // 1_000_000_000
         if second != self._second:   # strftime once per second, not per row
             self._second = second
-            self._text = time.strftime("%H:%M:%S", time.localtime(second))
+            self._text = time.strftime(self.WALL_FORMAT, time.localtime(second))
         return self._text
 
 
-# What a text row shows of an event, but its time and skb address: location,
-# netns; drop_reason, verdict; probe; sport, dport; kind .. icmp_type; pf ..
-# dmac; saddr .. table (struct event_t offsets 16, 36, 56, 60, 66, 73, 104).
-# Rows of the same flow at the same point share it (ip_id, tcp_seq, len,
-# ttl, pid and the like are left out: no row shows them).
-_ROW_KEY = struct.Struct("<16x 12s 8x 8s 12x 2s 2x 4s 2x 6s x 25s 6x 64s")
-_TIME_SKB = struct.Struct("<QQ")
+# The fields TRACE_INFO shows after the skb address (the rows in C make each
+# distinct one once), and all that a row shows but its time and skb address
+# (row_of_raw's key: rows of the same flow at the same point share it; ip_id,
+# tcp_seq, len, ttl, pid and the like are left out: no row shows them).
+# tests/unit/test_event_fields.py checks that no other field changes a row.
+TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "drop_reason",
+                "location")
+ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
+              "sport", "daddr", "dport") + TRACE_FIELDS
+_ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
+_TIME_SKB = fields.struct_of([fields.at("ts_ns"), fields.at("skb")])
 ROW_CACHE_LIMIT = 8192
 ROW_CACHE_WINDOW = 2048     # rows over which the cache's hit rate is judged
 ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly misses
@@ -85,7 +129,7 @@ ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly miss
 # built it: a ring buffer's batch in one call. SKBTRACER_PYTHON_ROWS=1 makes
 # them in Python all the same (how the tests compare the two).
 PYTHON_ROWS_ENV = "SKBTRACER_PYTHON_ROWS"
-ROWS_ABI = 1                # _rows.c's ROWS_ABI: a stale build is not used
+ROWS_ABI = 2                # _rows.c's ROWS_ABI: a stale build is not used
 
 
 def rows_in_c():
@@ -96,7 +140,7 @@ def rows_in_c():
         from . import _rows
     except ImportError:
         return None
-    if getattr(_rows, "ABI", None) != ROWS_ABI or _rows.EVENT_SIZE != EVENT_SIZE:
+    if getattr(_rows, "ABI", None) != ROWS_ABI:
         return None
     return _rows
 
@@ -150,7 +194,7 @@ class RowFormatter:
                 self._uncached = ROW_CACHE_PAUSE
             self._looked_up = self._misses = 0
         ts_ns, skb = _TIME_SKB.unpack_from(raw)
-        return "[%-8s%s%x%s" % (self.clock.column(ts_ns), parts[0], skb, parts[1]), parts[2]
+        return _CACHED_ROW % (self.clock.column(ts_ns), parts[0], skb, parts[1]), parts[2]
 
     def in_c(self, stack=None, all_stacks=False):
         """A _rows.Formatter making the rows row() makes, or None (not
@@ -164,8 +208,8 @@ class RowFormatter:
         if stack is not None:
             def stack_text(stack_id):
                 return "".join(line + "\n" for line in self.stack_lines(stack(stack_id)))
-        return rows.Formatter(lambda raw: self.trace_after_skb(Event(raw)), self.clock,
-                              stack_text, all_stacks)
+        return rows.Formatter(c_spec(), lambda raw: self.trace_after_skb(Event(raw)),
+                              self.clock, stack_text, all_stacks)
 
     def probe_name(self, index):
         return probe_name(self.probe_names, index)
@@ -197,3 +241,39 @@ class RowFormatter:
     @staticmethod
     def stack_lines(symbols):
         return ["    %s" % s for s in symbols]
+
+
+_ARGUMENT = re.compile(r"%[sd]")
+
+
+@functools.lru_cache(maxsize=1)
+def c_spec():
+    """What _rows.Formatter is told when it is made, so that the C copy
+    writes nothing of its own: where the fields are (fields.FIELDS), the
+    row's format and widths, the words of PKT_INFO (protocol_prefix for
+    every value of the byte it depends on), how names are escaped (each
+    byte as decode.c_string shows it), the clock's formats and the numbers
+    it shares with reader.py."""
+    u8 = range(256)
+    assert PORTED == (TCP, UDP), "the rows in C show the ports of TCP and UDP only"
+    return {
+        "event_size": EVENT_SIZE,
+        "fields": fields.c_offsets(),
+        "trace_fields": tuple((fields.at(name).offset, fields.at(name).size)
+                              for name in TRACE_FIELDS),
+        "row_literals": _ROW_LITERALS,
+        "row_widths": _ROW_WIDTHS,
+        "ports_literals": tuple(_ARGUMENT.split(PORTS_INFO)),
+        "addresses_literals": tuple(_ARGUMENT.split(ADDRESSES_INFO)),
+        "tcp": TCP, "udp": UDP, "icmp4": ICMP_PROTOCOLS[4], "icmp6": ICMP_PROTOCOLS[6],
+        "tcp_prefixes": PORTED_PREFIXES[TCP], "udp_prefixes": PORTED_PREFIXES[UDP],
+        "icmp4_prefixes": tuple(protocol_prefix(4, ICMP_PROTOCOLS[4], 0, t) for t in u8),
+        "icmp6_prefixes": tuple(protocol_prefix(6, ICMP_PROTOCOLS[6], 0, t) for t in u8),
+        "other_prefixes": tuple(protocol_prefix(0, l4, 0, 0) for l4 in u8),
+        "name_bytes": tuple(c_string(bytes([b])) for b in u8),
+        "wall_format": Clock.WALL_FORMAT, "relative_digits": Clock.RELATIVE_DIGITS,
+        "stop_end": reader.STOP_END, "stop_busy": reader.STOP_BUSY,
+        "stop_slow": reader.STOP_SLOW, "stop_count": reader.STOP_COUNT,
+        "ringbuf_busy": reader.RINGBUF_BUSY, "ringbuf_discard": reader.RINGBUF_DISCARD,
+        "ringbuf_header": reader.RINGBUF_HEADER,
+    }

@@ -6,11 +6,13 @@ KIND_ROUTE, KIND_IPTABLE, KIND_DROP = 1, 2, 3
 KINDS = {KIND_ROUTE: "route", KIND_IPTABLE: "iptable", KIND_DROP: "drop"}
 KIND_NUMBERS = {name: number for number, name in KINDS.items()}
 
-# protocol numbers: names in JSON, letters in the story's FLOW column
-L4_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
-L4_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}     # --proto and -r's filters
-PROTO_LETTERS = {6: "T", 17: "U"}
-ICMP_PROTOCOLS = {4: 1, 6: 58}                    # family -> its ICMP's protocol number
+# protocol numbers (IPPROTO_*): names in JSON, letters in the story's FLOW column
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+PORTED = (TCP, UDP)                               # the protocols whose ports rows show
+L4_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "icmpv6"}
+L4_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": ICMP}     # --proto and -r's filters
+PROTO_LETTERS = {TCP: "T", UDP: "U"}
+ICMP_PROTOCOLS = {4: ICMP, 6: ICMPV6}             # family -> its ICMP's protocol number
 ICMP_KINDS = {4: {8: "request", 0: "reply"}, 6: {128: "request", 129: "reply"}}
 
 # TCP flags in the original's order, CWR first

@@ -14,9 +14,11 @@ import time
 import uuid
 
 from .. import __version__
+from ..events import fields
+from ..events.fields import JSON_FIELDS
 from ..events.textrow import ROW_FORMAT, drop_info, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
-                         PKT_TYPES, TCP_FLAG_BITS, TCP_FLAGS)
+                                 PKT_TYPES, PORTED, TCP, TCP_FLAG_BITS, TCP_FLAGS)
 
 FORMAT = 1          # the JSON lines' format version; -r refuses newer ones
 
@@ -30,11 +32,23 @@ _EVENT_LINE = ('{"type": "event", "time_ns": %d, "time": "%s", "ktime_ns": %d, "
                '"proto": "%s", "saddr": "%s", "daddr": "%s", "sport": %s, "ttl": %d, '
                '"ip_id": %s, "tcp_seq": %s, "icmp_type": %s, "len": %d, "skb": "%x", '
                '"pkt_type": %d, "pkt_type_name": "%s", "kind": "route", "func": %s, "pid": %d, '
-               '"nf": null, "drop": null, "node": %s, "run_id": "%s"}')
+               '%s"nf": null, "drop": null, "node": %s, "run_id": "%s"}')   # %s: _table_keys()
 
 
 def mac_text(raw):
     return raw.hex(":")
+
+
+def _json_value(f, value):
+    """A value of the event object's table fields (fields.JSON_FIELDS)."""
+    return value.hex() if f.seen == fields.BYTES else value
+
+
+def _table_keys(e):
+    """The table's fields that are shown as they are (fields.JSON_FIELDS:
+    none by hand) as JSON text, each followed by ", "."""
+    return "".join("%s: %s, " % (_string(f.json), _dumps(_json_value(f, getattr(e, f.name))))
+                   for f in JSON_FIELDS)
 
 
 class IsoClock:
@@ -73,8 +87,8 @@ class JsonFormatter:
     def event(self, e, stack=None):
         """The dict for one event; stack: list of symbols or None."""
         wall = self.clock.wall_ns(e.ts_ns)
-        tcp = e.l4proto == 6
-        ported = e.l4proto in (6, 17)
+        tcp = e.l4proto == TCP
+        ported = e.l4proto in PORTED
         icmp = e.is_icmp
         info = self.names.lookup(e.netns) if self.names is not None and e.netns else None
         obj = {
@@ -110,11 +124,12 @@ class JsonFormatter:
             "kind": KINDS.get(e.kind, str(e.kind)),
             "func": self._probe_name(e.probe),
             "pid": e.pid,
-            "nf": None,
-            "drop": None,
-            "node": self.node,
-            "run_id": self.run_id,
         }
+        for f in JSON_FIELDS:       # the table's fields not shown by hand above
+            obj[f.json] = _json_value(f, getattr(e, f.name))
+        obj["nf"] = obj["drop"] = None
+        obj["node"] = self.node
+        obj["run_id"] = self.run_id
         if e.kind == KIND_IPTABLE:
             obj["nf"] = {"pf": e.pf, "pf_name": NF_PROTOCOLS.get(e.pf, str(e.pf)),
                          "table": e.table or None, "chain": e.chain or None,
@@ -146,11 +161,11 @@ class JsonFormatter:
             pod = _string(info.pod_uid) if info.pod_uid else "null"
         else:
             name = container = pod = "null"
-        if l4 == 6 or l4 == 17:
+        if l4 in PORTED:
             ports = "%d, \"dport\": %d" % (e.sport, e.dport)
         else:
             ports = "null, \"dport\": null"
-        if l4 == 6:
+        if l4 == TCP:
             tcp = "%d, \"tcp_flags\": \"%s\"" % (e.tcp_seq, TCP_FLAGS[e.tcp_flags])
         else:
             tcp = "null, \"tcp_flags\": null"
@@ -164,7 +179,7 @@ class JsonFormatter:
             L4_NAMES.get(l4) or str(l4), e.saddr, e.daddr, ports, e.ttl,
             e.ip_id if e.family == 4 else "null", tcp, icmp, e.len, e.skb, e.pkt_type,
             PKT_TYPES.get(e.pkt_type) or str(e.pkt_type), _string(self._probe_name(e.probe)),
-            e.pid, _string(self.node), self.run_id)
+            e.pid, _table_keys(e) if JSON_FIELDS else "", _string(self.node), self.run_id)
 
 
 def dumps(obj):

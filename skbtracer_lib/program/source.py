@@ -7,6 +7,7 @@ import sys
 from . import kernel, layout, probes
 from ..events import reader
 from ..events.decode import EVENT_SIZE, swap16
+from ..events.vocabulary import L4_NUMBERS
 
 C_SOURCE_NAME = "skbtracer.c"
 # where skbtracer.c takes the translated filter expression
@@ -48,7 +49,7 @@ def filter_defines(cfg):
     if cfg.proto == "icmp":
         d["FILTER_ICMP"] = 1
     elif cfg.proto in ("tcp", "udp"):
-        d["FILTER_L4PROTO"] = {"tcp": 6, "udp": 17}[cfg.proto]
+        d["FILTER_L4PROTO"] = L4_NUMBERS[cfg.proto]
     if cfg.port is not None:
         d["FILTER_PORT"] = swap16(cfg.port)
     if cfg.icmpid is not None:

@@ -10,19 +10,19 @@ import socket
 import struct
 
 from ..program import pcapfilter
-from ..events.vocabulary import TCP_FLAG_BITS
+from ..events.vocabulary import ICMP_PROTOCOLS, TCP, TCP_FLAG_BITS, UDP
 
 
 def rebuild(o):
     """Raw IPv4/IPv6 bytes for a saved event object."""
     l4, family = o["l4proto"], o["family"]
-    if l4 == 6:
+    if l4 == TCP:
         body = struct.pack(">HHIIBBHHH", o.get("sport") or 0, o.get("dport") or 0,
                            o.get("tcp_seq") or 0, 0, 5 << 4,
                            TCP_FLAG_BITS.get(o.get("tcp_flags") or "", 0), 0, 0, 0)
-    elif l4 == 17:
+    elif l4 == UDP:
         body = struct.pack(">HHHH", o.get("sport") or 0, o.get("dport") or 0, 8, 0)
-    elif l4 in (1, 58):
+    elif l4 in ICMP_PROTOCOLS.values():
         body = struct.pack(">BBHHH", o.get("icmp_type") or 0, 0, 0, o.get("icmp_id") or 0, 0)
     else:
         body = b""

@@ -5,6 +5,7 @@ import json
 import os
 import re
 
+from ..events import fields
 from ..outputs import jsonl
 from .rebuild import Rebuilder
 
@@ -103,6 +104,8 @@ OPTIONAL_FIELDS = {"ifindex": _INT, "pid": _INT, "len": _INT, "pkt_type": _INT, 
                    "dport": _INT, "ip_id": _INT, "tcp_seq": _INT, "icmp_type": _INT,
                    "icmp_id": _INT, "tcp_flags": _STR, "netns_name": _STR, "dmac": _STR,
                    "smac": _STR}
+OPTIONAL_FIELDS.update((f.json, _INT if f.seen in (fields.NUMBER, fields.NETWORK) else _STR)
+                       for f in fields.JSON_FIELDS)       # the table's own (jsonl._table_keys)
 NF_FIELDS = {"pf": _INT, "hook": _STR, "verdict_code": _INT, "table": _STR, "chain": _STR}
 DROP_FIELDS = {"reason_code": _INT, "reason": _STR, "location_addr": _HEX, "location": _STR}
 LIMIT = 1 << 64

@@ -1,17 +1,28 @@
 """Saved event objects rebuilt as the live decoder's Event objects, with
 the names, symbols and probes the saved run had."""
 
+from ..events import fields
 from ..events.decode import Event
 from ..events.vocabulary import KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, hook_number
 from ..runinfo import ProbeInfo, RunInfo
 
 
-
-# ---------------------------------------------------------------- events
-
 def _mac(text):
     return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
 
+
+# The fields the event object shows from the table as they are (none by
+# hand) and those it does not show: rebuilt from their keys, or zero
+_TABLE_FIELDS = tuple(f for f in fields.DECODED if f.json != fields.HAND)
+
+
+def _table_value(f, value):
+    """A table field's value from the JSON (jsonl._json_value's inverse)."""
+    if f.seen == fields.BYTES:
+        return bytes.fromhex(value) if value else bytes(f.size)
+    if f.seen in (fields.TEXT, fields.ADDRESS):
+        return value or ""
+    return value or 0
 
 
 class Rebuilder:
@@ -98,8 +109,9 @@ class Rebuilder:
             if drop.get("location_addr"):
                 e.location = int(drop["location_addr"], 16)
                 self.symbols[e.location] = drop.get("location") or "%#x" % e.location
+        for f in _TABLE_FIELDS:
+            setattr(e, f.name, _table_value(f, obj.get(f.json) if f.json else None))
         return e
-
 
 
 class SavedNames:
@@ -126,10 +138,6 @@ class SavedNames:
         pass
 
 
-# ---------------------------------------------------------------- filters
-
-# ---------------------------------------------------------------- the run
-
 def saved_names(start, key):
     """A start object's list of probe names; [] when absent or not one."""
     names = start.get(key)
@@ -139,7 +147,7 @@ def saved_names(start, key):
 
 
 class SavedLoaded:
-    """What Session reads of a loaded program (runinfo), from the start objects."""
+    """What the run loop reads of a loaded program (runinfo), from the start objects."""
 
     def __init__(self, runs, rebuilder):
         attached = []

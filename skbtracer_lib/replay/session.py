@@ -1,19 +1,31 @@
-"""-r: the saved runs told as the live run would tell them."""
+"""-r: the saved runs told as the live run would tell them: a source of
+events for the run loop (session.Session), feeding the same sinks."""
 
 import sys
-import time
 
 from .. import story
+from ..events.textrow import Clock
 from ..events.vocabulary import L4_NUMBERS
 from ..outputs import jsonl
-from ..outputs.files import FileError, open_new_file
-from ..events.textrow import HEADER
+from ..outputs.files import FileError
+from ..outputs.sinks import make_sinks, open_outputs
 from ..program.probes import DropReasons
 from ..runinfo import beyond_note
 from ..session import Session
 from ..story import merge
 from .read import ReadError, read_files
 from .rebuild import Rebuilder, SavedLoaded, SavedNames
+
+
+def saved_session(cfg, runs, out=None, err=None, files=None):
+    """The run loop over saved runs (read.read_files); out: the rows' stream
+    (stdout); files: {Config attribute: file} of the other outputs
+    (sinks.open_outputs)."""
+    err = err or sys.stderr
+    source = SavedEvents(cfg, runs, err)
+    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, source)
+    book = story.StoryBook(source.names) if cfg.summary else None
+    return Session(cfg, source, sinks, book, err)
 
 
 def event_filter(cfg):
@@ -42,17 +54,25 @@ def event_filter(cfg):
     return (lambda o: all(t(o) for t in tests)) if tests else None
 
 
-class ReplaySession(Session):
-    """Session over saved events: the same rows, story and summary."""
+class SavedEvents:
+    """The saved runs' events, rebuilt as the live decoder's Events, in time
+    order on one clock (several nodes: merge.py's offsets), filtered by the
+    flags; their rows and JSON lines are the saved objects'."""
 
-    def __init__(self, cfg, runs, out=None, err=None):
+    failure_note = ""
+
+    def __init__(self, cfg, runs, err):
         several = len({r.node for r in runs}) > 1
-        self.rebuilder = Rebuilder(several)
+        self.cfg = cfg
         self.runs = runs
+        self.err = err
+        self.rebuilder = Rebuilder(several)
         self.merged = merge.place_on_one_clock(runs) if several else None
-        super().__init__(cfg, SavedLoaded(runs, self.rebuilder), out=out, err=err)
+        self.loaded = SavedLoaded(runs, self.rebuilder)
         self.names = SavedNames(self.rebuilder)
-        self.book = story.StoryBook(self.names) if cfg.summary else None
+        self.session = None
+        self.make_row = self.make_line = False
+        self.clock = Clock(cfg.timestamp, offset_ns=0)    # the saved times are wall-clock times
         self.saved_caveats = []
         for run in runs:
             for note in (run.end or {}).get("caveats") or []:
@@ -62,21 +82,49 @@ class ReplaySession(Session):
         # what stopped the saved runs (-c, Ctrl-C ...): the story tells what it cut off
         stops = [(r.end or {}).get("stopped_by") for r in runs]
         self.stopped_by = next((s for s in stops if isinstance(s, str) and s), None)
+        self.rows = 0
+        self.ended_ns = None
 
-    def drop_reasons(self):
+    def attach(self, session):
+        """Hand the events to session, with the texts its sinks need."""
+        self.session = session
+        needs = set().union(*(sink.needs for sink in session.writers))
+        self.make_row, self.make_line = "row" in needs, "line" in needs
+
+    @property
+    def reasons(self):
+        """The drop reason names the saved events carry (read as they are rebuilt)."""
         return DropReasons(dict(self.rebuilder.reason_names), "the saved events")
 
-    def caveats(self):
-        notes = list(self.saved_caveats)
-        if self.book is not None and self.book.beyond:
-            notes.append(beyond_note(self.book.beyond, self.book.limit))
-        return notes
+    def read(self, session):
+        if self.merged is not None:
+            for line in self.merged.report_lines():
+                self.err.write("skbtracer: %s\n" % line)
+        timeline = self.timeline()
+        if session.start(None):         # the saved start objects are not written again
+            for ts, wall, run, obj in timeline:
+                if not session.show(*self.shown(ts, wall, run, obj)):
+                    break
+                self.rows += 1
+                if self.cfg.count is not None and self.rows >= self.cfg.count:
+                    session.stop_by("-c")
+                if session.done:
+                    break
+            session.flush()
+        self.ended_ns = self._ended_ns(timeline)
 
-    def story_arguments(self):
-        if self.merged is None:
-            return {}
-        return {"enters": merge.Wire(self.names.node),
-                "node_of": self.names.node}
+    def shown(self, ts, wall, run, obj):
+        """(event, raw, row, stack, line) of a saved object, as the sinks
+        take them: the rebuilt Event, no raw bytes, the saved object's row
+        and JSON line where a sink needs them."""
+        event = self.rebuilder.event(run, obj, ts)
+        row = line = None
+        if self.make_row:
+            netns = self.names.label(event.netns) if self.cfg.names else None
+            row = jsonl.text_row(obj, self.clock.column(wall), netns)
+        if self.make_line:
+            line = jsonl.dumps(obj)
+        return event, None, row, obj.get("stack"), line
 
     def timeline(self):
         """(ts_ns in the story, wall ns, run, object) of every kept event, in time order."""
@@ -92,53 +140,6 @@ class ReplaySession(Session):
                 rows.append((ts, wall, run, obj))
         rows.sort(key=lambda r: r[0])
         return rows
-
-    def run(self):
-        if self.merged is not None:
-            for line in self.merged.report_lines():
-                self.err.write("skbtracer: %s\n" % line)
-        timeline = self.timeline()
-        json_rows = self.json_rows
-        if not json_rows:
-            self._write(HEADER + "\n")
-        first_wall = timeline[0][1] if timeline else 0
-        second, clock_text = None, ""
-        for ts, wall, run, obj in timeline:
-            event = self.rebuilder.event(run, obj, ts)
-            if self.book is not None:
-                self.book.add(event)
-            if json_rows:
-                self._write(jsonl.dumps(obj) + "\n")
-            else:
-                if self.cfg.timestamp:
-                    column = "%.6f" % ((wall - first_wall) / 1e9)
-                else:
-                    if wall // 1_000_000_000 != second:
-                        second = wall // 1_000_000_000
-                        clock_text = time.strftime("%H:%M:%S", time.localtime(second))
-                    column = clock_text
-                netns = self.names.label(event.netns) if self.cfg.names else None
-                text = jsonl.text_row(obj, column, netns)
-                for symbol in obj.get("stack") or ():
-                    text += "\n    " + symbol
-                self._write(text + "\n")
-            if self.failed is not None:
-                break
-            self.rows += 1
-            if self.pipe_closed:
-                break
-            if self.cfg.count is not None and self.rows >= self.cfg.count:
-                self.stopped_by = "-c"
-                break
-        self.ended_ns = self._ended_ns(timeline)
-        if self.failed is not None:
-            self.err.write("skbtracer: %s\n" % self.failed)
-            return 1
-        if self.book is not None:
-            self._tell_story()
-        self.err.write("skbtracer: %d rows read from %s, %d events lost while tracing\n"
-                       % (self.rows, ", ".join(self.cfg.read), self.lost))
-        return 0
 
     def _ended_ns(self, timeline):
         """When tracing stopped, on the story's clock (the end objects; else
@@ -156,6 +157,26 @@ class ReplaySession(Session):
         last = timeline[-1][0] if timeline else 0
         return max(ends + [last])
 
+    # -- what the loop asks at exit
+
+    def caveats(self, book):
+        notes = list(self.saved_caveats)
+        if book.beyond:
+            notes.append(beyond_note(book.beyond, book.limit))
+        return notes
+
+    def story_extras(self):
+        if self.merged is None:
+            return {}
+        return {"enters": merge.Wire(self.names.node), "node_of": self.names.node}
+
+    def end_object(self, caveats, stopped_by=None):
+        return None                     # the saved end objects are not written again
+
+    def exit_line(self):
+        return "%d rows read from %s, %d events lost while tracing" % (
+            self.rows, ", ".join(self.cfg.read), self.lost)
+
 
 def main(cfg):
     err = sys.stderr
@@ -168,12 +189,13 @@ def main(cfg):
     except ReadError as e:
         err.write("skbtracer: %s\n" % e)
         return 2
-    if not cfg.output:
-        return ReplaySession(cfg, runs).run()
+    files = []
     try:        # -o FILE: opened as for a live run (no symlinks, --force to overwrite)
-        out = open_new_file("-o/--output", cfg.output, cfg.force)
+        opened = open_outputs(cfg, files)
+        return saved_session(cfg, runs, out=opened.get("output"), files=opened).run()
     except FileError as e:
         err.write("skbtracer: %s\n" % e)
         return 1
-    with out:
-        return ReplaySession(cfg, runs, out=out).run()
+    finally:
+        for f in files:
+            f.close()

@@ -15,6 +15,7 @@ cancel, as in NTP); with one, the smallest delta (off by one wire delay).
 
 import statistics
 
+from ..events.vocabulary import TCP
 from .points import FREE_POINTS, RX_POINTS
 
 NS = 1_000_000_000
@@ -22,7 +23,7 @@ NS = 1_000_000_000
 
 def _key(o):
     family, l4 = o["family"], o["l4proto"]
-    if not ((family == 4 and o.get("ip_id")) or l4 == 6):
+    if not ((family == 4 and o.get("ip_id")) or l4 == TCP):
         return None
     return (family, l4, o["saddr"], o.get("sport"), o["daddr"], o.get("dport"), o.get("ip_id"),
             o.get("tcp_seq"), o.get("tcp_flags"), o.get("icmp_type"), o.get("icmp_id"))

@@ -12,6 +12,7 @@ import bisect
 import enum
 from typing import NamedTuple
 
+from ..events.vocabulary import PORTED
 from .points import FREE_POINTS, HANDOVER_NS, TAP_POINTS
 
 
@@ -59,7 +60,7 @@ class Header(NamedTuple):
 
     @property
     def ported(self):
-        return self.l4proto in (6, 17)
+        return self.l4proto in PORTED
 
     def nat_related(self, other):
         """Could one skb have carried header other, then this one (SNAT or DNAT

@@ -1,6 +1,7 @@
 """The generated BPF program compiles with bcc and every program of every
 probe passes the verifier, for both backends and a representative set of
-flag combinations; and struct event_t as compiled matches decode.py.
+flag combinations; and struct event_t as compiled matches the field table
+(events/fields.py).
 
 kprobe programs are only loaded (verifier), never attached, so this runs on
 kernels without kprobes too. Run as root with Debian's interpreter:
@@ -20,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 from skbtracer_lib import config
-from skbtracer_lib.events import decode
+from skbtracer_lib.events import decode, fields
 from skbtracer_lib.program import kernel  # noqa: E402
 from skbtracer_lib.program.source import Program  # noqa: E402
 
@@ -91,30 +92,7 @@ def header_tree():
         tree.close()
 
 
-# --- struct event_t as bcc compiled it vs decode.EVENT -----------------------
-
-_FORMAT_ITEM = re.compile(r"(\d*)([xcbB?hHiIlLqQnNefdspP])")
-
-
-def format_fields(fmt):
-    """[(offset, size, code)] of each field of a '<' struct format; an 'Ns'
-    string or 'x' padding byte run is one field."""
-    assert fmt[0] in "<=", "decode.EVENT must be unaligned little-endian"
-    fields = []
-    offset = 0
-    for count, code in _FORMAT_ITEM.findall(fmt[1:].replace(" ", "")):
-        count = int(count) if count else 1
-        if code in "sx":
-            fields.append((offset, count, code))
-            offset += count
-        else:
-            size = struct.calcsize("<" + code)
-            for _ in range(count):
-                fields.append((offset, size, code))
-                offset += size
-    assert offset == struct.calcsize(fmt)
-    return fields
-
+# --- struct event_t as bcc compiled it vs the field table (events/fields.py) ---
 
 def event_struct(bpf):
     """The ctypes struct bcc generated from struct event_t (the leaf of the
@@ -127,27 +105,26 @@ def event_struct(bpf):
     return leaf
 
 
-_CODES = {"Q": (ctypes.c_uint64,), "I": (ctypes.c_uint32,), "i": (ctypes.c_int32,),
-          "H": (ctypes.c_uint16,), "B": (ctypes.c_uint8,), "x": (ctypes.c_uint8, ctypes.c_char)}
+_CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "s32": ctypes.c_int32,
+           "u16": ctypes.c_uint16, "u8": ctypes.c_uint8, "char": ctypes.c_char}
 
 
 def check_event_layout(bpf):
+    """bcc's struct event_t, member for member, is fields.FIELDS: names,
+    offsets, sizes and signedness as clang laid it out; decode.EVENT the same."""
     leaf = event_struct(bpf)
-    assert ctypes.sizeof(leaf) == decode.EVENT_SIZE == 200
-    c_fields = leaf._fields_
-    py_fields = format_fields(decode.EVENT.format)
-    assert len(c_fields) == len(py_fields), ([f[0] for f in c_fields], py_fields)
-    for (name, ctype), (offset, size, code) in zip(c_fields, py_fields):
+    assert ctypes.sizeof(leaf) == fields.EVENT_SIZE == decode.EVENT.size
+    members = [(name, ctype) for name, ctype in leaf._fields_
+               if not name.startswith("__pad")]         # bcc's names for C's padding
+    assert [name for name, _ctype in members] == [f.name for f in fields.FIELDS]
+    for (name, ctype), f in zip(members, fields.FIELDS):
         described = getattr(leaf, name)
-        assert described.offset == offset, (name, described.offset, offset)
-        assert described.size == size == ctypes.sizeof(ctype), (name, described.size, size)
-        if code in _CODES:
-            assert ctypes.sizeof(ctype) == ctypes.sizeof(_CODES[code][0]), name
-            if code != "x":
-                signed = ctype(-1).value < 0
-                assert signed == code.islower(), (name, code)
-        else:  # 's': a char or u8 array
-            assert issubclass(ctype, ctypes.Array) and ctypes.sizeof(ctype._type_) == 1, name
+        assert (described.offset, described.size) == (f.offset, f.size), name
+        element = getattr(ctype, "_type_", ctype) if f.count > 1 else ctype
+        assert ctypes.sizeof(element) == ctypes.sizeof(_CTYPES[f.ctype]), name
+        if f.ctype != "char" and not issubclass(element, ctypes.Array):
+            signed = element(-1).value < 0
+            assert signed == (f.ctype == "s32"), name
 
 
 # --- the matrix ------------------------------------------------------------------

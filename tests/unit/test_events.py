@@ -1,10 +1,12 @@
 """Decoding raw perf events (decode.py) and formatting rows (output.py)."""
 
+import os
 import struct
 import time
 
 import pytest
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
+from event_struct import members
 
 from skbtracer_lib.events import decode, textrow
 from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
@@ -54,51 +56,44 @@ def columns(row):
     return time_col.strip(), netns.strip(), ifname.strip(), mac.strip(), pkt.strip(), trace
 
 
-# --- the C layout, written out from struct event_t in skbtracer.c ------------
+# --- the C layout, read from struct event_t in skbtracer.c (event_struct) ----
+
+C_MEMBERS, C_SIZE = members(open(os.path.join(str(skbt_unit_helpers.REPO), "skbtracer.c")).read())
+AT = {m.name: m.offset for m in C_MEMBERS}
+SIZE = {m.name: m.size for m in C_MEMBERS}
+
 
 def hand_packed(**f):
-    """200 bytes as the kernel writes them, field by field at the offsets of
+    """The event as the kernel writes it, field by field at the offsets of
     struct event_t; 16/32-bit header fields are packet bytes (big-endian)."""
-    b = bytearray(200)
-    struct.pack_into("<Q", b, 0, f.get("ts_ns", 0))
-    struct.pack_into("<Q", b, 8, f.get("skb", 0))
-    struct.pack_into("<Q", b, 16, f.get("location", 0))
-    struct.pack_into("<I", b, 24, f.get("netns", 0))
-    struct.pack_into("<I", b, 28, f.get("ifindex", 0))
-    struct.pack_into("<I", b, 32, f.get("pid", 0))
-    struct.pack_into("<I", b, 36, f.get("drop_reason", 0))
-    struct.pack_into("<I", b, 40, f.get("verdict", 0))
-    struct.pack_into("<i", b, 44, f.get("stack_id", -1))
-    struct.pack_into(">I", b, 48, f.get("tcp_seq", 0))       # network order
-    struct.pack_into("<I", b, 52, f.get("len", 0))
-    struct.pack_into("<H", b, 56, f.get("probe", 0))
-    struct.pack_into(">H", b, 58, f.get("ip_id", 0))         # network order
-    struct.pack_into(">H", b, 60, f.get("sport", 0))         # network order
-    struct.pack_into(">H", b, 62, f.get("dport", 0))         # network order
-    struct.pack_into(">H", b, 64, f.get("icmp_id", 0))       # network order
-    b[66] = f.get("kind", KIND_ROUTE)
-    b[67] = f.get("pkt_type", 0)
-    b[68] = f.get("family", 4)
-    b[69] = f.get("l4proto", 0)
-    b[70] = f.get("tcp_flags", 0)
-    b[71] = f.get("icmp_type", 0)
-    b[72] = f.get("ttl", 0)
-    b[73] = f.get("pf", 0)
-    b[74] = f.get("hook", 0)
-    # 75: pad
-    b[76:92] = f.get("ifname", b"").ljust(16, b"\0")
-    b[92:98] = f.get("dmac", bytes(6))
-    b[98:104] = f.get("smac", bytes(6))
-    b[104:120] = f.get("saddr", bytes(16)).ljust(16, b"\0")
-    b[120:136] = f.get("daddr", bytes(16)).ljust(16, b"\0")
-    b[136:168] = f.get("table", b"").ljust(32, b"\0")
-    b[168:200] = f.get("chain", b"").ljust(32, b"\0")
+    b = bytearray(C_SIZE)
+
+    def number(name, code, default=0):
+        struct.pack_into(code, b, AT[name], f.get(name, default))
+
+    def array(name):
+        b[AT[name]:AT[name] + SIZE[name]] = f.get(name, b"").ljust(SIZE[name], b"\0")
+
+    for name in ("ts_ns", "skb", "location"):
+        number(name, "<Q")
+    for name in ("netns", "ifindex", "pid", "drop_reason", "verdict", "len"):
+        number(name, "<I")
+    number("stack_id", "<i", -1)
+    number("tcp_seq", ">I")                                   # network order
+    number("probe", "<H")
+    for name in ("ip_id", "sport", "dport", "icmp_id"):       # network order
+        number(name, ">H")
+    number("kind", "B", KIND_ROUTE)
+    number("family", "B", 4)
+    for name in ("pkt_type", "l4proto", "tcp_flags", "icmp_type", "ttl", "pf", "hook"):
+        number(name, "B")
+    for name in ("ifname", "dmac", "smac", "saddr", "daddr", "table", "chain"):
+        array(name)
     return bytes(b)
 
 
 def test_event_size():
-    assert decode.EVENT.size == 200
-    assert decode.EVENT_SIZE == 200
+    assert decode.EVENT.size == decode.EVENT_SIZE == C_SIZE
 
 
 def test_hand_packed_tcp_event_decodes():

@@ -18,8 +18,8 @@ import tempfile
 import pytest
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
-from skbtracer_lib import config, story
-from skbtracer_lib.events import decode, textrow
+from skbtracer_lib import config
+from skbtracer_lib.events import decode, fields, textrow
 from skbtracer_lib.events.decode import EVENT_SIZE
 from skbtracer_lib.events.reader import (
     PAGE_SIZE,
@@ -32,7 +32,8 @@ from skbtracer_lib.events.reader import (
     RingBufferReader,
 )
 from skbtracer_lib.events.textrow import Clock, RowFormatter
-from skbtracer_lib.outputs import files, names
+from skbtracer_lib.live import live_session
+from skbtracer_lib.outputs import files
 from skbtracer_lib.program import probes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
@@ -42,6 +43,7 @@ ROWS = textrow.rows_in_c()
 if ROWS is None and os.environ.get("SKBTRACER_REQUIRE_C_ROWS") == "1":
     raise RuntimeError("skbtracer_lib.events._rows is not built (scripts/build-rows.sh)")
 pytestmark = pytest.mark.skipif(ROWS is None, reason="skbtracer_lib.events._rows not built")
+SPAN = {f.name: f.span for f in fields.FIELDS}      # where each field is in the bytes
 
 
 class Ring:
@@ -85,37 +87,32 @@ class StackedLoaded(goldens.GoldenLoaded):
 
 
 def golden_session(meta, argv, c_rows):
-    """A live Session for a recorded probe plan, text rows to a StringIO;
+    """A live session for a recorded probe plan, text rows to a StringIO;
     c_rows: the rows in C, or Python's."""
     cfg = config.parse_args(["-t"] + argv)
     out, err = io.StringIO(), io.StringIO()
-    session = goldens.GoldenSession(cfg, StackedLoaded(meta), out=out, err=err)
-    empty = tempfile.mkdtemp()
-    fixed = names.NetnsNames(proc=empty, netns_dirs=())
-    fixed.host_inode = None
-    session.names = fixed
-    if session.book is not None:
-        session.book = story.StoryBook(fixed)
-    session.clock.offset_ns = 1_700_000_000_000_000_000
+    session = live_session(cfg, StackedLoaded(meta), out=out, err=err,
+                           names=goldens.fixed_names(tempfile.mkdtemp()),
+                           reasons=goldens.golden_reasons())
+    session.source.clock.offset_ns = 1_700_000_000_000_000_000
     if not c_rows:
-        session.rows_in_c = None
-    assert (session.rows_in_c is not None) == c_rows
+        session.source.records.rows_in_c = None
+    assert (session.source.records.rows_in_c is not None) == c_rows
     return session, out, err
 
 
 def trace(session, ring):
     """What a live run does with the ring's records: read, story, exit lines."""
-    batch = session.ring_batch if session.rows_in_c is not None else None
-    rb = ring.reader(session._on_raw, batch)
+    records = session.source.records
+    batch = records.ring_batch if records.rows_in_c is not None else None
+    rb = ring.reader(records.on_raw, batch)
     try:
         rb.read()
     finally:
         rb.close()
-    session._write("")
-    session.ended_ns = 0
-    if session.book is not None:
-        session._tell_story()
-    session._say_where_it_went()
+    session.flush()
+    session.source.ended_ns = 0
+    session.finish()
 
 
 def both(name, argv):
@@ -124,7 +121,6 @@ def both(name, argv):
     for c_rows in (True, False):
         ring = Ring.of(raws)
         session, out, err = golden_session(meta, argv, c_rows)
-        session.ended_ns = meta["ended_ns"]
         trace(session, ring)
         ring.close()
         texts.append((out.getvalue(), err.getvalue()))
@@ -150,7 +146,7 @@ def test_rows_with_their_stacks_in_c_are_python_s(flag):
     stacked = []
     for k, raw in enumerate(raws):
         b = bytearray(raw)
-        b[44:48] = (k % 40 - 2).to_bytes(4, "little", signed=True)    # -2, -1 (none), 0..37
+        b[SPAN["stack_id"]] = (k % 40 - 2).to_bytes(4, "little", signed=True)  # -2, -1 (none), 0..37
         stacked.append(bytes(b))
     texts = []
     for c_rows in (True, False):
@@ -175,30 +171,33 @@ def hostile(rng, n):
     """Events with every field random, then made a little more likely to
     be valid (known kinds, families, protocols, probes), names with
     control characters, spaces, backslashes and bytes over 0x7f."""
+    def put(raw, name, value):
+        size = fields.at(name).size
+        raw[SPAN[name]] = value.ljust(size, b"\0")[:size]
+
     for _ in range(n):
         raw = bytearray(rng.randbytes(EVENT_SIZE))
         if rng.random() < 0.9:
-            raw[0:8] = rng.randrange(1 << 50).to_bytes(8, "little")    # ktime, not noise
+            raw[SPAN["ts_ns"]] = rng.randrange(1 << 50).to_bytes(8, "little")   # ktime, not noise
         if rng.random() < 0.7:
-            raw[66] = rng.choice((1, 2, 3))
+            raw[SPAN["kind"]] = bytes([rng.choice((1, 2, 3))])
         if rng.random() < 0.7:
-            raw[68] = rng.choice((4, 6))
+            raw[SPAN["family"]] = bytes([rng.choice((4, 6))])
         if rng.random() < 0.7:
-            raw[69] = rng.choice((6, 17, 1, 58, 0, 132))
+            raw[SPAN["l4proto"]] = bytes([rng.choice((6, 17, 1, 58, 0, 132))])
         if rng.random() < 0.5:
-            raw[71] = rng.choice((0, 8, 128, 129, 3))
+            raw[SPAN["icmp_type"]] = bytes([rng.choice((0, 8, 128, 129, 3))])
         if rng.random() < 0.7:
-            raw[56:58] = rng.randrange(4).to_bytes(2, "little")
+            raw[SPAN["probe"]] = rng.randrange(4).to_bytes(2, "little")
         if rng.random() < 0.5:
-            name = rng.choice((b"eth0", b"a b\\c\n", b"\xff\xfe\x80x", b"veth1234567890ab",
-                               b"", b"\x7f\x01"))
-            raw[76:92] = name.ljust(16, b"\0")[:16]
+            put(raw, "ifname", rng.choice((b"eth0", b"a b\\c\n", b"\xff\xfe\x80x",
+                                           b"veth1234567890ab", b"", b"\x7f\x01")))
         if rng.random() < 0.5:
-            raw[136:168] = rng.choice((b"filter", b"nat\x1b[31m", b"", b"\xc3\xa9t")).ljust(32, b"\0")
+            put(raw, "table", rng.choice((b"filter", b"nat\x1b[31m", b"", b"\xc3\xa9t")))
         if rng.random() < 0.3:
-            raw[36:40] = rng.choice((0, 2, 77, 999)).to_bytes(4, "little")
+            raw[SPAN["drop_reason"]] = rng.choice((0, 2, 77, 999)).to_bytes(4, "little")
         if rng.random() < 0.3:
-            raw[16:24] = bytes(8)
+            raw[SPAN["location"]] = bytes(8)
         yield bytes(raw)
 
 
@@ -226,7 +225,7 @@ def test_longer_records_are_their_first_200_bytes_and_shorter_ones_python_s():
 
 def test_a_trace_info_python_cannot_make_is_left_to_python():
     fmt, _ = formatters()
-    fast = textrow.rows_in_c().Formatter(lambda raw: 1 / 0, fmt.clock)
+    fast = textrow.rows_in_c().Formatter(textrow.c_spec(), lambda raw: 1 / 0, fmt.clock)
     assert fast.row(decode.encode()) is None
 
 
@@ -290,7 +289,7 @@ def session_of(argv, raws, c_rows):
     ring = Ring([(raw, len(raw)) for raw in raws])
     trace(session, ring)
     ring.close()
-    return out.getvalue(), err.getvalue(), session
+    return out.getvalue(), err.getvalue(), session.source.records
 
 
 def test_a_live_session_counts_garbage_and_stops_at_c_alike():
@@ -313,3 +312,21 @@ def test_rows_pass_the_python_path_s_pending_text_in_order():
     sink.flush()
     sink_file.seek(0)
     assert sink_file.read() == "header\nrow \u00e9\nafter\n"
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.pop("udp_prefixes"),
+    lambda s: s["fields"].update(sport=(60, 2, False)),             # host order: not what C reads
+    lambda s: s["fields"].update(netns=(EVENT_SIZE - 2, 4, False)),  # past the event's end
+    lambda s: s.update(row_widths=(8, 10, 12, 12)),
+    lambda s: s.update(tcp_prefixes=s["tcp_prefixes"][:255]),
+    lambda s: s.update(trace_fields=s["trace_fields"] + ((0, 64),)),  # a key over 64 bytes
+    lambda s: s.update(other_prefixes=(b"bytes",) * 256),
+], ids=["missing", "byte-order", "outside", "widths", "short-table", "key-size", "not-text"])
+def test_a_spec_the_c_rows_cannot_follow_is_refused(change):
+    spec = dict(textrow.c_spec(), fields=dict(textrow.c_spec()["fields"]))
+    change(spec)
+    fmt, _ = formatters()
+    with pytest.raises(ValueError, match="rows spec"):
+        textrow.rows_in_c().Formatter(spec, fmt.trace_after_skb, fmt.clock)
+    assert textrow.rows_in_c().Formatter(textrow.c_spec(), fmt.trace_after_skb, fmt.clock)

@@ -9,28 +9,27 @@ import json
 import os
 import random
 import re
-import struct
 import subprocess
 import sys
 
 from skbt_unit_helpers import REPO, SYSTEM_PYTHON
 
 from skbtracer_lib import config
-from skbtracer_lib.events import decode
+from skbtracer_lib.events import decode, fields
 from skbtracer_lib.outputs import names
+from skbtracer_lib.live import live_session
 from skbtracer_lib.runinfo import RunInfo
-from skbtracer_lib.session import Session
 
 FUZZ_SEED = 16
 FUZZ_INPUTS = 100_000
 # a text row: time, netns, ifname (may be empty), dmac, PKT_INFO, TRACE_INFO
 ROW = re.compile(r"^\[[0-9:]{8}\]\[\S+ *\] +\S* +[0-9a-f]{12} \S+ +[0-9a-f]+\.\d+:\S+"
                  r"( reason=\S+)?( location=\S+)?$")
-IFNAME_AT = struct.calcsize("<QQQ IIIIIiII HHHHH BBBBBBBBB x")
+IFNAME = fields.at("ifname").span
 
 
 class StandInLoaded:
-    """What Session needs of program.Loaded (runinfo), without bcc."""
+    """What the live source needs of program.Loaded (runinfo), without bcc."""
 
     def __init__(self, bpf=None):
         self.bpf = bpf
@@ -50,12 +49,11 @@ class StandInLoaded:
 
 
 def session(argv, out, err, bpf=None, proc=None):
-    s = Session(config.parse_args(argv), StandInLoaded(bpf), out=out, err=err)
-    if proc is not None and s.names is not None:
-        # garbage carries a new netns inode in nearly every event: each would
-        # be a scan of the host's /proc, seconds per thousand events
-        s.names.proc, s.names.netns_dirs = proc, ()
-    return s
+    # garbage carries a new netns inode in nearly every event: each would
+    # be a scan of the host's /proc, seconds per thousand events
+    fixed = names.NetnsNames(proc=proc, netns_dirs=()) if proc is not None else None
+    return live_session(config.parse_args(argv), StandInLoaded(bpf), out=out, err=err,
+                        names=fixed)
 
 
 def inputs(rng):
@@ -88,13 +86,13 @@ def test_fuzz_decoder_never_raises_and_rows_stay_rows(tmp_path):
     rng = random.Random(FUZZ_SEED)
     text, js = io.StringIO(), io.StringIO()
     err = io.StringIO()
-    rows = session(["--callstack"], text, err, proc=str(tmp_path))
-    json_rows = session(["--json", "--no-summary"], js, err, proc=str(tmp_path))
+    rows = session(["--callstack"], text, err, proc=str(tmp_path)).source.records
+    json_rows = session(["--json", "--no-summary"], js, err, proc=str(tmp_path)).source.records
     short = 0
     for raw in inputs(rng):
         short += len(raw) < decode.EVENT_SIZE
-        feed(rows._on_event, raw)        # an exception here fails the test
-        feed(json_rows._on_event, raw)
+        feed(rows.on_event, raw)         # an exception here fails the test
+        feed(json_rows.on_event, raw)
     assert rows.rows + rows.bad_events == FUZZ_INPUTS
     assert rows.bad_events == short == json_rows.bad_events
     lines = text.getvalue().splitlines()
@@ -136,8 +134,8 @@ def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_o
     out, err = io.StringIO(), io.StringIO()
     bpf = StandInBPF([good, good, good, good], stop=lambda: None)
     s = session(["--no-summary"], out, err, bpf)
-    bpf.stop = lambda: s._stop(2, None)
-    real_row = s.formatter.row_of_raw      # text rows are made from the raw bytes
+    bpf.stop = s.source.stop
+    real_row = s.source.records.formatter.row_of_raw   # rows made from the raw bytes
     calls = []
 
     def row_that_fails_twice(raw):
@@ -146,8 +144,8 @@ def test_exception_in_event_handling_is_reported_once_counted_and_tracing_goes_o
             raise RuntimeError("a bug in formatting")
         return real_row(raw)
 
-    s.formatter.row_of_raw = row_that_fails_twice
-    s.rows_in_c = None                     # Python's rows (the C ones: test_fast_rows.py)
+    s.source.records.formatter.row_of_raw = row_that_fails_twice
+    s.source.records.rows_in_c = None      # Python's rows (the C ones: test_fast_rows.py)
     assert s.run() == 0
     assert len([line for line in out.getvalue().splitlines() if "eth0" in line]) == 2
     report = err.getvalue()
@@ -172,8 +170,8 @@ def test_kernel_strings_are_escaped():
     e = decode.Event(raw)
     assert e.ifname == "a\\x0ab\\x20c\\x5c" and e.table == "t\\x1b[31m"
     unterminated = bytearray(raw)
-    unterminated[IFNAME_AT:IFNAME_AT + 16] = b"x" * 16
-    assert len(decode.Event(bytes(unterminated)).ifname) == 16
+    unterminated[IFNAME] = b"x" * fields.at("ifname").size
+    assert len(decode.Event(bytes(unterminated)).ifname) == fields.at("ifname").size
 
 
 SINK_CHILD = r"""

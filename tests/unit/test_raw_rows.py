@@ -3,7 +3,7 @@ default per-event path) are the rows of the decoded events, cached or not."""
 
 import random
 
-from skbtracer_lib.events import decode, textrow
+from skbtracer_lib.events import decode, fields, textrow
 from skbtracer_lib.events.textrow import Clock, RowFormatter
 from skbtracer_lib.program import probes
 
@@ -23,8 +23,8 @@ def sample(rng, n):
             for f, a in ((4, "10.0.0.1"), (6, "fd00::1"))]
     for i in range(n):
         raw = bytearray(rng.choice(base))
-        raw[0:16] = rng.randbytes(16)                  # time and skb: every row its own
-        raw[58:60] = rng.randbytes(2)                  # ip_id: not in the row
+        for name in ("ts_ns", "skb", "ip_id"):         # time and skb: every row its own;
+            raw[fields.at(name).span] = rng.randbytes(fields.at(name).size)   # ip_id: not shown
         if i % 3 == 0:
             raw[rng.randrange(16, len(raw))] = rng.randrange(256)   # a new key now and then
         yield bytes(raw)

@@ -16,7 +16,7 @@ import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 from skbt_unit_helpers import run_cli
 
 from skbtracer_lib import config, story
-from skbtracer_lib.events import textrow
+from skbtracer_lib.events import fields, textrow
 from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
 from skbtracer_lib.outputs import jsonl, names
 from skbtracer_lib.program import probes
@@ -509,7 +509,8 @@ EVENT_KEYS = {"type", "time_ns", "time", "ktime_ns", "netns", "netns_name", "con
               "pod_uid", "ifname", "ifindex", "dmac", "smac", "family", "l4proto", "proto",
               "saddr", "daddr", "sport", "dport", "ttl", "ip_id", "tcp_seq", "tcp_flags",
               "icmp_type", "icmp_id", "len", "skb", "pkt_type", "pkt_type_name", "kind", "func",
-              "pid", "nf", "drop", "node", "run_id"}
+              "pid", "nf", "drop", "node", "run_id"} | {f.json for f in fields.JSON_FIELDS}
+# (the field table's own keys, fields.JSON_FIELDS, are part of the schema too)
 
 
 def json_formatter(names_=None):

@@ -6,10 +6,12 @@ byte since.
 Two kinds of stream:
   - JSON lines (corpus/*.jsonl), real traces of the seed's scenarios, drops,
     --keep and a two-node run (capture.py, on the host's tracepoints and in
-    the 6.1 guest with kprobes), read back through -r (ReplaySession);
-  - raw events (corpus/*.raw.gz, the bytes skbtracer.c writes, 200 each,
-    with a .json beside them naming the probes), fed through the live
-    Session's perf callback and story: synthetic streams made by synth.py
+    the 6.1 guest with kprobes), read back through -r (the run loop over
+    replay.session.SavedEvents);
+  - raw events (corpus/*.raw.gz, the bytes skbtracer.c writes, with a .json
+    beside them naming the probes and the layout), fed through the live
+    source's perf callback (live.Records.on_event) and the run loop's
+    story: synthetic streams made by synth.py
     (the unit tests' scenario sequences, IPv6, a thousand-packet mixed run).
 
     /usr/bin/python3 tests/unit/golden/record.py     (rewrites expected/)
@@ -22,14 +24,15 @@ import json
 import os
 import tempfile
 
-from skbtracer_lib import config, story
+from skbtracer_lib import config
+from skbtracer_lib.events import fields
 from skbtracer_lib.events.decode import EVENT_SIZE
+from skbtracer_lib.live import live_session
 from skbtracer_lib.outputs import names
 from skbtracer_lib.program import probes
 from skbtracer_lib.replay import read as replay_read
 from skbtracer_lib.replay import session as replay_session
 from skbtracer_lib.runinfo import ProbeInfo, RunInfo
-from skbtracer_lib.session import Session
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -99,7 +102,7 @@ def run_replay(files, argv):
         err.write("skbtracer: warning: %s\n" % text)
 
     runs = replay_read.read_files(cfg.read, warn)
-    status = replay_session.ReplaySession(cfg, runs, out=out, err=err).run()
+    status = replay_session.saved_session(cfg, runs, out=out, err=err).run()
     # the files' paths differ from checkout to checkout
     return (out.getvalue(), err.getvalue().replace(CORPUS + os.sep, ""), status)
 
@@ -107,7 +110,7 @@ def run_replay(files, argv):
 # ---------------------------------------------------------------- raw events
 
 class GoldenLoaded:
-    """What Session reads of a loaded program (runinfo), for a recorded probe plan."""
+    """What the live source reads of a loaded program (runinfo), for a recorded probe plan."""
 
     def __init__(self, meta, attached=None):
         planned = [ProbeInfo(name, kind, extra) for name, kind, extra in meta["probes"]]
@@ -129,47 +132,65 @@ class GoldenLoaded:
         return []
 
 
-class GoldenSession(Session):
-    def drop_reasons(self):
-        return probes.DropReasons(dict(REASONS), "the golden corpus")
+def golden_reasons():
+    return probes.DropReasons(dict(REASONS), "the golden corpus")
+
+
+def fixed_names(empty):
+    """Namespaces named by their inode, whatever this machine has (empty: a
+    directory standing in for /proc)."""
+    fixed = names.NetnsNames(proc=empty, netns_dirs=())
+    fixed.host_inode = None
+    return fixed
 
 
 def read_raw(name):
+    """(meta, the events in today's layout): the corpus says the layout it
+    was written in (synth.save), so a field added to the table since reads
+    as zeros and the rest where it is now."""
     with open(corpus(name + ".json")) as f:
         meta = json.load(f)
     with gzip.open(corpus(name + ".raw.gz"), "rb") as f:
         data = f.read()
-    raws = [data[i:i + EVENT_SIZE] for i in range(0, len(data), EVENT_SIZE)]
+    size = meta["event_size"]
+    raws = [data[i:i + size] for i in range(0, len(data), size)]
+    recorded = {name: (at, length) for name, at, length in meta["event_fields"]}
+    if recorded != {f.name: (f.offset, f.size) for f in fields.FIELDS}:
+        raws = [in_todays_layout(raw, recorded) for raw in raws]
     return meta, raws
 
 
+def in_todays_layout(raw, recorded):
+    """raw written in another layout (recorded: name -> (offset, size))."""
+    event = bytearray(EVENT_SIZE)
+    for f in fields.FIELDS:
+        at, size = recorded.get(f.name, (None, None))
+        if size == f.size:
+            event[f.span] = raw[at:at + size]
+    return bytes(event)
+
+
 def run_raw(name, argv, lost, attached):
-    """(rows, stderr, JSON lines) of a live Session fed the raw events."""
+    """(rows, stderr, JSON lines) of a live session fed the raw events."""
     meta, raws = read_raw(name)
     cfg = config.parse_args(["-t", "--node", "golden"] + argv)
     cfg.json = "golden.jsonl"            # the JSON lines go to a StringIO
     out, err, json_out = io.StringIO(), io.StringIO(), io.StringIO()
-    session = GoldenSession(cfg, GoldenLoaded(meta, attached), out=out, err=err,
-                            json_out=json_out)
     with tempfile.TemporaryDirectory() as empty:
-        # namespaces named by their inode, whatever this machine has
-        fixed = names.NetnsNames(proc=empty, netns_dirs=())
-        fixed.host_inode = None
-        session.names = fixed
-        session.book = story.StoryBook(fixed)
-        session.json.names = fixed
-        if cfg.names:
-            session.formatter.names = fixed
-        session.json.run_id = "golden"
-        session.clock.offset_ns = 1_700_000_000_000_000_000
+        session = live_session(cfg, GoldenLoaded(meta, attached), out=out, err=err,
+                               files={"json": json_out}, names=fixed_names(empty),
+                               reasons=golden_reasons())
+        source = session.source
+        source.json.run_id = "golden"
+        source.clock.offset_ns = 1_700_000_000_000_000_000
         for raw in raws:
             buffer = ctypes.create_string_buffer(raw, len(raw))
-            session._on_event(0, ctypes.addressof(buffer), len(raw))
-        session.book.trim()
-        session.lost = lost
-        session.ended_ns = meta["ended_ns"]
-        session._tell_story()
-        session._write_end_object()
+            source.records.on_event(0, ctypes.addressof(buffer), len(raw))
+        session.flush()
+        source.lost = lost
+        source.ended_ns = meta["ended_ns"]
+        session.tell_story()
+        session.end()
     lines = json_out.getvalue()
     if len(raws) > MANY_EVENTS:      # the story objects only (event lines: the small cases)
         lines = "".join(line for line in lines.splitlines(True)

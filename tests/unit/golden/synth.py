@@ -15,21 +15,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 import test_story_unit as u  # noqa: E402
 import workload  # noqa: E402
 
-from skbtracer_lib.events.decode import KIND_IPTABLE, encode  # noqa: E402
+from skbtracer_lib.events import fields  # noqa: E402
+from skbtracer_lib.events.decode import KIND_IPTABLE, encode_event  # noqa: E402
 
 NETNS_POOL = [1001, 1002, 1003, 1004, 1005]     # inodes no machine names
 
 
 def raw_of(e):
     """The raw bytes of a decoded event (encode()'s fields)."""
-    return encode(ts_ns=e.ts_ns, skb=e.skb, location=e.location, netns=e.netns,
-                  ifindex=e.ifindex, pid=e.pid, drop_reason=e.drop_reason, verdict=e.verdict,
-                  stack_id=e.stack_id, tcp_seq=e.tcp_seq, len=e.len, probe=e.probe,
-                  ip_id=e.ip_id, sport=e.sport, dport=e.dport, icmp_id=e.icmp_id, kind=e.kind,
-                  pkt_type=e.pkt_type, family=e.family, l4proto=e.l4proto,
-                  tcp_flags=e.tcp_flags, icmp_type=e.icmp_type, ttl=e.ttl, pf=e.pf,
-                  hook=e.hook, ifname=e.ifname, dmac=e.dmac.hex(), smac=e.smac.hex(),
-                  saddr=e.saddr, daddr=e.daddr, table=e.table, chain=e.chain)
+    return encode_event(e)
 
 
 def kind_of(name):
@@ -44,7 +38,10 @@ def save(name, probe_names, raws, backend, extra=(), ended_gap_ns=2_000_000_000)
     from skbtracer_lib.events.decode import Event
     last = max(Event(r).ts_ns for r in raws)
     meta = {"backend": backend, "ended_ns": last + ended_gap_ns,
-            "probes": [[n, kind_of(n), n in extra] for n in probe_names]}
+            "probes": [[n, kind_of(n), n in extra] for n in probe_names],
+            # the layout the bytes have (goldens.read_raw reads them in today's)
+            "event_size": fields.EVENT_SIZE,
+            "event_fields": [[f.name, f.offset, f.size] for f in fields.FIELDS]}
     with open(os.path.join(HERE, "corpus", name + ".json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

@@ -1,0 +1,166 @@
+"""The command-line flags, as a table: argparse's parser (build_parser) and
+bash completion (completion.py) are both made from FLAGS. A new flag is one
+Flag here (in the order --help lists it), and its Config field and check in
+validate() (config/__init__.py)."""
+
+import argparse
+
+from .. import __version__
+from ..events.vocabulary import L4_NUMBERS
+from ..story.fit import DEFAULT_WIDTH
+
+PROG = "skbtracer"
+
+L4_PROTOCOLS = dict(L4_NUMBERS, any=None)     # --proto's words
+BACKENDS = ("auto", "kprobe", "tracepoint")
+SNAPLEN_DEFAULT = 256
+MAX_NETNS = 8       # -N namespaces compiled into the kernel filter
+
+EXAMPLES = """examples:
+    skbtracer.py                                      # trace the packet path of every packet
+    skbtracer.py -H 10.244.0.3 --proto udp --route --iptable
+                                                      # one pod's UDP: path and netfilter verdicts
+    skbtracer.py --proto icmp -H 1.2.3.4 --icmpid 22  # one ping (echo id 22)
+    skbtracer.py --proto tcp -H 1.2.3.4 -P 22         # TCP to or from 1.2.3.4 port 22
+    skbtracer.py -H fd00::2 --proto icmp              # ICMPv6 of one IPv6 address
+    skbtracer.py -N server --drop --dropstack         # drops in netns "server", with stacks
+    skbtracer.py -H 10.96.0.10 --keep                 # follow a service IP's packets past DNAT
+    skbtracer.py -p 1234 -c 20 -T                     # 20 rows from process 1234's context
+    skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
+    skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
+    skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
+    skbtracer.py -H 10.244.0.3 --drop -w t.pcapng     # rows, and every sighting as pcapng
+    skbtracer.py -H 10.244.0.3 -w t.pcapng --snaplen 1500
+                                                      # whole packets (up to the linear data)
+    skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
+    skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
+    skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
+    skbtracer.py -N node1 -N client --node node1 --json=a.jsonl
+                                                      # a node and its pod, JSON lines to a file
+    skbtracer.py -r a.jsonl b.jsonl --latency         # two nodes' saved traces: one story, hop delays
+"""
+
+# What a flag's value completes to in bash (besides a list of words)
+FILE, NETNS = "file", "netns"
+SWITCHES = ("store_true", "help", "version")        # actions that take no value
+
+
+class Flag:
+    """One flag: its names, argparse's add_argument() options, and what its
+    value completes to in bash (FILE, NETNS, words, or None: nothing to
+    guess). hidden: not in --help nor completed."""
+
+    def __init__(self, *names, complete=None, hidden=False, **options):
+        self.names = names
+        self.complete = complete
+        self.hidden = hidden
+        if hidden:
+            options["help"] = argparse.SUPPRESS
+        self.options = options
+
+    @property
+    def takes_value(self):
+        return self.names[0].startswith("-") and self.options.get("action") not in SWITCHES
+
+    @property
+    def value_optional(self):
+        """--flag=VALUE only (--json FILE is --json, then FILE)."""
+        return self.options.get("nargs") == "?"
+
+
+FLAGS = (
+    Flag("-h", "--help", action="help", help="show this help message and exit"),
+    Flag("-H", "--ipaddr", metavar="ADDR",
+         help="packet's source or destination is ADDR (IPv4 or IPv6)"),
+    Flag("--proto", default="any", metavar="PROTO", complete=tuple(L4_PROTOCOLS),
+         help="tcp, udp, icmp (ICMPv6 for IPv6 packets) or any (default)"),
+    Flag("-P", "--port", metavar="N", help="TCP/UDP source or destination port"),
+    Flag("--icmpid", metavar="N", help="ICMP echo id (needs --proto icmp)"),
+    Flag("-p", "--pid", metavar="N", help="only events in the context of this process"),
+    Flag("-N", "--netns", metavar="NS", action="append", complete=NETNS,
+         help="only this network namespace: an inode number, a name from 'ip netns', or a "
+              "path like /proc/PID/ns/net; repeat for up to %d namespaces" % MAX_NETNS),
+    Flag("-c", "--catch-count", metavar="N", dest="count",
+         help="stop after N rows (default: unlimited)"),
+    Flag("-T", "--time", action="store_true",
+         help="show the event's time as HH:MM:SS (the default)"),
+    Flag("-t", "--timestamp", action="store_true",
+         help="show seconds since the first event, us resolution"),
+    Flag("--route", action="store_true",
+         help="packet path rows (the default when no mode is given)"),
+    Flag("--iptable", action="store_true", help="netfilter verdict rows"),
+    Flag("--drop", action="store_true",
+         help="rows for packets freed as drops, with reason and location"),
+    Flag("--dropstack", action="store_true",
+         help="kernel stack under every drop row (implies --drop)"),
+    Flag("--callstack", action="store_true", help="kernel stack under every row"),
+    Flag("--keep", action="store_true",
+         help="keep following a matched skb (and its clones) after NAT changes its "
+              "addresses, until it is freed"),
+    Flag("--backend", default="auto", metavar="B", complete=BACKENDS,
+         help="auto (default), kprobe or tracepoint"),
+    Flag("-v", "--verbose", action="store_true",
+         help="say which probes attached, which were skipped and why"),
+    Flag("--all", action="store_true", dest="all_functions",
+         help="route rows from every kernel function that takes an skb (kprobes; BTF of "
+              "vmlinux and loaded modules)"),
+    Flag("--func", action="append", default=[], metavar="PATTERN",
+         help="route rows from functions by name or shell-style glob ('br_*'); repeatable; "
+              "with --all, only those"),
+    Flag("-o", "--output", metavar="FILE", complete=FILE,
+         help="write the rows to FILE instead of stdout (refuses to overwrite an existing "
+              "FILE without --force)"),
+    Flag("--json", nargs="?", const="-", metavar="FILE", complete=FILE,
+         help="JSON lines, one object per event: instead of the text rows (--json), or to "
+              "FILE beside them (--json=FILE)"),
+    Flag("-w", "--write", metavar="FILE", complete=FILE,
+         help="also write every row as a packet to FILE, pcapng for Wireshark: one "
+              "interface per namespace/device, the row as the comment"),
+    Flag("--snaplen", metavar="N",
+         help="-w: packet bytes per row (default %d, at most the skb's linear data)"
+              % SNAPLEN_DEFAULT),
+    Flag("--force", action="store_true",
+         help="let -o/--output, --json=FILE and -w overwrite an existing file"),
+    Flag("--names", action="store_true",
+         help="NETWORK_NS column: the namespace's 'ip netns' name, pod or container instead "
+              "of its inode"),
+    Flag("--no-summary", action="store_true",
+         help="no packet story (flows, paths, duplicates, drops) on stderr at exit"),
+    Flag("-r", "--read", nargs="+", metavar="FILE", complete=FILE,
+         help="read saved JSON lines (--json) instead of tracing; several files (nodes) make "
+              "one story; no root or bcc needed"),
+    Flag("--node", metavar="NAME",
+         help="the node name written into the JSON objects (default: the host name)"),
+    Flag("--latency", action="store_true",
+         help="at exit, a table of hop-to-hop delays (count, median, p99, max)"),
+    Flag("--story-per-packet", action="store_true",
+         help="the story's table: a row per packet instead of one per flow, path and end"),
+    Flag("--width", metavar="N",
+         help="fit the story into N columns (default: the terminal's width, else %d)"
+              % DEFAULT_WIDTH),
+    Flag("--version", action="version", version="%(prog)s " + __version__),
+    Flag("expression", nargs="*", metavar="EXPRESSION",
+         help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; compiled "
+              "by libpcap and run in the kernel"),
+    Flag("--ebpf", action="store_true", hidden=True),
+    # Where struct layouts come from: btf (default when the kernel has it) or
+    # the installed headers. For tests and benchmarks.
+    Flag("--layout", default="auto", hidden=True),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, "%s: error: %s\n" % (PROG, message))
+
+
+def build_parser():
+    p = _Parser(
+        prog=PROG,
+        description="Trace the path of packets through the kernel: one row per "
+                    "function or netfilter hook an skb passes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES, add_help=False)
+    for flag in FLAGS:
+        p.add_argument(*flag.names, **flag.options)
+    return p

@@ -1,0 +1,299 @@
+"""Live tracing as a source of events for the run loop (session.Session):
+the loaded program's ring buffer or perf buffer (events.reader), polled
+until Ctrl-C, SIGTERM, -c or a failed output ends the trace, the namespace
+names and probed modules looked after between polls.
+
+Each event (Records) is decoded, and its row and JSON line are made where
+the sinks need them, then handed to the sinks (session.Session.show). Where the text
+rows are the only output (and not --names), the rows are made straight from
+the raw bytes instead and written to the text rows sink as they come: in C
+(_rows.c: a ring buffer's batch per call, ring_batch, or one record), else
+in Python (RowFormatter.row_of_raw).
+"""
+
+import ctypes
+import signal
+import sys
+import time
+
+from . import story
+from .events.decode import Event, netns_of
+from .events.reader import STOP_COUNT, STOP_SLOW
+from .events.textrow import Clock, RowFormatter
+from .outputs import jsonl, names as netns_names
+from .outputs.sinks import SINK_ERRORS, TextRows, make_sinks
+from .program import probes
+from .session import Session
+
+POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
+MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
+
+
+def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reasons=None):
+    """The run loop over a loaded program (program.Loaded, or what runinfo
+    describes). out: the rows' stream (stdout); files: {Config attribute:
+    file} of the other outputs (sinks.open_outputs); names: the namespace
+    names (default: this machine's); reasons: the drop reason names
+    (default: the running kernel's)."""
+    err = err or sys.stderr
+    if names is None:
+        names = netns_names.NetnsNames()     # looks nothing up until asked
+    if reasons is None:
+        reasons = probes.drop_reasons()
+    source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp))
+    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, source)
+    book = story.StoryBook(names) if cfg.summary else None
+    return Session(cfg, source, sinks, book, err)
+
+
+class Records:
+    """The records the reader hands over (the raw events), made into what
+    the session's sinks take and handed to them, counted (-c)."""
+
+    def __init__(self, cfg, loaded, err, formatter):
+        self.cfg = cfg
+        self.loaded = loaded
+        self.err = err
+        self.formatter = formatter
+        self.all_stacks = cfg.stacks == "all"
+        self.count = cfg.count
+        self.rows = 0
+        self.bad_events = 0         # events that raised while being shown
+        self.session = self.book = self.json = None
+
+    def attach(self, session, json):
+        """Hand the records to session; json: the JSON lines' formatter, or
+        None. What its sinks need of an event decides what is made of it."""
+        self.session = session
+        self.book = session.book
+        self.json = json
+        self.make_row = any("row" in sink.needs for sink in session.writers)
+        self._choose_row_path(session.writers)
+
+    def _choose_row_path(self, writers):
+        """Where the text rows are the only output (not --names: its labels
+        are Python's), rows from the raw bytes: in C where _rows is built
+        (stacks too), else in Python (no stacks)."""
+        self.rows_sink = self.rows_in_c = None
+        self.raw_rows = False
+        if len(writers) != 1 or not isinstance(writers[0], TextRows) or self.cfg.names:
+            return
+        self.rows_sink = writers[0]
+        self.write_text, self.write_bytes = self.rows_sink.write_text, self.rows_sink.write_bytes
+        self.raw_rows = not self.cfg.stacks
+        self.rows_in_c = self.formatter.in_c(self.loaded.stack if self.cfg.stacks else None,
+                                             self.all_stacks)
+
+    # -- per event (the reader's callbacks)
+
+    def on_event(self, _cpu, data, size):
+        """An event as bcc's perf reader hands it over (a ctypes callback)."""
+        self.on_raw(ctypes.string_at(data, size))
+
+    def on_raw(self, raw):
+        # Called by the reader once per event: exceptions must not escape
+        # (they would end the batch), so failures become flags.
+        session = self.session
+        if session.done:
+            return
+        try:
+            # the rows in C, one at a time: the perf buffer's records, and
+            # the ring buffer's that its batch left to Python
+            made = self.rows_in_c.row(raw) if self.rows_in_c is not None else None
+            if made is not None:
+                if self.book is not None:
+                    self.book.add_raw(raw, netns_of(raw))
+                self.write_bytes(made)
+            elif self.raw_rows:
+                row, netns = self.formatter.row_of_raw(raw)
+                if self.book is not None:
+                    self.book.add_raw(raw, netns)
+                self.write_text(row + "\n")
+            else:
+                # what the sinks need of the event, all made before any is
+                # written: a failure leaves neither a row nor its JSON line
+                # half done (inline: the per-event path)
+                event = Event(raw)
+                stack = None
+                if event.stack_id != -1 or self.all_stacks:
+                    stack = self.loaded.stack(event.stack_id)
+                line = self.json.line(event, stack) if self.json is not None else None
+                row = self.formatter.row(event) if self.make_row else None
+                if not session.show(event, raw, row, stack, line):
+                    return
+        except SINK_ERRORS as e:        # the rows' own writes, above
+            session.broke(self.rows_sink, e)
+            return
+        except Exception as e:  # garbage from the kernel or a bug: not the end of the trace
+            self._bad_event(e)
+            return
+        self.rows += 1
+        if self.count is not None and self.rows >= self.count:
+            session.stop_by("-c")
+
+    def ring_batch(self, data, base, mask, position, producer, max_records):
+        """The text rows of many ring buffer records at once, in C (the
+        reader's batch: reader.RingBufferReader); what on_raw does for one."""
+        session = self.session
+        if session.done:
+            wanted = 0                  # records are passed over
+        elif self.count is not None:
+            wanted = self.count - self.rows
+        else:
+            wanted = -1
+        try:
+            position, records, rows, text, raws, netns, stop = self.rows_in_c.ring(
+                data, base, mask, position, producer, wanted, max_records, self.book is not None)
+        except Exception:   # (only MemoryError is raised there) Python's path
+            return position, 0, STOP_SLOW           # shows the record, or counts it
+        if raws:
+            self.book.add_batch(raws, netns)
+        try:
+            if text:
+                self.write_bytes(text)
+        except SINK_ERRORS as e:
+            session.broke(self.rows_sink, e)
+        self.rows += rows
+        if stop == STOP_COUNT:
+            session.stop_by("-c")
+        return position, records, stop
+
+    def _bad_event(self, error):
+        self.bad_events += 1
+        if self.bad_events == 1:
+            self.err.write("skbtracer: cannot show an event (%s: %s); tracing goes on, "
+                           "the count of such events is at exit\n"
+                           % (type(error).__name__, error))
+            self.err.flush()
+
+
+class LiveEvents:
+    """The events of a loaded program, read until the trace ends: the
+    source of a live session (see session.py); records: what is made of
+    each event."""
+
+    failure_note = "; tracing stopped, the complete rows before it are kept"
+
+    def __init__(self, cfg, loaded, err, names, reasons, clock):
+        self.cfg = cfg
+        self.loaded = loaded
+        self.err = err
+        self.names = names
+        self.reasons = reasons
+        self.clock = clock
+        formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize, clock,
+                                 names=names if cfg.names else None)
+        self.records = Records(cfg, loaded, err, formatter)
+        self.session = self.json = None
+        self.lost = 0
+        self.stopping = False       # leave the poll loop
+        self.stopped_by = None      # the signal that did: "Ctrl-C", "SIGTERM"
+        self.ended_ns = None
+        self.modules_checked = time.monotonic()
+
+    def attach(self, session):
+        """Hand the events to session (its sinks: JSON lines or not)."""
+        self.session = session
+        if any("line" in sink.needs for sink in session.writers):
+            self.json = jsonl.JsonFormatter(self.records.formatter, self.names,
+                                            node=self.cfg.node)
+        self.records.attach(session, self.json)
+
+    def on_lost(self, count):
+        self.lost += count
+
+    # -- the poll loop
+
+    def read(self, session):
+        """Read events until Ctrl-C/SIGTERM, -c, a failed output or -T/-t
+        end the trace."""
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        reader = None
+        try:
+            records = self.records
+            batch = records.ring_batch if records.rows_in_c is not None else None
+            reader = self.loaded.open_reader(records.on_raw, self.on_lost, batch=batch)
+            if session.start(self.start_object()):
+                self._say_tracing()
+                self._poll(reader, session)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if reader is not None:
+                reader.close()
+        self.lost = max(self.lost, self.loaded.lost_events())
+        self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def _poll(self, reader, session):
+        while not self.stopping and not session.done:
+            reader.poll(POLL_TIMEOUT_MS)
+            self._between_polls()
+        if not session.done:
+            reader.poll(0)   # what is still in the ring
+        session.flush()
+
+    def _between_polls(self):
+        """Flush what the poll wrote; the work that is not per event."""
+        self.session.flush()
+        self.names.retry()
+        self._watch_modules()
+
+    def _watch_modules(self):
+        now = time.monotonic()
+        if now - self.modules_checked < MODULE_CHECK_SECONDS:
+            return
+        self.modules_checked = now
+        for line in self.loaded.watch_modules():
+            self.err.write("skbtracer: %s\n" % line)
+            self.err.flush()
+
+    def stop(self):
+        """Leave the poll loop (what Ctrl-C and SIGTERM do)."""
+        self.stopping = True
+
+    def _on_signal(self, signum, _frame):
+        if self.stopped_by is None:
+            self.stopped_by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.stop()
+
+    def _say_tracing(self):
+        """Where the rows go, when it is not the terminal's rows."""
+        json_rows = self.cfg.json == "-"
+        if json_rows or self.cfg.output:
+            self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"
+                           % ("JSON lines" if json_rows else "rows", self.cfg.output or "stdout"))
+            self.err.flush()
+
+    # -- what the loop asks at exit
+
+    def caveats(self, book):
+        """What this run could not see, for "vanished" verdicts."""
+        return self.loaded.info.unseen(self.cfg, self.lost, book.beyond, book.limit)
+
+    def story_extras(self):
+        return {}
+
+    def start_object(self):
+        """The JSON start object: what -r needs to tell the same story later."""
+        if self.json is None:
+            return None
+        info = self.loaded.info
+        return jsonl.start_object(
+            info.backend, node=self.json.node, run_id=self.json.run_id,
+            probes=list(info.probe_names), attached=sorted(info.attached_names),
+            modes=sorted(self.cfg.modes), iptable_traced=info.iptable_traced,
+            # --all/--func: which probes are extra functions, so that -r tells
+            # their rows as this run does (absent without them)
+            **({"functions": info.extra_names} if info.extra_names else {}))
+
+    def end_object(self, caveats, stopped_by=None):
+        if self.json is None:
+            return None
+        return jsonl.end_object(self.json.node, self.json.run_id, self.ended_ns, self.lost,
+                                caveats, stopped_by)
+
+    def exit_line(self):
+        bad = self.records.bad_events
+        unshown = ", %d events could not be shown" % bad if bad else ""
+        return "%d rows printed, %d events lost%s" % (self.records.rows, self.lost, unshown)

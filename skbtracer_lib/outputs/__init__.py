@@ -1,0 +1,3 @@
+"""Where the rows go: whole lines to files (files), the outputs as sinks of
+the run loop (sinks: text rows, JSON lines, pcapng, the story), JSON lines
+(jsonl), pcapng blocks (capture) and the names of namespaces (names)."""
