@@ -129,7 +129,7 @@ class Records:
             return
         self.rows += 1
         if self.count is not None and self.rows >= self.count:
-            session.done = True
+            session.stop_by("-c")
 
     def ring_batch(self, data, base, mask, position, producer, max_records):
         """The text rows of many ring buffer records at once, in C (the
@@ -155,7 +155,7 @@ class Records:
             session.broke(self.rows_sink, e)
         self.rows += rows
         if stop == STOP_COUNT:
-            session.done = True
+            session.stop_by("-c")
         return position, records, stop
 
     def _bad_event(self, error):
@@ -187,6 +187,7 @@ class LiveEvents:
         self.session = self.json = None
         self.lost = 0
         self.stopping = False       # leave the poll loop
+        self.stopped_by = None      # the signal that did: "Ctrl-C", "SIGTERM"
         self.ended_ns = None
         self.modules_checked = time.monotonic()
 
@@ -251,7 +252,9 @@ class LiveEvents:
         """Leave the poll loop (what Ctrl-C and SIGTERM do)."""
         self.stopping = True
 
-    def _on_signal(self, _signum, _frame):
+    def _on_signal(self, signum, _frame):
+        if self.stopped_by is None:
+            self.stopped_by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         self.stop()
 
     def _say_tracing(self):
@@ -284,11 +287,11 @@ class LiveEvents:
             # their rows as this run does (absent without them)
             **({"functions": info.extra_names} if info.extra_names else {}))
 
-    def end_object(self, caveats):
+    def end_object(self, caveats, stopped_by=None):
         if self.json is None:
             return None
         return jsonl.end_object(self.json.node, self.json.run_id, self.ended_ns, self.lost,
-                                caveats)
+                                caveats, stopped_by)
 
     def exit_line(self):
         bad = self.records.bad_events

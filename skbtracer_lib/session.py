@@ -12,8 +12,10 @@ sources (live.LiveEvents, replay.session.SavedEvents), which have:
                            namespace labels and drop reason names: the story's
     clock                  textrow.Clock: the events' times (the sinks')
     caveats(book)          what the run could not see
+    stopped_by             what stopped it, as the source knows (a signal; the
+                           saved runs' end objects), or None
     story_extras()         story.build's arguments only this source has
-    end_object(caveats)    the JSON end object, or None
+    end_object(caveats, stopped_by)   the JSON end object, or None
     exit_line(), failure_note   what is said at exit, and after a failed write
 """
 
@@ -23,6 +25,7 @@ from . import story
 from .outputs.files import OutputError
 from .outputs.sinks import SINK_ERRORS
 from .story import latency
+from .story.fit import terminal_width
 
 SLOW_STORY_EVENTS = 20000  # say so before grouping more events than this at exit
 
@@ -42,6 +45,7 @@ class Session:
         self.done = False          # no more events: -c reached or an output failed
         self.failed = None         # the OutputError that ended the trace
         self.last_story = None
+        self.stopped_by = None      # what ended the trace: "-c", "Ctrl-C", "SIGTERM" ...
         source.attach(self)
 
     def run(self):
@@ -102,6 +106,13 @@ class Session:
         sink.closed = True
         if isinstance(error, OutputError):
             self.failed = error
+        self.stop_by("an output error" if self.failed is not None else "the output closed")
+
+    def stop_by(self, what):
+        """The trace ends (-c reached, an output gone): print no more; the
+        story says what the stop cut off."""
+        if self.stopped_by is None:
+            self.stopped_by = what
         self.done = True
 
     # -- at exit
@@ -128,7 +139,7 @@ class Session:
     def end(self):
         """The sinks' ends: the JSON end object, the last flush."""
         caveats = self.source.caveats(self.book) if self.book is not None else []
-        end_object = self.source.end_object(caveats)
+        end_object = self.source.end_object(caveats, self.how_it_stopped())
         for sink in self.sinks:
             if sink.closed:
                 continue
@@ -168,8 +179,10 @@ class Session:
                 self._say("no packets to tell about")
                 return
             book = self.book
-            lines = story.exit_lines(told, len(book), book.beyond, book.limit)
-            lines += latency.story_lines(told, self.cfg.latency)
+            width = self.cfg.width or terminal_width(self.err)
+            lines = story.exit_lines(told, len(book), book.beyond, book.limit, width,
+                                     self.cfg.story_per_packet)
+            lines += latency.story_lines(told, self.cfg.latency, width)
             for sink in self.sinks:
                 if not sink.closed:
                     self._call(sink, sink.story, told, lines)
@@ -192,4 +205,9 @@ class Session:
             symbolize=source.loaded.symbolize, reasons=source.reasons,
             caveats=source.caveats(book), routes_traced="route" in self.cfg.modes,
             iptable_traced=info.iptable_traced, ended_ns=source.ended_ns,
-            **source.story_extras())
+            stopped_by=self.how_it_stopped(), **source.story_extras())
+
+    def how_it_stopped(self):
+        """-c or an output (the loop's), else what the source says (a signal,
+        the saved runs' end objects)."""
+        return self.stopped_by or self.source.stopped_by

@@ -13,6 +13,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 
+from ..story.fit import MIN_WIDTH
 from .flags import BACKENDS, L4_PROTOCOLS, MAX_NETNS, PROG, SNAPLEN_DEFAULT, build_parser
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
@@ -55,6 +56,8 @@ class Config:
     read: list = None               # -r FILE ...: saved JSON lines instead of tracing
     node: str = None                # --node NAME: written into every JSON object
     latency: bool = False           # --latency: hop-to-hop delay table at exit
+    width: int = None               # --width: columns of the story (default: the terminal's)
+    story_per_packet: bool = False  # --story-per-packet: a table row per packet
     all_functions: bool = False     # --all: every function taking an skb
     functions: list = field(default_factory=list)   # --func patterns
 
@@ -223,6 +226,8 @@ def _shown(ns, cfg):
             raise UsageError("--node: %r is not a node name (letters, digits, _.@:-)" % ns.node)
     cfg.node = ns.node or os.uname().nodename
     cfg.latency = ns.latency
+    cfg.story_per_packet = ns.story_per_packet
+    cfg.width = _number(ns.width, "--width", MIN_WIDTH, 1000)
     cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
     if ns.time and ns.timestamp:
         raise UsageError("-T/--time and -t/--timestamp exclude each other")

@@ -7,6 +7,7 @@ import argparse
 
 from .. import __version__
 from ..events.vocabulary import L4_NUMBERS
+from ..story.fit import DEFAULT_WIDTH
 
 PROG = "skbtracer"
 
@@ -132,6 +133,11 @@ FLAGS = (
          help="the node name written into the JSON objects (default: the host name)"),
     Flag("--latency", action="store_true",
          help="at exit, a table of hop-to-hop delays (count, median, p99, max)"),
+    Flag("--story-per-packet", action="store_true",
+         help="the story's table: a row per packet instead of one per flow, path and end"),
+    Flag("--width", metavar="N",
+         help="fit the story into N columns (default: the terminal's width, else %d)"
+              % DEFAULT_WIDTH),
     Flag("--version", action="version", version="%(prog)s " + __version__),
     Flag("expression", nargs="*", metavar="EXPRESSION",
          help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; compiled "

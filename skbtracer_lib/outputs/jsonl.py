@@ -211,10 +211,11 @@ def start_object(backend, node=None, run_id=None, **run):
     return obj
 
 
-def end_object(node, run_id, ended_ktime_ns, lost, caveats):
-    """The stream's last object: when tracing stopped and what it could not see."""
+def end_object(node, run_id, ended_ktime_ns, lost, caveats, stopped_by=None):
+    """The stream's last object: when tracing stopped, what stopped it (-c,
+    Ctrl-C, SIGTERM...) and what it could not see."""
     return {"type": "end", "node": node, "run_id": run_id, "ended_ktime_ns": ended_ktime_ns,
-            "lost": lost, "caveats": list(caveats)}
+            "lost": lost, "caveats": list(caveats), "stopped_by": stopped_by}
 
 
 class _SavedHeader:

@@ -79,6 +79,9 @@ class SavedEvents:
                 if note not in self.saved_caveats:
                     self.saved_caveats.append(note)
         self.lost = sum((r.end or {}).get("lost") or 0 for r in runs)
+        # what stopped the saved runs (-c, Ctrl-C ...): the story tells what it cut off
+        stops = [(r.end or {}).get("stopped_by") for r in runs]
+        self.stopped_by = next((s for s in stops if isinstance(s, str) and s), None)
         self.rows = 0
         self.ended_ns = None
 
@@ -103,7 +106,9 @@ class SavedEvents:
                 if not session.show(*self.shown(ts, wall, run, obj)):
                     break
                 self.rows += 1
-                if session.done or (self.cfg.count is not None and self.rows >= self.cfg.count):
+                if self.cfg.count is not None and self.rows >= self.cfg.count:
+                    session.stop_by("-c")
+                if session.done:
                     break
             session.flush()
         self.ended_ns = self._ended_ns(timeline)
@@ -165,7 +170,7 @@ class SavedEvents:
             return {}
         return {"enters": merge.Wire(self.names.node), "node_of": self.names.node}
 
-    def end_object(self, caveats):
+    def end_object(self, caveats, stopped_by=None):
         return None                     # the saved end objects are not written again
 
     def exit_line(self):

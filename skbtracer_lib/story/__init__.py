@@ -43,13 +43,16 @@ Grouping
 
 from .book import StoryBook
 from .duplicates import find_duplicates
+from .ends import mark_cut
 from .grouping import group
 from .model import EndKind, Header, Place, SocketPlace
 from .points import (CROSS_POINTS, FREE_POINTS, LOCAL_POINTS, MAX_EVENTS, MAX_FLAG_LINES,
                      MAX_TABLE_PACKETS, QUEUE_POINTS, RX_POINTS, SOCKET_POINTS, STORY_POINTS,
                      TAP_POINTS, TX_POINTS, story_name)
+from .fit import table as format_table
 from .render_json import story_objects
-from .render_text import Story, duration_text, exit_lines, format_table
+from .render_text import Story, duration_text
+from .tell import exit_lines
 
 __all__ = ["CROSS_POINTS", "EndKind", "FREE_POINTS", "Header", "LOCAL_POINTS", "MAX_EVENTS",
            "MAX_FLAG_LINES", "MAX_TABLE_PACKETS", "Place", "QUEUE_POINTS", "RX_POINTS",
@@ -61,5 +64,6 @@ __all__ = ["CROSS_POINTS", "EndKind", "FREE_POINTS", "Header", "LOCAL_POINTS", "
 def build(events, probe_names, visible=None, enters=None, extra=(), **story_args):
     """Events (any order) -> Story; story_args: StoryModel's."""
     packets = group(events, probe_names, visible, enters, extra)
+    mark_cut(packets, story_args.get("stopped_by"), story_args.get("ended_ns"))
     duplicates = [d for p in packets for d in find_duplicates(p)]
     return Story(packets, duplicates, **story_args)

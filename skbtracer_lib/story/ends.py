@@ -2,8 +2,9 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
-from .model import End, EndKind, Place, SocketPlace
-from .points import FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS, TX_POINTS
+from .model import OPEN_ENDS, End, EndKind, Place, SocketPlace
+from .points import (CUT_WINDOW_NS, FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS,
+                     STOP_WINDOW_NS, TX_POINTS)
 
 
 def last_interface(copy):
@@ -63,3 +64,22 @@ def _delivered(copy, travel):
         if n in LOCAL_POINTS:
             return End(EndKind.LOCAL, e.netns, e.ifname, n, ts_ns=e.ts_ns)
     return None
+
+
+def mark_cut(packets, stopped_by, ended_ns=None):
+    """Copies the end of tracing cut off: an open end (left, arrived,
+    vanished) seen just before the trace stopped. -c stops at its last row
+    (what followed was never read: CUT_WINDOW_NS before it); a signal or a
+    time limit stops at ended_ns, after the ring was read empty
+    (STOP_WINDOW_NS before it)."""
+    if not stopped_by or not packets:
+        return
+    if stopped_by == "-c" or ended_ns is None:
+        stop, window = max(p.last_ts for p in packets), CUT_WINDOW_NS
+    else:
+        stop, window = ended_ns, STOP_WINDOW_NS
+    for packet in packets:
+        for copy in packet.copies:
+            end = copy.end
+            if end.kind in OPEN_ENDS and stop - end.ts_ns <= window:
+                copy.end = end._replace(kind=EndKind.CUT)

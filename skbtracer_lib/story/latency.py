@@ -9,10 +9,11 @@ packet-socket taps are not on the packet's way: they are left out.
 
 from typing import NamedTuple
 
-from .points import FREE_POINTS, MAX_FLAG_LINES, TAP_POINTS
-from .render_text import duration_text, format_table
-
-MAX_TIME_LINES = MAX_FLAG_LINES
+from .fit import DEFAULT_WIDTH, table, wrap
+from .flows import APPLICATION_POINTS
+from .points import FREE_POINTS, TAP_POINTS
+from .render_text import duration_text
+from .tell import time_lines
 
 
 def point_text(story, e, name):
@@ -26,6 +27,7 @@ class Hop(NamedTuple):
     target: str
     ns: int
     at: int                 # when it left (ktime ns)
+    to_point: str = ""      # the probe point it went to
 
 
 def _on_the_way(copy):
@@ -45,7 +47,7 @@ def hops(story, packet):
                 rows.insert(0, before[-1])
         for (a, an), (b, bn) in zip(rows, rows[1:]):
             out.append(Hop(point_text(story, a, an), point_text(story, b, bn),
-                           b.ts_ns - a.ts_ns, a.ts_ns))
+                           b.ts_ns - a.ts_ns, a.ts_ns, bn))
     out.sort(key=lambda hop: hop.at)
     return out
 
@@ -57,14 +59,11 @@ def packet_time(story, packet):
     return packet.last_ts - packet.first_ts, slowest
 
 
-def time_line(story, packet):
-    span, slowest = packet_time(story, packet)
-    text = "TIME: packet %d %s: %s from first to last sighting" % (
-        packet.number, story.flow_text(packet), duration_text(span))
-    if slowest is not None:
-        text += "; slowest hop %s -> %s, %s" % (slowest.source, slowest.target,
-                                                 duration_text(slowest.ns))
-    return text
+def slowest_network_hop(story, packet):
+    """The slowest hop on the packet's way through the network (not the wait
+    for the application to read its socket), or None."""
+    found = [h for h in hops(story, packet) if h.to_point not in APPLICATION_POINTS]
+    return max(found, key=lambda hop: hop.ns) if found else None
 
 
 def percentile(values, fraction):
@@ -90,24 +89,20 @@ def hop_table_rows(story):
     return rows
 
 
-def hop_table(story):
+def hop_table(story, width=None):
     rows = [[a, b, n, duration_text(med), duration_text(p99), duration_text(top)]
             for a, b, n, med, p99, top in hop_table_rows(story)]
-    return format_table(["FROM", "TO", "COUNT", "MEDIAN", "P99", "MAX"], rows)
+    return table(["FROM", "TO", "COUNT", "MEDIAN", "P99", "MAX"], rows, width, (0, 1))
 
 
-def story_lines(story, with_table=False):
+def story_lines(story, with_table=False, width=DEFAULT_WIDTH):
     """TIME lines for the slowest packets; with --latency the hop table."""
-    timed = sorted(story.packets, key=lambda p: p.last_ts - p.first_ts, reverse=True)
-    lines = [time_line(story, p) for p in timed[:MAX_TIME_LINES]]
-    if len(timed) > MAX_TIME_LINES:
-        lines.append("TIME: ... and %d more packets (--json has them all)"
-                     % (len(timed) - MAX_TIME_LINES))
+    lines = time_lines(story, width, lambda packet: slowest_network_hop(story, packet))
     if with_table:
         count = len(story.packets)
-        lines.append("skbtracer: hop-to-hop delays over %d packet%s (--latency)"
-                     % (count, "" if count == 1 else "s"))
-        lines.append(hop_table(story))
+        lines += wrap("skbtracer: hop-to-hop delays over %d packet%s (--latency)"
+                      % (count, "" if count == 1 else "s"), width)
+        lines.append(hop_table(story, width))
     return lines
 
 

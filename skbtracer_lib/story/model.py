@@ -95,10 +95,15 @@ class EndKind(enum.Enum):
     VANISHED = "vanished"
     CONTINUED = "continued"     # handed over to a new skb
     TAP = "tap"                 # a copy that went nowhere (a packet tap's, freed)
+    CUT = "cut"                 # still on its way when tracing stopped (-c, Ctrl-C)
 
 
 NOT_AN_END = (EndKind.CONTINUED, EndKind.TAP)   # copies whose end is not the packet's
 FLAGGED_ENDS = (EndKind.DROPPED, EndKind.VANISHED)
+# a copy that ended so got the packet somewhere: a drop of another copy is a note
+THROUGH_ENDS = (EndKind.DELIVERED, EndKind.LOCAL, EndKind.FREED, EndKind.ARRIVED, EndKind.LEFT)
+# ends a copy has when its last sighting was all this run saw of it
+OPEN_ENDS = (EndKind.LEFT, EndKind.ARRIVED, EndKind.VANISHED)
 
 
 class End(NamedTuple):
@@ -247,12 +252,13 @@ class StoryModel:
     label(inode) -> namespace text; symbolize(address) -> 'func+0x..';
     reasons: probes.DropReasons or None; caveats: what this run could not
     see (said with vanished verdicts); node_of(netns) -> node name, when the
-    events come from several nodes.
+    events come from several nodes; stopped_by: what ended the trace ("-c",
+    "a signal", "--duration" ...; None: not said), for the copies it cut off.
     """
 
     def __init__(self, packets, duplicates, label=str, symbolize=None, reasons=None,
                  caveats=(), routes_traced=True, iptable_traced=False, ended_ns=None,
-                 node_of=None):
+                 node_of=None, stopped_by=None):
         self.packets = packets
         self.duplicates = duplicates
         self.node_of = node_of
@@ -265,6 +271,7 @@ class StoryModel:
         self.ended_ns = ended_ns if ended_ns is not None else max(
             (p.last_ts for p in packets), default=0)
         self._dup_packets = {id(d.packet) for d in duplicates}
+        self.stopped_by = stopped_by
 
     def ends(self, packet):
         return packet.ends()
@@ -275,6 +282,12 @@ class StoryModel:
     def flagged(self, packet):
         return self.has_duplicate(packet) or any(
             e.kind in FLAGGED_ENDS for e in packet.ends())
+
+    @staticmethod
+    def got_through(packet):
+        """Did a copy of packet get somewhere (delivered, freed where it went,
+        arrived, left)? Then a drop of another copy is a note, not its end."""
+        return any(e.kind in THROUGH_ENDS for e in packet.ends())
 
     def end_kinds(self):
         return {c.end.kind for p in self.packets for c in p.copies}

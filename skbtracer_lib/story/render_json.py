@@ -1,15 +1,18 @@
-"""The story as JSON-ready dicts: per packet a "summary", then the
-"duplicate", "dropped" and "vanished" flags (README.md "JSON output").
+"""The story as JSON-ready dicts: per packet a "summary", per flow, path and
+end a "flow" (the text table's rows), then the "duplicate", "dropped" and
+"vanished" flags (README.md "JSON output").
 Structure comes from the model; the "text", "flow", "path" and "end"
 fields are the text renderer's words for the same things."""
 
 from ..events.vocabulary import KIND_IPTABLE, L4_NAMES
+from .flows import group_flows
 from .model import EndKind, FLAGGED_ENDS, SocketPlace
 
 
 def story_objects(story):
     """[dict] for a render_text.Story."""
     objects = [_summary(story, packet) for packet in story.packets]
+    objects += [_flow(group) for group in group_flows(story)]
     objects += [_duplicate(story, dup) for dup in story.duplicates]
     for packet, text in story.drop_flags():
         objects.append({"type": "dropped", "packet": packet.number, "text": text})
@@ -74,6 +77,25 @@ def _summary(story, packet):
         "first_ktime_ns": packet.first_ts,
         "copies": [_copy(story, c) for c in packet.copies],
         "flags": flags,
+    }
+
+
+def _flow(group):
+    spans = group.spans()
+    return {
+        "type": "flow",
+        "packets": [p.number for p in group.packets],
+        "count": group.count,
+        "flow": group.flow,
+        "path": group.path,
+        "netfilter": group.netfilter,
+        "end": group.end,
+        "ends": [{"end": text, "packets": n} for text, n in group.ends.items()],
+        "skbs": group.skbs,
+        "first_ktime_ns": group.first_ts,
+        "last_ktime_ns": group.last_ts,
+        "network_ns": {"min": spans[0], "median": spans[len(spans) // 2], "max": spans[-1]}
+        if spans else None,
     }
 
 

@@ -1,20 +1,16 @@
-"""The story as text: the places, ends, flows and paths of the model in
-words, the DUPLICATE / DROPPED / VANISHED lines, the table, and the lines
-the session writes at exit (exit_lines)."""
+"""The story in words: the places, ends, flows and paths of the model, and
+the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
 from ..events.vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
-from .points import MAX_FLAG_LINES, MAX_TABLE_PACKETS, SOCKET_POINTS
+from .points import MAX_FLAG_LINES, SOCKET_POINTS
 
 NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
-HEADERS = ["#", "FLOW", "PATH", "NETFILTER", "END", "SKBS"]
 
 
 class Story(StoryModel):
     """The model with its words: every text the story prints is made here."""
-
-    HEADERS = HEADERS
 
     # -- places and ends
 
@@ -29,7 +25,9 @@ class Story(StoryModel):
     def where_text(self, place):
         """An interface or a socket."""
         if isinstance(place, SocketPlace):
-            return "a socket %s:%d in %s" % (place.daddr, place.dport, self.label(place.netns))
+            family = 6 if ":" in place.daddr else 4
+            return "a socket %s in %s" % (_endpoint(place.daddr, place.dport, True, family),
+                                          self.label(place.netns))
         return self.place_text(*place)
 
     def reason_text(self, end):
@@ -46,12 +44,20 @@ class Story(StoryModel):
             return "delivered to the local stack in %s (%s)" % (self.label(end.netns), end.func)
         if kind == EndKind.DROPPED:
             return self._dropped_text(end)
+        if kind == EndKind.CUT:
+            return self._cut_text(end)
         words = END_WORDS.get(kind)
         if words is None:
             return kind.value
         where = self.place_text(end.netns, end.ifname)
         return words % ((where, end.func) if kind in (EndKind.ARRIVED, EndKind.VANISHED)
                         else where)
+
+    def _cut_text(self, end):
+        where = "%s (%s)" % (self.place_text(end.netns, end.ifname), end.func)
+        if self.stopped_by == "-c":
+            return "cut off by -c at %s" % where
+        return "still on its way when tracing stopped (%s), at %s" % (self.stopped_by, where)
 
     def _dropped_text(self, end):
         text = "dropped at %s" % self.place_text(end.netns, end.ifname)
@@ -63,10 +69,17 @@ class Story(StoryModel):
         return text
 
     def packet_end_text(self, packet):
+        """How its copies ended; where one got through, the drops of others
+        are notes after it ("a copy dropped at ...")."""
+        ends = packet.ends()
+        if self.got_through(packet):
+            ends = sorted(ends, key=lambda e: e.kind == EndKind.DROPPED)
         texts = []
         counts = {}
-        for end in packet.ends():
+        for end in ends:
             text = self.end_text(end)
+            if end.kind == EndKind.DROPPED and self.got_through(packet):
+                text = "a copy " + text
             if text not in counts:
                 texts.append(text)
             counts[text] = counts.get(text, 0) + 1
@@ -178,12 +191,14 @@ class Story(StoryModel):
         return [self.duplicate_text(d) for d in self.duplicates]
 
     def drop_flags(self):
-        """[(packet, 'DROPPED: ...')]"""
+        """[(packet, 'DROPPED: ...')] for packets that got nowhere: a packet
+        one of whose copies got through is not dropped (its end says what
+        became of the others)."""
         lines = []
         for packet in self.packets:
             ends = packet.ends()
             dropped = [e for e in ends if e.kind == EndKind.DROPPED]
-            if not dropped:
+            if not dropped or self.got_through(packet):
                 continue
             others = [e for e in ends if e.kind != EndKind.DROPPED]
             text = "DROPPED: %s %s" % (self.flow_text(packet),
@@ -233,20 +248,6 @@ class Story(StoryModel):
                 lines.append("%s: ... and %d more" % (kind, len(found) - MAX_FLAG_LINES))
         return lines
 
-    # -- the table
-
-    def table_rows(self, limit=MAX_TABLE_PACKETS):
-        chosen = self.packets
-        if len(chosen) > limit:
-            flagged = [p for p in chosen if self.flagged(p)]
-            rest = [p for p in chosen if not self.flagged(p)]
-            chosen = sorted((flagged + rest)[:limit], key=lambda p: p.number)
-        return [[p.number, self.flow_text(p), self.path_text(p), self.netfilter_text(p),
-                 self.packet_end_text(p), len(p.copies)] for p in chosen]
-
-    def table(self, limit=MAX_TABLE_PACKETS):
-        return format_table(HEADERS, self.table_rows(limit))
-
 
 END_WORDS = {EndKind.FREED: "reached %s, freed",
              EndKind.ARRIVED: "reached %s (not seen after %s)",      # where, func
@@ -255,46 +256,12 @@ END_WORDS = {EndKind.FREED: "reached %s, freed",
              EndKind.TAP: "a copy freed at %s"}
 
 
-def exit_lines(story, events, beyond=0, limit=0):
-    """What the session writes at exit, on stderr: the headline, the flags,
-    the table and the footnote. events: how many were grouped; beyond: how
-    many were not kept (limit: the story's event limit)."""
-    count = len(story.packets)
-    lines = ["skbtracer: the story of %d packet%s in %d events (--no-summary turns it off)"
-             % (count, "" if count == 1 else "s", events)]
-    if beyond:
-        lines.append("skbtracer: the story covers the first %d events; %d more were "
-                     "not kept" % (limit, beyond))
-    lines += story.flag_lines()
-    lines.append(story.table())
-    footnote = story.footnote()
-    if footnote:
-        lines.append("skbtracer: " + footnote)
-    if count > MAX_TABLE_PACKETS:
-        lines.append("skbtracer: %d more packets not in the table (--json has them all)"
-                     % (count - MAX_TABLE_PACKETS))
-    return lines
-
-
 def duration_text(ns):
     if ns >= 1_000_000_000:
         return "%.3f s" % (ns / 1e9)
     if ns >= 1_000_000:
         return "%.3f ms" % (ns / 1e6)
     return "%.1f us" % (ns / 1e3)
-
-
-def format_table(headers, rows):
-    try:
-        from tabulate import tabulate
-    except ImportError:     # python3-tabulate missing: plain columns
-        widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-        lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip(),
-                 "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
-                  for row in rows]
-        return "\n".join(lines)
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
 def _endpoint(addr, port, ported, family):

@@ -45,8 +45,9 @@ def netns_names(path):
 
 
 def read(*paths, extra=()):
-    return subprocess.run([PYTHON, SKBTRACER, "-r", *map(str, paths), *extra],
-                          capture_output=True, text=True, timeout=300)
+    """-r of the files, the story a row per packet, one line each."""
+    return subprocess.run([PYTHON, SKBTRACER, "-r", *map(str, paths), "--story-per-packet",
+                           "--width", "1000", *extra], capture_output=True, text=True, timeout=300)
 
 
 def our_line(stderr):

@@ -145,7 +145,7 @@ PATH = ("node1:client/eth0 > node1/vethclient > cbr0 > eth0 => node2/eth0 > cbr0
 @pytest.mark.parametrize("skew", [3_700_000_000, -900_000_000])
 def test_two_nodes_one_packet_and_the_clock_offset(tmp_path, skew):
     a, b = two_node_files(tmp_path, skew)
-    status, out, err = tell(a, b)
+    status, out, err = tell(a, b, args=["--width", "1000"])
     assert status == 0, err
     # one direction only: the estimate is off by the wire delay, no more
     assert abs(offset_of(err) - (skew + WIRE_NS) / 1e9) < 1e-6, err
@@ -157,7 +157,7 @@ def test_two_nodes_one_packet_and_the_clock_offset(tmp_path, skew):
 @pytest.mark.parametrize("skew", [3_700_000_000, -900_000_000])
 def test_both_directions_cancel_the_wire_delay(tmp_path, skew):
     a, b = two_node_files(tmp_path, skew, both_directions=True)
-    status, _out, err = tell(a, b)
+    status, _out, err = tell(a, b, args=["--width", "1000"])
     assert status == 0, err
     assert abs(offset_of(err) - skew / 1e9) < 1e-6, err
     assert "both directions" in err and "from 6 packets" in err
@@ -218,10 +218,10 @@ def test_hop_deltas_and_the_slowest_hop(tmp_path):
     one[3].ts_ns += 500_000                    # queueing at node1/eth0
     one[4].ts_ns += 500_000
     a = write_run(tmp_path / "a.jsonl", "node1", one)
-    status, out, err = tell(a, args=["--latency", "--json"])
+    status, out, err = tell(a, args=["--latency", "--json", "--width", "1000"])
     assert status == 0
     time_line = [line for line in err.splitlines() if line.startswith("TIME: ")][0]
-    assert time_line.endswith("540.0 us from first to last sighting; slowest hop "
+    assert time_line.endswith("540.0 us in the network; slowest hop "
                               "netif_receive_skb(node1/cbr0) -> net_dev_queue(node1/eth0), "
                               "510.0 us"), time_line
     summary = [json.loads(x) for x in out.splitlines() if '"summary"' in x][0]

@@ -20,6 +20,7 @@ from skbtracer_lib.events import fields, textrow
 from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, KIND_ROUTE, Event, encode
 from skbtracer_lib.outputs import jsonl, names
 from skbtracer_lib.program import probes
+from skbtracer_lib.story import tell
 
 NS = {"client": 101, "node1": 100, "server": 102, "node2": 103, "server2": 104}
 LABELS = {inode: name for name, inode in NS.items()}
@@ -221,10 +222,15 @@ def test_scenario1_path_names_both_routes(build, probe_names):
 def test_scenario1_ends_and_table():
     told = guest_scenario1(Trace(KPROBES)).story(iptable_traced=True)
     assert told.packet_end_text(told.packets[0]) == "2x queued to a UDP socket in server"
-    table = told.table()
-    header, rule, row = table.splitlines()
+    lines, left_out = tell.packet_table(told, width=1000)
+    header, rule, row = lines
     assert header.split() == ["#", "FLOW", "PATH", "NETFILTER", "END", "SKBS"]
-    assert row.split()[0] == "1" and row.split()[-1] == "4"
+    assert row.split()[0] == "1" and row.split()[-1] == "4" and left_out == 0
+    lines, _left_out = tell.flow_table(told, width=1000)
+    header, rule, row = lines
+    assert header.split() == ["PACKETS", "FLOW", "PATH", "NETFILTER", "END", "SKBS", "SEEN",
+                              "TIME"]
+    assert row.split()[0] == "#1" and "2x queued to a UDP socket in server" in row
 
 
 def test_tracepoint_ends_are_arrivals_not_vanishings():
@@ -239,19 +245,23 @@ def test_tracepoint_ends_are_arrivals_not_vanishings():
 
 
 def test_no_duplicate_when_the_routed_copy_is_dropped():
+    """The routed copy's drop is a note on a packet that got through, never
+    its headline (issue 22: a delivered packet is not DROPPED)."""
     told = host_scenario7(Trace(TRACEPOINTS)).story()
     assert len(told.packets) == 1
     assert told.duplicates == []
-    drops = told.drop_lines()
-    assert drops == ["DROPPED: U 10.244.1.2:41008->10.96.0.10:53 (DNAT ->10.244.1.3:9000) "
-                     "dropped at node1/vethserver: NETFILTER_DROP (fn+0x456) (another copy: "
-                     "reached server/eth0 (not seen after netif_receive_skb))"]
+    assert told.drop_lines() == []
+    assert told.packet_end_text(told.packets[0]) == (
+        "reached server/eth0 (not seen after netif_receive_skb); "
+        "a copy dropped at node1/vethserver: NETFILTER_DROP (fn+0x456)")
 
 
 def test_otherhost_copy_is_a_drop_not_a_duplicate():
     told = host_scenario3(Trace(TRACEPOINTS)).story()
     assert len(told.packets) == 1 and told.duplicates == []
-    assert "OTHERHOST (fn+0x123)" in told.drop_lines()[0]
+    assert told.drop_lines() == []
+    assert told.packet_end_text(told.packets[0]).endswith(
+        "; a copy dropped at node1/cbr0: OTHERHOST (fn+0x123)")
     assert told.path_text(told.packets[0]) == \
         "client/eth0 > node1/vethclient > {node1/cbr0 (dropped) | node1/vethserver > server/eth0}"
 
@@ -455,9 +465,12 @@ def test_large_trace_table_is_capped_and_keeps_flagged_packets():
         straight(trace, 0xffff888000100000 + i * 0x100, 30000 + i)
     host_scenario1(trace, sport=41002)
     told = trace.story()
-    rows = told.table_rows(limit=5)
-    assert len(rows) == 5
-    assert any("41002" in row[1] for row in rows)
+    lines, left_out = tell.packet_table(told, width=1000, limit=5)
+    assert len(lines) == 2 + 5 and left_out == 8
+    assert any("41002" in line for line in lines[2:])
+    lines, left_out = tell.flow_table(told, width=1000, limit=5)
+    assert len(lines) == 2 + 5 and left_out == 8
+    assert any("41002" in line for line in lines[2:])
 
 
 # ---------------------------------------------------------------- JSON
@@ -465,8 +478,11 @@ def test_large_trace_table_is_capped_and_keeps_flagged_packets():
 def test_story_objects_are_json():
     told = guest_scenario1(Trace(KPROBES)).story(iptable_traced=True)
     objects = [json.loads(jsonl.dumps(o)) for o in story.story_objects(told)]
-    assert [o["type"] for o in objects] == ["summary", "duplicate"]
-    summary, duplicate = objects
+    assert [o["type"] for o in objects] == ["summary", "flow", "duplicate"]
+    summary, flow, duplicate = objects
+    assert flow["packets"] == [1] and flow["count"] == 1 and flow["skbs"] == "4"
+    assert flow["path"] == summary["path"] and flow["end"] == summary["end"]
+    assert flow["network_ns"]["min"] == flow["network_ns"]["max"] > 0
     assert summary["flags"] == ["DUPLICATE"] and summary["skbs"] == 4
     assert summary["netfilter"] == [{"pf": 2, "table": "nat", "chain": "PREROUTING",
                                      "hook": "PREROUTING", "verdict": "ACCEPT"}]
