@@ -3,6 +3,7 @@ attached, stop it with SIGINT, and parse its rows.
 
 Used by the end-to-end tests and the README's demo."""
 
+import contextlib
 import json
 import os
 import re
@@ -111,7 +112,12 @@ class TracerRun:
                 raise
 
     def start(self):
-        started = time.monotonic()
+        self.launch()
+        self.wait_ready()
+
+    def launch(self):
+        """Start the process; wait_ready() waits for its header."""
+        self._launched = time.monotonic()
         self.proc = subprocess.Popen(self.command + self.args,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1)
@@ -120,13 +126,16 @@ class TracerRun:
         for t in self._threads:
             t.daemon = True
             t.start()
-        deadline = started + self.ready_timeout
+
+    def wait_ready(self):
+        """Until the tracer is tracing (its header), or TracerError."""
+        deadline = self._launched + self.ready_timeout
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self._end()
                 raise TracerError("skbtracer did not start in %g s (rc=%s):\n%s"
                                   % (self.ready_timeout, self.returncode, self.stderr))
-        self.startup_seconds = time.monotonic() - started
+        self.startup_seconds = time.monotonic() - self._launched
         self.held = bpf_objects_of(self.proc.pid)
         self._started_at = time.monotonic()
         self._account[:] = [os.environ.get("PYTEST_CURRENT_TEST", "?"), self.startup_seconds, 0.0]
@@ -210,6 +219,33 @@ class TracerRun:
     @property
     def rows(self):
         return parse_rows(self.stdout)
+
+
+@contextlib.contextmanager
+def tracing_together(runs):
+    """Several TracerRuns over the same traffic: launched at once, so their
+    compiles overlap (a guest has two CPUs), all tracing inside the block,
+    all stopped after it (a failure stops the others first)."""
+    runs = list(runs)
+    try:
+        for run in runs:
+            run.launch()
+        for run in runs:
+            run.wait_ready()
+        yield runs
+    except BaseException:
+        for run in runs:
+            if run.proc is not None and run.returncode is None:
+                run._end()
+        raise
+    failed = []
+    for run in runs:
+        try:
+            run.stop()
+        except TracerError as e:
+            failed.append(e)
+    if failed:
+        raise failed[0]
 
 
 def readline_within(stream, timeout):
