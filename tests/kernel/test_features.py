@@ -3,7 +3,7 @@
 while tracing, --layout headers.
 
 Runs on: host (tracepoints) and guest-6.1 (kprobes). Three tracer starts on
-each, one per group of cases: (1) this kernel's backend forced, --proto any
+each, one per group of cases, the first two side by side: (1) this kernel's backend forced, --proto any
 -P, --callstack; (2) the tracepoint backend forced (the other one in a
 guest; on the host kprobes are refused: test_runtime.py), rows into a FIFO;
 (3) rows to /dev/null beside --json, with --layout headers in the guest (the
@@ -14,15 +14,16 @@ import os
 import re
 import socket
 import threading
-import time
 
 import pytest
 
 from conftest import BACKEND, GUEST
 from test_filters import icmp_echo
 from testbed.topology import SeedCluster
-from testbed.tracer import StderrReadyRun, TracerRun, parse_rows
+from testbed.tracer import StderrReadyRun, TracerRun, parse_rows, tracing_together
 
+# the host's headers are 6.1's, not its kernel's: --layout headers in a guest only
+LAYOUT = "headers" if GUEST else "btf"
 EXIT_LINE = r"^skbtracer: (\d+) rows printed, 0 events lost$"
 PORT, OTHER_PORT = 9000, 9001
 SPORT = 43501
@@ -65,12 +66,42 @@ def exit_rows(run):
 
 
 @pytest.fixture(scope="module")
-def stacks_and_any(cluster, settle):
-    args = ["--backend", BACKEND, "--proto", "any", "-P", str(PORT), "-H", cluster.ip["client"],
-            "--callstack", "-v"]
-    with TracerRun(args) as run:
-        traffic(cluster, settle)
-    return run
+def traced(cluster, settle, tmp_path_factory):
+    """The three groups' tracers: two at a time over one traffic each (their
+    compiles overlap), the FIFO's reader and the JSON file ready."""
+    where = tmp_path_factory.mktemp("features")
+    fifo, saved = str(where / "rows"), str(where / "events.json")
+    os.mkfifo(fifo)
+    read = []
+
+    def reader():
+        with open(fifo) as f:       # blocks until skbtracer opens it
+            read.append(f.read())
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    client = cluster.ip["client"]
+    runs = {
+        "stacks": TracerRun(["--backend", BACKEND, "--proto", "any", "-P", str(PORT), "-H", client,
+                             "--callstack", "-v"]),
+        "fifo": StderrReadyRun(["--backend", "tracepoint", "-o", fifo, "-v", "-H", client,
+                                "--proto", "udp"]),
+        "null": StderrReadyRun(["-o", "/dev/null", "--json=" + saved, "--layout", LAYOUT, "-v",
+                                "-H", client, "--proto", "udp", "-P", str(PORT)], ready_timeout=600),
+    }
+    for group in (["stacks", "fifo"], ["null"]):
+        with tracing_together(runs[name] for name in group):
+            traffic(cluster, settle)
+    thread.join(30)
+    assert read, "the FIFO's reader saw no end of file"
+    with open(saved) as f:
+        lines = [json.loads(line) for line in f]
+    return {"stacks": runs["stacks"], "fifo": (runs["fifo"], fifo, read[0]),
+            "null": (runs["null"], lines)}
+
+
+@pytest.fixture(scope="module")
+def stacks_and_any(traced):
+    return traced["stacks"]
 
 
 def test_backend_forced_is_the_one_used(stacks_and_any):
@@ -105,23 +136,8 @@ def test_callstack_under_every_row_shows_where_it_fired(stacks_and_any, cluster)
 
 
 @pytest.fixture(scope="module")
-def into_fifo(cluster, settle, tmp_path_factory):
-    fifo = str(tmp_path_factory.mktemp("fifo") / "rows")
-    os.mkfifo(fifo)
-    read = []
-
-    def reader():
-        with open(fifo) as f:       # blocks until skbtracer opens it
-            read.append(f.read())
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    args = ["--backend", "tracepoint", "-o", fifo, "-v", "-H", cluster.ip["client"],
-            "--proto", "udp"]
-    with StderrReadyRun(args) as run:
-        traffic(cluster, settle)
-    thread.join(30)
-    assert read, "the FIFO's reader saw no end of file"
-    return run, fifo, read[0]
+def into_fifo(traced):
+    return traced["fifo"]
 
 
 def test_tracepoint_backend_forced(into_fifo):
@@ -150,20 +166,9 @@ def test_rows_through_a_fifo_while_tracing(into_fifo, cluster):
 # ------------------------------------------------------------ rows to /dev/null, --json beside
 
 
-LAYOUT = "headers" if GUEST else "btf"
-
-
 @pytest.fixture(scope="module")
-def into_null(cluster, settle, tmp_path_factory):
-    saved = str(tmp_path_factory.mktemp("null") / "events.json")
-    args = ["-o", "/dev/null", "--json=" + saved, "--layout", LAYOUT, "-v", "-H",
-            cluster.ip["client"], "--proto", "udp", "-P", str(PORT)]
-    with StderrReadyRun(args, ready_timeout=600) as run:
-        traffic(cluster, settle)
-        time.sleep(settle)
-    with open(saved) as f:
-        lines = [json.loads(line) for line in f]
-    return run, lines
+def into_null(traced):
+    return traced["null"]
 
 
 def test_rows_to_dev_null_are_counted_as_printed(into_null):
