@@ -85,8 +85,10 @@ class TracerRun:
     (TracerError), never an exit code: the tracer is then killed.
     """
 
-    def __init__(self, args, ready_timeout=300, python=PYTHON, command=None, stop_timeout=30):
+    def __init__(self, args, ready_timeout=300, python=PYTHON, command=None, stop_timeout=30,
+                 env=None):
         self.args = list(args)
+        self.env = dict(env or {})     # on top of ours: SKBTRACER_PERF_BUFFER=1 and the like
         # command: an installed skbtracer (["/usr/sbin/skbtracer"]) instead of the checkout's
         self.command = list(command) if command else [python, SKBTRACER]
         self.ready_timeout = ready_timeout
@@ -118,7 +120,7 @@ class TracerRun:
     def launch(self):
         """Start the process; wait_ready() waits for its header."""
         self._launched = time.monotonic()
-        self.proc = subprocess.Popen(self.command + self.args,
+        self.proc = subprocess.Popen(self.command + self.args, env=dict(os.environ, **self.env),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, bufsize=1)
         self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self._out, True)),
