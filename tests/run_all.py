@@ -26,6 +26,8 @@ Rules for new tests (round 3 on; tests/README.md says the same at length):
 """
 
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -127,6 +129,30 @@ def run_local(stage, paths):
     stage.seconds = time.monotonic() - started
 
 
+@contextlib.contextmanager
+def held(lock_path):
+    """An exclusive flock on lock_path for the block (None: no lock)."""
+    if lock_path is None:
+        yield
+        return
+    with open(lock_path, "a") as lock:
+        if not _try_lock(lock):
+            print("waiting for %s" % lock_path, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _try_lock(lock):
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def run_guest(stage, flavour):
     """Prepare the flavour's kernel and run its tests in one boot. Any
     exception (a download, a missing tool or a bug in testbed/qemu) fails
@@ -183,6 +209,9 @@ def parse_args(argv=None):
     parser.add_argument("--flavour", action="append", choices=GUEST_FLAVOURS,
                         help="only these guest kernels (repeat; default all)")
     parser.add_argument("--no-guest", action="store_true", help="no qemu guest stage")
+    parser.add_argument("--guest-lock", metavar="FILE",
+                        help="hold an exclusive flock on FILE around each guest stage (a "
+                             "machine shared by several runs: /work/guest.lock)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="local runs only: stages not run do not fail the run")
     args = parser.parse_args(argv)
@@ -205,7 +234,8 @@ def main(argv=None):
             run_local(stage, LOCAL_STAGES[stage.name])
         elif flavour is not None and "guest" in wanted and flavour in flavours:
             print("=== stage %s" % stage.name, flush=True)
-            run_guest(stage, flavour)
+            with held(args.guest_lock):        # the stage's time starts once it is ours
+                run_guest(stage, flavour)
         stage.judge()
     return 0 if summary(stages, args.allow_missing) else 1
 
