@@ -82,11 +82,11 @@ def main(argv=None):
     ap.add_argument("--guest", metavar="FLAVOUR", help="run inside this Debian guest (6.1, 6.12)")
     args = ap.parse_args(argv)
     if args.guest:
-        from testbed import guest
+        from testbed import qemu
         command = ("mount -t debugfs none /sys/kernel/debug; mount -t tracefs none "
                    "/sys/kernel/tracing; /usr/bin/python3 bench/allfuncs.py --seconds %g"
                    % args.seconds)
-        result = guest.run(command, flavour=args.guest, timeout=3600, cwd=REPO)
+        result = qemu.run(command, flavour=args.guest, timeout=3600, cwd=REPO)
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr[-3000:])
         return result.returncode

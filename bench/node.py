@@ -1,6 +1,6 @@
 """Parts 2-4: what skbtracer costs the node, when it loses events, how long
 it takes to start. Runs on the host (tracepoint backend) and, started by
-run.py through testbed.guest, inside the Debian 6.1 guest (kprobes):
+run.py through testbed.qemu, inside the Debian 6.1 guest (kprobes):
 
     /usr/bin/python3 bench/node.py --guest      (prints one JSON line)
 
@@ -243,9 +243,9 @@ def traced_flood(pair, tracer, seconds):
 def in_guest(script, seconds, rounds, timeout):
     """Run bench/<script> --seconds --rounds inside the Debian 6.1 guest,
     passing its output through; its exit status."""
-    from testbed import guest
+    from testbed import qemu
     command = "/usr/bin/python3 bench/%s --seconds %g --rounds %d" % (script, seconds, rounds)
-    result = guest.run(command, flavour="6.1", timeout=timeout, cwd=REPO)
+    result = qemu.run(command, flavour="6.1", timeout=timeout, cwd=REPO)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr[-2000:])
     return result.returncode

@@ -85,12 +85,12 @@ def part_host(args, results):
 
 
 def part_guest(args, results):
-    from testbed import guest
+    from testbed import qemu
     log("parts 2 and 4 in the %s guest (qemu, TCG): one boot, about 5 minutes; "
         "progress shows when it ends" % GUEST_FLAVOUR)
     started = time.monotonic()
     command = [PYTHON, os.path.join(BENCH, "node.py"), "--guest", "--seconds", str(args.seconds)]
-    r = guest.run(command, flavour=GUEST_FLAVOUR, timeout=GUEST_TIMEOUT, cwd=REPO)
+    r = qemu.run(command, flavour=GUEST_FLAVOUR, timeout=GUEST_TIMEOUT, cwd=REPO)
     for line in r.stderr.splitlines():
         if line.startswith("[bench]"):
             log("guest: " + line[len("[bench] "):])

@@ -760,20 +760,29 @@ class SeedCluster:
         return self.receivers[(pod, proto, port)].snapshot()
 
     def received(self, pod: str, port: int = SERVER_PORT, proto: str = "udp", settle: float | None = None,
-                 timeout: float | None = None) -> int:
+                 timeout: float | None = None, late: float | None = None) -> int:
         """Datagrams (or TCP lines) the pod's receiver got since the last reset.
 
-        Returns once nothing new arrived for `settle` seconds (default self.settle); while nothing at
-        all has arrived it keeps waiting up to `timeout` (default self.receive_timeout), because a
+        Returns once nothing new arrived for `settle` seconds (default self.settle) and at least
+        `late` seconds (default 2 x settle, at least 1 s) passed since the first one, so that a late
+        duplicate (the routed copy, slower than the bridged one) is counted. While nothing at all
+        has arrived it keeps waiting up to `timeout` (default self.receive_timeout), because a
         loaded host or the TCG guest can take longer than `settle` to deliver the first one.
         """
         settle = self.settle if settle is None else settle
+        late = max(2 * settle, 1.0) if late is None else late
         deadline = time.monotonic() + (self.receive_timeout if timeout is None else timeout)
         count = -1
+        first = None
         while True:
             time.sleep(settle)
             now = len(self.records(pod, port, proto))
-            if now == count and (now > 0 or time.monotonic() >= deadline):
+            if now > 0 and first is None:
+                first = time.monotonic()
+            quiet = now == count
+            if quiet and now > 0 and time.monotonic() - first >= late:
+                return now
+            if quiet and now == 0 and time.monotonic() >= deadline:
                 return now
             count = now
 

@@ -13,17 +13,58 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from skbtracer_lib.program import (
-    kernel,
-    probes,  # noqa: E402
-)
+from skbtracer_lib.program import kernel, kprobe_multi, probes  # noqa: E402
+from testbed.qemu.flavours import FLAVOURS, Expected  # noqa: E402
 
-BACKEND = "kprobe" if kernel.kprobes_available() else "tracepoint"
-# skb:kfree_skb carries a reason since 5.17; before that drop rows have none
-HAVE_DROP_REASONS = probes.drop_reason_arg() is not None
+
+def host_expected():
+    """The host's facts from the kernel itself (its kprobe PMU, its
+    release), not from the library under test."""
+    kprobes = os.path.isdir("/sys/bus/event_source/devices/kprobe")
+    release = os.uname().release
+    version = tuple(int(n) for n in release.split("-")[0].split(".")[:2])
+    return Expected(backend="kprobe" if kprobes else "tracepoint",
+                    drop_reasons=version >= (5, 17),
+                    nft_verdicts=kprobes and version >= (5, 11),
+                    kprobe_multi=False)
+
+
+# In a guest (TESTBED_GUEST = its flavour) the kernel is known: what the
+# tests expect comes from the flavour, never from the code under test.
+GUEST = os.environ.get("TESTBED_GUEST")
+EXPECTED = FLAVOURS[GUEST].expected if GUEST else host_expected()
+BACKEND = EXPECTED.backend
+HAVE_DROP_REASONS = EXPECTED.drop_reasons
 # Route-row function names per backend for "the packet arrived on this device"
 ARRIVAL = {"kprobe": {"netif_rx", "__netif_receive_skb", "ip_rcv"},
            "tracepoint": {"netif_rx", "netif_receive_skb"}}[BACKEND]
+
+
+def nft_verdicts_possible():
+    """What the library finds: nft_do_chain's structs live in the nf_tables
+    module, and kernels before 5.11 have no module BTF."""
+    btf = kernel.btf()
+    return btf is not None and (btf.module("nf_tables") is not None
+                                or btf.vmlinux.find("nft_chain", (4,)) is not None)
+
+
+def library_view():
+    """The facts as the library sees them, beside EXPECTED's."""
+    subprocess.run(["modprobe", "nf_tables"], capture_output=True)   # its BTF with it
+    return Expected(backend="kprobe" if kernel.kprobes_available() else "tracepoint",
+                    drop_reasons=probes.drop_reason_arg() is not None,
+                    nft_verdicts=nft_verdicts_possible(),
+                    kprobe_multi=kprobe_multi.supported())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_is_as_expected():
+    """In a guest: the library sees the kernel the flavour is, or every test
+    of the stage errors at once (each would assert a premise that is false)."""
+    if GUEST and os.geteuid() == 0:
+        seen = library_view()
+        assert seen == EXPECTED, "flavour %s expects %s; the library sees %s" % (
+            GUEST, EXPECTED, seen)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -58,3 +99,30 @@ def mounted_tmpfs(size):
     finally:
         subprocess.run(["umount", where], check=True)
         os.rmdir(where)
+
+
+# ------------------------------------------------------------ what the time went on
+
+_module_seconds = {}
+
+
+def pytest_runtest_logreport(report):
+    module = report.nodeid.split("::")[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Per test module: wall time, tracer starts and their seconds to the
+    header (the bcc compile, in a guest most of it); the rest is traffic,
+    namespaces and the tracer's own exit."""
+    from testbed.tracer import STARTS
+    starts = {}
+    for test, startup, running in STARTS:
+        module = test.split("::")[0]
+        n, up, run = starts.get(module, (0, 0.0, 0.0))
+        starts[module] = (n + 1, up + startup, run + running)
+    write = terminalreporter.write_line
+    write("time per module: wall s, tracer starts, start-up s (compile), running s")
+    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
+        n, up, run = starts.get(module, (0, 0.0, 0.0))
+        write("  %-44s %7.1f %3d %7.1f %7.1f" % (module, seconds, n, up, run))

@@ -13,14 +13,15 @@ import subprocess
 import time
 
 import pytest
-from conftest import BACKEND
+from conftest import BACKEND, EXPECTED
 
 from testbed.topology import SeedCluster
-from testbed.tracer import PYTHON, SKBTRACER, TracerRun, is_subsequence
+from testbed.tracer import (KPROBE_LIST, PYTHON, SKBTRACER, TracerRun, is_subsequence,
+                            probe_points)
 
-KPROBE_LIST = "/sys/kernel/debug/kprobes/list"
-ENABLED_FUNCTIONS = "/sys/kernel/tracing/enabled_functions"
 SPORT_DEFAULT, SPORT_ALL = 42101, 42102
+# how --all must attach on this kernel (its flavour says whether it has kprobe-multi links)
+ATTACH_HOW = r"kprobe-multi, \d+ links" if EXPECTED.kprobe_multi else r"kprobes, \d+ threads"
 
 kprobes_only = pytest.mark.skipif(BACKEND != "kprobe", reason="needs kprobes (guest)")
 
@@ -34,20 +35,15 @@ def mount_debug_filesystems():
         subprocess.run(["mount", "-t", "tracefs", "none", "/sys/kernel/tracing"], check=False)
 
 
-def lines_of(path):
-    with open(path) as f:
-        return len(f.read().splitlines())
-
-
 def our_kprobes():
-    return lines_of(KPROBE_LIST)
+    return probe_points()[0]
 
 
 def probed_functions():
     """Functions with an ftrace hook: single kprobes at a function's entry
     and kprobe-multi links (fprobe) alike; the latter are not in the kprobe
     list."""
-    return lines_of(ENABLED_FUNCTIONS)
+    return probe_points()[1]
 
 
 @pytest.mark.skipif(BACKEND == "kprobe", reason="this kernel has kprobes")
@@ -81,29 +77,42 @@ def scenario1(settle, tmp_path_factory):
         saved = str(tmp_path_factory.mktemp("allfuncs") / "all.json")
         for label, extra, sport in (("default", [], SPORT_DEFAULT),
                                     ("all", ["--all", "--json=" + saved], SPORT_ALL)):
-            before = our_kprobes()
+            before = probe_points()
             with TracerRun(base + extra, ready_timeout=900, stop_timeout=600) as run:
                 cluster.reset_counts()
                 cluster.send_udp("client", dst_ip, dst_port, sport=sport)
                 received = cluster.received("server", settle=settle * 3)
-            runs[label] = (run, received, before, our_kprobes())
+                during = probe_points()
+            runs[label] = (run, received, (before, during, probe_points()))
         runs["saved"] = saved
         yield cluster, runs
 
 
 @kprobes_only
 def test_all_runs_and_detaches(scenario1):
+    """--all attaches as this kernel can (kprobe-multi links on 6.12, single
+    kprobes before), hooks every function it counts, and leaves nothing:
+    no kprobe, no ftrace hook (where multi links show), no program or link."""
     _cluster, runs = scenario1
-    run, received, before, after = runs["all"]
+    run, received, (before, during, after) = runs["all"]
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert received == 2
     attached = re.search(r"^skbtracer: attached (\d+) functions in [\d.]+ s \((.*)\); (\d+) skipped",
                          run.stderr, re.M)
     assert attached and int(attached.group(1)) > 500, run.stderr
     # the kernel was asked before planning: no failed kprobe-multi attempt
-    assert "kprobe-multi unavailable" not in attached.group(2), run.stderr
+    assert re.fullmatch(ATTACH_HOW, attached.group(2)), attached.group(0)
+    functions = int(attached.group(1))
+    if EXPECTED.kprobe_multi:
+        # links (fprobe: an ftrace hook per function), not kprobes: the
+        # kprobe list grows by the built-in set's only
+        assert during[1] - before[1] >= functions, (before, during, functions)
+        assert during[0] - before[0] < 100 and len(run.held["link"]) >= 1, (during, run.held)
+    else:
+        assert during[0] - before[0] >= functions, (before, during, functions)
     assert re.search(r"^skbtracer: detached \d+ functions in [\d.]+ s$", run.stderr, re.M), run.stderr
-    assert after == before, "kprobes left behind"
+    assert after == before, "kprobes or ftrace hooks left behind: %s -> %s" % (before, after)
+    assert run.left_behind() == {}
 
 
 @kprobes_only
@@ -171,7 +180,12 @@ def test_func_bridge_glob_alone_and_ctrl_c_while_attaching(scenario1, settle):
         time.sleep(0.05)
     assert proc.poll() is None and time.monotonic() < deadline, "attaching never started"
     proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=600)
+    try:
+        _out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert "Traceback" not in err, err
     assert proc.returncode in (0, 130), err
     assert our_kprobes() == before, err

@@ -8,7 +8,6 @@ Four tracer starts in all (each costs a compile in the TCG guest)."""
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections import Counter
 
@@ -50,7 +49,7 @@ def packet_count(path):
 
 
 def exit_rows(run):
-    match = re.search(r"skbtracer: (\d+) rows printed", run.stderr)
+    match = re.search(r"^skbtracer: (\d+) rows printed, 0 events lost$", run.stderr, re.M)
     assert match, run.stderr
     return int(match.group(1))
 
@@ -149,10 +148,11 @@ def test_count_stops_with_a_complete_file(cluster, tmp_path):
     run.start()
     try:
         cluster.send_udp("client", dst_ip, dst_port, count=3, sport=SPORT + 1)
-        assert run.wait(timeout=120) == 0, run.stderr
+        assert run.wait(timeout=120) == 0, run.stderr     # by itself: a timeout raises
     finally:
         run.stop()
-    assert packet_count(path) == 5 == len(run.rows)
+    assert packet_count(path) == 5 == len(run.rows) == exit_rows(run)
+    assert run.left_behind() == {}
     lengths = tshark(path, "frame.len", "frame.cap_len")
     assert all(cap == wire for wire, cap in lengths)     # whole packets below the snap length
 
@@ -163,14 +163,16 @@ def test_sigterm_leaves_a_complete_file(cluster, tmp_path, settle):
     run = TracerRun(["-H", cluster.ip["client"], "--proto", "udp", "-w", path])
     run.start()
     try:
+        cluster.reset_counts()
         cluster.send_udp("client", dst_ip, dst_port, count=2, sport=SPORT + 2)
-        cluster.received("server", settle=settle)
-        run.proc.send_signal(signal.SIGTERM)
-        assert run.wait(timeout=120) == 0, run.stderr
+        assert cluster.received("server", settle=settle) == 2
+        run.terminate()
+        assert run.wait(timeout=120) == 0, run.stderr     # its own exit: a timeout raises
     finally:
         run.stop()
     assert run.rows
-    assert packet_count(path) == len(run.rows)
+    assert packet_count(path) == len(run.rows) == exit_rows(run)
+    assert run.left_behind() == {}
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ import time
 import pytest
 
 from testbed.topology import SeedCluster, netns_inode
-from testbed.tracer import TracerRun
+from testbed.tracer import TracerRun, tracing_together
 
 DATAGRAMS = 100
 FIRST_SPORT = 42000
 TINY_PAGES = "2"      # the ring buffer's pages, or each CPU's perf ring: ~40 events
-EXIT_LINE = re.compile(r"skbtracer: (\d+) rows printed, (\d+) events lost")
+EXIT_LINE = re.compile(r"^skbtracer: (\d+) rows printed, (\d+) events lost$", re.M)
 CPU = 0               # sender and receiver: every event comes from one CPU
 
 
@@ -31,17 +31,35 @@ def cluster():
         yield c
 
 
-@pytest.fixture(params=["ring", "ring-python-rows", "perf"])
-def buffer(request, monkeypatch):
-    monkeypatch.delenv("SKBTRACER_BUFFER_PAGES", raising=False)
-    monkeypatch.delenv("SKBTRACER_PYTHON_ROWS", raising=False)
-    if request.param == "perf":
-        monkeypatch.setenv("SKBTRACER_PERF_BUFFER", "1")
-    else:
-        monkeypatch.delenv("SKBTRACER_PERF_BUFFER", raising=False)
-    if request.param == "ring-python-rows":
-        monkeypatch.setenv("SKBTRACER_PYTHON_ROWS", "1")
-    return request.param
+# the buffers, by the environment that picks each
+BUFFERS = {"ring": {}, "ring-python-rows": {"SKBTRACER_PYTHON_ROWS": "1"},
+           "perf": {"SKBTRACER_PERF_BUFFER": "1"}}
+# tracers compiling at once: the guest has two CPUs and 2 GiB
+PARALLEL = 2 if os.environ.get("TESTBED_GUEST") else 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def our_environment():
+    """The buffers' variables are set per tracer (BUFFERS), none inherited."""
+    saved = {k: os.environ.pop(k) for k in ("SKBTRACER_BUFFER_PAGES", "SKBTRACER_PYTHON_ROWS",
+                                            "SKBTRACER_PERF_BUFFER") if k in os.environ}
+    yield
+    os.environ.update(saved)
+
+
+def traced_together(cluster, extra_env, traffic):
+    """{buffer: TracerRun}: one tracer per buffer, PARALLEL started at once,
+    traffic(runs) made under each group."""
+    runs = {}
+    names = list(BUFFERS)
+    for first in range(0, len(names), PARALLEL):
+        group = names[first:first + PARALLEL]
+        started = [TracerRun(tracer_args(cluster), env=dict(BUFFERS[name], **extra_env))
+                   for name in group]
+        with tracing_together(started):
+            traffic(started)
+        runs.update(zip(group, started))
+    return runs
 
 
 def send(cluster, count, first_sport):
@@ -91,34 +109,60 @@ def exit_counts(run):
     return int(match.group(1)), int(match.group(2))
 
 
-def test_n_datagrams_make_n_times_the_rows_of_one_in_order(cluster, buffer):
-    with TracerRun(tracer_args(cluster)) as run:
+@pytest.fixture(scope="module")
+def in_order(cluster):
+    """One datagram, then DATAGRAMS more, under a tracer per buffer."""
+    def traffic(runs):
         send(cluster, 1, FIRST_SPORT)
-        wait_rows(run)
-        one = by_sport(run.rows)[FIRST_SPORT]
+        for run in runs:
+            wait_rows(run)
         send(cluster, DATAGRAMS, FIRST_SPORT + 1)
-        wait_rows(run, at_least=len(one) * (DATAGRAMS + 1))
+        for run in runs:
+            one = by_sport(run.rows)[FIRST_SPORT]
+            wait_rows(run, at_least=len(one) * (DATAGRAMS + 1))
+    return traced_together(cluster, {}, traffic)
+
+
+@pytest.mark.parametrize("buffer", list(BUFFERS))
+def test_n_datagrams_make_n_times_the_rows_of_one_in_order(in_order, buffer):
+    run = in_order[buffer]
     rows = run.rows
     assert exit_counts(run) == (len(rows), 0), run.stderr
     groups = by_sport(rows)
+    one = groups[FIRST_SPORT]
     assert sorted(groups) == list(range(FIRST_SPORT, FIRST_SPORT + DATAGRAMS + 1))
     assert all(functions == one for functions in groups.values()), (one, groups)
     times = [float(r.time) for r in rows]
     assert times == sorted(times)        # one CPU: the order the kernel made them
 
 
-def test_lost_count_is_exact_with_a_tiny_buffer(cluster, buffer, monkeypatch):
-    monkeypatch.setenv("SKBTRACER_BUFFER_PAGES", TINY_PAGES)
-    with TracerRun(tracer_args(cluster)) as run:
+@pytest.fixture(scope="module")
+def tiny(cluster):
+    """A tiny buffer per tracer, nobody reading while DATAGRAMS are sent:
+    {buffer: (run, rows of one datagram)}."""
+    per_datagram = {}
+
+    def traffic(runs):
         send(cluster, 1, FIRST_SPORT)
-        wait_rows(run)
-        per_datagram = len(run.rows)
-        run.proc.send_signal(signal.SIGSTOP)      # nobody reads: the buffer fills
+        for run in runs:
+            wait_rows(run)
+            per_datagram[run] = len(run.rows)
+        for run in runs:
+            run.proc.send_signal(signal.SIGSTOP)      # nobody reads: the buffers fill
         try:
             send(cluster, DATAGRAMS, FIRST_SPORT + 1)
         finally:
-            run.proc.send_signal(signal.SIGCONT)
-        wait_rows(run)
+            for run in runs:
+                run.proc.send_signal(signal.SIGCONT)
+        for run in runs:
+            wait_rows(run)
+    runs = traced_together(cluster, {"SKBTRACER_BUFFER_PAGES": TINY_PAGES}, traffic)
+    return {name: (run, per_datagram[run]) for name, run in runs.items()}
+
+
+@pytest.mark.parametrize("buffer", list(BUFFERS))
+def test_lost_count_is_exact_with_a_tiny_buffer(tiny, buffer):
+    run, per_datagram = tiny[buffer]
     printed, lost = exit_counts(run)
     assert printed == len(run.rows)
     assert lost > 0, run.stderr
@@ -128,21 +172,10 @@ def test_lost_count_is_exact_with_a_tiny_buffer(cluster, buffer, monkeypatch):
 TIME_AND_SKB = re.compile(r"^\[[^\]]*\]|(?<= )[0-9a-f]+(?=\.\d+:)")
 
 
-def test_rows_in_c_are_python_s_on_real_traffic(cluster, monkeypatch):
-    """The same datagrams traced twice, rows in C and in Python: the same
-    rows but for their times and skb addresses (source ports numbered from
-    each run's first)."""
-    monkeypatch.delenv("SKBTRACER_BUFFER_PAGES", raising=False)
-    monkeypatch.delenv("SKBTRACER_PERF_BUFFER", raising=False)
-    texts = []
-    for python_rows, first in (("0", FIRST_SPORT + 200), ("1", FIRST_SPORT + 300)):
-        monkeypatch.setenv("SKBTRACER_PYTHON_ROWS", python_rows)
-        with TracerRun(tracer_args(cluster)) as run:
-            send(cluster, 20, first)
-            wait_rows(run, at_least=20)
-        lines = [TIME_AND_SKB.sub("", line) for line in run.stdout.splitlines()[1:]]
-        texts.append([line.replace(":%d->" % sport, ":SPORT%d->" % (sport - first))
-                      for line in lines for sport in [int(line.split("->")[0].rsplit(":", 1)[1])]])
-        assert exit_counts(run) == (len(lines), 0), run.stderr
+def test_rows_in_c_are_python_s_on_real_traffic(in_order):
+    """The same datagrams traced side by side, rows in C and in Python: the
+    same rows but for their times and skb addresses."""
+    texts = [[TIME_AND_SKB.sub("", line) for line in in_order[name].stdout.splitlines()[1:]]
+             for name in ("ring", "ring-python-rows")]
     assert texts[0] == texts[1]
-    assert len(texts[0]) >= 20
+    assert len(texts[0]) >= DATAGRAMS + 1

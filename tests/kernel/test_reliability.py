@@ -56,6 +56,11 @@ class Namespaces:
     def link(self, role_a, role_b, peer):
         """veth va in role_a (HERE) <-> vb in role_b (NET + peer)."""
         a, b = self.name(role_a), self.name(role_b)
+        # a deleted namespace takes its end of an old pair away asynchronously
+        deadline = time.monotonic() + 30
+        while ip("-n", a, "link", "show", "va", check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the old va is still in %s" % a
+            time.sleep(0.1)
         ip("-n", a, "link", "add", "va", "type", "veth", "peer", "vb", "netns", b)
         ip("-n", a, "addr", "add", HERE + "/24", "dev", "va")
         ip("-n", b, "addr", "add", NET + "%d/24" % peer, "dev", "vb")

@@ -4,7 +4,7 @@ the seed's seven scenarios, drops, --keep and a two-node run, each as the
 JSON lines skbtracer --json writes, on this kernel's backend.
 
     sudo /usr/bin/python3 tests/unit/golden/capture.py            (host: tracepoints)
-    flock /work/guest.lock /usr/bin/python3 -m testbed.guest --flavour 6.1 -- \
+    flock /work/guest.lock /usr/bin/python3 -m testbed.qemu --flavour 6.1 -- \
         env SKBT_GOLDEN_DIR=/tmp/golden /usr/bin/python3 tests/unit/golden/capture.py \
         --stdout scenarios drops keep > kprobe.json     (then split kprobe.json)
 
