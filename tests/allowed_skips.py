@@ -26,7 +26,15 @@ ALLOWED_SKIPS = {
         # /proc/1/ns/net; the story's "host" label is tested through a netns
         "not running in pid 1's network namespace",
     },
-    "host": NEEDS_KPROBES,
+    "host": NEEDS_KPROBES | {
+        # the test bed's ground truth (tests/host/test_*_shapes.py): what the
+        # host kernel has no module for, or may not let a test change
+        "needs ip_vs (guest)",
+        "needs the global nf_conntrack_max (guest)",
+        # races are raced a bounded time; the counts are printed either way
+        "race did not reproduce (DNAT, one socket)",
+        "race did not reproduce (SNAT, two pods)",
+    },
     "package": set(),
     "guest-6.1": HOST_COVERS,
     "guest-5.10": HOST_COVERS,
