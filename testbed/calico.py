@@ -67,7 +67,6 @@ def tunnel_unavailable(tunnel: str) -> str | None:
 
 class CalicoCluster(Shape):
     ROLES = ("node1", "node2", "pod-a", "pod-big", "pod-b")
-    PODS = ("pod-a", "pod-big", "pod-b")
 
     def __init__(self, tunnel: str = "ipip", **kw):
         if tunnel not in TUNNELS:

@@ -106,7 +106,6 @@ class FlannelCluster(Shape):
     """flannel's VXLAN backend between two nodes (see the module's docstring)."""
 
     ROLES = ("node1", "node2", "pod-a", "pod-big", "pod-b")
-    PODS = ("pod-a", "pod-big", "pod-b")
     TUNNEL = "flannel.1"
 
     def __init__(self, vni: int = 1, port: int = 8472, mtu: int = 1500, **kw):
@@ -150,11 +149,6 @@ class FlannelCluster(Shape):
             reply=("icmp", 3, 4), mtu=self.tunnel_mtu,
             counters={"node1": {"IpFragFails": 1, "IcmpOutDestUnreachs": 1}})
         return pod_scenarios(self, "pod-a", "pod-b", path=path, kernel=kernel) + [over]
-
-    def describe(self) -> dict:
-        return {"prefix": self.prefix, "ns": self.ns, "underlay": UNDERLAY, "tunnel": self.TUNNEL, "vni": self.vni,
-                "port": self.port, "mtu": self.tunnel_mtu,
-                "pods": {p: {"ips": [str(i) for i in v.ips], "host_ifname": v.host_ifname} for p, v in self.pods.items()}}
 
 
 def _pin_mac(ipr, ifname: str, mac: str) -> None:

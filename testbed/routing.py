@@ -32,7 +32,7 @@ FAR_MTU = 1280
 POLICY_TABLE, POLICY_PREF = 100, 100
 BLACKHOLE, PROHIBIT, UNREACHABLE, NO_ROUTE = "10.96.66.0/24", "10.96.67.0/24", "10.96.68.0/24", "10.96.69.0/24"
 SPOOFED = "10.244.1.77"  # pod-c's second address: in pod-a's subnet, so its reverse path is cni0
-NOBODY, NOBODY6 = "10.244.1.99", "fd00:244:1::99"
+NOBODY, NOBODY6, NOBODY_QUEUED = "10.244.1.99", "fd00:244:1::99", "10.244.1.98"  # addresses nobody has
 NEIGH_RETRANS_MS = 200  # ARP/ND probe interval in pod-a: failure after 3 probes, 0.6 s (default 3 s)
 PORT, CLOSED_PORT = 9000, 9999
 MLD_GROUP = "ff02::1:3"
@@ -57,7 +57,6 @@ for i in range(count):
 
 class RoutingLab(Shape):
     ROLES = ("router", "pod-a", "pod-b", "pod-c")
-    PODS = ("pod-a", "pod-b", "pod-c")
     ipv6 = True
 
     def _build(self) -> None:
@@ -69,7 +68,6 @@ class RoutingLab(Shape):
             self.add_pod(lan, "router", pod)
         self.add_pod(far, "router", "pod-c")
         for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv6.conf.all.forwarding", 1),
-                           ("net.ipv4.conf.all.rp_filter", 0), ("net.ipv4.conf.default.rp_filter", 0),
                            (f"net.ipv4.conf.{self.pods['pod-c'].host_ifname}.rp_filter", 1)):
             self.sysctl("router", key, value)
         for family in ("ipv4", "ipv6"):
@@ -89,71 +87,97 @@ class RoutingLab(Shape):
         ipr.route("add", dst=UNREACHABLE, type="unreachable")
 
     def _scenarios(self) -> list[Scenario]:
+        return self._route_scenarios() + self._neighbour_scenarios() + self._error_scenarios() + \
+            self._ipv6_scenarios()
+
+    def _route_scenarios(self) -> list[Scenario]:
+        """The routing decision: main, a policy rule's table, error routes, no route, rp_filter."""
         a, b, c = (self.pods[p] for p in ("pod-a", "pod-b", "pod-c"))
         far_veth = c.host_ifname
-        via_main = {"table": "main", "type": "unicast", "oif": far_veth, "prefix": c.ip4}
-        icmp = lambda code: {"router": {"IcmpOutDestUnreachs": 1}}  # noqa: E731
+        unreach = {"router": {"IcmpOutDestUnreachs": 1}}
         return [
-            Scenario("route-main", "pod-a", c.ip4, "udp", PORT, to="pod-c", facts={"route": via_main},
+            Scenario("route-main", "pod-a", c.ip4, "udp", PORT, to="pod-c",
+                     facts={"route": {"table": "main", "type": "unicast", "oif": far_veth, "prefix": c.ip4}},
                      kernel=f"routed by table main ({c.ip4}/32 dev {far_veth}, added by the ptp plugin)"),
             Scenario("route-policy", "pod-b", c.ip4, "udp", PORT, to="pod-c",
                      facts={"route": {"table": str(POLICY_TABLE), "type": "unicast", "oif": far_veth,
                                       "prefix": FAR_SUBNET},
                             "rule": f"{POLICY_PREF}: from {b.ip4} lookup {POLICY_TABLE}"},
                      kernel=f"rule {POLICY_PREF} (from {b.ip4}) picks table {POLICY_TABLE}: {FAR_SUBNET} dev {far_veth}"),
-            Scenario("blackhole", "pod-a", _host(BLACKHOLE), "udp", PORT, facts={"route": {"type": "blackhole"},
-                     "table": "main"}, kernel=f"blackhole route {BLACKHOLE} in main: dropped, nothing sent back"),
-            Scenario("prohibit", "pod-b", _host(PROHIBIT), "udp", PORT, reply=("icmp", 3, 13), counters=icmp(13),
+            Scenario("blackhole", "pod-a", _host(BLACKHOLE), "udp", PORT,
+                     facts={"route": {"type": "blackhole"}, "table": "main"},
+                     kernel=f"blackhole route {BLACKHOLE} in main: dropped, nothing sent back"),
+            Scenario("prohibit", "pod-b", _host(PROHIBIT), "udp", PORT, reply=("icmp", 3, 13), counters=unreach,
                      facts={"route": {"type": "prohibit"}, "table": str(POLICY_TABLE)},
                      kernel=f"rule {POLICY_PREF} -> table {POLICY_TABLE}: prohibit {PROHIBIT}; ICMP admin prohibited"),
-            Scenario("unreachable", "pod-a", _host(UNREACHABLE), "udp", PORT, reply=("icmp", 3, 1), counters=icmp(1),
+            Scenario("unreachable", "pod-a", _host(UNREACHABLE), "udp", PORT, reply=("icmp", 3, 1), counters=unreach,
                      facts={"route": {"type": "unreachable"}, "table": "main"},
                      kernel=f"unreachable route {UNREACHABLE} in main: ICMP host unreachable"),
             Scenario("no-route", "pod-a", _host(NO_ROUTE), "udp", PORT, reply=("icmp", 3, 0),
                      counters={"router": {"IcmpOutDestUnreachs": 1, "IpExtInNoRoutes": 1}},
                      facts={"route": {"type": "no route"}},
                      kernel="no route (the router has no default route): ICMP net unreachable"),
-            Scenario("rp-filter", "pod-c", a.ip4, "udp", PORT, options={"src_ip": SPOOFED}, to=None,
+            Scenario("rp-filter", "pod-c", a.ip4, "udp", PORT, options={"src_ip": SPOOFED},
                      counters={"router": {"TcpExtIPReversePathFilter": 1}},
                      kernel=f"from {SPOOFED} on {far_veth}, whose reverse path is cni0: rp_filter=1 drops it"),
-            Scenario("neigh-failed", "pod-a", NOBODY, "udp", PORT, options={"wait": 3 * NEIGH_RETRANS_MS / 1000 + 0.6},
-                     facts={"neighbour": NOBODY, "state": "FAILED", "probes": 3},
-                     kernel=f"pod-a ARPs for {NOBODY} on eth0 3 times, nobody answers: NEIGH_FAILED, dropped"),
-            Scenario("neigh-failed6", "pod-a", NOBODY6, "udp", PORT, options={"wait": 3 * NEIGH_RETRANS_MS / 1000 + 0.6},
-                     facts={"neighbour": NOBODY6, "state": "FAILED", "probes": 3},
-                     kernel=f"pod-a sends 3 neighbour solicitations for {NOBODY6}, no advertisement: FAILED, dropped"),
-            Scenario("neigh-queuefull", "pod-a", "10.244.1.98", "udp", PORT,
-                     options={"sender": "send_unresolved", "count": 5},
-                     facts={"neighbour": "10.244.1.98", "state": "FAILED", "queuefull": 4},
-                     kernel="5 datagrams to an unresolved neighbour with a 1-byte ARP queue: 4 dropped "
-                            "NEIGH_QUEUEFULL as the next arrives, the last NEIGH_FAILED"),
-            Scenario("port-unreachable", "pod-a", b.ip4, "udp", CLOSED_PORT, reply=("icmp", 3, 3),
-                     counters={"pod-b": {"UdpNoPorts": 1, "IcmpOutDestUnreachs": 1}},
-                     kernel=f"no socket on {b.ip4}:{CLOSED_PORT}: pod-b sends ICMP port unreachable"),
-            Scenario("frag-needed", "pod-a", c.ip4, "udp", PORT, options={"size": 1400, "df": True}, reply=("icmp", 3, 4),
-                     mtu=FAR_MTU, counters={"router": {"IpFragFails": 1, "IcmpOutDestUnreachs": 1}},
-                     kernel=f"1428-byte DF datagram towards {far_veth} (MTU {FAR_MTU}): ICMP frag needed, mtu {FAR_MTU}"),
-            Scenario("ttl-exceeded", "pod-a", c.ip4, "udp", PORT, options={"ttl": 1}, reply=("icmp", 11, 0),
-                     counters={"router": {"IcmpOutTimeExcds": 1}},
-                     kernel="TTL 1 reaches the router: not forwarded, ICMP time exceeded"),
-            Scenario("tcp-reset", "pod-a", b.ip4, "tcp", CLOSED_PORT, reply=("rst",), counters={"pod-b": {"TcpOutRsts": 1}},
-                     kernel=f"SYN to {b.ip4}:{CLOSED_PORT}, nobody listens: pod-b answers RST"),
             Scenario("two-flows-one-cpu", "pod-a", c.ip4, "udp", PORT, to="pod-c",
                      options={"sender": "send_pinned", "count": 20, "cpu": 0, "with": "pod-b"},
                      facts={"routes": {a.ip4: "main", b.ip4: str(POLICY_TABLE)}},
                      kernel="pod-a and pod-b send to pod-c at once from one CPU: each datagram its own "
                             f"decision (pod-a's by main, pod-b's by table {POLICY_TABLE})"),
+        ]
+
+    def _neighbour_scenarios(self) -> list[Scenario]:
+        """ARP and ND that nobody answers, and a full queue of packets waiting for ARP."""
+        failed_after = {"wait": 3 * NEIGH_RETRANS_MS / 1000 + 0.6}
+        return [
+            Scenario("neigh-failed", "pod-a", NOBODY, "udp", PORT, options=failed_after,
+                     facts={"neighbour": NOBODY, "state": "FAILED", "probes": 3},
+                     kernel=f"pod-a ARPs for {NOBODY} on eth0 3 times, nobody answers: NEIGH_FAILED, dropped"),
+            Scenario("neigh-failed6", "pod-a", NOBODY6, "udp", PORT, options=failed_after,
+                     facts={"neighbour": NOBODY6, "state": "FAILED", "probes": 3},
+                     kernel=f"pod-a sends 3 neighbour solicitations for {NOBODY6}, no advertisement: FAILED, dropped"),
+            Scenario("neigh-queuefull", "pod-a", NOBODY_QUEUED, "udp", PORT,
+                     options={"sender": "send_unresolved", "count": 5},
+                     facts={"neighbour": NOBODY_QUEUED, "state": "FAILED", "queuefull": 4},
+                     kernel="5 datagrams to an unresolved neighbour with a 1-byte ARP queue: 4 dropped "
+                            "NEIGH_QUEUEFULL as the next arrives, the last NEIGH_FAILED"),
+        ]
+
+    def _error_scenarios(self) -> list[Scenario]:
+        """ICMP errors and a TCP reset the stack sends because of a packet."""
+        b, c = self.pods["pod-b"], self.pods["pod-c"]
+        return [
+            Scenario("port-unreachable", "pod-a", b.ip4, "udp", CLOSED_PORT, reply=("icmp", 3, 3),
+                     counters={"pod-b": {"UdpNoPorts": 1, "IcmpOutDestUnreachs": 1}},
+                     kernel=f"no socket on {b.ip4}:{CLOSED_PORT}: pod-b sends ICMP port unreachable"),
+            Scenario("frag-needed", "pod-a", c.ip4, "udp", PORT, options={"size": 1400, "df": True},
+                     reply=("icmp", 3, 4), mtu=FAR_MTU, counters={"router": {"IpFragFails": 1, "IcmpOutDestUnreachs": 1}},
+                     kernel=f"1428-byte DF datagram towards {c.host_ifname} (MTU {FAR_MTU}): ICMP frag needed, "
+                            f"mtu {FAR_MTU}"),
+            Scenario("ttl-exceeded", "pod-a", c.ip4, "udp", PORT, options={"ttl": 1}, reply=("icmp", 11, 0),
+                     counters={"router": {"IcmpOutTimeExcds": 1}},
+                     kernel="TTL 1 reaches the router: not forwarded, ICMP time exceeded"),
+            Scenario("tcp-reset", "pod-a", b.ip4, "tcp", CLOSED_PORT, reply=("rst",),
+                     counters={"pod-b": {"TcpOutRsts": 1}},
+                     kernel=f"SYN to {b.ip4}:{CLOSED_PORT}, nobody listens: pod-b answers RST"),
+        ]
+
+    def _ipv6_scenarios(self) -> list[Scenario]:
+        """IPv6 extension headers between pod-a and pod-b: facts name the chain and the upper protocol."""
+        b6 = self.pods["pod-b"].ip6
+        return [
             Scenario("mld-hop-by-hop", "pod-a", "ff02::16", "icmp6", options={"sender": "join_group"},
                      facts={"ext_headers": [0], "upper": 58, "icmp6_type": 143},
                      kernel=f"joining {MLD_GROUP} on eth0 sends an MLDv2 report: hop-by-hop (router alert) + ICMPv6"),
-            Scenario("ipv6-fragments", "pod-a", b.ip6, "udp", PORT, to="pod-b", options={"size": 3000},
+            Scenario("ipv6-fragments", "pod-a", b6, "udp", PORT, to="pod-b", options={"size": 3000},
                      facts={"ext_headers": [44], "upper": 17, "fragments": 3},
                      counters={"pod-a": {"Ip6FragCreates": 3}, "pod-b": {"Ip6ReasmOKs": 1}},
                      kernel="a 3000-byte datagram over a 1500 MTU: pod-a sends 3 fragments, pod-b reassembles"),
-            Scenario("ipv6-dstopts", "pod-a", b.ip6, "udp", PORT, to="pod-b", options={"ext": "dstopts"},
+            Scenario("ipv6-dstopts", "pod-a", b6, "udp", PORT, to="pod-b", options={"ext": "dstopts"},
                      facts={"ext_headers": [60], "upper": 17},
                      kernel="a destination options header (PadN) before UDP, skipped by pod-b"),
-            Scenario("ipv6-routing", "pod-a", b.ip6, "udp", PORT, to="pod-b", options={"ext": "srh"},
+            Scenario("ipv6-routing", "pod-a", b6, "udp", PORT, to="pod-b", options={"ext": "srh"},
                      facts={"ext_headers": [43], "upper": 17},
                      kernel="a segment routing header (type 4, segments left 0) before UDP, accepted by pod-b"),
         ]

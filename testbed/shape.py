@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -26,8 +25,10 @@ from .topology import (DEFAULT_PREFIX, Receiver, _iproute, _kill_pids, _pr_netns
 
 NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
               0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
-IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2
-IPV6_DONTFRAG = 62
+IP_MTU_DISCOVER, IPV6_MTU_DISCOVER = 10, 23
+# DF without fragmenting to a learnt path MTU: the same datagram leaves every time, a frag-needed
+# from an earlier run notwithstanding.  DONT: the kernel fragments as needed, no DF.
+PMTUDISC_DONT, PMTUDISC_PROBE = 0, 3
 _counter = itertools.count()
 
 
@@ -50,7 +51,6 @@ class Scenario:
     counters: dict = field(default_factory=dict)  # role -> {nstat name: minimum increase}
     path: tuple = ()  # (role, ifname) the packet crosses, in order (tcpdump sees it on each)
     facts: dict = field(default_factory=dict)  # more ground truth, the shape's own (route, neighbour, ...)
-    needs: str | None = None  # why it cannot run on the host kernel (a skip reason), if it cannot
 
 
 @dataclass
@@ -83,9 +83,9 @@ class Outcome:
 
 
 class Shape:
-    ROLES: tuple[str, ...] = ()
-    PODS: tuple[str, ...] = ()
-    ipv6 = False
+    ROLES: tuple[str, ...] = ()  # namespaces, <prefix>-<role>, made in this order
+    ipv6 = False  # IPv6 on in every namespace (else disabled: no DAD/RS/MLD chatter in traces)
+    scenarios: list = []  # filled by _build()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -157,6 +157,13 @@ class Shape:
                 write_sysctl(f"net.ipv6.conf.{key}.disable_ipv6", off)
                 write_sysctl(f"net.ipv6.conf.{key}.accept_dad", 0)  # addresses usable at once
                 write_sysctl(f"net.ipv6.conf.{key}.router_solicitations", 0)  # no RS chatter in traces
+        for key in ("all", "default"):  # not whatever the host's init_net has: new namespaces copy it
+            write_sysctl(f"net.ipv4.conf.{key}.rp_filter", 0)
+        # Every ICMP error a scenario causes is sent, however often a test repeats it (per-destination
+        # rate limits off; ip_error()'s own limit for unreachable routes stays: 5, then 1/s).
+        write_sysctl("net.ipv4.icmp_ratelimit", 0)
+        if self.ipv6:
+            write_sysctl("net.ipv6.icmp.ratelimit", 0)
         with _iproute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
@@ -215,10 +222,9 @@ class Shape:
         errors = []
         with sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if df is not None and v6:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, int(df))
-            elif df is not None:
-                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT)
+            if df is not None:
+                sock.setsockopt(*((socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER) if v6 else (socket.IPPROTO_IP, IP_MTU_DISCOVER)),
+                                PMTUDISC_PROBE if df else PMTUDISC_DONT)
             if ttl is not None:
                 sock.setsockopt(*((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) if v6 else
                                   (socket.IPPROTO_IP, socket.IP_TTL)), ttl)
@@ -330,7 +336,12 @@ class Shape:
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.scenarios if s.name == name)
 
-    scenarios: list = []
+    def describe(self) -> dict:
+        """Names and addresses of the live shape (for a human or a JSON dump)."""
+        return {"prefix": self.prefix, "ns": self.ns, "ns_inode": self.ns_inode,
+                "pods": {p: {"ips": [str(i) for i in v.ips], "host_ifname": v.host_ifname, "mac": v.mac}
+                         for p, v in self.pods.items()},
+                "scenarios": [s.name for s in self.scenarios]}
 
 
 def read_counters() -> dict[str, int]:
@@ -370,7 +381,3 @@ def cleanup_stale() -> list[str]:
     """Namespaces and CNI lease directories of dead runs (this module's shapes and the seed's)."""
     return _cleanup_ns() + cni.remove_stale_data_dirs()
 
-
-def needs_tool(*tools: str) -> str | None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    return f"needs {', '.join(missing)}" if missing else None
