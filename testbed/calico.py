@@ -25,8 +25,8 @@ import subprocess
 from dataclasses import dataclass
 
 from . import cni
-from .overlay import (NODE_OF, POD_SUBNET, POD_SUBNET6, UDP_PORT, UNDERLAY, UNDERLAY6, _node_index, build_underlay,
-                      build_vxlan_mesh, pod_scenarios)
+from .overlay import (NODE_OF, POD_SUBNET, POD_SUBNET6, UDP_PORT, UNDERLAY, UNDERLAY6,
+                      _node_index, build_underlay, build_vxlan_mesh, pod_scenarios)
 from .shape import Scenario, Shape
 from .topology import netns_path
 
@@ -61,7 +61,7 @@ def tunnel_unavailable(tunnel: str) -> str | None:
     module = TUNNELS[tunnel].module
     if module is None or os.path.isdir(f"/sys/module/{module}"):
         return None
-    subprocess.run(["modprobe", module], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["modprobe", module], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return None if os.path.isdir(f"/sys/module/{module}") else f"needs the {module} module (guest)"
 
 
@@ -74,7 +74,6 @@ class CalicoCluster(Shape):
         super().__init__(**kw)
         self.tunnel, self.kind = tunnel, TUNNELS[tunnel]
         self.ipv6 = self.kind.family == 6
-        self.scenarios: list[Scenario] = []
 
     def _build(self) -> None:
         reason = tunnel_unavailable(self.tunnel)
@@ -150,7 +149,7 @@ class CalicoCluster(Shape):
             mac = f"02:9e:00:00:00:{_node_index(node):02x}"
             peer_gw = POD_SUBNET[peer].split("/")[0]
 
-            def program(ipr, node=node, mac=mac):
+            def program(ipr, node=node, peer=peer, mac=mac, peer_gw=peer_gw):
                 ipr.link("add", ifname=self.kind.device, kind="geneve", geneve_collect_metadata=True,
                          address=mac, mtu=self.kind.mtu)
                 dev = ipr.link_lookup(ifname=self.kind.device)[0]

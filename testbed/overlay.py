@@ -113,7 +113,6 @@ class FlannelCluster(Shape):
         self.vni, self.port = vni, port
         self.tunnel_mtu = mtu - VXLAN_OVERHEAD
         self.networks: dict[str, cni.CniNetwork] = {}
-        self.scenarios: list[Scenario] = []
 
     def _build(self) -> None:
         build_underlay(self)

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from . import cni
 from .packets import Capture
-from .topology import (DEFAULT_PREFIX, Receiver, _iproute, _kill_pids, _pr_netns, cleanup_stale as _cleanup_ns,
-                       netns_inode, register_roles, remove_netns, run_in_netns, write_sysctl)
+from .topology import (DEFAULT_PREFIX, Receiver, _iproute, _pr_netns, netns_inode, register_roles, remove_netns,
+                       run_in_netns, stop_processes, write_sysctl)
+from .topology import cleanup_stale as _cleanup_ns
 
 NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
               0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
@@ -85,7 +86,6 @@ class Outcome:
 class Shape:
     ROLES: tuple[str, ...] = ()  # namespaces, <prefix>-<role>, made in this order
     ipv6 = False  # IPv6 on in every namespace (else disabled: no DAD/RS/MLD chatter in traces)
-    scenarios: list = []  # filled by _build()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -101,6 +101,7 @@ class Shape:
         self._procs: list[subprocess.Popen] = []
         self._up = False
         self.build_seconds = 0.0
+        self.scenarios: list[Scenario] = []  # filled by _build()
 
     # -- lifecycle
 
@@ -128,16 +129,7 @@ class Shape:
 
     def down(self) -> None:
         """Stop receivers and started processes (by PID), delete the namespaces and CNI leases."""
-        for rx in self.receivers.values():
-            rx.stop()
-        self.receivers.clear()
-        _kill_pids([p.pid for p in self._procs if p.poll() is None], grace=0.5)
-        for p in self._procs:
-            try:
-                p.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs.clear()
+        stop_processes(self.receivers, self._procs)
         if self._up:
             self._remove_namespaces()
         self._up = False
@@ -252,7 +244,7 @@ class Shape:
                 sock.recv(1)  # the listener's close: the line has arrived
             except ConnectionRefusedError:
                 return "refused"
-            except socket.timeout:
+            except TimeoutError:
                 return "timeout"
             except OSError as exc:
                 return errno.errorcode.get(exc.errno, str(exc))

@@ -457,6 +457,20 @@ class Receiver:
                 pass
 
 
+def stop_processes(receivers: dict, procs: list) -> None:
+    """Stop the receivers, end the started processes by PID and reap them; empties both."""
+    for rx in receivers.values():
+        rx.stop()
+    receivers.clear()
+    _kill_pids([p.pid for p in procs if p.poll() is None], grace=0.5)
+    for p in procs:
+        try:
+            p.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+    procs.clear()
+
+
 # ---------------------------------------------------------------- the cluster
 
 _counter = itertools.count()
@@ -543,16 +557,7 @@ class SeedCluster:
 
     def down(self) -> None:
         """Kill receivers and popen()ed processes by PID, then delete our namespaces."""
-        for rx in self.receivers.values():
-            rx.stop()
-        self.receivers.clear()
-        _kill_pids([p.pid for p in self._procs if p.poll() is None], grace=0.5)
-        for p in self._procs:
-            try:
-                p.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs.clear()
+        stop_processes(self.receivers, self._procs)
         if self._up:
             for role in ROLES:
                 remove_netns(self.ns[role], kill=False)

@@ -9,7 +9,9 @@ Geneve, IP6IP6 and SIT (modules the host kernel lacks), e.g.
         /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/host/test_shapes.py
 """
 
+import itertools
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -178,7 +180,7 @@ ROUTING = ["route-main", "route-policy", "blackhole", "prohibit", "unreachable",
 @pytest.mark.parametrize("name", ROUTING)
 def test_routing(lab, name):
     sc = lab.scenario(name)
-    outcome, caps = lab.run(sc)
+    outcome, _ = lab.run(sc)
     assert outcome.mismatches() == []
     if "route" in sc.facts:
         src = sc.options.get("src_ip") or lab.pods[sc.src].ip4
@@ -219,7 +221,7 @@ def _unresolved_discards() -> int:
 def test_neighbour_queue_full(lab):
     sc = lab.scenario("neigh-queuefull")
     before = _unresolved_discards()
-    outcome, caps = lab.run(sc)
+    outcome, _ = lab.run(sc)
     assert outcome.mismatches() == []
     assert _unresolved_discards() - before >= sc.facts["queuefull"]
     assert lab.neighbour("pod-a", sc.dst) == "FAILED"
@@ -236,7 +238,7 @@ def test_two_flows_on_one_cpu(lab):
         assert lab.route_get(sc.dst, src)["table"] == table
     # Interleaved on the wire: the two sources alternate rather than one burst after the other.
     order = [p.outer.src for p in caps[("pod-c", "eth0")].packets if p.outer.dst == sc.dst]
-    assert sum(a != b for a, b in zip(order, order[1:])) > 2
+    assert sum(a != b for a, b in itertools.pairwise(order)) > 2
 
 
 @pytest.mark.parametrize("name", ["mld-hop-by-hop", "ipv6-fragments", "ipv6-dstopts", "ipv6-routing"])
@@ -275,14 +277,12 @@ def test_cni_del_releases_the_address(no_leftovers):
 
 
 def test_teardown_after_failure_and_stale_runs(no_leftovers):
-    with pytest.raises(RuntimeError):
-        with FlannelCluster() as f:
-            names, prefix = list(f.ns.values()), f.prefix
-            raise RuntimeError("test body failed")
+    with pytest.raises(RuntimeError), FlannelCluster() as f:
+        names, prefix = list(f.ns.values()), f.prefix
+        raise RuntimeError("test body failed")
     assert not any(os.path.exists(netns_path(n)) for n in names)
     assert not Path(cni.data_dir(prefix)).exists()
     # A run that died without teardown: its namespaces and leases are reaped by cleanup_stale().
-    import subprocess
     gone = subprocess.Popen(["true"])
     gone.wait()
     dead = RoutingLab(prefix=f"skbt{gone.pid}-0").up()
