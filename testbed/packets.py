@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 
 import dpkt
@@ -212,14 +213,34 @@ class Capture:
             raise RuntimeError(f"tcpdump -i {ifname} did not start: {line.strip()!r}")
         self.frames: list[tuple[int, bytes]] = []
         self.linktype = None
+        self._seen = -1
+        self._stopped = False
 
     def _read(self) -> None:
         for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
             self._pcap += chunk
 
+    def drained(self) -> bool:
+        """True once tcpdump has read everything the kernel queued for it: it sleeps in poll()
+        (its ring is empty) and nothing more came down the pipe since the last look.  A SIGINT
+        before that loses the packets still in the ring (likely on a loaded machine or in TCG)."""
+        seen, self._seen = self._seen, len(self._pcap)
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{self.proc.pid}/wchan") as f:
+                waiting = "poll" in f.read()
+        except OSError:  # gone already
+            return True
+        return self.proc.poll() is not None or (state == "S" and waiting and seen == self._seen)
+
     def stop(self) -> "Capture":
+        stop_all([self])
+        return self
+
+    def _collect(self) -> None:
+        """Wait for tcpdump to exit (after its SIGINT) and read the pcap it wrote."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # tcpdump flushes and exits
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -231,7 +252,6 @@ class Capture:
             reader = dpkt.pcap.Reader(io.BytesIO(bytes(self._pcap)))
             self.linktype = reader.datalink()
             self.frames = [(self.linktype, bytes(buf)) for _, buf in reader]
-        return self
 
     def __enter__(self) -> "Capture":
         return self
@@ -246,3 +266,19 @@ class Capture:
     @property
     def packets(self) -> list[Packet]:
         return [p for p in (decode(f, lt) for lt, f in self.frames) if p is not None]
+
+
+def stop_all(captures, timeout: float = 10.0) -> None:
+    """Stop captures once each has drained (see Capture.drained), waiting for all at once."""
+    pending = [c for c in captures if not c._stopped]
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pending = [c for c in pending if not c.drained()]
+    stopping = [c for c in captures if not c._stopped]
+    for c in stopping:
+        c._stopped = True
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGINT)  # tcpdump flushes and exits
+    for c in stopping:
+        c._collect()

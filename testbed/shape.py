@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import cni
-from .packets import Capture
+from .packets import Capture, stop_all
 from .topology import (DEFAULT_PREFIX, Receiver, _iproute, _pr_netns, netns_inode, register_roles, remove_netns,
                        run_in_netns, stop_processes, write_sysctl)
 from .topology import cleanup_stale as _cleanup_ns
@@ -113,7 +113,7 @@ class Shape:
 
     def up(self):
         started = time.monotonic()
-        self._remove_namespaces()  # idempotent: leftovers of a crashed run with this prefix
+        self.remove_namespaces()  # idempotent: leftovers of a crashed run with this prefix
         self._up = True
         try:
             for role in self.ROLES:
@@ -131,12 +131,13 @@ class Shape:
         """Stop receivers and started processes (by PID), delete the namespaces and CNI leases."""
         stop_processes(self.receivers, self._procs)
         if self._up:
-            self._remove_namespaces()
+            self.remove_namespaces()
         self._up = False
 
     close = down
 
-    def _remove_namespaces(self) -> None:
+    def remove_namespaces(self) -> None:
+        """Delete this prefix's namespaces (ending what runs in them) and CNI leases, built or not."""
         for role in reversed(self.ROLES):
             remove_netns(self.ns[role])
         cni.remove_data_dir(self.prefix)
@@ -313,8 +314,7 @@ class Shape:
             received = self.received(rx) if rx else 0
             time.sleep(max(self.settle, wait))  # let ICMP errors, neighbour states and counters land
         finally:
-            for cap in caps.values():
-                cap.stop()
+            stop_all(caps.values())
         if sc.proto == "icmp" and sc.to:
             received = int(bool(result))
         mine = {i.split("/")[0] for i in self.pod_addresses(sc.src)} | {sc.options.get("src_ip")}
