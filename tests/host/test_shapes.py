@@ -74,8 +74,11 @@ def flannel(no_leftovers):
 @pytest.mark.parametrize("name", ["udp", "tcp", "ping"])
 def test_flannel_pod_to_pod(flannel, name):
     sc = flannel.scenario(name)
+    before = flannel.link_stats("node1", "flannel.1"), flannel.link_stats("node2", "flannel.1")
     outcome, caps = flannel.run(sc, watch=sc.path)
     assert outcome.mismatches() == []
+    after = flannel.link_stats("node1", "flannel.1"), flannel.link_stats("node2", "flannel.1")
+    assert after[0]["tx_packets"] > before[0]["tx_packets"] and after[1]["rx_packets"] > before[1]["rx_packets"]
     assert_path(flannel, sc, caps)
     wire = underlay_packets(flannel, sc, caps)
     assert wire and all(p.tunnel.kind == "vxlan" and p.tunnel.vni == 1 and p.outer.dport == 8472 and
