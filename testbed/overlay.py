@@ -128,7 +128,7 @@ class FlannelCluster(Shape):
         self.add_pod(self.networks["node1"], "node1", "pod-big", mtu=self.tunnel_mtu + VXLAN_OVERHEAD)
         self.add_pod(self.networks["node2"], "node2", "pod-b")
         for node in ("node1", "node2"):
-            self.netlink(node, _pin_mac, "cni0", f"02:00:0a:f4:0{_node_index(node)}:01")
+            self.pin_mac(node, "cni0", f"02:00:0a:f4:0{_node_index(node)}:01")
         self.scenarios = self._scenarios()
 
     def _scenarios(self) -> list[Scenario]:
@@ -149,7 +149,3 @@ class FlannelCluster(Shape):
             counters={"node1": {"IpFragFails": 1, "IcmpOutDestUnreachs": 1}})
         return pod_scenarios(self, "pod-a", "pod-b", path=path, kernel=kernel) + [over]
 
-
-def _pin_mac(ipr, ifname: str, mac: str) -> None:
-    """A fixed MAC (a bridge otherwise takes a port's, which changes pkt_type from run to run)."""
-    ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], address=mac)

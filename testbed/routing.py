@@ -11,7 +11,7 @@ route (10.96.68.0/24) and no default route; pod-c's veth has rp_filter=1.
     with RoutingLab() as lab:
         outcome, caps = lab.run(lab.scenario("ttl-exceeded"))
         outcome.replies[0].outer.icmp_type == 11
-        lab.route_get("10.245.0.2", src=lab.pods["pod-b"].ip4)["table"] == 100
+        lab.route_get("10.245.0.2", src=lab.pods["pod-b"].ip4)["table"] == "100"
 
 Everything here works on the host and in the guests.
 """
@@ -26,6 +26,7 @@ import time
 
 from . import cni
 from .shape import Scenario, Shape
+from .topology import read_sysctl, run_in_netns
 
 SUBNET, SUBNET6, FAR_SUBNET = "10.244.1.0/24", "fd00:244:1::/64", "10.245.0.0/24"
 FAR_MTU = 1280
@@ -35,6 +36,7 @@ SPOOFED = "10.244.1.77"  # pod-c's second address: in pod-a's subnet, so its rev
 NOBODY, NOBODY6, NOBODY_QUEUED = "10.244.1.99", "fd00:244:1::99", "10.244.1.98"  # addresses nobody has
 NEIGH_RETRANS_MS = 200  # ARP/ND probe interval in pod-a: failure after 3 probes, 0.6 s (default 3 s)
 PORT, CLOSED_PORT = 9000, 9999
+CNI0_MAC = "02:00:0a:f4:01:01"
 MLD_GROUP = "ff02::1:3"
 # What `ip route get` says when the matching route is an error route (fib_props[type].error).
 ROUTE_ERRORS = {"Invalid argument": "blackhole", "No route to host": "unreachable",
@@ -67,6 +69,7 @@ class RoutingLab(Shape):
         for pod in ("pod-a", "pod-b"):
             self.add_pod(lan, "router", pod)
         self.add_pod(far, "router", "pod-c")
+        self.pin_mac("router", "cni0", CNI0_MAC)
         for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv6.conf.all.forwarding", 1),
                            (f"net.ipv4.conf.{self.pods['pod-c'].host_ifname}.rp_filter", 1)):
             self.sysctl("router", key, value)
@@ -187,7 +190,7 @@ class RoutingLab(Shape):
     def send_unresolved(self, pod: str, dst: str, port: int, count: int = 5, **_) -> tuple[int, list]:
         """`count` datagrams to an unresolved neighbour with the ARP queue at 1 byte (a full queue)."""
         key = "net.ipv4.neigh.eth0.unres_qlen_bytes"
-        old = self.exec(pod, ["cat", "/proc/sys/" + key.replace(".", "/")]).stdout.strip()
+        old = run_in_netns(self.ns[pod], read_sysctl, key)
         self.sysctl(pod, key, 1)
         try:
             return self.send_udp(pod, dst, port, count=count)

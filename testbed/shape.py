@@ -192,6 +192,10 @@ class Shape:
     def socket(self, role: str, family=socket.AF_INET, type=socket.SOCK_DGRAM, proto: int = 0) -> socket.socket:
         return run_in_netns(self.ns[role], socket.socket, family, type, proto)
 
+    def pin_mac(self, role: str, ifname: str, mac: str) -> None:
+        """A fixed MAC (a bridge otherwise takes a port's, which changes pkt_type from run to run)."""
+        self.netlink(role, lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], address=mac))
+
     def add_pod(self, network: cni.CniNetwork, node: str, pod: str, **overrides) -> cni.PodInterface:
         self.pods[pod] = network.add(self.ns[node], self.ns[pod], container_id=pod, **overrides)
         return self.pods[pod]
