@@ -158,9 +158,10 @@ class CalicoCluster(Shape):
                 ipr.neigh("add", dst=peer_gw, lladdr=f"02:9e:00:00:00:{_node_index(peer):02x}", ifindex=dev,
                           state=0x80)
             self.netlink(node, program)
-            # pyroute2 0.7 cannot say "encap ip ... geneve_opts": one `ip` exec per node.
+            # pyroute2 0.7 cannot say "encap ip ... geneve_opts": one `ip` exec per node.  Class and
+            # type with 0x: iproute2 6.1 reads them with strtoul base 0 ("0100" would be octal, 64).
             self.exec(node, ["ip", "route", "add", POD_SUBNET[peer], "encap", "ip", "id", str(self.kind.vni),
-                             "dst", UNDERLAY[peer], "ttl", "64", "geneve_opts", f"{cls:04x}:{typ:02x}:{data.hex()}",
+                             "dst", UNDERLAY[peer], "ttl", "64", "geneve_opts", f"{cls:#06x}:{typ:#04x}:{data.hex()}",
                              "via", peer_gw, "dev", self.kind.device, "onlink"])
 
     def _build_ip6ip6(self) -> None:
