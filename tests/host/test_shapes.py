@@ -3,8 +3,9 @@ what its description says the kernel does, judged by tcpdump, nstat counters and
 own tables (ip route get, neighbour states).  No tracer here: these are what the tracer's tests
 will compare against.
 
-Host: flannel, Calico VXLAN, the routing lab.  Guests (5.10, 6.1, 6.12) also: Calico IPIP,
-Geneve, IP6IP6 and SIT (modules the host kernel lacks), e.g.
+Host: flannel, Calico VXLAN, the routing lab; Calico IPIP, Geneve, IP6IP6 and SIT skip with
+"needs the <module> module (guest)" (the host kernel has no such modules).  Guests (5.10, 6.1,
+6.12) run all of it, e.g. (testbed.guest is testbed.qemu once the ci branch is in):
     flock /work/guest.lock /usr/bin/python3 -m testbed.guest --flavour 6.1 -- \\
         /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/host/test_shapes.py
 """
