@@ -198,7 +198,7 @@ class Capture:
     stop(); `packets` are the decoded IP frames, `frames` all (linktype, bytes) captured.
     """
 
-    def __init__(self, popen, ifname: str, expression: str = "", timeout: float = 30.0):
+    def __init__(self, popen, ifname: str, expression: str = "", wait: bool = True):
         self.ifname = ifname
         argv = ["tcpdump", "-i", ifname, "-nn", "-U", "-s", "0", "--immediate-mode", "-w", "-"]
         self.proc = popen(argv + ([expression] if expression else []),
@@ -206,15 +206,20 @@ class Capture:
         self._pcap = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"tcpdump:{ifname}")
         self._reader.start()
-        ready, _, _ = select.select([self.proc.stderr], [], [], timeout)
-        line = self.proc.stderr.readline().decode(errors="replace") if ready else ""
-        if "listening on" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"tcpdump -i {ifname} did not start: {line.strip()!r}")
         self.frames: list[tuple[int, bytes]] = []
         self.linktype = None
         self._seen = -1
         self._stopped = False
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Return once tcpdump says it is listening (its filter is attached: nothing is missed after)."""
+        ready, _, _ = select.select([self.proc.stderr], [], [], timeout)
+        line = self.proc.stderr.readline().decode(errors="replace") if ready else ""
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"tcpdump -i {self.ifname} did not start: {line.strip()!r}")
 
     def _read(self) -> None:
         for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):

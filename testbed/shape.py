@@ -280,6 +280,21 @@ class Shape:
         """tcpdump on `ifname` in the role's namespace, until .stop() (or the `with` block ends)."""
         return Capture(lambda argv, **kw: self.popen(role, argv, **kw), ifname, expression)
 
+    def captures(self, where) -> dict:
+        """{(role, ifname): Capture} for each place, the tcpdumps started together (each start costs
+        a second or more in a TCG guest), returned once all of them listen."""
+        caps = {}
+        for role, ifname in where:
+            if (role, ifname) not in caps:
+                caps[(role, ifname)] = Capture(lambda argv, r=role, **kw: self.popen(r, argv, **kw), ifname, wait=False)
+        try:
+            for cap in caps.values():
+                cap.wait_listening()
+        except BaseException:
+            stop_all(caps.values(), timeout=0)
+            raise
+        return caps
+
     def counters(self, role: str) -> dict[str, int]:
         """The role's SNMP/netstat counters under nstat's names (IpFragFails, TcpExtIPReversePathFilter, ...)."""
         return run_in_netns(self.ns[role], read_counters)
@@ -308,8 +323,7 @@ class Shape:
         if rx:
             rx.reset()
         before = {role: self.counters(role) for role in sc.counters}
-        caps = {(sc.src, "eth0"): self.capture(sc.src, "eth0")}
-        caps.update({w: self.capture(*w) for w in watch if w not in caps})
+        caps = self.captures(((sc.src, "eth0"), *watch))
         options = dict(sc.options)
         sender = getattr(self, options.pop("sender", None) or {"udp": "send_udp", "tcp": "send_tcp"}.get(sc.proto, "ping"))
         wait = options.pop("wait", 0)
