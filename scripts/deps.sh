@@ -9,7 +9,7 @@ xz-utils zstd iputils-ping procps util-linux make
 git build-essential debhelper dh-python lintian man-db python3-venv
 libpcap0.8 tcpdump python3-scapy
 python3-dpkt tshark python3-tqdm python3-dev
-nftables python3-nftables conntrack ipvsadm ipset"
+nftables python3-nftables conntrack ipvsadm ipset containernetworking-plugins"
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (sudo $0)" >&2; exit 1; }
 missing=""
 for p in $PACKAGES; do

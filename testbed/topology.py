@@ -49,6 +49,20 @@ DEFAULT_PREFIX = "skbt"
 CLI_PREFIX = "skbtbed"  # what `up`/`down` use when no --prefix is given
 # Names made by default prefixes: skbt<pid>-<n>-<role>.  Only these are touched by cleanup_stale().
 STALE_RE = re.compile(r"^skbt(\d+)-(\d+)-(%s)$" % "|".join(ROLES))
+# Roles of the other shapes' namespaces (overlay.py, routing.py, ...), added by register_roles().
+_extra_roles: set[str] = set()
+
+
+def register_roles(roles) -> None:
+    """Let cleanup_stale() reap namespaces skbt<pid>-<n>-<role> of another shape's roles too."""
+    _extra_roles.update(roles)
+
+
+def _stale_re() -> re.Pattern:
+    if not _extra_roles:
+        return STALE_RE
+    roles = sorted(set(ROLES) | _extra_roles, key=len, reverse=True)
+    return re.compile(r"^skbt(\d+)-(\d+)-(%s)$" % "|".join(map(re.escape, roles)))
 
 SERVICE_PORT = 53
 SERVER_PORT = 9000
@@ -261,16 +275,17 @@ def _process_start_time(pid: int) -> float | None:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def cleanup_stale(pattern: re.Pattern = STALE_RE) -> list[str]:
+def cleanup_stale() -> list[str]:
     """Remove namespaces of dead runs that used the default prefix (skbt<pid>-<n>-<role>).
 
     A run is dead when its PID is gone, or the PID now belongs to a process that started after
     the namespace was made (PID reuse).  Custom prefixes are never touched here; `down --prefix`.
-    Shapes with roles of their own pass a pattern like STALE_RE (group 1: the owner's PID).
+    Shapes with roles of their own name them with register_roles() first.
     """
     removed = []
+    stale_re = _stale_re()
     for name in sorted(os.listdir(NETNS_DIR) if os.path.isdir(NETNS_DIR) else []):
-        m = pattern.match(name)
+        m = stale_re.match(name)
         if not m:
             continue
         pid = int(m.group(1))
@@ -313,14 +328,19 @@ class CommandError(subprocess.CalledProcessError):
 _RECEIVER_SCRIPT = r"""
 import os, select, socket, sys
 proto, port = sys.argv[1], int(sys.argv[2])
+v6 = len(sys.argv) > 3 and sys.argv[3] == "6"
+family = socket.AF_INET6 if v6 else socket.AF_INET
 out = sys.stdout
 if proto == "udp":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVTTL", 12), 1)  # Python lacks the name
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVTTL", 12), 1)  # Python lacks the name
 else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
+s.bind(("::" if v6 else "0.0.0.0", port))
 if proto == "tcp":
     s.listen(64)
 out.write("READY\n"); out.flush()
@@ -379,14 +399,14 @@ class Datagram:
 class Receiver:
     """A background listener process in a pod netns, plus a thread that collects what it prints."""
 
-    def __init__(self, netns: str, pod: str, proto: str, port: int, timeout: float = 30.0):
-        self.pod, self.proto, self.port = pod, proto, port
+    def __init__(self, netns: str, pod: str, proto: str, port: int, timeout: float = 30.0, family: int = 4):
+        self.pod, self.proto, self.port, self.family = pod, proto, port, family
         self.records: list[Datagram] = []
         self._lock = threading.Lock()
         self.proc = run_in_netns(
             netns,
             subprocess.Popen,
-            [sys.executable, "-c", _RECEIVER_SCRIPT, proto, str(port)],
+            [sys.executable, "-c", _RECEIVER_SCRIPT, proto, str(port), str(family)],
             stdin=subprocess.PIPE,  # our end closing (we die) = EOF = receiver exits
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -436,6 +456,20 @@ class Receiver:
                 f.close()
             except OSError:
                 pass
+
+
+def stop_processes(receivers: dict, procs: list) -> None:
+    """Stop the receivers, end the started processes by PID and reap them; empties both."""
+    for rx in receivers.values():
+        rx.stop()
+    receivers.clear()
+    _kill_pids([p.pid for p in procs if p.poll() is None], grace=0.5)
+    for p in procs:
+        try:
+            p.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+    procs.clear()
 
 
 # ---------------------------------------------------------------- the cluster
@@ -529,16 +563,7 @@ class SeedCluster:
 
     def down(self) -> None:
         """Kill receivers and popen()ed processes by PID, then delete our namespaces."""
-        for rx in self.receivers.values():
-            rx.stop()
-        self.receivers.clear()
-        _kill_pids([p.pid for p in self._procs if p.poll() is None], grace=0.5)
-        for p in self._procs:
-            try:
-                p.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs.clear()
+        stop_processes(self.receivers, self._procs)
         if self._up:
             for role in ROLES:
                 remove_netns(self.ns[role], kill=False)
