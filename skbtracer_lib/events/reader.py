@@ -126,12 +126,16 @@ class RingBufferReader:
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms for records (0: not at all), read them all."""
+        self.wait(timeout_ms)
+        return self.read()
+
+    def wait(self, timeout_ms):
+        """Wait up to timeout_ms for records, reading none."""
         if timeout_ms:
             if self.epoll is None:
                 self.epoll = select.epoll()
                 self.epoll.register(self.map_fd, select.EPOLLIN)
             self.epoll.poll(timeout_ms / 1000)
-        return self.read()
 
     def read(self):
         """Hand on every committed record; how many there were. The consumer
@@ -262,9 +266,12 @@ class PerfBufferReader:
             raise
 
     def poll(self, timeout_ms):
+        self.wait(timeout_ms)
+        return self.read()
+
+    def wait(self, timeout_ms):
         if timeout_ms:
             self.epoll.poll(timeout_ms / 1000)
-        return self.read()
 
     def read(self):
         return sum(ring.read(self.handle, self.on_lost) for ring in self.rings)

@@ -1,6 +1,7 @@
 """The program compiled by bcc, its probes attached (and re-attached when a
 probed module comes back), its maps read."""
 
+import errno
 import os
 
 from . import kernel, probes
@@ -155,6 +156,14 @@ def _info(probe):
     return ProbeInfo(probe.name, probe.kind, probe.extra)
 
 
+# bpf_get_stackid()'s errors. Stacks are stored by hash and never replaced
+# (the rows keep a stack id's lines for the whole run): a stack whose hash
+# slot holds another one is EEXIST, for the rest of the run.
+STACK_ERRORS = {errno.EEXIST: "its slot in the stack map holds another stack",
+                errno.ENOMEM: "the stack map is full",
+                errno.EFAULT: "the stack could not be walked"}
+
+
 class KernelSymbols:
     """Kernel addresses and stacks in words, from a bcc module (cached: stacks repeat)."""
 
@@ -172,7 +181,8 @@ class KernelSymbols:
     def stack(self, stack_id):
         """Symbols of a kernel stack, innermost first."""
         if stack_id < 0:
-            return ["[stack unavailable: %d]" % stack_id]
+            reason = STACK_ERRORS.get(-stack_id)
+            return ["[stack unavailable: %d%s]" % (stack_id, ", " + reason if reason else "")]
         try:
             addresses = self.bpf["stacks"].walk(stack_id)
             return [self.symbolize(a) for a in addresses]
