@@ -3,7 +3,8 @@
 #ifndef/#elif/defined() or uses as a macro is listed there, or defined by
 the C itself, or one of the few kernel/bcc names below; every listed macro
 and layout field is used by the C; the probe macros, functions and maps
-Python names exist in the C; the generated #defines come from the list.
+Python names exist in the C; the generated #defines come from the list, of
+the kind it gives them (a flag is 1 and only asked #ifdef, a number a number).
 A misspelt #ifdef compiles as false: these tests are what notices it."""
 
 import os
@@ -153,6 +154,13 @@ def test_every_listed_macro_and_layout_field_is_used_by_the_c():
     assert sorted(layout_fields() - seen_fields) == [], "layout fields skbtracer.c never reads"
 
 
+def test_flags_are_only_asked_whether_defined():
+    """A flag is defined as 1 or not at all: the C only asks #ifdef of it."""
+    c = CNames(c_text())
+    flags = [m.name for m in macros.MACROS.values() if m.kind == macros.FLAG]
+    assert sorted(n for n in flags if n in c.used) == [], "flags used as values"
+
+
 def test_the_list_is_its_own_names():
     """A constant and the name it holds are one spelling; EXTERNAL stays true."""
     for name, macro in macros.MACROS.items():
@@ -182,9 +190,10 @@ def test_probe_macros_functions_and_maps_exist_in_the_c():
         assert re.search(r"\b%s\(" % macros.pcap_match(view), text), view
 
 
-def generated_names(program):
+def generated_defines(program):
+    """(name, value) of the generated head's #defines."""
     head = program.text.split("\n\n", 1)[0]
-    return re.findall(r"^#define (\w+)", head, re.M)
+    return re.findall(r"^#define (\w+)(?:\(\w+\))? (.*)$", head, re.M)
 
 
 @pytest.mark.parametrize("backend", ["kprobe", "tracepoint"])
@@ -197,6 +206,11 @@ def test_generated_defines_come_from_the_list(backend, tmp_path):
              ["--layout", "headers", "--route", "--iptable"]]
     for argv in flags:
         program = Program(config.parse_args(argv), backend=backend)
-        for name in generated_names(program):
+        for name, value in generated_defines(program):
             family = LAYOUT_NAME.fullmatch(name)
             assert name in macros.MACROS or (family and family.group(1) in fields), name
+            kind = macros.MACROS[name].kind if name in macros.MACROS else macros.NUMBER
+            if kind == macros.FLAG:
+                assert value == "1", (name, value)
+            elif kind == macros.NUMBER:
+                assert re.fullmatch(r"[0-9]+(U|ULL)?", value), (name, value)
