@@ -32,6 +32,7 @@ import select
 import struct
 
 from ..program import kernel
+from ..program.macros import MAP_EVENTS
 from ..program.syscalls import PERF_EVENT_OPEN, bpf, syscall
 
 RING_BUFFER_PAGES = 1024   # one ring for all CPUs: 4 MiB with 4 KiB pages
@@ -288,7 +289,7 @@ def open_reader(bpf, ring_buffer_pages, perf_pages, handle, on_lost, batch=None)
     """The reader of bcc module bpf's "events" map: a ring buffer of
     ring_buffer_pages pages (batch: see RingBufferReader), or (None) a perf
     buffer of perf_pages per CPU."""
-    table = bpf["events"]
+    table = bpf[MAP_EVENTS]
     if ring_buffer_pages:
         return RingBufferReader(table.map_fd, ring_buffer_pages * PAGE_SIZE, handle, batch)
     return PerfBufferReader(table.map_fd, handle, on_lost, perf_pages)

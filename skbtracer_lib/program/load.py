@@ -4,7 +4,7 @@ probed module comes back), its maps read."""
 import errno
 import os
 
-from . import kernel, probes
+from . import kernel, macros, probes
 from .attach import FunctionProbes
 from ..events import reader
 from ..events.decode import BoundedCache
@@ -52,7 +52,7 @@ class Loaded:
         by_address = [p for p in planned if p.by_address]
         if not by_address:
             return
-        table = self.bpf["probe_ids"]
+        table = self.bpf[macros.MAP_PROBE_IDS]
         for probe in by_address:
             for address in probe.addresses or probes.symbol_addresses(probe.name):
                 for entry in (address, address + 4):   # plain, or past an endbr64
@@ -141,7 +141,7 @@ class Loaded:
 
     def lost_events(self):
         """Events the kernel could not put into the ring, all CPUs."""
-        table = self.bpf["lost_events"]
+        table = self.bpf[macros.MAP_LOST_EVENTS]
         return int(table.sum(table.Key(0)).value)
 
     def close(self):
@@ -184,7 +184,7 @@ class KernelSymbols:
             reason = STACK_ERRORS.get(-stack_id)
             return ["[stack unavailable: %d%s]" % (stack_id, ", " + reason if reason else "")]
         try:
-            addresses = self.bpf["stacks"].walk(stack_id)
+            addresses = self.bpf[macros.MAP_STACKS].walk(stack_id)
             return [self.symbolize(a) for a in addresses]
         except KeyError:
             return ["[stack lost]"]
