@@ -25,6 +25,18 @@ class UsageError(Exception):
     """A bad flag value: reported as one line, exit 2."""
 
 
+class PackageMissing(Exception):
+    """A flag needs a package that is not installed: one line, exit 1."""
+
+
+# Python modules only some flags need, imported only by those flags' code:
+# (flag given?, module, what to say when it cannot be imported)
+OPTIONAL_MODULES = (
+    (lambda cfg: cfg.write is not None, "dpkt",
+     "-w needs python3-dpkt (apt install python3-dpkt)"),
+)
+
+
 @dataclass
 class Config:
     addr: object = None             # ipaddress.IPv4Address / IPv6Address
@@ -186,7 +198,20 @@ def validate(ns):
         cfg.functions = check_patterns(ns.func)
     except FunctionError as e:
         raise UsageError(str(e)) from None
+    check_optional_modules(cfg)
     return cfg
+
+
+def check_optional_modules(cfg):
+    """PackageMissing when a flag given needs a module that is missing
+    (after the usage checks: a bad command line is said first)."""
+    import importlib
+    for given, module, missing in OPTIONAL_MODULES:
+        if given(cfg):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise PackageMissing(missing) from None
 
 
 def _filters(ns, cfg):
@@ -326,6 +351,6 @@ def parse_args(argv=None, parser=None):
     except UsageError as e:
         sys.stderr.write("%s: error: %s\n" % (PROG, e))
         sys.exit(2)
-    except LibpcapMissing as e:
+    except (LibpcapMissing, PackageMissing) as e:
         sys.stderr.write("%s: %s\n" % (PROG, e))
         sys.exit(1)
