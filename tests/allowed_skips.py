@@ -14,6 +14,7 @@ HOST_COVERS = {
     "this kernel has kprobes",
     "same C filter as on the host; saves a guest compile",
     "host only: output faults involve no probes, and a tracer start costs a compile in the guest",
+    "host only: start-up signals involve no probes, and a tracer start costs a compile in the guest",
 }
 
 ALLOWED_SKIPS = {
