@@ -2,12 +2,13 @@
 name skbtracer (installed) or skbtracer.py (a checkout); no abbreviated
 flags (a script's --prot must not work by luck)."""
 
-import os
+import re
+import signal
 import subprocess
 
 import pytest
 
-from skbt_unit_helpers import SKBTRACER, SYSTEM_PYTHON, assert_usage_error, run_cli
+from skbt_unit_helpers import REPO, SKBTRACER, SYSTEM_PYTHON, assert_usage_error, run_cli
 from skbtracer_lib.config import flags
 
 
@@ -59,3 +60,13 @@ def test_the_name_when_not_invoked_as_skbtracer():
 def test_abbreviations_are_refused(argv, mention):
     assert_usage_error(run_cli(*argv), mention)
 
+
+
+def test_man_page_exit_status_is_the_codes():
+    """EXIT STATUS lists the statuses the code has: 0, 1, 2 (argparse's and
+    config's usage errors) and 128 + SIGINT/SIGTERM (skbtracer.py's
+    Interrupted, checked on the host by tests/kernel/test_signals.py)."""
+    text = (REPO / "man" / "skbtracer.8").read_text()
+    section = text.split("\n.SH EXIT STATUS\n", 1)[1].split("\n.SH ", 1)[0]
+    statuses = re.findall(r"^\.B ([0-9, ]+)$", section, re.M)
+    assert statuses == ["0", "1", "2", "%d, %d" % (128 + signal.SIGINT, 128 + signal.SIGTERM)]
