@@ -230,6 +230,8 @@ def trace(program):
 
 def run():
     open_standard_streams()
+    for sig in STOP_SIGNALS:        # what main() leaves behind: exiting, nothing to stop
+        signal.signal(sig, signal.SIG_IGN)
     status = main()
     try:
         sys.stdout.flush()
