@@ -119,13 +119,14 @@ def main(argv=None):
     """The exit status. From its first line a SIGINT or SIGTERM is one line
     and 130 or 143 (not a traceback from an import, the BTF read or the
     compile); once events are read, live.py's handlers end the trace."""
+    global tracing_started
     previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
-    reading = False
+    reading = tracing_started = False
     try:
         from skbtracer_lib import config
         cfg = config.parse_args(argv)
         reading = bool(cfg.read)
-        return read(cfg) if reading else tracer(cfg)
+        return read(cfg) if reading else build_and_trace(cfg)
     except Interrupted as e:
         return fail("interrupted" if reading or tracing_started else
                     "interrupted before tracing started", e.status)
@@ -140,7 +141,8 @@ def read(cfg):
     return replay(cfg)
 
 
-def tracer(cfg):
+def build_and_trace(cfg):
+    """Live tracing: the BPF program built for cfg, checked, loaded, run."""
     from skbtracer_lib.program import kernel
     from skbtracer_lib.program.functions import FunctionError
     from skbtracer_lib.program.source import Program

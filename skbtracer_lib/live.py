@@ -41,8 +41,8 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
     if reasons is None:
         reasons = probes.drop_reasons()
     out = out or sys.stdout
-    source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp))
-    source.rows_on_terminal = is_terminal(out)
+    source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp),
+                        rows_on_terminal=is_terminal(out))
     sinks = make_sinks(cfg, out, err, files or {}, source)
     book = story.StoryBook(names) if cfg.summary else None
     return Session(cfg, source, sinks, book, err)
@@ -183,7 +183,7 @@ class LiveEvents:
 
     failure_note = "; tracing stopped, the complete rows before it are kept"
 
-    def __init__(self, cfg, loaded, err, names, reasons, clock):
+    def __init__(self, cfg, loaded, err, names, reasons, clock, rows_on_terminal=False):
         self.cfg = cfg
         self.loaded = loaded
         self.err = err
@@ -197,7 +197,7 @@ class LiveEvents:
         self.lost = 0
         self.stopping = False       # leave the poll loop
         self.stopped_by = None      # the signal that did: "Ctrl-C", "SIGTERM"
-        self.rows_on_terminal = False   # say when tracing starts (the header can take a while)
+        self.rows_on_terminal = rows_on_terminal  # say when tracing starts (the header comes late)
         self.ended_ns = None
         self.modules_checked = time.monotonic()
 
