@@ -237,10 +237,13 @@ class LiveEvents:
 
     def _poll(self, reader, session):
         while not self.stopping and not session.done:
-            reader.poll(POLL_TIMEOUT_MS)
+            reader.wait(POLL_TIMEOUT_MS)
+            self.names.forget_if_changed()     # before the rows are named
+            reader.read()
             self._between_polls()
         if not session.done:
-            reader.poll(0)   # what is still in the ring
+            self.names.forget_if_changed()
+            reader.read()    # what is still in the ring
         session.flush()
 
     def _between_polls(self):

@@ -32,6 +32,7 @@ import select
 import struct
 
 from ..program import kernel
+from ..program.macros import MAP_EVENTS
 from ..program.syscalls import PERF_EVENT_OPEN, bpf, syscall
 
 RING_BUFFER_PAGES = 1024   # one ring for all CPUs: 4 MiB with 4 KiB pages
@@ -126,12 +127,16 @@ class RingBufferReader:
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms for records (0: not at all), read them all."""
+        self.wait(timeout_ms)
+        return self.read()
+
+    def wait(self, timeout_ms):
+        """Wait up to timeout_ms for records, reading none."""
         if timeout_ms:
             if self.epoll is None:
                 self.epoll = select.epoll()
                 self.epoll.register(self.map_fd, select.EPOLLIN)
             self.epoll.poll(timeout_ms / 1000)
-        return self.read()
 
     def read(self):
         """Hand on every committed record; how many there were. The consumer
@@ -262,9 +267,12 @@ class PerfBufferReader:
             raise
 
     def poll(self, timeout_ms):
+        self.wait(timeout_ms)
+        return self.read()
+
+    def wait(self, timeout_ms):
         if timeout_ms:
             self.epoll.poll(timeout_ms / 1000)
-        return self.read()
 
     def read(self):
         return sum(ring.read(self.handle, self.on_lost) for ring in self.rings)
@@ -281,7 +289,7 @@ def open_reader(bpf, ring_buffer_pages, perf_pages, handle, on_lost, batch=None)
     """The reader of bcc module bpf's "events" map: a ring buffer of
     ring_buffer_pages pages (batch: see RingBufferReader), or (None) a perf
     buffer of perf_pages per CPU."""
-    table = bpf["events"]
+    table = bpf[MAP_EVENTS]
     if ring_buffer_pages:
         return RingBufferReader(table.map_fd, ring_buffer_pages * PAGE_SIZE, handle, batch)
     return PerfBufferReader(table.map_fd, handle, on_lost, perf_pages)

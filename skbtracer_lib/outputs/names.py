@@ -9,7 +9,11 @@ An inode is named, in this order of preference, by
 Namespaces come and go while skbtracer runs: an inode is looked up the first
 time an event carries it (lookup()), and inodes that could not be named then
 are tried again at most every RETRY_SECONDS (retry(), from the poll loop,
-not from the per-event path) and once more at exit.
+not from the per-event path) and once more at exit. The kernel gives a new
+namespace the lowest free inode number, so a deleted namespace's number is
+soon another's: names read from /run/netns are dropped whenever the
+directory changes (forget_if_changed(), before each read of the ring), and
+looked up again when next seen.
 """
 
 import os
@@ -93,6 +97,7 @@ class NetnsNames:
         self.labels = {0: "0"}             # inode -> label text (the hot path reads this)
         self.unresolved = set()
         self._last_scan = None
+        self._dirs_seen = self._dir_stamps()
         self.host_inode = None
         try:
             pid1 = os.stat(os.path.join(proc, "1", "ns", "net")).st_ino
@@ -134,6 +139,28 @@ class NetnsNames:
             self.unresolved.add(inode)
 
     # -- off the per-event path
+
+    def _dir_stamps(self):
+        stamps = []
+        for directory in self.netns_dirs:
+            try:
+                st = os.stat(directory)
+                stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return stamps
+
+    def forget_if_changed(self):
+        """Drop the names read from the netns directories if one changed
+        since the last call (one stat each). A change within the same clock
+        tick as the previous one (a few ms) can go unnoticed until the next."""
+        stamps = self._dir_stamps()
+        if stamps == self._dirs_seen:
+            return
+        self._dirs_seen = stamps
+        for inode in [inode for inode, info in self._info.items() if info.name]:
+            del self._info[inode]
+            del self.labels[inode]     # in place: the story's book holds this dict
 
     def retry(self, force=False):
         """Look again for inodes that had no name (rate limited unless force)."""

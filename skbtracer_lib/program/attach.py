@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import kprobe_multi
+from . import kprobe_multi, macros
 from .kprobe_multi import BPF_TRACE_KPROBE_MULTI
 
 PROGRESS_MIN = 48        # a progress bar and a closing line from this many functions on
@@ -80,7 +80,7 @@ class FunctionProbes:
         try:
             multi_error = None
             # SKBTRACER_KPROBE_MULTI=0: single kprobes anyway (bench/allfuncs.py compares)
-            if ("ROUTE_FUNC_IP" in self.loaded.program.plan.defines
+            if (macros.ROUTE_FUNC_IP in self.loaded.program.plan.defines
                     and os.environ.get("SKBTRACER_KPROBE_MULTI") != "0"):
                 multi_error = self._attach_multi(by_program, bar)
             if self.how is None:

@@ -2,10 +2,11 @@
 bitfields), read from the running kernel's BTF. Without BTF the C program
 computes the same macros from the installed headers (SKBT_LAYOUT_HEADERS)."""
 
-from . import kernel
+from . import kernel, macros
 from .btf import BTFError
 
-# macro name -> (struct, member path) of every field skbtracer.c reads
+# field -> (struct, member path) of every field skbtracer.c reads, which it
+# gets as L_<field>_OFF/_SIZE (macros.layout_offset, ...)
 CORE_FIELDS = {
     "SKB_LEN": ("sk_buff", "len"),
     "SKB_DEV": ("sk_buff", "dev"),
@@ -46,6 +47,9 @@ NFT_FIELDS = {
     "NFT_CHAIN_NAME": ("nft_chain", "name"),
     "NFT_TABLE_NAME": ("nft_table", "name"),
 }
+# all of them (tests/unit/test_macros.py checks skbtracer.c against these)
+FIELD_TABLES = (CORE_FIELDS, PCAP_VLAN_FIELDS, PCAP_VLAN_PRESENT, NF_STATE_FIELDS, XT_FIELDS,
+                NFT_FIELDS)
 
 
 class Layouts:
@@ -56,7 +60,7 @@ class Layouts:
         self.defines = {}
         self.description = ""
         if source == "headers":
-            self.defines["SKBT_LAYOUT_HEADERS"] = 1
+            self.defines[macros.SKBT_LAYOUT_HEADERS] = 1
             self.description = "the installed kernel headers"
             return
         self.btf = kernel.btf()
@@ -65,25 +69,26 @@ class Layouts:
         self._add_fields(NF_STATE_FIELDS, None)
         self._add_span(SPAN_FIELDS)
 
-    def _add_span(self, macros):
+    def _add_span(self, fields):
         """One read for fields that lie close together (SPAN_FIELD in C)."""
-        start = min(self.defines["L_%s_OFF" % m] for m in macros)
-        end = max(self.defines["L_%s_OFF" % m] + self.defines["L_%s_SIZE" % m] for m in macros)
+        start = min(self.defines[macros.layout_offset(f)] for f in fields)
+        end = max(self.defines[macros.layout_offset(f)] + self.defines[macros.layout_size(f)]
+                  for f in fields)
         if end - start > MAX_SPAN:
             return False
-        self.defines["L_SKB_SPAN_OFF"] = start
-        self.defines["L_SKB_SPAN_LEN"] = end - start
+        self.defines[macros.L_SKB_SPAN_OFF] = start
+        self.defines[macros.L_SKB_SPAN_LEN] = end - start
         return True
 
     def _add_fields(self, fields, module):
         found = {}
-        for macro, (struct_name, path) in fields.items():
+        for name, (struct_name, path) in fields.items():
             member = self.btf.member(struct_name, path, module)
-            found["L_%s_OFF" % macro] = member.byte_offset
-            found["L_%s_SIZE" % macro] = member.size
+            found[macros.layout_offset(name)] = member.byte_offset
+            found[macros.layout_size(name)] = member.size
             if member.bit_size:
-                found["L_%s_SHIFT" % macro] = member.bit_shift
-                found["L_%s_BITS" % macro] = member.bit_size
+                found[macros.layout_shift(name)] = member.bit_shift
+                found[macros.layout_bits(name)] = member.bit_size
         self.defines.update(found)
 
     def pcap(self):
@@ -92,8 +97,8 @@ class Layouts:
         if self.source != "btf":
             return ["struct layouts from headers: offloaded VLAN tags are not shown to the "
                     "filter expression"]
-        if "L_SKB_SPAN_LEN" in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
-            self.defines["L_SKB_SPAN_HAS_TAIL"] = 1
+        if macros.L_SKB_SPAN_LEN in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
+            self.defines[macros.L_SKB_SPAN_HAS_TAIL] = 1
         self._add_fields(PCAP_VLAN_FIELDS, None)
         try:
             self._add_fields(PCAP_VLAN_PRESENT, None)
@@ -103,7 +108,10 @@ class Layouts:
 
     def netfilter(self, module, is_nft):
         """Can the netfilter probes of module be built? (ok, reason)"""
-        fields, flag = (NFT_FIELDS, "HAVE_NFT_LAYOUT") if is_nft else (XT_FIELDS, "HAVE_XT_LAYOUT")
+        if is_nft:
+            fields, flag = NFT_FIELDS, macros.HAVE_NFT_LAYOUT
+        else:
+            fields, flag = XT_FIELDS, macros.HAVE_XT_LAYOUT
         if self.source == "btf":
             try:
                 self._add_fields(fields, module)

@@ -1,9 +1,10 @@
 """The program compiled by bcc, its probes attached (and re-attached when a
 probed module comes back), its maps read."""
 
+import errno
 import os
 
-from . import kernel, probes
+from . import kernel, macros, probes
 from .attach import FunctionProbes
 from ..events import reader
 from ..events.decode import BoundedCache
@@ -51,7 +52,7 @@ class Loaded:
         by_address = [p for p in planned if p.by_address]
         if not by_address:
             return
-        table = self.bpf["probe_ids"]
+        table = self.bpf[macros.MAP_PROBE_IDS]
         for probe in by_address:
             for address in probe.addresses or probes.symbol_addresses(probe.name):
                 for entry in (address, address + 4):   # plain, or past an endbr64
@@ -140,7 +141,7 @@ class Loaded:
 
     def lost_events(self):
         """Events the kernel could not put into the ring, all CPUs."""
-        table = self.bpf["lost_events"]
+        table = self.bpf[macros.MAP_LOST_EVENTS]
         return int(table.sum(table.Key(0)).value)
 
     def close(self):
@@ -153,6 +154,14 @@ class Loaded:
 
 def _info(probe):
     return ProbeInfo(probe.name, probe.kind, probe.extra)
+
+
+# bpf_get_stackid()'s errors. Stacks are stored by hash and never replaced
+# (the rows keep a stack id's lines for the whole run): a stack whose hash
+# slot holds another one is EEXIST, for the rest of the run.
+STACK_ERRORS = {errno.EEXIST: "its slot in the stack map holds another stack",
+                errno.ENOMEM: "the stack map is full",
+                errno.EFAULT: "the stack could not be walked"}
 
 
 class KernelSymbols:
@@ -172,9 +181,10 @@ class KernelSymbols:
     def stack(self, stack_id):
         """Symbols of a kernel stack, innermost first."""
         if stack_id < 0:
-            return ["[stack unavailable: %d]" % stack_id]
+            reason = STACK_ERRORS.get(-stack_id)
+            return ["[stack unavailable: %d%s]" % (stack_id, ", " + reason if reason else "")]
         try:
-            addresses = self.bpf["stacks"].walk(stack_id)
+            addresses = self.bpf[macros.MAP_STACKS].walk(stack_id)
             return [self.symbolize(a) for a in addresses]
         except KeyError:
             return ["[stack lost]"]

@@ -17,6 +17,8 @@ import ctypes
 import ctypes.util
 from dataclasses import dataclass
 
+from . import macros
+
 # libpcap's link types (DLT_*) for the two views
 DLT_EN10MB = 1
 DLT_RAW = 12
@@ -325,7 +327,7 @@ class Expression:
         to rejects every packet."""
         parts = []
         for view in self.views:
-            function = "pcap_match_%s" % view.name
+            function = macros.pcap_match(view.name)
             if view.insns is None:
                 # libpcap's reason stays out of the C text (it may quote the expression)
                 parts.append("static __always_inline int %s(struct pcap_view *v) "
@@ -349,11 +351,11 @@ class Expression:
             chunk = MIN_CHUNK
             while chunk < min(max(ends, default=0), MAX_CHUNK):
                 chunk *= 2
-        d = {"PCAP_CHUNK": chunk}
+        d = {macros.PCAP_CHUNK: chunk}
         if not self.live:
-            d["PCAP_INSERT_TAG"] = 1
+            d[macros.PCAP_INSERT_TAG] = 1
         if any(i.code & 0xE0 == LEN for i in loads):
-            d["PCAP_NEEDS_LEN"] = 1
+            d[macros.PCAP_NEEDS_LEN] = 1
         return d
 
     def c_comment(self):

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import kernel
+from . import kernel, macros
 
 # --route with kprobes: the original tool's set plus what newer kernels need
 # to tell the same story. The number is the skb's argument position when the
@@ -168,19 +168,17 @@ def _plan_route_kprobes(plan):
             plan.skip(function, how)
             continue
         probe = plan.add(function, "route", module=module, note="skb is arg %d (%s)" % (position, how))
-        if deref:
-            probe.c_line = "ROUTE_KPROBE_DEREF(%d)" % position
-            probe.attach = [("kprobe", function, "route_deref_arg%d" % position)]
-        else:
-            probe.c_line = "ROUTE_KPROBE(%d)" % position
-            probe.attach = [("kprobe", function, "route_arg%d" % position)]
+        instantiator = macros.ROUTE_KPROBE_DEREF if deref else macros.ROUTE_KPROBE
+        probe.c_line = instantiator.line(position)
+        (program,) = instantiator.function_names(position)
+        probe.attach = [("kprobe", function, program)]
         probe.by_address = True
 
 
 def _plan_unresolved(plan):
     # rows from an address skbtracer did not register (should not happen)
     unresolved = plan.add("?", "helper", note="kprobe rows whose function was not resolved")
-    plan.defines["UNRESOLVED_PROBE_ID"] = unresolved.id
+    plan.defines[macros.UNRESOLVED_PROBE_ID] = unresolved.id
 
 
 def _plan_functions(plan, cfg):
@@ -192,25 +190,27 @@ def _plan_functions(plan, cfg):
     selection = functions.select(cfg.functions, cfg.all_functions, exclude=planned)
     plan.function_counts = (selection.found, len(selection.functions), len(selection.skipped))
     for function in selection.functions:
+        (program,) = macros.ROUTE_KPROBE.function_names(function.position)
         probe = plan.add(function.name, "route", module=function.module,
                          note="skb is arg %d (BTF)" % function.position,
-                         c_line="ROUTE_KPROBE(%d)" % function.position,
-                         attach=[("kprobe", function.name, "route_arg%d" % function.position)],
+                         c_line=macros.ROUTE_KPROBE.line(function.position),
+                         attach=[("kprobe", function.name, program)],
                          by_address=True, extra=True,
                          addresses=functions.text_symbols()[function.name][1])
     plan.skipped.extend(selection.skipped)
     count = sum(len(p.addresses) or 1 for p in plan.probes if p.by_address)
-    plan.defines["PROBE_IDS_ENTRIES"] = max(2048, 2 * count + 64)
+    plan.defines[macros.PROBE_IDS_ENTRIES] = max(2048, 2 * count + 64)
     if kprobe_multi.supported():
         # bpf_get_func_ip: the shared programs serve kprobe-multi links
-        plan.defines["ROUTE_FUNC_IP"] = 1
+        plan.defines[macros.ROUTE_FUNC_IP] = 1
 
 
 def _plan_route_tracepoints(plan, points):
     for category, event, index in points:
         probe = plan.add(event, "route", note="tracepoint %s:%s" % (category, event))
-        probe.c_line = "ROUTE_RAW_TP(%d, %d)" % (probe.id, index)
-        probe.attach = [("raw_tracepoint", event, "route_%d" % probe.id)]
+        probe.c_line = macros.ROUTE_RAW_TP.line(probe.id, index)
+        (program,) = macros.ROUTE_RAW_TP.function_names(probe.id, index)
+        probe.attach = [("raw_tracepoint", event, program)]
 
 
 def _xt_argument_positions(function, module):
@@ -251,14 +251,15 @@ def _plan_iptable(plan, layouts):
             continue
         probe = plan.add(function, "iptable", module=module)
         if is_nft:
-            probe.c_line = "NFT_KPROBES(%d)" % probe.id
+            instantiator, args = macros.NFT_KPROBES, (probe.id,)
             probe.note = "pkt is arg 1, chain arg 2"
         else:
             skb, state, table, how = _xt_argument_positions(function, module)
-            probe.c_line = "XT_KPROBES(%d, %d, %d, %d)" % (probe.id, skb, state, table)
+            instantiator, args = macros.XT_KPROBES, (probe.id, skb, state, table)
             probe.note = "skb arg %d, state arg %d, table arg %d (%s)" % (skb, state, table, how)
-        probe.attach = [("kprobe", function, "nf_enter_%d" % probe.id),
-                        ("kretprobe", function, "nf_return_%d" % probe.id)]
+        probe.c_line = instantiator.line(*args)
+        enter, ret = instantiator.function_names(*args)
+        probe.attach = [("kprobe", function, enter), ("kretprobe", function, ret)]
 
 
 def drop_reason_arg():
@@ -306,28 +307,28 @@ def plan_probes(cfg, backend, layouts):
                 "this kernel has no kprobes", "no verdict rows"))
     if "drop" in cfg.modes or cfg.keep:
         drop = plan.add("kfree_skb", "drop" if "drop" in cfg.modes else "helper",
-                        c_line="", attach=[("raw_tracepoint", "kfree_skb", "on_kfree_skb")])
-        plan.defines["DROP_PROBE_ID"] = drop.id
+                        c_line="", attach=[("raw_tracepoint", "kfree_skb", macros.ON_KFREE_SKB)])
+        plan.defines[macros.DROP_PROBE_ID] = drop.id
         reason_arg = drop_reason_arg()
         if reason_arg is not None:
-            plan.defines["DROP_REASON_ARG"] = reason_arg
+            plan.defines[macros.DROP_REASON_ARG] = reason_arg
             consumed = drop_reasons().get_value("SKB_CONSUMED")
             if consumed is not None:
-                plan.defines["DROP_REASON_CONSUMED"] = consumed
+                plan.defines[macros.DROP_REASON_CONSUMED] = consumed
             drop.note = "reason is arg %d" % reason_arg
         else:
             drop.note = "this kernel's kfree_skb has no reason"
     if builtin_route or cfg.keep:
         consume = plan.add("consume_skb", "route" if "route" in cfg.modes else "helper",
-                           attach=[("raw_tracepoint", "consume_skb", "on_consume_skb")],
+                           attach=[("raw_tracepoint", "consume_skb", macros.ON_CONSUME_SKB)],
                            note="a normal free: the end of an skb's life")
         if builtin_route:
-            plan.defines["CONSUME_PROBE_ID"] = consume.id
+            plan.defines[macros.CONSUME_PROBE_ID] = consume.id
     if cfg.keep:
         if backend == "kprobe":
             plan.add("skb_clone", "helper",
-                     attach=[("kprobe", "skb_clone", "on_clone_enter"),
-                             ("kretprobe", "skb_clone", "on_clone_return")])
+                     attach=[("kprobe", "skb_clone", macros.ON_CLONE_ENTER),
+                             ("kretprobe", "skb_clone", macros.ON_CLONE_RETURN)])
         else:
             plan.notes.append("--keep cannot follow skb clones without kprobes")
     return plan

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 from skbtracer_lib import config
 from skbtracer_lib.events import decode, fields
-from skbtracer_lib.program import kernel  # noqa: E402
+from skbtracer_lib.program import kernel, macros  # noqa: E402
 from skbtracer_lib.program.source import Program  # noqa: E402
 
 bcc = pytest.importorskip("bcc", reason="bcc is not importable: run with /usr/bin/python3 "
@@ -252,7 +252,7 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
     program = Program(config.parse_args(flags), backend="kprobe")
     assert program.plan.function_counts and program.plan.function_counts[1] > 10
     assert len(compile_and_load(program)) == sum(len(p.attach) for p in program.plan.probes)
-    assert ("ROUTE_FUNC_IP" in program.plan.defines) == multi
+    assert (macros.ROUTE_FUNC_IP in program.plan.defines) == multi
     if not multi:
         return
     bpf = BPF(text=program.text)

@@ -55,11 +55,19 @@ def test_without_kprobes_one_line_exit_1(flags):
 
 
 def duplicate_line(stderr, sport):
-    found = [line for line in stderr.splitlines()
-             if line.startswith("DUPLICATE: U 10.244.1.2:%d->" % sport)]
-    assert len(found) == 1, stderr
+    """The story's DUPLICATE line for sport, unwrapped (the story wraps to
+    the width; continuation lines start with spaces), the time apart out."""
+    lines = stderr.splitlines()
+    starts = [i for i, line in enumerate(lines)
+              if line.startswith("DUPLICATE: U 10.244.1.2:%d->" % sport)]
+    assert len(starts) == 1, stderr
+    paragraph = [lines[starts[0]]]
+    for line in lines[starts[0] + 1:]:
+        if not line.startswith("    "):
+            break
+        paragraph.append(line.strip())
     # how far apart the copies arrived is each run's own measurement
-    line = re.sub(r"\(\d+\.\d+ (us|ms|s) apart\)", "(D apart)", found[0])
+    line = re.sub(r"\(\d+(\.\d+)? (us|ms|s) apart\)", "(D apart)", " ".join(paragraph))
     return line.replace(":%d->" % sport, ":SPORT->")
 
 

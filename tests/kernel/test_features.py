@@ -24,6 +24,7 @@ from testbed.tracer import StderrReadyRun, TracerRun, parse_rows, tracing_togeth
 
 # the host's headers are 6.1's, not its kernel's: --layout headers in a guest only
 LAYOUT = "headers" if GUEST else "btf"
+COLLIDED = "[stack unavailable: -17, its slot in the stack map holds another stack]"
 EXIT_LINE = r"^skbtracer: (\d+) rows printed, 0 events lost$"
 PORT, OTHER_PORT = 9000, 9001
 SPORT = 43501
@@ -123,13 +124,22 @@ def test_proto_any_with_a_port_is_udp_and_tcp_of_that_port(stacks_and_any, clust
 def test_callstack_under_every_row_shows_where_it_fired(stacks_and_any, cluster):
     rows = ours(cluster, stacks_and_any.rows)
     assert rows
+    # a stack whose hash slot another stack took first is said so, never
+    # shown wrong (16384 slots: a few in a hundred runs see one)
+    collided = [row for row in rows if row.stack == [COLLIDED]]
+    assert len(collided) <= len(rows) // 4, collided
     for row in rows:
         assert row.stack, row.line
+        if row in collided:
+            continue
         # symbol+offset, "[module]" after a module's (veth, bridge in a guest)
         assert all(re.fullmatch(r"\S+\+0x[0-9a-f]+( \[\w+\])?|\[unknown\]", line)
                    for line in row.stack), row.stack
         symbols = [line.split("+")[0] for line in row.stack]
-        wanted = TRACEPOINT_CALLERS.get(row.function) if BACKEND == "tracepoint" else row.function
+        # a tracepoint's row (the kprobe backend uses some too) names the
+        # tracepoint: its stack shows the function that fires it
+        wanted = TRACEPOINT_CALLERS.get(row.function,
+                                        row.function if BACKEND == "kprobe" else None)
         assert wanted is None or any(s.startswith(wanted) for s in symbols), (
             row.line, row.stack)
 

@@ -330,3 +330,11 @@ def test_a_spec_the_c_rows_cannot_follow_is_refused(change):
     with pytest.raises(ValueError, match="rows spec"):
         textrow.rows_in_c().Formatter(spec, fmt.trace_after_skb, fmt.clock)
     assert textrow.rows_in_c().Formatter(textrow.c_spec(), fmt.trace_after_skb, fmt.clock)
+
+
+def test_a_stack_the_kernel_did_not_store_says_why():
+    from skbtracer_lib.program.load import KernelSymbols
+    symbols = KernelSymbols(bpf=None)
+    assert symbols.stack(-17) == ["[stack unavailable: -17, its slot in the stack map holds another stack]"]
+    assert symbols.stack(-12) == ["[stack unavailable: -12, the stack map is full]"]
+    assert symbols.stack(-22) == ["[stack unavailable: -22]"]

@@ -119,11 +119,13 @@ class StandInBPF(dict):
         self.handle = handle
         return self
 
-    def poll(self, timeout):
+    def wait(self, timeout):
+        if not self.raws and timeout:
+            self.stop()
+
+    def read(self):
         if self.raws:
             self.handle(self.raws.pop(0))
-        elif timeout:
-            self.stop()
 
     def close(self):
         pass

@@ -67,9 +67,11 @@ class Feeder:
     def __init__(self, raws, handle, stop):
         self.raws, self.handle, self.stop = list(raws), handle, stop
 
-    def poll(self, _timeout):
+    def wait(self, _timeout):
         if not self.raws:
             self.stop()
+
+    def read(self):
         while self.raws:
             self.handle(self.raws.pop(0))
 

@@ -675,6 +675,27 @@ def test_names_of_a_namespace_made_later_are_found_on_first_sight(tmp_path):
     assert resolver.label(later) == "later"
 
 
+def test_a_deleted_namespaces_number_is_named_anew_once_the_directory_changed(tmp_path):
+    """The kernel gives a new namespace the lowest free inode number: "b"
+    deleted and "d" made may have the same one (a hard link stands for it)."""
+    fake = FakeSystem(tmp_path)
+    resolver = names.NetnsNames(proc=str(fake.proc), netns_dirs=[str(fake.netns_dir)])
+    number = fake.netns("b")
+    assert resolver.label(number) == "b"
+    os.link(fake.netns_dir / "b", fake.netns_dir / "d")
+    os.unlink(fake.netns_dir / "b")
+    os.utime(fake.netns_dir, ns=(1, 1))     # a change stamp no earlier one had
+    assert resolver.label(number) == "b"    # the cache, until the loop looks
+    resolver.forget_if_changed()
+    assert resolver.label(number) == "d"
+    os.unlink(fake.netns_dir / "d")          # gone before its rows were read
+    os.utime(fake.netns_dir, ns=(2, 2))
+    resolver.forget_if_changed()
+    assert resolver.label(number) == str(number)
+    resolver.forget_if_changed()             # nothing changed: nothing dropped
+    assert resolver.labels[number] == str(number)
+
+
 def test_names_retry_is_rate_limited(tmp_path):
     """An inode nobody could name when first seen gets its name later (from
     the poll loop, at most every RETRY_SECONDS)."""

@@ -1,0 +1,165 @@
+"""What Python tells skbtracer.c, and the C names Python calls, listed once.
+
+skbtracer.c asks most of these with #ifdef, where a misspelt name compiles
+as false and nothing says so. The generators (source, layout, probes,
+pcapfilter) take every name from here, so a typo on the Python side is an
+AttributeError; tests/unit/test_macros.py parses skbtracer.c and checks
+that every name it tests or uses is listed here (or defined by the C itself,
+the kernel headers or bcc), that every entry here is used there, and that
+the functions, macros and maps named below exist in it.
+"""
+
+from typing import NamedTuple
+
+# kinds of #define
+FLAG = "flag"            # defined (as 1) or not: the C asks #ifdef
+NUMBER = "number"        # an integer the C uses as a value
+TEXT = "C text"          # a C expression
+
+
+class Macro(NamedTuple):
+    name: str
+    kind: str
+    why: str
+
+
+MACROS = {}     # name -> Macro: every #define the generated head may hold
+
+
+def _macro(name, kind, why):
+    if name in MACROS:
+        raise ValueError("macro %s listed twice" % name)
+    MACROS[name] = Macro(name, kind, why)
+    return name
+
+
+# struct layouts (layout.py); also the L_<FIELD>_* family below
+SKBT_LAYOUT_HEADERS = _macro("SKBT_LAYOUT_HEADERS", FLAG,
+                             "no BTF: the C computes the L_* layouts from the installed headers")
+L_SKB_SPAN_OFF = _macro("L_SKB_SPAN_OFF", NUMBER,
+                        "where the sk_buff fields parse_skb reads in one go start")
+L_SKB_SPAN_LEN = _macro("L_SKB_SPAN_LEN", NUMBER,
+                        "how long that span is; undefined: read the fields one by one")
+L_SKB_SPAN_HAS_TAIL = _macro("L_SKB_SPAN_HAS_TAIL", FLAG,
+                             "the span holds skb->tail too (expressions, -w)")
+HAVE_XT_LAYOUT = _macro("HAVE_XT_LAYOUT", FLAG, "struct xt_table's layout is known: table names")
+HAVE_NFT_LAYOUT = _macro("HAVE_NFT_LAYOUT", FLAG,
+                         "nf_tables' struct layouts are known: table and chain names")
+
+# modes (source.mode_defines)
+MODE_IPTABLE = _macro("MODE_IPTABLE", FLAG, "--iptable: the netfilter verdict probes")
+MODE_DROP = _macro("MODE_DROP", FLAG, "--drop: kfree_skb makes rows")
+KEEP = _macro("KEEP", FLAG, "--keep: an skb that matched once is followed until freed")
+KEEP_ENTRIES = _macro("KEEP_ENTRIES", NUMBER, "--keep: skbs followed at once at most")
+STACK_ALL = _macro("STACK_ALL", FLAG, "--callstack: a kernel stack under every row")
+STACK_DROPS = _macro("STACK_DROPS", FLAG, "--dropstack: a kernel stack under drop rows")
+STACK_ENTRIES = _macro("STACK_ENTRIES", NUMBER, "stacks kept in the stack map at most")
+CAPTURE_BYTES = _macro("CAPTURE_BYTES", NUMBER, "-w: packet bytes copied per row at most")
+
+# filters (source.filter_defines): numbers in the packet's byte order as loaded
+FILTER_ADDR4 = _macro("FILTER_ADDR4", NUMBER, "-H with an IPv4 address")
+FILTER_ADDR6_0 = _macro("FILTER_ADDR6_0", NUMBER, "-H with an IPv6 address: its first 8 bytes")
+FILTER_ADDR6_1 = _macro("FILTER_ADDR6_1", NUMBER, "-H with an IPv6 address: its last 8 bytes")
+FILTER_L4PROTO = _macro("FILTER_L4PROTO", NUMBER, "--proto tcp|udp: the IP protocol number")
+FILTER_ICMP = _macro("FILTER_ICMP", FLAG, "--proto icmp: ICMP or ICMPv6")
+FILTER_PORT = _macro("FILTER_PORT", NUMBER, "-P: source or destination port")
+FILTER_ICMPID = _macro("FILTER_ICMPID", NUMBER, "--icmpid: the ICMP echo id")
+FILTER_PID = _macro("FILTER_PID", NUMBER, "-p: the process id")
+FILTER_NETNS = _macro("FILTER_NETNS", TEXT,
+                      "-N: FILTER_NETNS(n), is namespace inode n one of those given")
+
+# a tcpdump expression (pcapfilter.py)
+PCAP_FILTER = _macro("PCAP_FILTER", FLAG, "an expression: pcap_match_l2/l3 are in the text")
+PCAP_CHUNK = _macro("PCAP_CHUNK", NUMBER, "packet bytes read at once for the expression")
+PCAP_INSERT_TAG = _macro("PCAP_INSERT_TAG", FLAG,
+                         "compiled as for a file: an offloaded VLAN tag goes back into the frame")
+PCAP_NEEDS_LEN = _macro("PCAP_NEEDS_LEN", FLAG, "the expression asks the packet's length")
+
+# probes (probes.py)
+UNRESOLVED_PROBE_ID = _macro("UNRESOLVED_PROBE_ID", NUMBER,
+                             "the kprobe backend's route programs: the id of an unknown address")
+PROBE_IDS_ENTRIES = _macro("PROBE_IDS_ENTRIES", NUMBER,
+                           "probe addresses the route kprobes can tell apart at most")
+ROUTE_FUNC_IP = _macro("ROUTE_FUNC_IP", FLAG,
+                       "--all/--func with kprobe-multi: the function from bpf_get_func_ip")
+DROP_PROBE_ID = _macro("DROP_PROBE_ID", NUMBER, "--drop/--keep: kfree_skb's probe id")
+DROP_REASON_ARG = _macro("DROP_REASON_ARG", NUMBER,
+                         "5.17+: the drop reason's index in kfree_skb's arguments")
+DROP_REASON_CONSUMED = _macro("DROP_REASON_CONSUMED", NUMBER,
+                              "SKB_CONSUMED's value: a normal free, not a drop")
+CONSUME_PROBE_ID = _macro("CONSUME_PROBE_ID", NUMBER, "--route: consume_skb's probe id")
+
+# the event path (events/reader.py)
+RING_BUFFER_PAGES = _macro("RING_BUFFER_PAGES", NUMBER,
+                           "5.8+: the ring buffer's size; undefined: a perf buffer")
+
+
+# The L_<FIELD>_* family (NUMBER): where a kernel struct field lies, for every
+# field of layout.FIELD_TABLES; skbtracer.c reads them with KREAD(obj, FIELD).
+def layout_offset(field):
+    return "L_%s_OFF" % field
+
+
+def layout_size(field):
+    return "L_%s_SIZE" % field
+
+
+def layout_shift(field):
+    """A bitfield's shift within its bytes."""
+    return "L_%s_SHIFT" % field
+
+
+def layout_bits(field):
+    """A bitfield's width."""
+    return "L_%s_BITS" % field
+
+
+LAYOUT_MACROS = (layout_offset, layout_size, layout_shift, layout_bits)
+
+
+class Instantiator(NamedTuple):
+    """A macro skbtracer.c defines and a generated probe line calls; it
+    defines the functions named, "{param}" standing for its argument."""
+    name: str
+    params: tuple
+    functions: tuple
+
+    def line(self, *args):
+        return "%s(%s)" % (self.name, ", ".join(str(a) for a in args))
+
+    def function_names(self, *args):
+        values = dict(zip(self.params, args))
+        return tuple(f.format(**values) for f in self.functions)
+
+
+# one program per skb argument position, shared by the route kprobes
+ROUTE_KPROBE = Instantiator("ROUTE_KPROBE", ("argn",), ("route_arg{argn}",))
+# the same for struct sk_buff ** arguments (br_handle_frame)
+ROUTE_KPROBE_DEREF = Instantiator("ROUTE_KPROBE_DEREF", ("argn",), ("route_deref_arg{argn}",))
+ROUTE_RAW_TP = Instantiator("ROUTE_RAW_TP", ("id", "argi"), ("route_{id}",))
+XT_KPROBES = Instantiator("XT_KPROBES", ("id", "skb_arg", "state_arg", "table_arg"),
+                          ("nf_enter_{id}", "nf_return_{id}"))
+NFT_KPROBES = Instantiator("NFT_KPROBES", ("id",), ("nf_enter_{id}", "nf_return_{id}"))
+INSTANTIATORS = (ROUTE_KPROBE, ROUTE_KPROBE_DEREF, ROUTE_RAW_TP, XT_KPROBES, NFT_KPROBES)
+
+# functions skbtracer.c defines that Python attaches by name
+ON_KFREE_SKB = "on_kfree_skb"
+ON_CONSUME_SKB = "on_consume_skb"
+ON_CLONE_ENTER = "on_clone_enter"
+ON_CLONE_RETURN = "on_clone_return"
+C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN)
+
+# maps skbtracer.c declares that Python reads by name
+MAP_EVENTS = "events"
+MAP_LOST_EVENTS = "lost_events"
+MAP_STACKS = "stacks"
+MAP_PROBE_IDS = "probe_ids"
+MAPS = (MAP_EVENTS, MAP_LOST_EVENTS, MAP_STACKS, MAP_PROBE_IDS)
+
+# where skbtracer.c takes the translated filter expression, which defines
+# pcap_match(view) for each of pcapfilter.VIEWS; skbtracer.c calls them
+PCAP_FUNCTIONS_MARKER = "/* @pcap-functions@ skbtracer.py puts the translated expression here */"
+
+
+def pcap_match(view):
+    return "pcap_match_%s" % view
