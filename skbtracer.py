@@ -19,15 +19,74 @@
 # or saved ones (replay, -r), and the packets' story told at exit (story).
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 
-from skbtracer_lib import config  # noqa: E402
-from skbtracer_lib.outputs.files import FileError, open_new_file  # noqa: E402 (tests call it here)
-from skbtracer_lib.program import kernel, layout  # noqa: E402
-from skbtracer_lib.program.load import Loaded  # noqa: E402
-from skbtracer_lib.program.source import Program  # noqa: E402
+# The library is imported by main(), after the signal handlers are in place:
+# its imports are the first tenth of a second a Ctrl-C can land in.
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+tracing_started = False     # set by trace(): how main() says an interrupt
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside the trace's own handling (live.py's, which
+    ends the trace cleanly): said in one line, exit 128 + its number. A
+    KeyboardInterrupt, so that the story's own catch still holds."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.status = 128 + signum
+
+
+def _interrupt(signum, _frame):
+    raise Interrupted(signum)
+
+
+class PipeSafeStream:
+    """stderr whose reader may go (`2>&1 | head`): after EPIPE the rest goes
+    to /dev/null, so the run ends as `| head` ends it (exit 0, no noise)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):        # fileno, isatty...: the stream's
+        return getattr(self.stream, name)
+
+
+def open_standard_streams():
+    """A closed stdout or stderr (`2>&-`) becomes /dev/null: the messages
+    have somewhere to go, and no file the run opens takes fd 1 or 2."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, "w", closefd=False))
+    sys.stderr = PipeSafeStream(sys.stderr)
 
 
 def fail(message, status=1):
@@ -57,11 +116,36 @@ def report(program, headers, loaded):
 
 
 def main(argv=None):
-    cfg = config.parse_args(argv)
-    if cfg.read:        # saved JSON lines: no root, no bcc, no kernel
-        from skbtracer_lib.replay.session import main as replay
-        return replay(cfg)
+    """The exit status. From its first line a SIGINT or SIGTERM is one line
+    and 130 or 143 (not a traceback from an import, the BTF read or the
+    compile); once events are read, live.py's handlers end the trace."""
+    global tracing_started
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
+    reading = tracing_started = False
+    try:
+        from skbtracer_lib import config
+        cfg = config.parse_args(argv)
+        reading = bool(cfg.read)
+        return read(cfg) if reading else build_and_trace(cfg)
+    except Interrupted as e:
+        return fail("interrupted" if reading or tracing_started else
+                    "interrupted before tracing started", e.status)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def read(cfg):
+    """-r: saved JSON lines; no root, no bcc, no kernel."""
+    from skbtracer_lib.replay.session import main as replay
+    return replay(cfg)
+
+
+def build_and_trace(cfg):
+    """Live tracing: the BPF program built for cfg, checked, loaded, run."""
+    from skbtracer_lib.program import kernel
     from skbtracer_lib.program.functions import FunctionError
+    from skbtracer_lib.program.source import Program
     try:
         program = Program(cfg)
     except kernel.KernelError as e:
@@ -105,10 +189,14 @@ def say_skipped(loaded):
 
 
 def trace(program):
+    global tracing_started
     from skbtracer_lib.live import live_session
+    from skbtracer_lib.outputs.files import FileError
     from skbtracer_lib.outputs.sinks import open_outputs
+    from skbtracer_lib.program import kernel, layout
+    from skbtracer_lib.program.load import Loaded
     cfg = program.cfg
-    headers = loaded = None
+    headers = loaded = session = None
     files = []
     try:
         headers = kernel.find_header_tree()
@@ -121,15 +209,19 @@ def trace(program):
         else:
             say_skipped(loaded)
         opened = open_outputs(cfg, files)
-        return live_session(cfg, loaded, out=opened.get("output"), files=opened).run()
+        session = live_session(cfg, loaded, out=opened.get("output"), files=opened)
+        return session.run()
     except (kernel.KernelError, FileError) as e:
         return fail(e)
-    except KeyboardInterrupt:
-        # Ctrl-C while compiling, attaching (every probe is detached) or opening a FIFO
-        return fail("interrupted before tracing started", 130)
     except Exception as e:  # bcc raises plain Exception for compile/load errors
         return fail("cannot load the BPF program: %s" % str(e).strip())
     finally:
+        # After an interrupt while compiling, attaching or opening a FIFO
+        # (main() says it), or at the trace's end: every probe attached is
+        # detached here, and another Ctrl-C must not cut that short.
+        tracing_started = session is not None and session.started
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         for f in files:
             f.close()
         if loaded:
@@ -139,6 +231,9 @@ def trace(program):
 
 
 def run():
+    open_standard_streams()
+    for sig in STOP_SIGNALS:        # what main() leaves behind: exiting, nothing to stop
+        signal.signal(sig, signal.SIG_IGN)
     status = main()
     try:
         sys.stdout.flush()

@@ -40,10 +40,19 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
         names = netns_names.NetnsNames()     # looks nothing up until asked
     if reasons is None:
         reasons = probes.drop_reasons()
-    source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp))
-    sinks = make_sinks(cfg, out or sys.stdout, err, files or {}, source)
+    out = out or sys.stdout
+    source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp),
+                        rows_on_terminal=is_terminal(out))
+    sinks = make_sinks(cfg, out, err, files or {}, source)
     book = story.StoryBook(names) if cfg.summary else None
     return Session(cfg, source, sinks, book, err)
+
+
+def is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):    # not a file, or closed
+        return False
 
 
 class Records:
@@ -174,7 +183,7 @@ class LiveEvents:
 
     failure_note = "; tracing stopped, the complete rows before it are kept"
 
-    def __init__(self, cfg, loaded, err, names, reasons, clock):
+    def __init__(self, cfg, loaded, err, names, reasons, clock, rows_on_terminal=False):
         self.cfg = cfg
         self.loaded = loaded
         self.err = err
@@ -188,6 +197,7 @@ class LiveEvents:
         self.lost = 0
         self.stopping = False       # leave the poll loop
         self.stopped_by = None      # the signal that did: "Ctrl-C", "SIGTERM"
+        self.rows_on_terminal = rows_on_terminal  # say when tracing starts (the header comes late)
         self.ended_ns = None
         self.modules_checked = time.monotonic()
 
@@ -261,9 +271,11 @@ class LiveEvents:
         self.stop()
 
     def _say_tracing(self):
-        """Where the rows go, when it is not the terminal's rows."""
+        """That tracing started, and where the rows go: to a file, as JSON
+        lines, or to a terminal (text rows to a pipe or a file: nothing, as
+        the original tool)."""
         json_rows = self.cfg.json == "-"
-        if json_rows or self.cfg.output:
+        if json_rows or self.cfg.output or self.rows_on_terminal:
             self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"
                            % ("JSON lines" if json_rows else "rows", self.cfg.output or "stdout"))
             self.err.flush()

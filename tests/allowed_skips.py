@@ -14,6 +14,7 @@ HOST_COVERS = {
     "this kernel has kprobes",
     "same C filter as on the host; saves a guest compile",
     "host only: output faults involve no probes, and a tracer start costs a compile in the guest",
+    "host only: start-up signals involve no probes, and a tracer start costs a compile in the guest",
     # the 6.1 guest took 30 min (CI's budget is 45 for all): these are userspace's
     "host only: how events reach userspace is the same for every probe, and a tracer start "
     "costs a compile in the guest",

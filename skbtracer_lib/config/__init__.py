@@ -19,10 +19,24 @@ from .flags import BACKENDS, L4_PROTOCOLS, MAX_NETNS, PROG, SNAPLEN_DEFAULT, bui
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
+NETNS_NAME = r"[A-Za-z0-9_.@-]+"     # an 'ip netns' name -N takes
+NETNS_NAMES_SHOWN = 10     # of 'ip netns list', in the error for an unknown -N
 
 
 class UsageError(Exception):
     """A bad flag value: reported as one line, exit 2."""
+
+
+class PackageMissing(Exception):
+    """A flag needs a package that is not installed: one line, exit 1."""
+
+
+# Python modules only some flags need, imported only by those flags' code:
+# (flag given?, module, what to say when it cannot be imported)
+OPTIONAL_MODULES = (
+    (lambda cfg: cfg.write is not None, "dpkt",
+     "-w needs python3-dpkt (apt install python3-dpkt)"),
+)
 
 
 @dataclass
@@ -87,17 +101,33 @@ def resolve_netns(text):
     if re.fullmatch(r"[0-9]+", text):
         inode = int(text)
         if inode not in known_netns_inodes():
-            raise UsageError("-N: no network namespace with inode %d" % inode)
+            raise UsageError("-N: no network namespace with inode %d%s" % (inode, named_netns()))
         return inode, text
     if "/" in text:
         path = text
-    elif re.fullmatch(r"[A-Za-z0-9_.@-]+", text) and text not in (".", ".."):
+    elif re.fullmatch(NETNS_NAME, text) and text not in (".", ".."):
         path = os.path.join("/run/netns", text)
     else:
         raise UsageError("-N: %r is not a namespace inode, name or path" % text)
     if not is_network_namespace(path):
-        raise UsageError("-N: no network namespace %r" % text)
+        raise UsageError("-N: no network namespace %r%s" % (text, named_netns()))
     return os.stat(path).st_ino, text
+
+
+def named_netns():
+    """The names 'ip netns list' shows (its /run/netns), for an unknown -N:
+    "; 'ip netns' has: a, b", up to NETNS_NAMES_SHOWN of them; "" if none."""
+    try:
+        names = sorted(name for name in os.listdir("/run/netns")
+                       if re.fullmatch(NETNS_NAME, name)   # a name -N takes, and one line
+                       and is_network_namespace(os.path.join("/run/netns", name)))
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    more = len(names) - NETNS_NAMES_SHOWN
+    return "; 'ip netns' has: %s%s" % (", ".join(names[:NETNS_NAMES_SHOWN]),
+                                       " and %d more" % more if more > 0 else "")
 
 
 def is_network_namespace(path):
@@ -186,7 +216,20 @@ def validate(ns):
         cfg.functions = check_patterns(ns.func)
     except FunctionError as e:
         raise UsageError(str(e)) from None
+    check_optional_modules(cfg)
     return cfg
+
+
+def check_optional_modules(cfg):
+    """PackageMissing when a flag given needs a module that is missing
+    (after the usage checks: a bad command line is said first)."""
+    import importlib
+    for given, module, missing in OPTIONAL_MODULES:
+        if given(cfg):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise PackageMissing(missing) from None
 
 
 def _filters(ns, cfg):
@@ -326,6 +369,6 @@ def parse_args(argv=None, parser=None):
     except UsageError as e:
         sys.stderr.write("%s: error: %s\n" % (PROG, e))
         sys.exit(2)
-    except LibpcapMissing as e:
+    except (LibpcapMissing, PackageMissing) as e:
         sys.stderr.write("%s: %s\n" % (PROG, e))
         sys.exit(1)

@@ -4,6 +4,8 @@ Flag here (in the order --help lists it), and its Config field and check in
 validate() (config/__init__.py)."""
 
 import argparse
+import os
+import sys
 
 from .. import __version__
 from ..events.vocabulary import L4_NUMBERS
@@ -16,29 +18,50 @@ BACKENDS = ("auto", "kprobe", "tracepoint")
 SNAPLEN_DEFAULT = 256
 MAX_NETNS = 8       # -N namespaces compiled into the kernel filter
 
-EXAMPLES = """examples:
-    skbtracer.py                                      # trace the packet path of every packet
-    skbtracer.py -H 10.244.0.3 --proto udp --route --iptable
-                                                      # one pod's UDP: path and netfilter verdicts
-    skbtracer.py --proto icmp -H 1.2.3.4 --icmpid 22  # one ping (echo id 22)
-    skbtracer.py --proto tcp -H 1.2.3.4 -P 22         # TCP to or from 1.2.3.4 port 22
-    skbtracer.py -H fd00::2 --proto icmp              # ICMPv6 of one IPv6 address
-    skbtracer.py -N server --drop --dropstack         # drops in netns "server", with stacks
-    skbtracer.py -H 10.96.0.10 --keep                 # follow a service IP's packets past DNAT
-    skbtracer.py -p 1234 -c 20 -T                     # 20 rows from process 1234's context
-    skbtracer.py -H 10.244.0.3 --names -o trace.txt   # rows to a file, netns names, story at exit
-    skbtracer.py -H 10.244.0.3 --json > trace.jsonl   # one JSON object per event
-    skbtracer.py -H 10.244.0.3 --json=trace.jsonl     # text rows on stdout, JSON lines to a file
-    skbtracer.py -H 10.244.0.3 --drop -w t.pcapng     # rows, and every sighting as pcapng
-    skbtracer.py -H 10.244.0.3 -w t.pcapng --snaplen 1500
-                                                      # whole packets (up to the linear data)
-    skbtracer.py 'udp and host 10.244.1.2'            # a tcpdump filter expression (pcap-filter(7))
-    skbtracer.py --drop 'tcp[tcpflags] & tcp-syn != 0' # dropped TCP SYNs
-    skbtracer.py -N server -- 'not port 22'            # expressions AND with the flags; -- ends them
-    skbtracer.py -N node1 -N client --node node1 --json=a.jsonl
-                                                      # a node and its pod, JSON lines to a file
-    skbtracer.py -r a.jsonl b.jsonl --latency         # two nodes' saved traces: one story, hop delays
-"""
+# --help's examples: (the arguments, what they do), shown after the name the
+# program was invoked by (skbtracer installed, skbtracer.py in a checkout)
+EXAMPLES = (
+    ("", "trace the packet path of every packet"),
+    ("-H 10.244.0.3 --proto udp --route --iptable", "one pod's UDP: path and netfilter verdicts"),
+    ("--proto icmp -H 1.2.3.4 --icmpid 22", "one ping (echo id 22)"),
+    ("--proto tcp -H 1.2.3.4 -P 22", "TCP to or from 1.2.3.4 port 22"),
+    ("-H fd00::2 --proto icmp", "ICMPv6 of one IPv6 address"),
+    ("-N server --drop --dropstack", 'drops in netns "server", with stacks'),
+    ("-H 10.96.0.10 --keep", "follow a service IP's packets past DNAT"),
+    ("-p 1234 -c 20 -T", "20 rows from process 1234's context"),
+    ("-H 10.244.0.3 --names -o trace.txt", "rows to a file, netns names, story at exit"),
+    ("-H 10.244.0.3 --json > trace.jsonl", "one JSON object per event"),
+    ("-H 10.244.0.3 --json=trace.jsonl", "text rows on stdout, JSON lines to a file"),
+    ("-H 10.244.0.3 --drop -w t.pcapng", "rows, and every sighting as pcapng"),
+    ("-H 10.244.0.3 -w t.pcapng --snaplen 1500", "whole packets (up to the linear data)"),
+    ("'udp and host 10.244.1.2'", "a tcpdump filter expression (pcap-filter(7))"),
+    ("--drop 'tcp[tcpflags] & tcp-syn != 0'", "dropped TCP SYNs"),
+    ("-N server -- 'not port 22'", "expressions AND with the flags; -- ends them"),
+    ("-N node1 -N client --node node1 --json=a.jsonl", "a node and its pod, JSON lines to a file"),
+    ("-r a.jsonl b.jsonl --latency", "two nodes' saved traces: one story, hop delays"),
+)
+EXAMPLE_COMMENT_AT = 54     # the column of the examples' comments
+
+
+def examples(prog):
+    """--help's epilog: the examples as prog's command lines, a comment
+    beside each (or under it, when the command is too long)."""
+    lines = ["examples:"]
+    for args, what in EXAMPLES:
+        command = "    " + " ".join(filter(None, (prog, args)))
+        if len(command) + 1 >= EXAMPLE_COMMENT_AT:
+            lines += [command, " " * EXAMPLE_COMMENT_AT + "# " + what]
+        else:
+            lines.append(command.ljust(EXAMPLE_COMMENT_AT) + "# " + what)
+    return "\n".join(lines) + "\n"
+
+
+def invoked_name():
+    """The name the program was invoked by, as --help shows it: skbtracer
+    (installed) or skbtracer.py (a checkout); skbtracer when run otherwise
+    (tests, python3 -c)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith(PROG) else PROG
 
 # What a flag's value completes to in bash (besides a list of words)
 FILE, NETNS = "file", "netns"
@@ -138,7 +161,7 @@ FLAGS = (
     Flag("--width", metavar="N",
          help="fit the story into N columns (default: the terminal's width, else %d)"
               % DEFAULT_WIDTH),
-    Flag("--version", action="version", version="%(prog)s " + __version__),
+    Flag("--version", action="version", version="%s %s" % (PROG, __version__)),
     Flag("expression", nargs="*", metavar="EXPRESSION",
          help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; compiled "
               "by libpcap and run in the kernel"),
@@ -154,13 +177,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, "%s: error: %s\n" % (PROG, message))
 
 
-def build_parser():
+def build_parser(prog=None):
+    """argparse's parser of FLAGS; prog: the name --help shows (default:
+    invoked_name()). No abbreviations: a script's --prot must not work by
+    luck until a --protect comes."""
+    prog = prog or invoked_name()
     p = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Trace the path of packets through the kernel: one row per "
                     "function or netfilter hook an skb passes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXAMPLES, add_help=False)
+        epilog=examples(prog), add_help=False, allow_abbrev=False)
     for flag in FLAGS:
         p.add_argument(*flag.names, **flag.options)
     return p

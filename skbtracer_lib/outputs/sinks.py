@@ -30,7 +30,7 @@ from collections import namedtuple
 from .. import story
 from ..events.textrow import HEADER, RowFormatter
 from ..story import latency
-from . import capture, jsonl
+from . import jsonl
 from .files import OutputError, bytes_writer, line_sink, open_new_file
 
 
@@ -152,7 +152,9 @@ class Pcapng(Sink):
     needs = frozenset({"row"})
 
     def __init__(self, file, path, snaplen, probe_names, label, wall_ns):
+        from . import capture       # python3-dpkt: needed by -w only (config checks it is there)
         self.path = path
+        self.failed_with = capture.CaptureError
         self.writer = capture.PcapngWriter(file, snaplen, probe_names, label=label,
                                            wall_ns=wall_ns)
 
@@ -172,7 +174,7 @@ class Pcapng(Sink):
         """A failure ends the trace; the file keeps the blocks written before."""
         try:
             write()
-        except capture.CaptureError as e:
+        except self.failed_with as e:
             self.failure = ("-w/--write: cannot write %r: %s; it holds the first %d packets, "
                             "complete" % (self.path, e, self.writer.packets))
             raise SinkFailed(self.failure) from None

@@ -19,10 +19,15 @@ DETACH_THREADS = 16      # and detached: mostly waiting for RCU grace periods
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
 
 def _progress(what, total):
-    """tqdm's bar on a terminal, nothing otherwise; None below PROGRESS_MIN."""
+    """tqdm's bar on a terminal, nothing otherwise; None below PROGRESS_MIN
+    or without python3-tqdm (the bar is a nicety: its closing line says the
+    counts either way)."""
     if total < PROGRESS_MIN:
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
     return tqdm(total=total, desc="skbtracer: " + what, unit=" functions", file=sys.stderr,
                 leave=False, disable=not sys.stderr.isatty())
 

@@ -257,6 +257,24 @@ def test_closed_pipe_with_json_rows_is_quiet(spaces):
     assert "Traceback" not in err and "Broken pipe" not in err and "BrokenPipe" not in err
 
 
+@host_only
+def test_closed_pipe_of_rows_and_stderr_is_status_0(spaces):
+    """`2>&1 | head`: the tracer's own status is that of `| head`."""
+    spaces.add("a"), spaces.add("b")
+    spaces.link("a", "b", 2)
+    proc = subprocess.Popen(["bash", "-c", "%s %s -H %s --proto icmp 2>&1 | head -n 3; "
+                             "exit ${PIPESTATUS[0]}" % (PYTHON, SKBTRACER, HERE)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pinger = flood(spaces, 20)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        pinger.kill()
+        pinger.wait()
+    assert (proc.returncode, err) == (0, ""), out
+    assert len(out.splitlines()) == 3 and "Traceback" not in out
+
+
 # ------------------------------------------------------------ kill -9, two at once
 
 def bpf_ids(pid):

@@ -89,6 +89,7 @@ def test_installed_command_version_and_help(installed):
     check_version(["skbtracer"])
     out = run(["skbtracer", "-h"], env=clean_env(), cwd="/")
     assert out.startswith("usage: skbtracer ") and "--version" in out
+    assert "skbtracer.py" not in out        # the examples name the installed command
 
 
 def test_installed_library_is_debians(installed):

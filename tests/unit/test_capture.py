@@ -340,10 +340,7 @@ def test_ebpf_text_copies_bytes_only_with_w(tmp_path):
 
 
 def test_unwritable_path_is_one_line_exit_1():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "skbtracer_main", os.path.join(os.path.dirname(capture.__file__), "..", "..", "skbtracer.py"))
-    main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main)
-    with pytest.raises(main.kernel.KernelError, match=r"^-w/--write: cannot write"):
-        main.open_new_file("-w/--write", "/proc/version/x.pcapng", False, binary=True)
+    """A FileError: skbtracer.py's trace() says it in one line, exit 1."""
+    from skbtracer_lib.outputs.files import FileError, open_new_file
+    with pytest.raises(FileError, match=r"^-w/--write: cannot write"):
+        open_new_file("-w/--write", "/proc/version/x.pcapng", False, binary=True)

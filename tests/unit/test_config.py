@@ -4,6 +4,7 @@ and the filter values as they reach the C text (--ebpf)."""
 import ipaddress
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
@@ -200,6 +201,44 @@ def test_netns_by_path(temp_netns):
     cfg = parse("-N", "/proc/self/ns/net")
     assert cfg.netns == os.stat("/proc/self/ns/net").st_ino
     assert cfg.netns_label == "/proc/self/ns/net"
+
+
+@pytest.mark.parametrize("unknown", [MISSING, lambda: str(missing_netns_inode())],
+                         ids=["name", "inode"])
+def test_unknown_netns_lists_the_names(temp_netns, unknown):
+    """The names 'ip netns list' shows, up to ten (other tests may hold
+    namespaces of their own meanwhile)."""
+    name, _inode = temp_netns
+    result = run_cli("--ebpf", "-N", unknown() if callable(unknown) else unknown, timeout=30)
+    assert_usage_error(result, "-N")
+    listed = re.search(r"; 'ip netns' has: (.*?)(?: and (\d+) more)?$", result.stderr.strip())
+    assert listed, result.stderr
+    names = listed.group(1).split(", ")
+    assert 1 <= len(names) <= config.NETNS_NAMES_SHOWN and names == sorted(names)
+    if listed.group(2) is None:
+        assert name in names
+
+
+def test_unknown_netns_lists_ten_names_and_counts_the_rest():
+    if os.geteuid() != 0:
+        pytest.skip("creating network namespaces needs root")
+    tag = uuid.uuid4().hex[:6]
+    made = ["skbt-unit-%s-%02d" % (tag, n) for n in range(config.NETNS_NAMES_SHOWN + 1)]
+    try:
+        for name in made:
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        message = config.named_netns()
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    listed = re.fullmatch(r"; 'ip netns' has: (.*) and (\d+) more", message)
+    assert listed, message
+    assert len(listed.group(1).split(", ")) == config.NETNS_NAMES_SHOWN and int(listed.group(2)) >= 1
+
+
+def test_unknown_netns_without_any_names_says_none(monkeypatch):
+    monkeypatch.setattr(config.os, "listdir", lambda path: [])
+    assert config.named_netns() == ""
 
 
 def test_known_netns_inodes_has_the_process_namespaces():

@@ -3,23 +3,19 @@ followed (not even with --force), regular files are overwritten only with
 --force, FIFOs and character devices are written to as they are.
 
 Both checks are tested: config.check_new_file (the flags, exit 2) and
-skbtracer.open_new_file (the open itself, which must hold even when the
+outputs.files.open_new_file (the open itself, which must hold even when the
 path changed after the flags were checked)."""
 
-import importlib.util
 import os
 import socket
 import threading
 
 import pytest
-from skbt_unit_helpers import SKBTRACER, run_cli
+from skbt_unit_helpers import run_cli
 
 from skbtracer_lib import config
+from skbtracer_lib.outputs import files
 from skbtracer_lib.program import kernel
-
-_spec = importlib.util.spec_from_file_location("skbtracer_cli", SKBTRACER)
-cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cli)
 
 
 def check(path, force=False):
@@ -27,7 +23,7 @@ def check(path, force=False):
 
 
 def open_new(path, force=False, binary=False):
-    return cli.open_new_file("-o/--output", str(path), force, binary=binary)
+    return files.open_new_file("-o/--output", str(path), force, binary=binary)
 
 
 @pytest.fixture
