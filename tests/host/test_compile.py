@@ -66,6 +66,11 @@ CONFIGS = [
      ["--route", "--iptable", "--drop", "--keep", "--callstack", "-H", "10.0.0.1",
       "ether src 02:00:00:00:00:01 and ip[8] > 1"]),
     ("all-modes+capture", ["--route", "--iptable", "--drop", "-w", CAPTURE_PATH]),
+    # conntrack: --ct-state compiles a filter in; the ct fields are read in every mode
+    ("route+ct+ct-state", ["--route", "--ct", "--ct-state", "new", "--ct-state", "est,inv"]),
+    ("all-modes+keep+stacks+capture+expression+ct-state",
+     ["--route", "--iptable", "--drop", "--keep", "--callstack", "-w", CAPTURE_PATH,
+      "--ct-state", "untracked,rel", "-H", "10.0.0.1", "udp and port 53"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
