@@ -97,7 +97,8 @@ _L4_BY_NAME = {name: number for number, name in L4_NAMES.items()}
 
 def fields_of(obj):
     """A saved "ct" object's event fields (json_object's inverse, for -r);
-    the nf_conn's address is rebuilt from its id."""
+    the nf_conn's address is rebuilt from its id (its low 32 bits). None
+    (no entry) or anything but an object: all zero."""
     values = {"ct": 0, "ct_status": 0, "ct_mark": 0, "ct_zone": 0, "ct_l4proto": 0,
               "ct_known": 0}
     for direction in ("orig", "reply"):
@@ -110,8 +111,11 @@ def fields_of(obj):
     info = obj.get("info")
     if not isinstance(info, int):
         info = _INFO_BY_NAME.get(obj.get("state"), 0)
-    conn = int(obj["id"], 16) << 3 if isinstance(obj.get("id"), str) else 0
-    values["ct"] = (conn & ~INFO_MASK) | (info & INFO_MASK) or UNTRACKED
+    try:
+        conn = int(obj["id"], 16) & ~INFO_MASK      # its low 32 bits: enough to tell them apart
+    except (KeyError, TypeError, ValueError):
+        conn = 0
+    values["ct"] = conn | (info & INFO_MASK) or UNTRACKED   # an entry: never 0
     if obj.get("status_bits") is not None:
         values["ct_status"] = obj["status_bits"]
         values["ct_known"] |= KNOWN_CONN
