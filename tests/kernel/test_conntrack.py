@@ -103,7 +103,7 @@ def test_reply_rows_show_established_reply(traced):
 
 
 def test_tcp_syn_new_then_established(traced):
-    _run, events, node1, tcp, _udp, _path = traced
+    _run, events, node1, _udp, _tcp, _path = traced
     requests = _the_request(events, 6, TCP_SPORT, node1)
     syn = [o for o in requests if o["tcp_flags"] == "SYN"]
     assert syn and {o["ct"]["state"] for o in syn} == {"NEW"}, requests
