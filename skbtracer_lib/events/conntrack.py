@@ -95,10 +95,21 @@ _INFO_BY_NAME = {name: info for info, name in INFO_NAMES.items()}
 _L4_BY_NAME = {name: number for number, name in L4_NAMES.items()}
 
 
+def _number(value, bits):
+    """A saved number, or 0 where it is not one that fits (a damaged file)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits
+    return value if ok else 0
+
+
+def _text(value):
+    return value if isinstance(value, str) else ""
+
+
 def fields_of(obj):
     """A saved "ct" object's event fields (json_object's inverse, for -r);
     the nf_conn's address is rebuilt from its id (its low 32 bits). None
-    (no entry) or anything but an object: all zero."""
+    (no entry) or anything but an object: all zero; a value of the wrong
+    kind: zero or empty."""
     values = {"ct": 0, "ct_status": 0, "ct_mark": 0, "ct_zone": 0, "ct_l4proto": 0,
               "ct_known": 0}
     for direction in ("orig", "reply"):
@@ -112,30 +123,26 @@ def fields_of(obj):
     if not isinstance(info, int):
         info = _INFO_BY_NAME.get(obj.get("state"), 0)
     try:
-        conn = int(obj["id"], 16) & ~INFO_MASK      # its low 32 bits: enough to tell them apart
+        conn = int(obj["id"], 16) & 0xFFFFFFFF & ~INFO_MASK    # enough to tell them apart
     except (KeyError, TypeError, ValueError):
         conn = 0
     values["ct"] = conn | (info & INFO_MASK) or UNTRACKED   # an entry: never 0
-    if obj.get("status_bits") is not None:
-        values["ct_status"] = obj["status_bits"]
-        values["ct_known"] |= KNOWN_CONN
-    if obj.get("mark") is not None:
-        values["ct_mark"] = obj["mark"]
-        values["ct_known"] |= KNOWN_MARK
-    if obj.get("zone") is not None:
-        values["ct_zone"] = obj["zone"]
-        values["ct_known"] |= KNOWN_ZONE
+    for key, field, bits, known in (("status_bits", "ct_status", 32, KNOWN_CONN),
+                                    ("mark", "ct_mark", 32, KNOWN_MARK),
+                                    ("zone", "ct_zone", 16, KNOWN_ZONE)):
+        if obj.get(key) is not None:
+            values[field] = _number(obj[key], bits)
+            values["ct_known"] |= known
     for direction in ("orig", "reply"):
         tup = obj.get(direction)
         if not isinstance(tup, dict):
             continue
         proto = tup.get("proto")
-        values["ct_l4proto"] = _L4_BY_NAME.get(proto) or (int(proto) if str(proto).isdigit()
-                                                          else 0)
-        values["ct_%s_saddr" % direction] = tup.get("src") or ""
-        values["ct_%s_daddr" % direction] = tup.get("dst") or ""
-        values["ct_%s_sport" % direction] = tup.get("sport", tup.get("icmp_id")) or 0
-        values["ct_%s_dport" % direction] = tup.get("dport") or 0
+        values["ct_l4proto"] = _L4_BY_NAME.get(proto) or _number(proto, 8)
+        values["ct_%s_saddr" % direction] = _text(tup.get("src"))
+        values["ct_%s_daddr" % direction] = _text(tup.get("dst"))
+        values["ct_%s_sport" % direction] = _number(tup.get("sport", tup.get("icmp_id")), 16)
+        values["ct_%s_dport" % direction] = _number(tup.get("dport"), 16)
     return values
 
 

@@ -118,6 +118,17 @@ def test_json_line_is_the_event_object_and_reads_back():
     assert conntrack.fields_of(None)["ct"] == 0
 
 
+@pytest.mark.parametrize("saved", [
+    "NEW", 7, [], {"id": 5}, {"state": "NEW", "id": "zz", "status_bits": "x", "mark": -1,
+                             "zone": 1 << 20, "orig": {"proto": "udp", "src": 1, "sport": "a"},
+                             "reply": []}])
+def test_a_damaged_saved_ct_reads_back_as_numbers_and_text(saved):
+    """-r on a file whose "ct" objects are damaged: zero or empty, never a crash later."""
+    values = conntrack.fields_of(saved)
+    e = event(**{k: v for k, v in values.items() if not (isinstance(v, str) and not v)})
+    conntrack.json_object(e), conntrack.row_suffix(e), conntrack.story_text([e])
+
+
 def test_story_words():
     request = event(**DNAT_REQUEST)
     before = event(saddr="10.244.1.2", daddr="10.96.0.10")            # before conntrack
