@@ -131,6 +131,19 @@ class Layouts:
             self.defines[macros.HAVE_CT_ZONE] = 1
         self.ct_conn = True
 
+    def ct_summary(self):
+        """What the events carry of conntrack, for -v."""
+        if self.source == "headers":
+            return "state and struct nf_conn's fields, where the headers' CONFIG_NF_CONNTRACK is set"
+        if not self.ct_entry:
+            return "nothing"
+        if not self.ct_conn:
+            return "the state and id only (skb->_nfct)"
+        extra = [name for name, macro in (("mark", macros.HAVE_CT_MARK),
+                                          ("zone", macros.HAVE_CT_ZONE)) if macro in self.defines]
+        return "state, id, status and tuples%s (struct nf_conn from BTF)" % (
+            "".join(", " + name for name in extra))
+
     def _conn_span(self, conn):
         """Bytes of struct nf_conn read_ct reads at once (CT_SPAN_LEN in C)."""
         fields = [f for f, (struct_name, _path) in conn.items() if struct_name == "nf_conn"]
