@@ -97,6 +97,9 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #define CT_READ_ZONE 1
 #endif
 #endif /* SKBT_LAYOUT_HEADERS */
+#if defined(FILTER_CT_STATES) && !defined(CT_READ_NFCT)
+#error "--ct-state: the kernel headers have no conntrack (CONFIG_NF_CONNTRACK is off)"
+#endif
 
 #ifdef CT_READ_CONN
 /* struct nf_conn: tuplehash[0].tuple is the original direction's tuple,
