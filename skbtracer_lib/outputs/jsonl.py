@@ -32,7 +32,8 @@ _EVENT_LINE = ('{"type": "event", "time_ns": %d, "time": "%s", "ktime_ns": %d, "
                '"proto": "%s", "saddr": "%s", "daddr": "%s", "sport": %s, "ttl": %d, '
                '"ip_id": %s, "tcp_seq": %s, "icmp_type": %s, "len": %d, "skb": "%x", '
                '"pkt_type": %d, "pkt_type_name": "%s", "kind": "route", "func": %s, "pid": %d, '
-               '%s"nf": null, "drop": null, "ct": %s, "node": %s, "run_id": "%s"}')   # %s: _table_keys()
+               '%s"nf": null, "drop": null, "ct": %s, "node": %s, '   # %s: _table_keys()
+               '"run_id": "%s"}')
 
 
 def mac_text(raw):

@@ -134,7 +134,8 @@ class Layouts:
     def ct_summary(self):
         """What the events carry of conntrack, for -v."""
         if self.source == "headers":
-            return "state and struct nf_conn's fields, where the headers' CONFIG_NF_CONNTRACK is set"
+            return ("state and struct nf_conn's fields, where the headers' "
+                    "CONFIG_NF_CONNTRACK is set")
         if not self.ct_entry:
             return "nothing"
         if not self.ct_conn:
