@@ -30,6 +30,9 @@ struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
 #include <linux/netfilter.h>
 #include <linux/netfilter/x_tables.h>
 #include <net/netfilter/nf_tables.h>
+#if IS_ENABLED(CONFIG_NF_CONNTRACK)
+#include <net/netfilter/nf_conntrack.h>
+#endif
 #define LAYOUT(name, type, member) \
     enum { L_##name##_OFF = offsetof(type, member), \
            L_##name##_SIZE = sizeof(((type *)0)->member) };
@@ -55,9 +58,81 @@ LAYOUT(NFT_PKT_STATE, struct nft_pktinfo, state)
 LAYOUT(NFT_CHAIN_TABLE, struct nft_chain, table)
 LAYOUT(NFT_CHAIN_NAME, struct nft_chain, name)
 LAYOUT(NFT_TABLE_NAME, struct nft_table, name)
+#if IS_ENABLED(CONFIG_NF_CONNTRACK)
+LAYOUT(SKB_NFCT, struct sk_buff, _nfct)
+#define CT_READ_NFCT 1
+LAYOUT(CT_STATUS, struct nf_conn, status)
+LAYOUT(CT_TUPLEHASH, struct nf_conn, tuplehash)
+LAYOUT(CT_HASH_TUPLE, struct nf_conntrack_tuple_hash, tuple)
+LAYOUT(TUPLE_SRC_ADDR, struct nf_conntrack_tuple, src.u3)
+LAYOUT(TUPLE_SRC_PORT, struct nf_conntrack_tuple, src.u.all)
+LAYOUT(TUPLE_DST_ADDR, struct nf_conntrack_tuple, dst.u3)
+LAYOUT(TUPLE_DST_PORT, struct nf_conntrack_tuple, dst.u.all)
+LAYOUT(TUPLE_L4PROTO, struct nf_conntrack_tuple, dst.protonum)
+#define CT_READ_CONN 1
+#ifdef CONFIG_NF_CONNTRACK_MARK
+LAYOUT(CT_MARK, struct nf_conn, mark)
+#define CT_READ_MARK 1
+#endif
+#ifdef CONFIG_NF_CONNTRACK_ZONES
+LAYOUT(CT_ZONE, struct nf_conn, zone.id)
+#define CT_READ_ZONE 1
+#endif
+#endif /* CONFIG_NF_CONNTRACK */
 /* pkt_type is a 3-bit field right after the __pkt_type_offset marker */
 enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
        L_SKB_PKT_TYPE_SIZE = 1, L_SKB_PKT_TYPE_SHIFT = 0, L_SKB_PKT_TYPE_BITS = 3 };
+
+#else /* layouts from BTF: skbtracer_lib/program/layout.py says which conntrack fields it found */
+#ifdef HAVE_CT_NFCT
+#define CT_READ_NFCT 1
+#endif
+#ifdef HAVE_CT_CONN
+#define CT_READ_CONN 1
+#endif
+#ifdef HAVE_CT_MARK
+#define CT_READ_MARK 1
+#endif
+#ifdef HAVE_CT_ZONE
+#define CT_READ_ZONE 1
+#endif
+#endif /* SKBT_LAYOUT_HEADERS */
+#if defined(FILTER_CT_STATES) && !defined(CT_READ_NFCT)
+#error "--ct-state: the kernel headers have no conntrack (CONFIG_NF_CONNTRACK is off)"
+#endif
+
+#ifdef CT_READ_CONN
+/* struct nf_conn: tuplehash[0].tuple is the original direction's tuple,
+ * tuplehash[1].tuple the reply's; the fields read_ct copies lie together,
+ * so they are read in one go (CT_SPAN_*) */
+#define CT_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define CT_MAX(a, b) ((a) > (b) ? (a) : (b))
+#ifdef CT_READ_MARK
+#define CT_MARK_LO L_CT_MARK_OFF
+#define CT_MARK_HI (L_CT_MARK_OFF + L_CT_MARK_SIZE)
+#else
+#define CT_MARK_LO L_CT_STATUS_OFF
+#define CT_MARK_HI L_CT_STATUS_OFF
+#endif
+#ifdef CT_READ_ZONE
+#define CT_ZONE_LO L_CT_ZONE_OFF
+#define CT_ZONE_HI (L_CT_ZONE_OFF + L_CT_ZONE_SIZE)
+#else
+#define CT_ZONE_LO L_CT_STATUS_OFF
+#define CT_ZONE_HI L_CT_STATUS_OFF
+#endif
+#define CT_ORIG_OFF (L_CT_TUPLEHASH_OFF + L_CT_HASH_TUPLE_OFF)
+#define CT_REPLY_OFF (L_CT_TUPLEHASH_OFF + L_CT_TUPLEHASH_SIZE / 2 + L_CT_HASH_TUPLE_OFF)
+#define CT_SPAN_OFF CT_MIN(CT_MIN(L_CT_TUPLEHASH_OFF, L_CT_STATUS_OFF), \
+                           CT_MIN(CT_MARK_LO, CT_ZONE_LO))
+#define CT_SPAN_END CT_MAX(CT_MAX(L_CT_TUPLEHASH_OFF + L_CT_TUPLEHASH_SIZE, \
+                                  L_CT_STATUS_OFF + L_CT_STATUS_SIZE), \
+                           CT_MAX(CT_MARK_HI, CT_ZONE_HI))
+#define CT_SPAN_LEN (CT_SPAN_END - CT_SPAN_OFF)
+/* nf_conn keeps them within ~200 bytes; more would not fit the stack */
+_Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
+#define CT_FIELD(span, F) ({ u64 __v = 0; \
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - CT_SPAN_OFF, L_##F##_SIZE); __v; })
 #endif
 
 /* Read a scalar field (at most 8 bytes) of a kernel object. */
@@ -113,7 +188,25 @@ struct event_t {
     u8  daddr[16];
     char table[32];
     char chain[32];
+    /* conntrack (read_ct): the skb's entry and what it holds */
+    u64 ct;             /* skb->_nfct: the nf_conn's address | ctinfo (low 3 bits); 0: none */
+    u32 ct_status;      /* IPS_* bits (the low 32 of status) */
+    u32 ct_mark;
+    u16 ct_zone;
+    u16 ct_orig_sport;  /* network byte order: the tuples' ports (ICMP: the echo id) */
+    u16 ct_orig_dport;
+    u16 ct_reply_sport;
+    u16 ct_reply_dport;
+    u8  ct_l4proto;     /* the original tuple's protocol */
+    u8  ct_known;       /* CT_KNOWN_*: what of the nf_conn was read */
+    u8  ct_orig_saddr[16];
+    u8  ct_orig_daddr[16];
+    u8  ct_reply_saddr[16];
+    u8  ct_reply_daddr[16];
 };
+#define CT_KNOWN_CONN 1     /* status, tuples */
+#define CT_KNOWN_MARK 2
+#define CT_KNOWN_ZONE 4
 
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 #ifdef RING_BUFFER_PAGES
@@ -561,6 +654,64 @@ static __always_inline int filter_packet(struct event_t *e)
     return address_match(e);
 }
 
+/* ------------------------------------------------------------------ */
+/* Conntrack: skb->_nfct is the skb's nf_conn | its ctinfo (low 3 bits:
+ * IP_CT_ESTABLISHED 0, RELATED 1, NEW 2, +3 in the reply direction,
+ * UNTRACKED 7 with no nf_conn); 0: no entry (not yet seen by conntrack,
+ * or conntrack found it INVALID). */
+#define CT_INFO_MASK      7ULL
+#define CT_INFO_UNTRACKED 7
+
+/* --ct-state's classes, as bits of FILTER_CT_STATES (config: CT_STATES) */
+static __always_inline u32 ct_state_bit(u64 nfct)
+{
+    u32 info = nfct & CT_INFO_MASK;
+    if (!nfct)
+        return 8;                       /* inv: no entry */
+    if (info == CT_INFO_UNTRACKED)
+        return 16;                      /* untracked */
+    if (info == 2 || info == 5)
+        return 1;                       /* new */
+    if (info == 1 || info == 4)
+        return 4;                       /* rel */
+    return 2;                           /* est: ESTABLISHED, ESTABLISHED_REPLY */
+}
+
+/* The nf_conn's status, mark, zone and tuples into the event: one read
+ * (CT_SPAN_*), only for events that passed the filters. */
+static __always_inline void read_ct(struct event_t *e)
+{
+#ifdef CT_READ_CONN
+    void *conn = (void *)(e->ct & ~CT_INFO_MASK);
+    if (!conn)
+        return;
+    u8 span[CT_SPAN_LEN];
+    if (bpf_probe_read_kernel(span, sizeof(span), conn + CT_SPAN_OFF))
+        return;
+    e->ct_status = CT_FIELD(span, CT_STATUS);
+    u8 *orig = span + CT_ORIG_OFF - CT_SPAN_OFF;
+    u8 *reply = span + CT_REPLY_OFF - CT_SPAN_OFF;
+    __builtin_memcpy(e->ct_orig_saddr, orig + L_TUPLE_SRC_ADDR_OFF, 16);
+    __builtin_memcpy(e->ct_orig_daddr, orig + L_TUPLE_DST_ADDR_OFF, 16);
+    __builtin_memcpy(e->ct_reply_saddr, reply + L_TUPLE_SRC_ADDR_OFF, 16);
+    __builtin_memcpy(e->ct_reply_daddr, reply + L_TUPLE_DST_ADDR_OFF, 16);
+    __builtin_memcpy(&e->ct_orig_sport, orig + L_TUPLE_SRC_PORT_OFF, 2);
+    __builtin_memcpy(&e->ct_orig_dport, orig + L_TUPLE_DST_PORT_OFF, 2);
+    __builtin_memcpy(&e->ct_reply_sport, reply + L_TUPLE_SRC_PORT_OFF, 2);
+    __builtin_memcpy(&e->ct_reply_dport, reply + L_TUPLE_DST_PORT_OFF, 2);
+    e->ct_l4proto = orig[L_TUPLE_L4PROTO_OFF];
+    e->ct_known = CT_KNOWN_CONN;
+#ifdef CT_READ_MARK
+    e->ct_mark = CT_FIELD(span, CT_MARK);
+    e->ct_known |= CT_KNOWN_MARK;
+#endif
+#ifdef CT_READ_ZONE
+    e->ct_zone = CT_FIELD(span, CT_ZONE);
+    e->ct_known |= CT_KNOWN_ZONE;
+#endif
+#endif
+}
+
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
  * is not IP or does not pass the filters (and is not being kept). */
 static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force)
@@ -586,7 +737,8 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 
     u64 key = (u64)skb;
 #ifdef KEEP
-    if (keep_skbs.lookup(&key))
+    u8 *kept = keep_skbs.lookup(&key);
+    if (kept && *kept)  /* read, not only tested: clang must not OR the pointer into force */
         force = 1;
 #endif
     if (!force && !filter_packet(e))
@@ -600,6 +752,14 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     if (!force && !FILTER_NETNS(e->netns))
         return 0;
 #endif
+#ifdef CT_READ_NFCT
+    e->ct = KREAD(skb, SKB_NFCT);
+#endif
+#ifdef FILTER_CT_STATES
+    if (!force && !(ct_state_bit(e->ct) & FILTER_CT_STATES))
+        return 0;
+#endif
+    read_ct(e);
     read_macs(skb, e, &at);
 #ifdef KEEP
     u8 one = 1;

@@ -111,6 +111,9 @@ def report(program, headers, loaded):
         say("skbtracer: skipped %s: %s\n" % (missing.flag, missing.reason))
     for name, reason in loaded.skipped:
         say("skbtracer: skipped %s: %s\n" % (name, reason))
+    say("skbtracer: conntrack on the events: %s\n" % program.layouts.ct_summary())
+    for note in program.layouts.ct_notes:
+        say("skbtracer: note: %s\n" % note)
     for note in program.plan.notes:
         say("skbtracer: note: %s\n" % note)
 

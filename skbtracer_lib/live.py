@@ -191,7 +191,7 @@ class LiveEvents:
         self.reasons = reasons
         self.clock = clock
         formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize, clock,
-                                 names=names if cfg.names else None)
+                                 names=names if cfg.names else None, ct=cfg.ct)
         self.records = Records(cfg, loaded, err, formatter)
         self.session = self.json = None
         self.lost = 0

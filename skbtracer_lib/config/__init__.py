@@ -46,6 +46,8 @@ class Config:
     port: int = None
     icmpid: int = None
     pid: int = None
+    ct_states: list = field(default_factory=list)   # --ct-state words (conntrack.CT_STATES)
+    ct: bool = False                # --ct: conntrack in the text rows
     netns: int = None               # inode (the first -N)
     netns_all: list = field(default_factory=list)   # every -N inode (at most MAX_NETNS)
     netns_label: str = None         # what the user typed for -N
@@ -246,6 +248,7 @@ def _filters(ns, cfg):
     cfg.icmpid = _number(ns.icmpid, "--icmpid", 0, 65535)
     if cfg.icmpid is not None and proto != "icmp":
         raise UsageError("--icmpid needs --proto icmp")
+    cfg.ct_states = parse_ct_states(ns.ct_state or [])
     cfg.pid = _number(ns.pid, "-p/--pid", 1, 2**22)
     if cfg.pid is not None and not os.path.exists("/proc/%d" % cfg.pid):
         raise UsageError("-p: no process %d" % cfg.pid)
@@ -298,6 +301,7 @@ def _outputs(ns, cfg):
     """-o, --json, -w and --snaplen, --force, --names, --no-summary."""
     cfg.force = ns.force
     cfg.names = ns.names
+    cfg.ct = ns.ct
     cfg.summary = not ns.no_summary
     if ns.output not in (None, "-"):
         if not ns.output.strip():
@@ -344,6 +348,22 @@ def validate_write(ns, cfg):
     cfg.write = ns.write
     if ns.snaplen is not None:
         cfg.snaplen = _number(ns.snaplen, "--snaplen", 1, 65535)
+
+
+def parse_ct_states(values):
+    """--ct-state's values (repeatable, or comma-separated), each one of
+    conntrack.CT_STATES, in the order given without repeats."""
+    from ..events.conntrack import CT_STATES
+    states = []
+    for value in values:
+        for word in value.split(","):
+            word = word.strip().lower()
+            if word not in CT_STATES:
+                raise UsageError("--ct-state must be one of %s; not %r"
+                                 % (", ".join(CT_STATES), word or value))
+            if word not in states:
+                states.append(word)
+    return states
 
 
 def parse_expression(words):

@@ -8,6 +8,7 @@ import os
 import sys
 
 from .. import __version__
+from ..events.conntrack import CT_STATES
 from ..events.vocabulary import L4_NUMBERS
 from ..story.fit import DEFAULT_WIDTH
 
@@ -28,6 +29,7 @@ EXAMPLES = (
     ("-H fd00::2 --proto icmp", "ICMPv6 of one IPv6 address"),
     ("-N server --drop --dropstack", 'drops in netns "server", with stacks'),
     ("-H 10.96.0.10 --keep", "follow a service IP's packets past DNAT"),
+    ("-H 10.96.0.10 --ct-state new --ct", "new connections: first packets, NAT chosen"),
     ("-p 1234 -c 20 -T", "20 rows from process 1234's context"),
     ("-H 10.244.0.3 --names -o trace.txt", "rows to a file, netns names, story at exit"),
     ("-H 10.244.0.3 --json > trace.jsonl", "one JSON object per event"),
@@ -100,6 +102,9 @@ FLAGS = (
     Flag("-P", "--port", metavar="N", help="TCP/UDP source or destination port"),
     Flag("--icmpid", metavar="N", help="ICMP echo id (needs --proto icmp)"),
     Flag("-p", "--pid", metavar="N", help="only events in the context of this process"),
+    Flag("--ct-state", metavar="STATE", action="append", dest="ct_state", complete=tuple(CT_STATES),
+         help="only packets whose skb carries this conntrack state: new, est, rel, inv (no "
+              "conntrack entry on the skb) or untracked; repeatable"),
     Flag("-N", "--netns", metavar="NS", action="append", complete=NETNS,
          help="only this network namespace: an inode number, a name from 'ip netns', or a "
               "path like /proc/PID/ns/net; repeat for up to %d namespaces" % MAX_NETNS),
@@ -144,6 +149,9 @@ FLAGS = (
               % SNAPLEN_DEFAULT),
     Flag("--force", action="store_true",
          help="let -o/--output, --json=FILE and -w overwrite an existing file"),
+    Flag("--ct", action="store_true",
+         help="text rows: TRACE_INFO ends in the skb's conntrack state and NAT (ct=NEW, "
+              "ct=EST,R dnat A=>B)"),
     Flag("--names", action="store_true",
          help="NETWORK_NS column: the namespace's 'ip netns' name, pod or container instead "
               "of its inode"),

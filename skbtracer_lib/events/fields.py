@@ -99,6 +99,21 @@ FIELDS = (
     Field("daddr",       "u8",   16,    ADDRESS,     HAND),
     Field("table",       "char", 32,    TEXT,        HAND),
     Field("chain",       "char", 32,    TEXT,        HAND),
+    # conntrack (skbtracer.c read_ct): JSON's "ct" object (events/conntrack.py)
+    Field("ct",          "u64",  1,     NUMBER,      HAND),     # _nfct: nf_conn | ctinfo
+    Field("ct_status",   "u32",  1,     NUMBER,      HAND),
+    Field("ct_mark",     "u32",  1,     NUMBER,      HAND),
+    Field("ct_zone",     "u16",  1,     NUMBER,      HAND),
+    Field("ct_orig_sport", "u16", 1,    NETWORK,     HAND),
+    Field("ct_orig_dport", "u16", 1,    NETWORK,     HAND),
+    Field("ct_reply_sport", "u16", 1,   NETWORK,     HAND),
+    Field("ct_reply_dport", "u16", 1,   NETWORK,     HAND),
+    Field("ct_l4proto",  "u8",   1,     NUMBER,      HAND),
+    Field("ct_known",    "u8",   1,     NUMBER,      HAND),     # conntrack.KNOWN_*
+    Field("ct_orig_saddr", "u8", 16,    ADDRESS,     HAND),
+    Field("ct_orig_daddr", "u8", 16,    ADDRESS,     HAND),
+    Field("ct_reply_saddr", "u8", 16,   ADDRESS,     HAND),
+    Field("ct_reply_daddr", "u8", 16,   ADDRESS,     HAND),
 )
 
 

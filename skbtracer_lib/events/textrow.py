@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from . import fields, reader
+from . import conntrack, fields, reader
 from .decode import EVENT_SIZE, Event, c_string
 from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, PORTED, TCP, TCP_FLAGS, UDP,
                          icmp_kind, is_icmp, probe_name)
@@ -152,19 +152,24 @@ class RowFormatter:
     reasons: probes.DropReasons; symbolize: address -> 'func+0xoff'
     names: names.NetnsNames for --names (NETWORK_NS shows the namespace's
     name instead of its inode), else None
+    ct: --ct, TRACE_INFO ends in the skb's conntrack state (conntrack.row_suffix)
     """
 
-    def __init__(self, probe_names, reasons, symbolize, clock, names=None):
+    def __init__(self, probe_names, reasons, symbolize, clock, names=None, ct=False):
         self.probe_names = probe_names
         self.reasons = reasons
         self.symbolize = symbolize
         self.clock = clock
         self.names = names
+        self.ct = ct
         if names is not None:
             self.row = self._named_row
         self._parts = {}        # row_of_raw: what the row shows but time and skb, by key
         self._looked_up = self._misses = 0
         self._uncached = 0      # rows to make without the cache
+        if ct:      # the ct fields are no part of row_of_raw's key nor of the rows in C
+            self.trace_after_skb = self._trace_after_skb_with_ct
+            self._uncached = float("inf")
 
     def row_of_raw(self, raw):
         """(row, netns) of raw event bytes, the same text as row(Event(raw)).
@@ -202,7 +207,7 @@ class RowFormatter:
         its symbols, for rows with their stacks (all_stacks: --callstack,
         a line for "no stack" too), as Session._show writes them."""
         rows = rows_in_c()
-        if rows is None or self.names is not None:
+        if rows is None or self.names is not None or self.ct:
             return None
         stack_text = None
         if stack is not None:
@@ -229,6 +234,9 @@ class RowFormatter:
                              else None,
                              self.symbolize(e.location) if e.location else None)
         return prefix + self.probe_name(e.probe)
+
+    def _trace_after_skb_with_ct(self, e):
+        return RowFormatter.trace_after_skb(self, e) + conntrack.row_suffix(e)
 
     def row(self, e):
         return ROW_FORMAT % (self.clock.column(e.ts_ns), e.netns, e.ifname, e.dmac.hex(),

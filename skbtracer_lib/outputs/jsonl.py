@@ -14,7 +14,7 @@ import time
 import uuid
 
 from .. import __version__
-from ..events import fields
+from ..events import conntrack, fields
 from ..events.fields import JSON_FIELDS
 from ..events.textrow import ROW_FORMAT, drop_info, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
@@ -32,7 +32,8 @@ _EVENT_LINE = ('{"type": "event", "time_ns": %d, "time": "%s", "ktime_ns": %d, "
                '"proto": "%s", "saddr": "%s", "daddr": "%s", "sport": %s, "ttl": %d, '
                '"ip_id": %s, "tcp_seq": %s, "icmp_type": %s, "len": %d, "skb": "%x", '
                '"pkt_type": %d, "pkt_type_name": "%s", "kind": "route", "func": %s, "pid": %d, '
-               '%s"nf": null, "drop": null, "node": %s, "run_id": "%s"}')   # %s: _table_keys()
+               '%s"nf": null, "drop": null, "ct": %s, "node": %s, '   # %s: _table_keys()
+               '"run_id": "%s"}')
 
 
 def mac_text(raw):
@@ -128,6 +129,7 @@ class JsonFormatter:
         for f in JSON_FIELDS:       # the table's fields not shown by hand above
             obj[f.json] = _json_value(f, getattr(e, f.name))
         obj["nf"] = obj["drop"] = None
+        obj["ct"] = conntrack.json_object(e)
         obj["node"] = self.node
         obj["run_id"] = self.run_id
         if e.kind == KIND_IPTABLE:
@@ -179,7 +181,8 @@ class JsonFormatter:
             L4_NAMES.get(l4) or str(l4), e.saddr, e.daddr, ports, e.ttl,
             e.ip_id if e.family == 4 else "null", tcp, icmp, e.len, e.skb, e.pkt_type,
             PKT_TYPES.get(e.pkt_type) or str(e.pkt_type), _string(self._probe_name(e.probe)),
-            e.pid, _table_keys(e) if JSON_FIELDS else "", _string(self.node), self.run_id)
+            e.pid, _table_keys(e) if JSON_FIELDS else "",
+            _dumps(conntrack.json_object(e)) if e.ct else "null", _string(self.node), self.run_id)
 
 
 def dumps(obj):

@@ -47,9 +47,26 @@ NFT_FIELDS = {
     "NFT_CHAIN_NAME": ("nft_chain", "name"),
     "NFT_TABLE_NAME": ("nft_table", "name"),
 }
+# conntrack on every event (read_ct): the skb's entry (vmlinux), then struct
+# nf_conn, which lives in the nf_conntrack module where conntrack is one
+CT_SKB_FIELDS = {"SKB_NFCT": ("sk_buff", "_nfct")}
+CT_CONN_FIELDS = {
+    "CT_STATUS": ("nf_conn", "status"),
+    "CT_TUPLEHASH": ("nf_conn", "tuplehash"),                 # [2]: original, reply
+    "CT_HASH_TUPLE": ("nf_conntrack_tuple_hash", "tuple"),
+    "TUPLE_SRC_ADDR": ("nf_conntrack_tuple", "src.u3"),
+    "TUPLE_SRC_PORT": ("nf_conntrack_tuple", "src.u.all"),    # ICMP: the echo id
+    "TUPLE_DST_ADDR": ("nf_conntrack_tuple", "dst.u3"),
+    "TUPLE_DST_PORT": ("nf_conntrack_tuple", "dst.u.all"),
+    "TUPLE_L4PROTO": ("nf_conntrack_tuple", "dst.protonum"),
+}
+CT_MARK_FIELDS = {"CT_MARK": ("nf_conn", "mark")}             # CONFIG_NF_CONNTRACK_MARK
+CT_ZONE_FIELDS = {"CT_ZONE": ("nf_conn", "zone.id")}          # CONFIG_NF_CONNTRACK_ZONES
+CT_MODULE = "nf_conntrack"
+CT_SPAN_MAX = 256       # skbtracer.c's _Static_assert: the nf_conn bytes read at once
 # all of them (tests/unit/test_macros.py checks skbtracer.c against these)
 FIELD_TABLES = (CORE_FIELDS, PCAP_VLAN_FIELDS, PCAP_VLAN_PRESENT, NF_STATE_FIELDS, XT_FIELDS,
-                NFT_FIELDS)
+                NFT_FIELDS, CT_SKB_FIELDS, CT_CONN_FIELDS, CT_MARK_FIELDS, CT_ZONE_FIELDS)
 
 
 class Layouts:
@@ -59,15 +76,89 @@ class Layouts:
         self.source = source          # "btf" or "headers"
         self.defines = {}
         self.description = ""
+        # conntrack: what the events can carry, and why not more (-v)
+        self.ct_entry = self.ct_conn = False
+        self.ct_notes = []
         if source == "headers":
             self.defines[macros.SKBT_LAYOUT_HEADERS] = 1
             self.description = "the installed kernel headers"
+            # the C takes them from the headers where CONFIG_NF_CONNTRACK is set
+            self.ct_entry = self.ct_conn = True
             return
         self.btf = kernel.btf()
         self.description = "BTF (/sys/kernel/btf)"
         self._add_fields(CORE_FIELDS, None)
         self._add_fields(NF_STATE_FIELDS, None)
         self._add_span(SPAN_FIELDS)
+        self._add_conntrack()
+
+    def _add_conntrack(self):
+        """The skb's conntrack entry (sk_buff._nfct, vmlinux) and struct
+        nf_conn (nf_conntrack's BTF, or vmlinux's where it is built in);
+        whatever cannot be had is left out, and ct_notes say why."""
+        try:
+            self._add_fields(CT_SKB_FIELDS, None)
+        except BTFError as e:
+            self.ct_notes.append("conntrack: none on the events (%s: a kernel without "
+                                 "conntrack)" % e)
+            return
+        self.defines[macros.HAVE_CT_NFCT] = 1
+        self.ct_entry = True
+        try:
+            self._add_fields(CT_CONN_FIELDS, CT_MODULE)
+        except BTFError as e:
+            self.ct_notes.append("conntrack: state only, no tuples, status, mark or zone: %s (%s)"
+                                 % (e, self._conn_btf_problem()))
+            return
+        conn = dict(CT_CONN_FIELDS)
+        for optional, config in ((CT_MARK_FIELDS, "CONFIG_NF_CONNTRACK_MARK"),
+                                 (CT_ZONE_FIELDS, "CONFIG_NF_CONNTRACK_ZONES")):
+            try:
+                self._add_fields(optional, CT_MODULE)
+                conn.update(optional)
+            except BTFError:
+                self.ct_notes.append("conntrack: no %s in struct nf_conn (%s is off)"
+                                     % (next(iter(optional.values()))[1], config))
+        span = self._conn_span(conn)
+        if span > CT_SPAN_MAX:
+            self.ct_notes.append("conntrack: state only: struct nf_conn's fields span %d bytes, "
+                                 "more than the %d read at once" % (span, CT_SPAN_MAX))
+            return
+        self.defines[macros.HAVE_CT_CONN] = 1
+        if "CT_MARK" in conn:
+            self.defines[macros.HAVE_CT_MARK] = 1
+        if "CT_ZONE" in conn:
+            self.defines[macros.HAVE_CT_ZONE] = 1
+        self.ct_conn = True
+
+    def ct_summary(self):
+        """What the events carry of conntrack, for -v."""
+        if self.source == "headers":
+            return ("state and struct nf_conn's fields, where the headers' "
+                    "CONFIG_NF_CONNTRACK is set")
+        if not self.ct_entry:
+            return "nothing"
+        if not self.ct_conn:
+            return "the state and id only (skb->_nfct)"
+        extra = [name for name, macro in (("mark", macros.HAVE_CT_MARK),
+                                          ("zone", macros.HAVE_CT_ZONE)) if macro in self.defines]
+        return "state, id, status and tuples%s (struct nf_conn from BTF)" % (
+            "".join(", " + name for name in extra))
+
+    def _conn_span(self, conn):
+        """Bytes of struct nf_conn read_ct reads at once (CT_SPAN_LEN in C)."""
+        fields = [f for f, (struct_name, _path) in conn.items() if struct_name == "nf_conn"]
+        start = min(self.defines[macros.layout_offset(f)] for f in fields)
+        end = max(self.defines[macros.layout_offset(f)] + self.defines[macros.layout_size(f)]
+                  for f in fields)
+        return end - start
+
+    def _conn_btf_problem(self):
+        """Why struct nf_conn is not in BTF, as far as one can tell."""
+        import os
+        if not os.path.isdir("/sys/module/%s" % CT_MODULE):
+            return "the %s module is not loaded (nothing uses conntrack yet)" % CT_MODULE
+        return "this kernel has no BTF for the %s module" % CT_MODULE
 
     def _add_span(self, fields):
         """One read for fields that lie close together (SPAN_FIELD in C)."""

@@ -45,6 +45,12 @@ L_SKB_SPAN_HAS_TAIL = _macro("L_SKB_SPAN_HAS_TAIL", FLAG,
 HAVE_XT_LAYOUT = _macro("HAVE_XT_LAYOUT", FLAG, "struct xt_table's layout is known: table names")
 HAVE_NFT_LAYOUT = _macro("HAVE_NFT_LAYOUT", FLAG,
                          "nf_tables' struct layouts are known: table and chain names")
+HAVE_CT_NFCT = _macro("HAVE_CT_NFCT", FLAG, "sk_buff has _nfct: each event's conntrack state")
+HAVE_CT_CONN = _macro("HAVE_CT_CONN", FLAG,
+                      "struct nf_conn's layout is known: status and tuples (one read)")
+HAVE_CT_MARK = _macro("HAVE_CT_MARK", FLAG, "struct nf_conn has mark (CONFIG_NF_CONNTRACK_MARK)")
+HAVE_CT_ZONE = _macro("HAVE_CT_ZONE", FLAG,
+                      "struct nf_conn has zone (CONFIG_NF_CONNTRACK_ZONES)")
 
 # modes (source.mode_defines)
 MODE_IPTABLE = _macro("MODE_IPTABLE", FLAG, "--iptable: the netfilter verdict probes")
@@ -65,6 +71,8 @@ FILTER_ICMP = _macro("FILTER_ICMP", FLAG, "--proto icmp: ICMP or ICMPv6")
 FILTER_PORT = _macro("FILTER_PORT", NUMBER, "-P: source or destination port")
 FILTER_ICMPID = _macro("FILTER_ICMPID", NUMBER, "--icmpid: the ICMP echo id")
 FILTER_PID = _macro("FILTER_PID", NUMBER, "-p: the process id")
+FILTER_CT_STATES = _macro("FILTER_CT_STATES", NUMBER,
+                          "--ct-state: the conntrack classes wanted, as ct_state_bit()'s bits")
 FILTER_NETNS = _macro("FILTER_NETNS", TEXT,
                       "-N: FILTER_NETNS(n), is namespace inode n one of those given")
 

@@ -6,6 +6,7 @@ import sys
 
 from . import kernel, layout, macros, probes
 from ..events import reader
+from ..events.conntrack import CT_STATES
 from ..events.decode import EVENT_SIZE, swap16
 from ..events.vocabulary import L4_NUMBERS
 
@@ -54,6 +55,8 @@ def filter_defines(cfg):
         d[macros.FILTER_ICMPID] = swap16(cfg.icmpid)
     if cfg.pid is not None:
         d[macros.FILTER_PID] = cfg.pid
+    if cfg.ct_states:
+        d[macros.FILTER_CT_STATES] = sum(CT_STATES[word] for word in cfg.ct_states)
     inodes = cfg.netns_all or ([cfg.netns] if cfg.netns is not None else [])
     if inodes:        # -N, repeatable: a fixed set of numbers (config.MAX_NETNS at most)
         matches = " || ".join("(n) == %dU" % int(i) for i in inodes)
@@ -108,6 +111,8 @@ class Program:
         else:
             self.backend, self.notice = choose_backend(cfg.backend)
         self.layouts = layout.choose(cfg.layout)
+        if cfg.ct_states and not self.layouts.ct_entry:
+            raise kernel.KernelError("--ct-state: %s" % "; ".join(self.layouts.ct_notes))
         self.plan = probes.plan_probes(cfg, self.backend, self.layouts)
         if cfg.expression is not None:
             self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())

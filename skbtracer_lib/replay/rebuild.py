@@ -1,7 +1,7 @@
 """Saved event objects rebuilt as the live decoder's Event objects, with
 the names, symbols and probes the saved run had."""
 
-from ..events import fields
+from ..events import conntrack, fields
 from ..events.decode import Event
 from ..events.vocabulary import KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, hook_number
 from ..runinfo import ProbeInfo, RunInfo
@@ -109,6 +109,8 @@ class Rebuilder:
             if drop.get("location_addr"):
                 e.location = int(drop["location_addr"], 16)
                 self.symbols[e.location] = drop.get("location") or "%#x" % e.location
+        for name, value in conntrack.fields_of(obj.get("ct")).items():
+            setattr(e, name, value)
         for f in _TABLE_FIELDS:
             setattr(e, f.name, _table_value(f, obj.get(f.json) if f.json else None))
         return e

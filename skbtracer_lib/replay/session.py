@@ -4,6 +4,7 @@ events for the run loop (session.Session), feeding the same sinks."""
 import sys
 
 from .. import story
+from ..events import conntrack
 from ..events.textrow import Clock
 from ..events.vocabulary import L4_NUMBERS
 from ..outputs import jsonl
@@ -47,6 +48,10 @@ def event_filter(cfg):
     if cfg.netns_all:
         wanted = set(cfg.netns_all)
         tests.append(lambda o: str(o["netns"]) in wanted or o.get("netns_name") in wanted)
+    if cfg.ct_states:
+        wanted_states = set(cfg.ct_states)
+        tests.append(lambda o: conntrack.state_word(conntrack.fields_of(o.get("ct"))["ct"])
+                     in wanted_states)
     if cfg.expression is not None:
         from . import packets
         judge = packets.ExpressionJudge(cfg.expression)
@@ -122,6 +127,8 @@ class SavedEvents:
         if self.make_row:
             netns = self.names.label(event.netns) if self.cfg.names else None
             row = jsonl.text_row(obj, self.clock.column(wall), netns)
+            if self.cfg.ct:
+                row += conntrack.row_suffix(event)
         if self.make_line:
             line = jsonl.dumps(obj)
         return event, None, row, obj.get("stack"), line

@@ -19,6 +19,7 @@ class FlowGroup(NamedTuple):
     netfilter: str
     packets: list           # Packet, in order
     ends: dict              # end text -> packets that ended so, in order of first seen
+    cts: dict               # conntrack text (Story.ct_text) -> packets, in order of first seen
 
     @property
     def count(self):
@@ -27,10 +28,13 @@ class FlowGroup(NamedTuple):
     @property
     def end(self):
         """How they ended; where they ended differently, how many ended each way."""
-        if len(self.ends) == 1:
-            return next(iter(self.ends))
-        ranked = sorted(self.ends.items(), key=lambda item: -item[1])
-        return "; ".join("%d %s" % (n, text) for text, n in ranked)
+        return _counted(self.ends)
+
+    @property
+    def ct(self):
+        """The connections as they went; where packets differ (the first
+        NEW, the rest ESTABLISHED), how many went each way."""
+        return _counted(self.cts)
 
     @property
     def skbs(self):
@@ -51,6 +55,14 @@ class FlowGroup(NamedTuple):
         return sorted(s for s in (network_span(p) for p in self.packets) if s is not None)
 
 
+def _counted(texts):
+    """One text, or each with its count, the commonest first."""
+    if len(texts) == 1:
+        return next(iter(texts))
+    ranked = sorted(texts.items(), key=lambda item: -item[1])
+    return "; ".join("%d %s" % (n, text) for text, n in ranked)
+
+
 def group_flows(story, packets=None):
     """[FlowGroup] of story's packets (or of packets), in order of their first packet."""
     groups = {}
@@ -58,10 +70,12 @@ def group_flows(story, packets=None):
         key = (story.flow_text(packet), story.path_text(packet), story.netfilter_text(packet))
         found = groups.get(key)
         if found is None:
-            found = groups[key] = FlowGroup(*key, [], {})
+            found = groups[key] = FlowGroup(*key, [], {}, {})
         found.packets.append(packet)
         end = story.packet_end_text(packet)
         found.ends[end] = found.ends.get(end, 0) + 1
+        ct = story.ct_text(packet)
+        found.cts[ct] = found.cts.get(ct, 0) + 1
     return list(groups.values())
 
 

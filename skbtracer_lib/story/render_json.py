@@ -71,6 +71,7 @@ def _summary(story, packet):
         "headers": [_header(h) for h in packet.headers],
         "path": story.path_text(packet),
         "netfilter": netfilter if story.iptable_traced else None,
+        "ct": _ct(story.ct_text(packet)),
         "end": story.packet_end_text(packet),
         "skbs": len(packet.copies),
         "rows": sum(len(c.events) for c in packet.copies),
@@ -78,6 +79,11 @@ def _summary(story, packet):
         "copies": [_copy(story, c) for c in packet.copies],
         "flags": flags,
     }
+
+
+def _ct(text):
+    """The story's conntrack words; null where no row saw an entry."""
+    return None if text == "-" else text
 
 
 def _flow(group):
@@ -89,6 +95,7 @@ def _flow(group):
         "flow": group.flow,
         "path": group.path,
         "netfilter": group.netfilter,
+        "ct": _ct(group.ct),
         "end": group.end,
         "ends": [{"end": text, "packets": n} for text, n in group.ends.items()],
         "skbs": group.skbs,

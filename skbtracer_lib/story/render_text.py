@@ -1,6 +1,7 @@
 """The story in words: the places, ends, flows and paths of the model, and
 the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
+from ..events import conntrack
 from ..events.vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
@@ -159,6 +160,14 @@ class Story(StoryModel):
                 if not seen or seen[-1] != text:
                     seen.append(text)
         return ", ".join(seen) if seen else "-"
+
+    # -- conntrack
+
+    @staticmethod
+    def ct_text(packet):
+        """The connections it met, as it went ('NEW -> DNAT 10.96.0.10:53 =>
+        10.244.1.3:5353'); '-' when no row saw a conntrack entry."""
+        return conntrack.story_text(packet.events) or "-"
 
     # -- flags
 

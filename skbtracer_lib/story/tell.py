@@ -51,8 +51,11 @@ def cut_line(story):
 
 def _columns(headers, rows, story):
     """Leave out the columns that say nothing in this run: NETFILTER when no
-    verdict was traced or seen, SKBS when every packet was one skb."""
+    verdict was traced or seen, SKBS when every packet was one skb, CT when
+    no row saw a conntrack entry."""
     drop = set()
+    if all(r[headers.index("CT")] == "-" for r in rows):
+        drop.add("CT")
     if not story.iptable_traced or all(r[headers.index("NETFILTER")] == "-" for r in rows):
         drop.add("NETFILTER")
     if all(str(r[headers.index("SKBS")]) == "1" for r in rows):       # flows: '1', '1-2'...
@@ -93,7 +96,7 @@ def _block(cells, width):
     if facts:
         head += ": " + ", ".join(facts)
     lines = wrap(head, width)
-    for label in ("PATH", "NETFILTER", "END"):
+    for label in ("PATH", "NETFILTER", "CT", "END"):
         if label in cells:
             tag = "    %s: " % label.lower()
             lines += wrap(tag + cells[label], width, len(tag))
@@ -120,9 +123,9 @@ def flow_table(story, width, limit=MAX_TABLE_PACKETS):
     for g in groups:
         spans = g.spans()
         rows.append(["#%d" % g.packets[0].number if g.count == 1 else "{:,}".format(g.count),
-                     g.flow, g.path, g.netfilter, g.end, g.skbs,
+                     g.flow, g.path, g.netfilter, g.ct, g.end, g.skbs,
                      _seen_text(g, start), _spread_text(spans)])
-    headers = ["PACKETS", "FLOW", "PATH", "NETFILTER", "END", "SKBS", "SEEN", "TIME"]
+    headers = ["PACKETS", "FLOW", "PATH", "NETFILTER", "CT", "END", "SKBS", "SEEN", "TIME"]
     return _render(headers, rows, story, width), left_out
 
 
@@ -130,8 +133,8 @@ def packet_table(story, width, limit=MAX_TABLE_PACKETS):
     """(lines, packets left out): today's detail, one row per packet."""
     packets, left_out = _chosen(story.packets, story.flagged, limit)
     rows = [[p.number, story.flow_text(p), story.path_text(p), story.netfilter_text(p),
-             story.packet_end_text(p), len(p.copies)] for p in packets]
-    headers = ["#", "FLOW", "PATH", "NETFILTER", "END", "SKBS"]
+             story.ct_text(p), story.packet_end_text(p), len(p.copies)] for p in packets]
+    headers = ["#", "FLOW", "PATH", "NETFILTER", "CT", "END", "SKBS"]
     return _render(headers, rows, story, width), left_out
 
 

@@ -66,6 +66,11 @@ CONFIGS = [
      ["--route", "--iptable", "--drop", "--keep", "--callstack", "-H", "10.0.0.1",
       "ether src 02:00:00:00:00:01 and ip[8] > 1"]),
     ("all-modes+capture", ["--route", "--iptable", "--drop", "-w", CAPTURE_PATH]),
+    # conntrack: --ct-state compiles a filter in; the ct fields are read in every mode
+    ("route+ct+ct-state", ["--route", "--ct", "--ct-state", "new", "--ct-state", "est,inv"]),
+    ("all-modes+keep+stacks+capture+expression+ct-state",
+     ["--route", "--iptable", "--drop", "--keep", "--callstack", "-w", CAPTURE_PATH,
+      "--ct-state", "untracked,rel", "-H", "10.0.0.1", "udp and port 53"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
@@ -192,6 +197,41 @@ def test_header_layout_capture_compiles(header_tree):
     """-w reads skb->tail: from the installed headers too."""
     cfg = config.parse_args(["--layout", "headers", "--route", "--drop", "-w", CAPTURE_PATH])
     assert compile_and_load(Program(cfg, backend="tracepoint"))
+
+
+def test_header_layout_conntrack_compiles(header_tree):
+    """--layout headers (no BTF): struct nf_conn's layout from the installed headers
+    (nf_conntrack.h where CONFIG_NF_CONNTRACK is set), with --ct-state."""
+    cfg = config.parse_args(["--layout", "headers", "--route", "--drop", "--ct-state", "new,est"])
+    program = Program(cfg, backend="kprobe")
+    assert not re.search(r"^#define HAVE_CT_", program.text, re.M)
+    assert compile_and_load(program)
+
+
+def test_without_the_nf_conn_layout_the_state_is_still_read(header_tree, monkeypatch):
+    """5.10 has no module BTF: struct nf_conn cannot be had where conntrack is a module. The
+    program then reads skb->_nfct alone (state and id; --ct-state works), and -v says why."""
+    from skbtracer_lib.program import layout
+    from skbtracer_lib.program.btf import BTFError
+    real = kernel.btf()
+
+    class NoConntrackModuleBTF:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def member(self, struct_name, path, module=None):
+            if struct_name.startswith("nf_conn"):
+                raise BTFError("no struct %s in BTF" % struct_name)
+            return real.member(struct_name, path, module)
+
+    monkeypatch.setattr(layout.kernel, "btf", NoConntrackModuleBTF)
+    cfg = config.parse_args(["--route", "--iptable", "--drop", "--keep", "--ct-state", "new"])
+    program = Program(cfg, backend="kprobe")
+    assert "#define HAVE_CT_NFCT 1" in program.text
+    assert "#define HAVE_CT_CONN" not in program.text
+    assert "#define L_CT_STATUS_OFF" not in program.text
+    assert any("state only" in note for note in program.layouts.ct_notes)
+    assert compile_and_load(program)
 
 
 def test_event_bytes_from_the_compiled_struct_decode(header_tree):

@@ -271,3 +271,28 @@ def test_functions_of_all_are_known_to_the_story_again(tmp_path):
     session = replay_session.saved_session(cfg, replay_read.read_files(cfg.read, print))
     session.source.rebuilder.probe_names[:] = probe_names
     assert session.source.loaded.info.story_probes()[2] == set()
+
+
+def test_saved_conntrack_reads_back_rows_story_and_ct_state(tmp_path):
+    """-r: the saved "ct" objects give the same --ct rows, the story's CT column and
+    --ct-state's selection as the live run."""
+    ct = dict(ct=0xFFFF888012345602, ct_known=1, ct_l4proto=17, ct_status=0x28,
+              ct_orig_saddr="10.244.1.2", ct_orig_sport=41000, ct_orig_daddr="10.96.0.20",
+              ct_orig_dport=53, ct_reply_saddr="10.244.2.3", ct_reply_sport=9000,
+              ct_reply_daddr="10.244.1.2", ct_reply_dport=41000)
+    one, _two = request(1000, 41000, 1_000_000_000)
+    events = [e if i < 2 else Event(encode(**dict({n: getattr(e, n) for n in Event.__slots__},
+                                                  **ct)))
+              for i, e in enumerate(one)]       # conntrack saw it from cbr0 on
+    a = write_run(tmp_path / "a.jsonl", "node1", events)
+    _s, plain, err = tell(a, args=["--story-per-packet", "--width", "300"])
+    assert " ct=" not in plain
+    assert "NEW -> DNAT 10.96.0.20:53 => 10.244.2.3:9000" in err, err
+    _s, out, _e = tell(a, args=["--ct"])
+    rows = out.splitlines()[1:]
+    assert [r.endswith(" ct=NEW dnat 10.96.0.20:53=>10.244.2.3:9000") for r in rows] == \
+        [False, False, True, True, True]
+    _s, out, _e = tell(a, args=["--ct-state", "new"])
+    assert len(out.splitlines()) == 1 + 3
+    _s, out, _e = tell(a, args=["--ct-state", "inv"])
+    assert len(out.splitlines()) == 1 + 2

@@ -509,7 +509,7 @@ EVENT_KEYS = {"type", "time_ns", "time", "ktime_ns", "netns", "netns_name", "con
               "pod_uid", "ifname", "ifindex", "dmac", "smac", "family", "l4proto", "proto",
               "saddr", "daddr", "sport", "dport", "ttl", "ip_id", "tcp_seq", "tcp_flags",
               "icmp_type", "icmp_id", "len", "skb", "pkt_type", "pkt_type_name", "kind", "func",
-              "pid", "nf", "drop", "node", "run_id"} | {f.json for f in fields.JSON_FIELDS}
+              "pid", "nf", "drop", "ct", "node", "run_id"} | {f.json for f in fields.JSON_FIELDS}
 # (the field table's own keys, fields.JSON_FIELDS, are part of the schema too)
 
 

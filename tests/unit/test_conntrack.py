@@ -1,0 +1,187 @@
+"""Conntrack on the events (issue 23), on synthetic events: the ct fields decoded, named and
+shown (JSON "ct", the --ct row suffix, the story's words), read back by -r, --ct-state's
+validation and what it compiles to, and the layouts when struct nf_conn cannot be had."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
+
+from skbtracer_lib import config
+from skbtracer_lib.events import conntrack
+from skbtracer_lib.events.decode import Event, encode
+from skbtracer_lib.events.textrow import Clock, RowFormatter
+from skbtracer_lib.outputs import jsonl
+from skbtracer_lib.program import layout, macros, probes, source
+from skbtracer_lib.program.btf import BTFError
+
+CONN = 0xFFFF888012345600          # an nf_conn's address (8-byte aligned)
+IPS = conntrack.STATUS_BITS
+DNAT_REQUEST = dict(   # the first datagram to a ClusterIP, after DNAT chose the endpoint
+    saddr="10.244.1.2", daddr="10.244.1.3", sport=41000, dport=9000,
+    ct=CONN | 2, ct_known=conntrack.KNOWN_CONN | conntrack.KNOWN_MARK | conntrack.KNOWN_ZONE,
+    ct_status=IPS["CONFIRMED"] | IPS["DST_NAT"] | IPS["DST_NAT_DONE"], ct_mark=0x4000,
+    ct_zone=3, ct_l4proto=17,
+    ct_orig_saddr="10.244.1.2", ct_orig_sport=41000, ct_orig_daddr="10.96.0.10", ct_orig_dport=53,
+    ct_reply_saddr="10.244.1.3", ct_reply_sport=9000, ct_reply_daddr="10.244.1.2",
+    ct_reply_dport=41000)
+
+
+def event(**values):
+    return Event(encode(**values))
+
+
+def formatter(ct=False):
+    return RowFormatter(["ip_rcv"], probes.DropReasons({}, "t"), hex, Clock(False, offset_ns=0),
+                        ct=ct)
+
+
+def test_json_object_of_a_dnat_request():
+    obj = conntrack.json_object(event(**DNAT_REQUEST))
+    assert obj == {
+        "state": "NEW", "info": 2, "id": "12345600",
+        "status": ["CONFIRMED", "DST_NAT", "DST_NAT_DONE"],
+        "status_bits": IPS["CONFIRMED"] | IPS["DST_NAT"] | IPS["DST_NAT_DONE"],
+        "mark": 0x4000, "zone": 3,
+        "orig": {"proto": "udp", "src": "10.244.1.2", "dst": "10.96.0.10", "sport": 41000,
+                 "dport": 53},
+        "reply": {"proto": "udp", "src": "10.244.1.3", "dst": "10.244.1.2", "sport": 9000,
+                  "dport": 41000}}
+
+
+@pytest.mark.parametrize("info, name, word", [
+    (0, "ESTABLISHED", "est"), (1, "RELATED", "rel"), (2, "NEW", "new"),
+    (3, "ESTABLISHED_REPLY", "est"), (4, "RELATED_REPLY", "rel")])
+def test_ctinfo_names_and_ct_state_words(info, name, word):
+    e = event(**dict(DNAT_REQUEST, ct=CONN | info))
+    assert conntrack.json_object(e)["state"] == name
+    assert conntrack.state_word(e.ct) == word
+
+
+def test_no_entry_untracked_and_an_unknown_layout():
+    assert conntrack.json_object(event()) is None
+    assert conntrack.state_word(0) == "inv"
+    untracked = conntrack.json_object(event(ct=7))
+    assert untracked["state"] == "UNTRACKED" and untracked["id"] is None
+    assert untracked["status"] is untracked["orig"] is untracked["mark"] is None
+    assert conntrack.state_word(7) == "untracked"
+    # the state from skb->_nfct, nothing of the nf_conn (5.10: no module BTF)
+    unknown = conntrack.json_object(event(ct=CONN | 2))
+    assert unknown["state"] == "NEW" and unknown["id"] == "12345600"
+    assert unknown["status"] is unknown["orig"] is unknown["reply"] is unknown["zone"] is None
+
+
+def test_icmp_tuple_has_the_echo_id():
+    e = event(family=4, l4proto=1, ct=CONN, ct_known=conntrack.KNOWN_CONN, ct_l4proto=1,
+              ct_orig_saddr="10.0.0.1", ct_orig_daddr="10.0.0.2", ct_orig_sport=77,
+              ct_reply_saddr="10.0.0.2", ct_reply_daddr="10.0.0.1", ct_reply_sport=77)
+    assert conntrack.json_object(e)["orig"] == {"proto": "icmp", "src": "10.0.0.1",
+                                                "dst": "10.0.0.2", "icmp_id": 77}
+    assert conntrack.row_suffix(e) == " ct=EST"
+
+
+def test_row_suffix_names_the_nat():
+    assert conntrack.row_suffix(event()) == ""
+    assert conntrack.row_suffix(event(**DNAT_REQUEST)) == \
+        " ct=NEW dnat 10.96.0.10:53=>10.244.1.3:9000"
+    reply = event(**dict(DNAT_REQUEST, ct=CONN | 3))
+    assert conntrack.row_suffix(reply) == " ct=EST,R dnat 10.96.0.10:53=>10.244.1.3:9000"
+    masqueraded = event(**dict(DNAT_REQUEST, ct=CONN | 2, ct_orig_daddr="10.244.1.3",
+                               ct_orig_dport=9000, ct_reply_daddr="10.250.0.1",
+                               ct_reply_dport=1024))
+    assert conntrack.row_suffix(masqueraded) == " ct=NEW snat 10.244.1.2:41000=>10.250.0.1:1024"
+
+
+def test_text_rows_unchanged_without_ct_and_suffixed_with_it():
+    raw = encode(**DNAT_REQUEST)
+    plain, with_ct = formatter(), formatter(ct=True)
+    row = plain.row(Event(raw))
+    assert not row.endswith("9000") or " ct=" not in row
+    assert " ct=" not in plain.row_of_raw(raw)[0]
+    assert with_ct.row(Event(raw)) == row + " ct=NEW dnat 10.96.0.10:53=>10.244.1.3:9000"
+    assert with_ct.row_of_raw(raw)[0] == with_ct.row(Event(raw))   # never a cached row
+    assert with_ct.in_c() is None                                   # the C rows have no ct
+
+
+def test_json_line_is_the_event_object_and_reads_back():
+    fmt = jsonl.JsonFormatter(formatter(), node="n", run_id="r")
+    e = event(**DNAT_REQUEST)
+    line = fmt.line(e)
+    assert json.loads(line) == fmt.event(e)
+    assert json.loads(fmt.line(event()))["ct"] is None
+    saved = json.loads(line)["ct"]
+    rebuilt = event(**{k: v for k, v in conntrack.fields_of(saved).items()
+                       if not (isinstance(v, str) and not v)})
+    assert conntrack.json_object(rebuilt) == saved
+    assert conntrack.fields_of(None)["ct"] == 0
+
+
+@pytest.mark.parametrize("saved", [
+    "NEW", 7, [], {"id": 5}, {"state": "NEW", "id": "zz", "status_bits": "x", "mark": -1,
+                             "zone": 1 << 20, "orig": {"proto": "udp", "src": 1, "sport": "a"},
+                             "reply": []}])
+def test_a_damaged_saved_ct_reads_back_as_numbers_and_text(saved):
+    """-r on a file whose "ct" objects are damaged: zero or empty, never a crash later."""
+    values = conntrack.fields_of(saved)
+    e = event(**{k: v for k, v in values.items() if not (isinstance(v, str) and not v)})
+    conntrack.json_object(e), conntrack.row_suffix(e), conntrack.story_text([e])
+
+
+def test_story_words():
+    request = event(**DNAT_REQUEST)
+    before = event(saddr="10.244.1.2", daddr="10.96.0.10")            # before conntrack
+    pod = event(**dict(DNAT_REQUEST, ct=0xFFFF888099990002, ct_status=IPS["CONFIRMED"],
+                       ct_orig_daddr="10.244.1.3", ct_orig_dport=9000))  # the pod's own conntrack
+    assert conntrack.story_text([before]) == ""
+    assert conntrack.story_text([before, request, pod]) == \
+        "NEW -> DNAT 10.96.0.10:53 => 10.244.1.3:9000, NEW"
+    assert conntrack.story_text([event(ct=7)]) == "UNTRACKED"
+
+
+@pytest.mark.parametrize("argv, states", [
+    (["--ct-state", "new"], ["new"]),
+    (["--ct-state", "NEW", "--ct-state", "est,inv", "--ct-state", "new"], ["new", "est", "inv"]),
+    (["--ct-state", "untracked,rel"], ["untracked", "rel"]),
+])
+def test_ct_state_values(argv, states):
+    cfg = config.parse_args(argv)
+    assert cfg.ct_states == states
+    mask = source.filter_defines(cfg)[macros.FILTER_CT_STATES]
+    assert mask == sum(conntrack.CT_STATES[s] for s in states)
+
+
+@pytest.mark.parametrize("value", ["bogus", "", "new,", "established"])
+def test_bad_ct_state_is_one_line_and_exit_2(value):
+    done = subprocess.run([sys.executable, str(skbt_unit_helpers.REPO / "skbtracer.py"),
+                           "--ct-state", value], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--ct-state must be one of new, est, rel, inv, " \
+        "untracked" in done.stderr, done.stderr
+
+
+class _NoConntrackModuleBTF:
+    """The kernel's BTF as 5.10 has it: vmlinux only, no module BTF for nf_conntrack."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def member(self, struct_name, path, module=None):
+        if struct_name.startswith("nf_conn"):
+            raise BTFError("no struct %s in BTF" % struct_name)
+        return self.real.member(struct_name, path, module)
+
+
+def test_layouts_without_nf_conn_keep_the_state_and_say_why(monkeypatch):
+    real = layout.kernel.btf()
+    if real is None:
+        pytest.skip("this kernel has no BTF")
+    monkeypatch.setattr(layout.kernel, "btf", lambda: _NoConntrackModuleBTF(real))
+    layouts = layout.Layouts("btf")
+    assert layouts.ct_entry and not layouts.ct_conn
+    assert macros.HAVE_CT_NFCT in layouts.defines and macros.HAVE_CT_CONN not in layouts.defines
+    assert any("state only" in note for note in layouts.ct_notes), layouts.ct_notes
