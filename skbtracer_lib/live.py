@@ -21,9 +21,11 @@ from .events.decode import Event, netns_of
 from .events.reader import STOP_COUNT, STOP_SLOW
 from .events.textrow import Clock, RowFormatter
 from .outputs import jsonl, names as netns_names
-from .outputs.sinks import SINK_ERRORS, TextRows, make_sinks
+from .outputs.sinks import SINK_ERRORS, TextRows, make_sinks, wants_columns
 from .program import probes
 from .session import Session
+from .story.points import DURATION_STOP
+from .story.fit import is_terminal
 
 POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
@@ -48,13 +50,6 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
     return Session(cfg, source, sinks, book, err)
 
 
-def is_terminal(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):    # not a file, or closed
-        return False
-
-
 class Records:
     """The records the reader hands over (the raw events), made into what
     the session's sinks take and handed to them, counted (-c)."""
@@ -77,15 +72,19 @@ class Records:
         self.book = session.book
         self.json = json
         self.make_row = any("row" in sink.needs for sink in session.writers)
-        self._choose_row_path(session.writers)
+        columns = wants_columns(session.writers)
+        self.row_of = self.formatter.row_with_columns if columns else self.formatter.row
+        self._choose_row_path(session.writers, columns)
 
-    def _choose_row_path(self, writers):
+    def _choose_row_path(self, writers, columns):
         """Where the text rows are the only output (not --names: its labels
-        are Python's), rows from the raw bytes: in C where _rows is built
-        (stacks too), else in Python (no stacks)."""
+        are Python's; not compact rows: made of their columns in Python),
+        rows from the raw bytes: in C where _rows is built (stacks too),
+        else in Python (no stacks)."""
         self.rows_sink = self.rows_in_c = None
         self.raw_rows = False
-        if len(writers) != 1 or not isinstance(writers[0], TextRows) or self.cfg.names:
+        if (len(writers) != 1 or not isinstance(writers[0], TextRows) or self.cfg.names
+                or columns):
             return
         self.rows_sink = writers[0]
         self.write_text, self.write_bytes = self.rows_sink.write_text, self.rows_sink.write_bytes
@@ -127,7 +126,7 @@ class Records:
                 if event.stack_id != -1 or self.all_stacks:
                     stack = self.loaded.stack(event.stack_id)
                 line = self.json.line(event, stack) if self.json is not None else None
-                row = self.formatter.row(event) if self.make_row else None
+                row = self.row_of(event) if self.make_row else None
                 if not session.show(event, raw, row, stack, line):
                     return
         except SINK_ERRORS as e:        # the rows' own writes, above
@@ -196,7 +195,7 @@ class LiveEvents:
         self.session = self.json = None
         self.lost = 0
         self.stopping = False       # leave the poll loop
-        self.stopped_by = None      # the signal that did: "Ctrl-C", "SIGTERM"
+        self.stopped_by = None      # the signal that did: "Ctrl-C", "SIGTERM"; or --duration
         self.rows_on_terminal = rows_on_terminal  # say when tracing starts (the header comes late)
         self.ended_ns = None
         self.modules_checked = time.monotonic()
@@ -215,8 +214,8 @@ class LiveEvents:
     # -- the poll loop
 
     def read(self, session):
-        """Read events until Ctrl-C/SIGTERM, -c, a failed output or -T/-t
-        end the trace."""
+        """Read events until Ctrl-C/SIGTERM, -c, --duration or a failed
+        output ends the trace."""
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         reader = None
@@ -236,8 +235,17 @@ class LiveEvents:
         self.ended_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     def _poll(self, reader, session):
+        duration = self.cfg.duration
+        deadline = None if duration is None else time.monotonic() + duration
         while not self.stopping and not session.done:
-            reader.wait(POLL_TIMEOUT_MS)
+            timeout = POLL_TIMEOUT_MS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:       # as a signal stops it: what is in the ring is read
+                    self.stopped_by = self.stopped_by or DURATION_STOP % duration
+                    break
+                timeout = min(timeout, max(1, int(left * 1000)))
+            reader.wait(timeout)
             self.names.forget_if_changed()     # before the rows are named
             reader.read()
             self._between_polls()

@@ -20,6 +20,7 @@ from .flags import BACKENDS, L4_PROTOCOLS, MAX_NETNS, PROG, SNAPLEN_DEFAULT, bui
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 NETNS_NAME = r"[A-Za-z0-9_.@-]+"     # an 'ip netns' name -N takes
+MAX_DURATION = 366 * 24 * 3600     # --duration: a year is enough, and a float's seconds stay exact
 NETNS_NAMES_SHOWN = 10     # of 'ip netns list', in the error for an unknown -N
 
 
@@ -52,6 +53,7 @@ class Config:
     netns_all: list = field(default_factory=list)   # every -N inode (at most MAX_NETNS)
     netns_label: str = None         # what the user typed for -N
     count: int = None
+    duration: float = None          # --duration: seconds of tracing
     timestamp: bool = False         # -t: seconds since the first event
     clock: bool = False             # -T: HH:MM:SS of the event (also the default)
     modes: set = field(default_factory=set)
@@ -72,7 +74,8 @@ class Config:
     read: list = None               # -r FILE ...: saved JSON lines instead of tracing
     node: str = None                # --node NAME: written into every JSON object
     latency: bool = False           # --latency: hop-to-hop delay table at exit
-    width: int = None               # --width: columns of the story (default: the terminal's)
+    width: int = None               # --width: columns of the story and compact rows
+    compact: bool = False           # --compact: compact rows to a pipe or file too
     story_per_packet: bool = False  # --story-per-packet: a table row per packet
     all_functions: bool = False     # --all: every function taking an skb
     functions: list = field(default_factory=list)   # --func patterns
@@ -86,6 +89,19 @@ def _number(text, what, low, high):
     value = int(text)
     if not low <= value <= high:
         raise UsageError("%s must be between %d and %d, not %d" % (what, low, high, value))
+    return value
+
+
+def _seconds(text, what, high):
+    """A positive number of seconds (10, 0.5), at most high."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text.strip()):
+        raise UsageError("%s must be a number of seconds, not %r" % (what, text))
+    value = float(text)
+    if not 0 < value <= high:
+        raise UsageError("%s must be more than 0 and at most %d seconds, not %s"
+                         % (what, high, text.strip()))
     return value
 
 
@@ -275,6 +291,8 @@ def _shown(ns, cfg):
     cfg.story_per_packet = ns.story_per_packet
     cfg.width = _number(ns.width, "--width", MIN_WIDTH, 1000)
     cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
+    cfg.duration = _seconds(ns.duration, "--duration", MAX_DURATION)
+    cfg.compact = ns.compact
     if ns.time and ns.timestamp:
         raise UsageError("-T/--time and -t/--timestamp exclude each other")
     cfg.clock, cfg.timestamp = ns.time, ns.timestamp
@@ -327,7 +345,8 @@ def _outputs(ns, cfg):
 def _read_only(cfg):
     """-r: the flags that apply only while tracing are refused."""
     live_only = [flag for flag, given in (
-        ("-p/--pid", cfg.pid is not None), ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
+        ("-p/--pid", cfg.pid is not None), ("--duration", cfg.duration is not None),
+        ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
         ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
         ("-w/--write", cfg.write is not None),
         ("--callstack/--dropstack", cfg.stacks is not None)) if given]

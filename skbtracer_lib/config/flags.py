@@ -8,6 +8,7 @@ import os
 import sys
 
 from .. import __version__
+from ..events.compact import WIDTH as COMPACT_WIDTH
 from ..events.conntrack import CT_STATES
 from ..events.vocabulary import L4_NUMBERS
 from ..story.fit import DEFAULT_WIDTH
@@ -110,6 +111,8 @@ FLAGS = (
               "path like /proc/PID/ns/net; repeat for up to %d namespaces" % MAX_NETNS),
     Flag("-c", "--catch-count", metavar="N", dest="count",
          help="stop after N rows (default: unlimited)"),
+    Flag("--duration", metavar="SECONDS",
+         help="stop after SECONDS of tracing (a number, e.g. 10 or 0.5; default: unlimited)"),
     Flag("-T", "--time", action="store_true",
          help="show the event's time as HH:MM:SS (the default)"),
     Flag("-t", "--timestamp", action="store_true",
@@ -166,9 +169,12 @@ FLAGS = (
          help="at exit, a table of hop-to-hop delays (count, median, p99, max)"),
     Flag("--story-per-packet", action="store_true",
          help="the story's table: a row per packet instead of one per flow, path and end"),
+    Flag("--compact", action="store_true",
+         help="text rows in the compact layout a terminal gets (no DEST_MAC, short skb "
+              "addresses, %d columns or --width) also to a pipe or file" % COMPACT_WIDTH),
     Flag("--width", metavar="N",
-         help="fit the story into N columns (default: the terminal's width, else %d)"
-              % DEFAULT_WIDTH),
+         help="fit the story into N columns (default: the terminal's width, else %d), and "
+              "the compact rows (a terminal's, --compact) too" % DEFAULT_WIDTH),
     Flag("--version", action="version", version="%s %s" % (PROG, __version__)),
     Flag("expression", nargs="*", metavar="EXPRESSION",
          help="a tcpdump filter expression (pcap-filter(7)), ANDed with the flags; compiled "

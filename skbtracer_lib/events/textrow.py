@@ -7,6 +7,7 @@ import functools
 import os
 import re
 import time
+from collections import namedtuple
 
 from . import conntrack, fields, reader
 from .decode import EVENT_SIZE, Event, c_string
@@ -25,6 +26,27 @@ _ROW_WIDTHS = tuple(int(w) for w in _COLUMN.findall(ROW_FORMAT) if w)
 _TIME_END = _COLUMN.search(ROW_FORMAT).end()
 _MIDDLE_FORMAT = ROW_FORMAT[_TIME_END:ROW_FORMAT.rindex("%s")]
 _CACHED_ROW = ROW_FORMAT[:_TIME_END] + "%s%x%s"    # time, the middle, skb, TRACE_INFO's rest
+
+# A row's columns, for the compact rows (compact.py) made of them: skb is the
+# address's hex digits, trace TRACE_INFO after them
+RowColumns = namedtuple("RowColumns", "time netns ifname dmac pkt_info skb trace")
+
+
+def full_row(c):
+    """The row (ROW_FORMAT) of RowColumns."""
+    return ROW_FORMAT % (c.time, c.netns, c.ifname, c.dmac, c.pkt_info, c.skb + c.trace)
+
+
+class Row(str):
+    """A row in the original format that keeps its columns: the sinks that
+    take text (-w's comments) take it as it is, the compact rows are made
+    of its columns."""
+
+    def __new__(cls, columns):
+        row = str.__new__(cls, full_row(columns))
+        row.columns = columns
+        return row
+
 
 # PKT_INFO: the protocol's prefix, the addresses, and the ports of TCP and UDP
 PORTS_INFO = "%s%s:%d->%s:%d"        # prefix, source, its port, destination, its port
@@ -243,8 +265,18 @@ class RowFormatter:
                              pkt_info(e), self.trace_info(e))
 
     def _named_row(self, e):
-        return ROW_FORMAT % (self.clock.column(e.ts_ns), self.names.label(e.netns), e.ifname,
-                             e.dmac.hex(), pkt_info(e), self.trace_info(e))
+        return full_row(self.columns(e))
+
+    def columns(self, e):
+        """The RowColumns of an Event."""
+        return RowColumns(self.clock.column(e.ts_ns),
+                          e.netns if self.names is None else self.names.label(e.netns),
+                          e.ifname, e.dmac.hex(), pkt_info(e), "%x" % e.skb,
+                          self.trace_after_skb(e))
+
+    def row_with_columns(self, e):
+        """row(e) as a Row: what the compact rows are made of."""
+        return Row(self.columns(e))
 
     @staticmethod
     def stack_lines(symbols):

@@ -16,7 +16,7 @@ import uuid
 from .. import __version__
 from ..events import conntrack, fields
 from ..events.fields import JSON_FIELDS
-from ..events.textrow import ROW_FORMAT, drop_info, pkt_info, verdict_info
+from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
                                  PKT_TYPES, PORTED, TCP, TCP_FLAG_BITS, TCP_FLAGS)
 
@@ -239,7 +239,13 @@ def text_row(obj, time_column, netns_column=None):
     """The text row an event object stands for (e.g. to turn saved JSON lines
     back into the classic rows), with the live rows' column builders;
     time_column: the row's time text."""
-    prefix = "%s.%d:" % (obj["skb"], obj["pkt_type"])
+    return full_row(row_columns(obj, time_column, netns_column))
+
+
+def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
+    """The textrow.RowColumns of an event object (text_row's); trace_suffix:
+    what TRACE_INFO ends in (--ct's)."""
+    prefix = ".%d:" % obj["pkt_type"]
     nf, drop = obj["nf"], obj["drop"]
     if nf:
         trace = verdict_info(prefix, nf["pf"], nf["table"], nf["hook"], nf["verdict"])
@@ -248,5 +254,5 @@ def text_row(obj, time_column, netns_column=None):
     else:
         trace = prefix + obj["func"]
     netns = obj["netns"] if netns_column is None else netns_column
-    return ROW_FORMAT % (time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
-                         pkt_info(_SavedHeader(obj)), trace)
+    return RowColumns(time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
+                      pkt_info(_SavedHeader(obj)), obj["skb"], trace + trace_suffix)

@@ -28,6 +28,7 @@ config); live tracing and -r then feed it alike.
 from collections import namedtuple
 
 from .. import story
+from ..events.compact import rows_layout
 from ..events.textrow import HEADER, RowFormatter
 from ..story import latency
 from . import jsonl
@@ -85,20 +86,24 @@ class StoryText(Sink):
 class TextRows(Sink):
     """The text rows (the original tool's columns), a header first; rows
     already made (in C, or from the raw bytes) come in through write_bytes()
-    and write_text()."""
+    and write_text(). compact: a compact.CompactRows (a terminal, --compact):
+    the rows are made of their columns (textrow.Row), in its layout."""
 
     needs = frozenset({"row"})
 
-    def __init__(self, stream, what, said=None):
+    def __init__(self, stream, what, said=None, compact=None):
         self.out = line_sink(stream, what)
         self.write_text = self.out.write        # rows with their newlines
         self.write_bytes = bytes_writer(self.out)
         self.said = said
+        self.compact = compact
 
     def start(self, start_object):
-        self.out.write(HEADER + "\n")
+        self.out.write((HEADER if self.compact is None else self.compact.header()) + "\n")
 
     def event(self, event, raw, row, stack, line):
+        if self.compact is not None:
+            row = self.compact.row(row.columns)
         if stack is None:
             self.out.write(row + "\n")
         else:
@@ -109,6 +114,12 @@ class TextRows(Sink):
 
     def exit_line(self):
         return self.said
+
+
+def wants_columns(sinks):
+    """Does a sink make its rows of their columns (a textrow.Row each, not
+    the row's text: compact rows)?"""
+    return any(isinstance(sink, TextRows) and sink.compact is not None for sink in sinks)
 
 
 class JsonLines(Sink):
@@ -239,8 +250,10 @@ def make_sinks(cfg, out, err, files, source):
     what = ("-o/--output: cannot write %r" % cfg.output if cfg.output
             else "cannot write to stdout")
     said = "rows written to %s" % cfg.output if cfg.output else None
-    rows = JsonLines if cfg.json == "-" else TextRows
-    sinks.append(rows(out, what, said))
+    if cfg.json == "-":
+        sinks.append(JsonLines(out, what, said))
+    else:
+        sinks.append(TextRows(out, what, said, compact=rows_layout(cfg, out)))
     for output in FILE_OUTPUTS:
         file = files.get(output.attribute)
         if file is not None and output.sink is not None:

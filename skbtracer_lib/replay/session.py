@@ -5,11 +5,11 @@ import sys
 
 from .. import story
 from ..events import conntrack
-from ..events.textrow import Clock
+from ..events.textrow import Clock, Row, full_row
 from ..events.vocabulary import L4_NUMBERS
 from ..outputs import jsonl
 from ..outputs.files import FileError
-from ..outputs.sinks import make_sinks, open_outputs
+from ..outputs.sinks import make_sinks, open_outputs, wants_columns
 from ..program.probes import DropReasons
 from ..runinfo import beyond_note
 from ..session import Session
@@ -76,7 +76,7 @@ class SavedEvents:
         self.loaded = SavedLoaded(runs, self.rebuilder)
         self.names = SavedNames(self.rebuilder)
         self.session = None
-        self.make_row = self.make_line = False
+        self.make_row = self.make_line = self.columns = False
         self.clock = Clock(cfg.timestamp, offset_ns=0)    # the saved times are wall-clock times
         self.saved_caveats = []
         for run in runs:
@@ -95,6 +95,7 @@ class SavedEvents:
         self.session = session
         needs = set().union(*(sink.needs for sink in session.writers))
         self.make_row, self.make_line = "row" in needs, "line" in needs
+        self.columns = wants_columns(session.writers)
 
     @property
     def reasons(self):
@@ -126,9 +127,9 @@ class SavedEvents:
         row = line = None
         if self.make_row:
             netns = self.names.label(event.netns) if self.cfg.names else None
-            row = jsonl.text_row(obj, self.clock.column(wall), netns)
-            if self.cfg.ct:
-                row += conntrack.row_suffix(event)
+            suffix = conntrack.row_suffix(event) if self.cfg.ct else ""
+            columns = jsonl.row_columns(obj, self.clock.column(wall), netns, suffix)
+            row = Row(columns) if self.columns else full_row(columns)
         if self.make_line:
             line = jsonl.dumps(obj)
         return event, None, row, obj.get("stack"), line

@@ -15,6 +15,13 @@ BREAKS = (" > ", " => ", " | ", "; ")
 UNITS = {"s", "ms", "us", "ns", "packets", "skbs"}   # never the first word of a line
 
 
+def is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):    # not a file, or closed
+        return False
+
+
 def terminal_width(stream, default=DEFAULT_WIDTH):
     """The columns of the terminal stream writes to, else default."""
     try:

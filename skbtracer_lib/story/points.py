@@ -8,6 +8,7 @@ LATE_VERDICT_NS = 10_000_000    # a verdict row reported just after its skb was 
 HANDOVER_NS = 50_000_000        # a freed skb's namespace still counts for a new copy
 CUT_WINDOW_NS = 100_000_000     # -c: a copy last seen this close to the last row was cut off
 STOP_WINDOW_NS = 50_000_000     # Ctrl-C: ... this close to the ring's last read was in flight
+DURATION_STOP = "--duration %g s"   # what stopped the trace (stopped_by) when --duration did
 MAX_COPIES = 64                 # copies per packet (a flood to 64 bridge ports); then a new one
 MAX_FLAG_LINES = 20             # per kind (DUPLICATE, DROPPED, VANISHED)
 MAX_TABLE_PACKETS = 200
@@ -46,3 +47,12 @@ def sees_after_receive(visible):
     """Can a run with these probe points see what happens after a device
     received a packet (local delivery, socket queues)?"""
     return bool(visible & (LOCAL_POINTS | QUEUE_POINTS))
+
+
+def stopped_after(stopped_by):
+    """'10 s' when --duration stopped the trace (stopped_by: DURATION_STOP's
+    text), else None."""
+    head = DURATION_STOP.split("%")[0]
+    if isinstance(stopped_by, str) and stopped_by.startswith(head):
+        return stopped_by[len(head):]
+    return None

@@ -5,7 +5,7 @@ from ..events import conntrack
 from ..events.vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
-from .points import MAX_FLAG_LINES, SOCKET_POINTS
+from .points import MAX_FLAG_LINES, SOCKET_POINTS, stopped_after
 
 NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
 
@@ -58,6 +58,10 @@ class Story(StoryModel):
         where = "%s (%s)" % (self.place_text(end.netns, end.ifname), end.func)
         if self.stopped_by == "-c":
             return "cut off by -c at %s" % where
+        after = stopped_after(self.stopped_by)
+        if after:
+            return "still on its way when tracing stopped after %s (--duration), at %s" % (
+                after, where)
         return "still on its way when tracing stopped (%s), at %s" % (self.stopped_by, where)
 
     def _dropped_text(self, end):

@@ -7,7 +7,7 @@ slowest packets' times through the network."""
 from .fit import DEFAULT_WIDTH, table, wrap, wrap_lines
 from .flows import group_flows, network_span, socket_wait
 from .model import EndKind
-from .points import MAX_TABLE_PACKETS
+from .points import MAX_TABLE_PACKETS, stopped_after
 from .render_text import duration_text
 
 MAX_TIME_LINES = 1           # the table's TIME column has every row's spread
@@ -42,11 +42,17 @@ def cut_line(story):
     cut = [p for p in story.packets if any(e.kind == EndKind.CUT for e in p.ends())]
     if not cut:
         return None
-    how = "-c" if story.stopped_by == "-c" else "the end of tracing (%s)" % story.stopped_by
+    after = stopped_after(story.stopped_by)
+    if story.stopped_by == "-c":
+        how = "-c stopped the trace"
+    elif after:
+        how = "tracing stopped after %s (--duration)" % after
+    else:
+        how = "the end of tracing (%s) stopped the trace" % story.stopped_by
     one = len(cut) == 1
-    return ("skbtracer: %d packet%s still on %s way when %s stopped the trace: told as far "
-            "as %s seen" % (len(cut), "" if one else "s", "its" if one else "their", how,
-                            "it was" if one else "they were"))
+    return ("skbtracer: %d packet%s still on %s way when %s: told as far as %s seen"
+            % (len(cut), "" if one else "s", "its" if one else "their", how,
+               "it was" if one else "they were"))
 
 
 def _columns(headers, rows, story):

@@ -1,8 +1,9 @@
 """The story at exit on real traffic (issue 22): a bulk TCP transfer is told
 in a handful of lines, a ping that was answered is never DROPPED, a trace
-cut short by -c says so, and in a terminal of 80 or 120 columns no story
-line is wider than the terminal. Host: tracepoints; guest-6.1: kprobes,
-but for the -c cut-off (userspace's, host only)."""
+cut short by -c says so, and in a terminal of 80 or 120 columns no row nor
+story line is wider than the terminal (--duration ends one of them). Host:
+tracepoints; guest-6.1: kprobes, but for the -c cut-off (userspace's, host
+only)."""
 
 import fcntl
 import os
@@ -133,12 +134,15 @@ def test_a_cut_off_by_minus_c_is_said(cluster, settle):
     assert any("cut off by -c at " in line for line in story), "\n".join(story)
 
 
-def _run_in_terminal(args, columns, traffic, ready_timeout=300):
+def _run_in_terminal(args, columns, traffic, duration=None, ready_timeout=300):
     """skbtracer with stdout and stderr on a pseudo-terminal of `columns`
-    columns; traffic() once its header is on the terminal, then SIGINT.
-    Returns (exit status, what the terminal showed)."""
+    columns; traffic() once its header is on the terminal, then SIGINT (or,
+    with duration, --duration ends it). Returns (exit status, what the
+    terminal showed, seconds from the header to the exit)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    if duration is not None:
+        args = args + ["--duration", str(duration)]
     proc = subprocess.Popen([PYTHON, SKBTRACER] + args, stdin=subprocess.DEVNULL,
                             stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
@@ -155,22 +159,27 @@ def _run_in_terminal(args, columns, traffic, ready_timeout=300):
                     return
 
     try:
-        read_until(lambda: "time       NETWORK_NS" in "".join(shown), ready_timeout)
+        read_until(lambda: "NETWORK_NS" in "".join(shown), ready_timeout)
+        started = time.monotonic()
         traffic()
-        time.sleep(1)
-        proc.send_signal(signal.SIGINT)
-        read_until(lambda: proc.poll() is not None, 120)
+        if duration is None:
+            time.sleep(1)
+            proc.send_signal(signal.SIGINT)
+        read_until(lambda: proc.poll() is not None, 120 + (duration or 0))
+        took = time.monotonic() - started
         read_until(lambda: False, 1)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
         os.close(master)
-    return proc.returncode, "".join(shown).replace("\r\n", "\n")
+    return proc.returncode, "".join(shown).replace("\r\n", "\n"), took
 
 
 @pytest.mark.parametrize("columns", [80, 120])
-def test_the_story_fits_the_terminal(cluster, columns):
+def test_rows_and_story_fit_the_terminal(cluster, columns):
+    """Compact rows and the story in a terminal of 80 and 120 columns; the
+    120 one ends by --duration instead of Ctrl-C."""
     cluster.start_udp_receiver("server")
 
     def traffic():
@@ -178,9 +187,19 @@ def test_the_story_fits_the_terminal(cluster, columns):
             _pod, ip, port = cluster.targets[target]
             cluster.send_udp("client", ip, port, count=3)
 
-    status, shown = _run_in_terminal(["-H", cluster.ip["client"], "--proto", "udp",
-                                      "--route", "--drop"], columns, traffic)
+    duration = 8 if columns == 120 else None
+    status, shown, took = _run_in_terminal(["-H", cluster.ip["client"], "--proto", "udp",
+                                            "--route", "--drop"], columns, traffic, duration)
     assert status == 0, shown
     story = story_of(shown)
     wide = [line for line in story if len(line) > columns]
     assert story and not wide, "\n".join(wide)
+    lines = shown.splitlines()
+    header = next(i for i, line in enumerate(lines) if "NETWORK_NS" in line)
+    rows = [line for line in lines[header:lines.index(story[0])]
+            if not line.startswith("skbtracer: ")]
+    assert "DEST_MAC" not in rows[0] and len(rows) > 12, shown
+    wide = [line for line in rows if len(line) > columns]
+    assert not wide, "\n".join(wide)
+    if duration is not None:        # it ended by itself, after the duration
+        assert duration - 1 <= took <= duration + 60, took

@@ -52,6 +52,14 @@ BAD_ARGS = [
     ("icmpid-too-big", ["--icmpid", "70000", "--proto", "icmp"], "--icmpid"),
     ("count-zero", ["-c", "0"], "-c"),
     ("count-negative", ["-c", "-1"], "-c"),
+    ("duration-zero", ["--duration", "0"], "--duration"),
+    ("duration-negative", ["--duration", "-1"], "--duration"),
+    ("duration-word", ["--duration", "10s"], "--duration"),
+    ("duration-exponent", ["--duration", "1e3"], "--duration"),
+    ("duration-nan", ["--duration", "nan"], "--duration"),
+    ("duration-too-long", ["--duration", "99999999999"], "--duration"),
+    ("duration-with-r", ["-r", "/dev/null", "--duration", "5"], "--duration"),
+    ("width-too-narrow", ["--width", "20", "--compact"], "--width"),
     ("pid-zero", ["-p", "0"], "-p"),
     ("pid-missing", lambda: ["-p", str(missing_pid())], "-p"),
     ("pid-not-number", ["-p", "self"], "-p"),
@@ -105,6 +113,18 @@ def test_ipv6_address(text):
     cfg = parse("-H", text)
     assert cfg.addr.version == 6
     assert cfg.addr == ipaddress.IPv6Address(text)
+
+
+@pytest.mark.parametrize("text, seconds", [("10", 10.0), ("0.5", 0.5), (" 2.25 ", 2.25),
+                                           (".1", 0.1), ("3.", 3.0)])
+def test_duration_in_seconds(text, seconds):
+    assert parse("--duration", text).duration == seconds
+    assert parse().duration is None
+
+
+def test_compact_and_width():
+    assert parse("--compact").compact and not parse().compact
+    assert parse("--compact", "--width", "80").width == 80
 
 
 def test_validate_directly_gives_the_same_config():

@@ -10,6 +10,7 @@ from test_story_unit import (CLIENT, KPROBES, NS, SERVER, TRACEPOINTS, Trace, fl
 from skbtracer_lib.events.decode import KIND_DROP
 from skbtracer_lib.story import fit, tell
 from skbtracer_lib.story.latency import story_lines
+from skbtracer_lib.story.points import DURATION_STOP
 
 WAY = [("net_dev_queue", "client/eth0"), ("net_dev_start_xmit", "client/eth0"),
        ("netif_rx", "node1/vethclient"), ("netif_receive_skb", "node1/vethclient"),
@@ -150,6 +151,19 @@ def test_ctrl_c_in_flight_is_said_as_such():
     # a packet that left long before the stop did leave
     told = trace.story(visible=TRACEPOINTS, stopped_by="Ctrl-C", ended_ns=trace.t + 5 * 10**9)
     assert told.packet_end_text(told.packets[-1]) == "left via node1/vethserver"
+
+
+def test_a_duration_stop_is_said_as_such():
+    trace = busy_flow(1)
+    trace.rows(0xccc, flow(40999, ip_id=999), WAY[:5])
+    told = trace.story(visible=TRACEPOINTS, stopped_by=DURATION_STOP % 2.5,
+                       ended_ns=trace.t + 5_000_000)
+    assert told.packet_end_text(told.packets[-1]) == (
+        "still on its way when tracing stopped after 2.5 s (--duration), at node1/vethserver "
+        "(net_dev_queue)")
+    lines = tell.exit_lines(told, 0, width=120)
+    assert lines[1].startswith("skbtracer: 1 packet still on its way when tracing stopped "
+                               "after 2.5 s (--duration): told as far as it was seen")
 
 
 # ---------------------------------------------------------------- time
