@@ -292,7 +292,6 @@ def _shown(ns, cfg):
     cfg.width = _number(ns.width, "--width", MIN_WIDTH, 1000)
     cfg.count = _number(ns.count, "-c/--catch-count", 1, 2**63 - 1)
     cfg.duration = _seconds(ns.duration, "--duration", MAX_DURATION)
-    cfg.compact = ns.compact
     if ns.time and ns.timestamp:
         raise UsageError("-T/--time and -t/--timestamp exclude each other")
     cfg.clock, cfg.timestamp = ns.time, ns.timestamp
@@ -318,6 +317,7 @@ def _shown(ns, cfg):
 def _outputs(ns, cfg):
     """-o, --json, -w and --snaplen, --force, --names, --no-summary."""
     cfg.force = ns.force
+    cfg.compact = ns.compact
     cfg.names = ns.names
     cfg.ct = ns.ct
     cfg.summary = not ns.no_summary
@@ -338,6 +338,8 @@ def _outputs(ns, cfg):
         validate_write(ns, cfg)
     elif ns.snaplen is not None:
         raise UsageError("--snaplen applies only with -w")
+    if ns.compact and cfg.json == "-":
+        raise UsageError("--compact applies only to text rows, not to --json's lines")
     if cfg.force and not cfg.output and cfg.json in (None, "-") and not cfg.write:
         raise UsageError("--force applies only with -o/--output, --json=FILE or -w")
 

@@ -60,6 +60,7 @@ BAD_ARGS = [
     ("duration-too-long", ["--duration", "99999999999"], "--duration"),
     ("duration-with-r", ["-r", "/dev/null", "--duration", "5"], "--duration"),
     ("width-too-narrow", ["--width", "20", "--compact"], "--width"),
+    ("compact-json", ["--compact", "--json"], "--compact"),
     ("pid-zero", ["-p", "0"], "-p"),
     ("pid-missing", lambda: ["-p", str(missing_pid())], "-p"),
     ("pid-not-number", ["-p", "self"], "-p"),
