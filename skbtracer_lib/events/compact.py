@@ -4,9 +4,10 @@ skb address is its low 8 hex digits, a long interface or --names label and
 an address too long for PKT_INFO have their middle elided ("~"); TRACE_INFO
 wraps under itself; where the width leaves it too little room (narrower
 than about 120 columns), TRACE_INFO goes on the lines under the row,
-indented by TRACE_INDENT, and in less than about 70 PKT_INFO too. Made from a row's columns
-(textrow.RowColumns), in Python only; rows to a pipe or a file keep the
-original format (textrow.ROW_FORMAT)."""
+indented by TRACE_INDENT, and in less than about 70 PKT_INFO too. Made
+from a row's columns (textrow.RowColumns), in Python only; rows to a pipe
+or a file keep the original format (textrow.ROW_FORMAT). The man page's
+COMPACT ROWS says the same numbers."""
 
 from ..story.fit import is_terminal, terminal_width, wrap
 
@@ -14,8 +15,8 @@ WIDTH = 120             # --compact's width when neither the terminal nor --widt
 TIME_WIDTH = {False: 8, True: 10}   # -T's HH:MM:SS, -t's seconds (up to 999.999999)
 NETNS_WIDTH = 10        # an inode: at most 10 digits
 SKB_DIGITS = 8          # the low hex digits of the skb address shown
-TRACE_INDENT = 4 + 5    # two-line layout: deeper than a stack line's 4 spaces
-TRACE_WIDTH = 37        # one-line layout: TRACE_INFO's wanted room (xxxxxxxx.0:7.filter.PREROUTING.ACCEPT)
+TRACE_INDENT = 9        # lines under the row: under NETWORK_NS, deeper than a stack's 4
+TRACE_WIDTH = 37        # one-line layout: TRACE_INFO's room (0a63da00.0:7.filter.PREROUTING.ACCEPT)
 PKT_WIDTH = (40, 56)    # one-line layout: PKT_INFO's narrowest and widest
 ELIDED = "~"
 GAP = " "
