@@ -284,8 +284,10 @@ class LiveEvents:
         the original tool)."""
         json_rows = self.cfg.json == "-"
         if json_rows or self.cfg.output or self.rows_on_terminal:
-            self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop\n"
-                           % ("JSON lines" if json_rows else "rows", self.cfg.output or "stdout"))
+            until = "" if self.cfg.duration is None else " (or after %g s)" % self.cfg.duration
+            self.err.write("skbtracer: tracing, %s to %s; Ctrl-C to stop%s\n"
+                           % ("JSON lines" if json_rows else "rows", self.cfg.output or "stdout",
+                              until))
             self.err.flush()
 
     # -- what the loop asks at exit

@@ -203,3 +203,4 @@ def test_rows_and_story_fit_the_terminal(cluster, columns):
     assert not wide, "\n".join(wide)
     if duration is not None:        # it ended by itself, after the duration
         assert duration - 1 <= took <= duration + 60, took
+        assert "Ctrl-C to stop (or after %d s)" % duration in shown, shown
