@@ -23,10 +23,13 @@ def is_terminal(stream):
 
 
 def terminal_width(stream, default=DEFAULT_WIDTH):
-    """The columns of the terminal stream writes to, else default."""
+    """The columns of the terminal stream writes to, else default (also
+    for a terminal that does not know its size: 0 columns)."""
     try:
         if stream.isatty():
-            return max(MIN_WIDTH, os.get_terminal_size(stream.fileno()).columns)
+            columns = os.get_terminal_size(stream.fileno()).columns
+            if columns > 0:
+                return max(MIN_WIDTH, columns)
     except (AttributeError, OSError, ValueError):
         pass
     return default

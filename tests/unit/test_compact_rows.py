@@ -159,3 +159,14 @@ def test_a_terminal_gets_compact_rows():
     assert not [line for line in lines if len(line) > 80], lines
     assert any(line.strip().startswith("0a63da00.0:kfree_skb reason=NETFILTER_DROP")
                for line in lines), lines
+
+
+def test_a_terminal_of_unknown_size_gets_the_default_width():
+    master, slave = os.openpty()            # no TIOCSWINSZ: 0 columns
+    try:
+        with open(slave, "w", closefd=False) as terminal:
+            assert compact.terminal_width(terminal, compact.WIDTH) == compact.WIDTH
+            assert compact.rows_layout(config.parse_args([]), terminal).width == compact.WIDTH
+    finally:
+        os.close(master)
+        os.close(slave)
