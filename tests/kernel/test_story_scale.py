@@ -187,7 +187,7 @@ def test_rows_and_story_fit_the_terminal(cluster, columns):
             _pod, ip, port = cluster.targets[target]
             cluster.send_udp("client", ip, port, count=3)
 
-    duration = 8 if columns == 120 else None
+    duration = 10 if columns == 120 else None     # time enough for the traffic in a TCG guest
     status, shown, took = _run_in_terminal(["-H", cluster.ip["client"], "--proto", "udp",
                                             "--route", "--drop"], columns, traffic, duration)
     assert status == 0, shown
