@@ -216,3 +216,29 @@ def test_read_refuses_the_live_outputs(tmp_path):
             [flag, str(tmp_path / "x.pcapng")] if flag == "-w" else [flag])
         result = skbt_unit_helpers.run_cli(*argv)
         skbt_unit_helpers.assert_usage_error(result, "applies only while tracing")
+
+
+def test_compact_rows_live_and_saved_and_the_other_sinks_get_the_original(tmp_path):
+    """--compact: the text rows sink writes the compact layout, live (its
+    rows made in Python, of their columns) and -r alike, while another sink
+    taking the row (-w's comments) gets the original row."""
+    json_file = io.StringIO()
+    live_rec, out, err = Recorder(), io.StringIO(), io.StringIO()
+    session = live(["--compact", "--width", "100", "--json=unit.jsonl"], [live_rec], out, err,
+                   files={"json": json_file})
+    assert session.run() == 0, err.getvalue()
+    path = tmp_path / "live.jsonl"
+    path.write_text(json_file.getvalue())
+    saved_rec, saved_out = Recorder(), io.StringIO()
+    assert saved([str(path)], ["--compact", "--width", "100"], [saved_rec], saved_out,
+                 io.StringIO()).run() == 0
+    assert out.getvalue() == saved_out.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["time", "NETWORK_NS", "INTERFACE", "PKT_INFO"] and len(lines) > 20
+    assert max(len(line) for line in lines) <= 100
+    rows = [c[3] for c in live_rec.calls if c[0] == "event"]
+    assert rows and all(row.startswith("[") and "DEST_MAC" not in row for row in rows)
+    plain_out = io.StringIO()
+    assert live(["--json=unit.jsonl"], [], plain_out, io.StringIO(),
+                files={"json": io.StringIO()}).run() == 0
+    assert plain_out.getvalue().splitlines()[1:] == rows      # the original rows, as without
