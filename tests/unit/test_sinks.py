@@ -122,16 +122,24 @@ def order(calls):
     return kinds
 
 
-def test_live_and_saved_events_reach_the_same_sinks_alike(tmp_path):
+def live_then_saved(tmp_path, argv, saved_argv=()):
+    """A live session with argv and --json=FILE, then -r of that file with
+    saved_argv, each with a Recorder: (live's, its stdout, its stderr, -r's,
+    its stdout, its stderr, the file)."""
     json_file = io.StringIO()
     live_rec, out, err = Recorder(), io.StringIO(), io.StringIO()
-    session = live(["--route", "--iptable", "--drop", "--json=unit.jsonl"], [live_rec], out, err,
-                   files={"json": json_file})
+    session = live(argv + ["--json=unit.jsonl"], [live_rec], out, err, files={"json": json_file})
     assert session.run() == 0, err.getvalue()
     path = tmp_path / "live.jsonl"
     path.write_text(json_file.getvalue())
     saved_rec, saved_out, saved_err = Recorder(), io.StringIO(), io.StringIO()
-    assert saved([str(path)], [], [saved_rec], saved_out, saved_err).run() == 0
+    assert saved([str(path)], list(saved_argv), [saved_rec], saved_out, saved_err).run() == 0
+    return live_rec, out, err, saved_rec, saved_out, saved_err, path
+
+
+def test_live_and_saved_events_reach_the_same_sinks_alike(tmp_path):
+    live_rec, out, err, saved_rec, saved_out, saved_err, path = live_then_saved(
+        tmp_path, ["--route", "--iptable", "--drop"])
 
     live_events = [c for c in live_rec.calls if c[0] == "event"]
     saved_events = [c for c in saved_rec.calls if c[0] == "event"]
@@ -222,16 +230,9 @@ def test_compact_rows_live_and_saved_and_the_other_sinks_get_the_original(tmp_pa
     """--compact: the text rows sink writes the compact layout, live (its
     rows made in Python, of their columns) and -r alike, while another sink
     taking the row (-w's comments) gets the original row."""
-    json_file = io.StringIO()
-    live_rec, out, err = Recorder(), io.StringIO(), io.StringIO()
-    session = live(["--compact", "--width", "100", "--json=unit.jsonl"], [live_rec], out, err,
-                   files={"json": json_file})
-    assert session.run() == 0, err.getvalue()
-    path = tmp_path / "live.jsonl"
-    path.write_text(json_file.getvalue())
-    saved_rec, saved_out = Recorder(), io.StringIO()
-    assert saved([str(path)], ["--compact", "--width", "100"], [saved_rec], saved_out,
-                 io.StringIO()).run() == 0
+    compact = ["--compact", "--width", "100"]
+    live_rec, out, _err, _saved_rec, saved_out, _saved_err, _path = live_then_saved(
+        tmp_path, compact, compact)
     assert out.getvalue() == saved_out.getvalue()
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["time", "NETWORK_NS", "INTERFACE", "PKT_INFO"] and len(lines) > 20
