@@ -278,6 +278,11 @@ struct layers {
     void *l3;
     u32 tail;           /* offset of the linear data's end, when the span has it */
     u16 mac_header;
+#ifdef L_SKB_SPAN_HAS_VLAN
+    u16 vlan_proto;     /* the offloaded tag, when the span has it (expressions) */
+    u16 vlan_tci;
+    u8 vlan_present;
+#endif
 };
 
 /* Ethernet header: at data when the IP header follows it directly
@@ -442,9 +447,16 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
     v->tag = 0;
 #ifdef L_SKB_VLAN_TCI_OFF
     if (eth) {
+#ifdef L_SKB_SPAN_HAS_VLAN
+        u32 tci = at->vlan_tci;
+        u32 tpid = at->vlan_proto;
+#else
         u32 tci = KREAD(skb, SKB_VLAN_TCI);
         u32 tpid = KREAD(skb, SKB_VLAN_PROTO);
-#ifdef L_SKB_VLAN_PRESENT_BITS
+#endif
+#if defined(L_SKB_VLAN_PRESENT_BITS) && defined(L_SKB_SPAN_HAS_VLAN)
+        int present = at->vlan_present;
+#elif defined(L_SKB_VLAN_PRESENT_BITS)
         int present = KREAD_BITS(skb, SKB_VLAN_PRESENT);
 #else
         int present = tpid != 0;    /* 6.2+: vlan_all != 0 */
@@ -479,6 +491,14 @@ static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr)
     at->mac_header = SPAN_FIELD(span, SKB_MAC_HEADER);
 #ifdef L_SKB_SPAN_HAS_TAIL
     at->tail = SPAN_FIELD(span, SKB_TAIL);
+#endif
+#ifdef L_SKB_SPAN_HAS_VLAN
+    at->vlan_proto = SPAN_FIELD(span, SKB_VLAN_PROTO);
+    at->vlan_tci = SPAN_FIELD(span, SKB_VLAN_TCI);
+#ifdef L_SKB_VLAN_PRESENT_BITS
+    at->vlan_present = (SPAN_FIELD(span, SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
+                       ((1 << L_SKB_VLAN_PRESENT_BITS) - 1);
+#endif
 #endif
 #else
     u16 proto = KREAD(skb, SKB_PROTOCOL);
