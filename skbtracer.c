@@ -79,6 +79,21 @@ LAYOUT(CT_ZONE, struct nf_conn, zone.id)
 #define CT_READ_ZONE 1
 #endif
 #endif /* CONFIG_NF_CONNTRACK */
+/* the sk_buff fields find_packet reads, in one read as with BTF's
+ * L_SKB_SPAN_* (layout.SPAN_FIELDS); since 4.x they lie within 32 bytes */
+#define SKB_SPAN_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SKB_SPAN_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SKB_SPAN_END(F) (L_##F##_OFF + L_##F##_SIZE)
+#define SKB_SPAN_OFF SKB_SPAN_MIN(SKB_SPAN_MIN(L_SKB_PROTOCOL_OFF, L_SKB_NETWORK_HEADER_OFF), \
+                                    SKB_SPAN_MIN(L_SKB_MAC_HEADER_OFF, \
+                                                 SKB_SPAN_MIN(L_SKB_HEAD_OFF, L_SKB_DATA_OFF)))
+#define SKB_SPAN_LEN (SKB_SPAN_MAX(SKB_SPAN_MAX(SKB_SPAN_END(SKB_PROTOCOL), \
+                                                  SKB_SPAN_END(SKB_NETWORK_HEADER)), \
+                                     SKB_SPAN_MAX(SKB_SPAN_END(SKB_MAC_HEADER), \
+                                                  SKB_SPAN_MAX(SKB_SPAN_END(SKB_HEAD), \
+                                                               SKB_SPAN_END(SKB_DATA)))) \
+                      - SKB_SPAN_OFF)
+_Static_assert(SKB_SPAN_LEN <= 64, "struct sk_buff's header fields are too far apart");
 /* pkt_type is a 3-bit field right after the __pkt_type_offset marker */
 enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
        L_SKB_PKT_TYPE_SIZE = 1, L_SKB_PKT_TYPE_SHIFT = 0, L_SKB_PKT_TYPE_BITS = 3 };
@@ -97,6 +112,10 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #define CT_READ_ZONE 1
 #endif
 #endif /* SKBT_LAYOUT_HEADERS */
+#ifdef L_SKB_SPAN_LEN
+#define SKB_SPAN_OFF L_SKB_SPAN_OFF
+#define SKB_SPAN_LEN L_SKB_SPAN_LEN
+#endif
 #if defined(FILTER_CT_STATES) && !defined(CT_READ_NFCT)
 #error "--ct-state: the kernel headers have no conntrack (CONFIG_NF_CONNTRACK is off)"
 #endif
@@ -308,11 +327,11 @@ static __always_inline void *linear_end(void *skb, struct layers *at)
 #endif
 }
 
-#ifdef L_SKB_SPAN_LEN
+#ifdef SKB_SPAN_LEN
 /* protocol, the header offsets, head and data sit close together in struct
- * sk_buff: skbtracer.py gives their span, read once instead of five times */
+ * sk_buff: their span (SKB_SPAN_*) is read once instead of five times */
 #define SPAN_FIELD(span, F) ({ u64 __v = 0; \
-    __builtin_memcpy(&__v, (span) + L_##F##_OFF - L_SKB_SPAN_OFF, L_##F##_SIZE); __v; })
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - SKB_SPAN_OFF, L_##F##_SIZE); __v; })
 #endif
 
 /* -H: is one of the packet's two addresses the one given? Asked of the IP
@@ -477,12 +496,12 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
 
 /* Find skb's IP header and read it into hdr (40 bytes); the family (4 or
  * 6), or 0 when skb is not an IP packet. Two reads for most packets: the
- * sk_buff's span (L_SKB_SPAN_*), then the header. */
+ * sk_buff's span (SKB_SPAN_*), then the header. */
 static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr)
 {
-#ifdef L_SKB_SPAN_LEN
-    u8 span[L_SKB_SPAN_LEN];
-    if (bpf_probe_read_kernel(span, sizeof(span), skb + L_SKB_SPAN_OFF))
+#ifdef SKB_SPAN_LEN
+    u8 span[SKB_SPAN_LEN];
+    if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_OFF))
         return 0;
     u16 proto = SPAN_FIELD(span, SKB_PROTOCOL);
     void *head = (void *)SPAN_FIELD(span, SKB_HEAD);
