@@ -37,7 +37,7 @@ def _macro(name, kind, why):
 SKBT_LAYOUT_HEADERS = _macro("SKBT_LAYOUT_HEADERS", FLAG,
                              "no BTF: the C computes the L_* layouts from the installed headers")
 L_SKB_SPAN_OFF = _macro("L_SKB_SPAN_OFF", NUMBER,
-                        "where the sk_buff fields parse_skb reads in one go start")
+                        "where the sk_buff fields find_packet reads in one go start")
 L_SKB_SPAN_LEN = _macro("L_SKB_SPAN_LEN", NUMBER,
                         "how long that span is; undefined: read the fields one by one")
 L_SKB_SPAN_HAS_TAIL = _macro("L_SKB_SPAN_HAS_TAIL", FLAG,
