@@ -79,6 +79,21 @@ LAYOUT(CT_ZONE, struct nf_conn, zone.id)
 #define CT_READ_ZONE 1
 #endif
 #endif /* CONFIG_NF_CONNTRACK */
+/* the sk_buff fields find_packet reads, in one read as with BTF's
+ * L_SKB_SPAN_* (layout.SPAN_FIELDS); since 4.x they lie within 32 bytes */
+#define SKB_SPAN_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SKB_SPAN_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SKB_SPAN_END(F) (L_##F##_OFF + L_##F##_SIZE)
+#define SKB_SPAN_OFF SKB_SPAN_MIN(SKB_SPAN_MIN(L_SKB_PROTOCOL_OFF, L_SKB_NETWORK_HEADER_OFF), \
+                                    SKB_SPAN_MIN(L_SKB_MAC_HEADER_OFF, \
+                                                 SKB_SPAN_MIN(L_SKB_HEAD_OFF, L_SKB_DATA_OFF)))
+#define SKB_SPAN_LEN (SKB_SPAN_MAX(SKB_SPAN_MAX(SKB_SPAN_END(SKB_PROTOCOL), \
+                                                  SKB_SPAN_END(SKB_NETWORK_HEADER)), \
+                                     SKB_SPAN_MAX(SKB_SPAN_END(SKB_MAC_HEADER), \
+                                                  SKB_SPAN_MAX(SKB_SPAN_END(SKB_HEAD), \
+                                                               SKB_SPAN_END(SKB_DATA)))) \
+                      - SKB_SPAN_OFF)
+_Static_assert(SKB_SPAN_LEN <= 64, "struct sk_buff's header fields are too far apart");
 /* pkt_type is a 3-bit field right after the __pkt_type_offset marker */
 enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
        L_SKB_PKT_TYPE_SIZE = 1, L_SKB_PKT_TYPE_SHIFT = 0, L_SKB_PKT_TYPE_BITS = 3 };
@@ -97,6 +112,10 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #define CT_READ_ZONE 1
 #endif
 #endif /* SKBT_LAYOUT_HEADERS */
+#ifdef L_SKB_SPAN_LEN
+#define SKB_SPAN_OFF L_SKB_SPAN_OFF
+#define SKB_SPAN_LEN L_SKB_SPAN_LEN
+#endif
 #if defined(FILTER_CT_STATES) && !defined(CT_READ_NFCT)
 #error "--ct-state: the kernel headers have no conntrack (CONFIG_NF_CONNTRACK is off)"
 #endif
@@ -271,13 +290,18 @@ static __always_inline void *find_l3(void *head, void *data, u16 nh, void *after
     return 0;
 }
 
-/* Where parse_skb found the packet, for read_macs. */
+/* Where find_packet found the packet, for read_macs and the expression. */
 struct layers {
     void *head;
     void *data;
     void *l3;
     u32 tail;           /* offset of the linear data's end, when the span has it */
     u16 mac_header;
+#ifdef L_SKB_SPAN_HAS_VLAN
+    u16 vlan_proto;     /* the offloaded tag, when the span has it (expressions) */
+    u16 vlan_tci;
+    u8 vlan_present;
+#endif
 };
 
 /* Ethernet header: at data when the IP header follows it directly
@@ -303,26 +327,26 @@ static __always_inline void *linear_end(void *skb, struct layers *at)
 #endif
 }
 
-#ifdef L_SKB_SPAN_LEN
+#ifdef SKB_SPAN_LEN
 /* protocol, the header offsets, head and data sit close together in struct
- * sk_buff: skbtracer.py gives their span, read once instead of five times */
+ * sk_buff: their span (SKB_SPAN_*) is read once instead of five times */
 #define SPAN_FIELD(span, F) ({ u64 __v = 0; \
-    __builtin_memcpy(&__v, (span) + L_##F##_OFF - L_SKB_SPAN_OFF, L_##F##_SIZE); __v; })
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - SKB_SPAN_OFF, L_##F##_SIZE); __v; })
 #endif
 
-/* -H on the IP header as read (hdr), before anything is written to the
-event or the transport header is read: most packets stop here */
-static __always_inline int header_match(u8 family, u8 *hdr)
+/* -H: is one of the packet's two addresses the one given? Asked of the IP
+ * header as read (prepare, before the event slot is even looked up: most
+ * packets stop here) and, with --keep, of the event (filter_packet). */
+static __always_inline int address_match(u8 family, u8 *saddr, u8 *daddr)
 {
 #ifdef FILTER_ADDR4
-    if (family != 4 ||
-        (*(u32 *)&hdr[12] != FILTER_ADDR4 && *(u32 *)&hdr[16] != FILTER_ADDR4))
+    if (family != 4 || (*(u32 *)saddr != FILTER_ADDR4 && *(u32 *)daddr != FILTER_ADDR4))
         return 0;
 #endif
 #ifdef FILTER_ADDR6_0
     if (family != 6)
         return 0;
-    u64 *s = (u64 *)&hdr[8], *d = (u64 *)&hdr[24];
+    u64 *s = (u64 *)saddr, *d = (u64 *)daddr;
     if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
         !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
         return 0;
@@ -330,24 +354,9 @@ static __always_inline int header_match(u8 family, u8 *hdr)
     return 1;
 }
 
-/* -H on the event (filter_packet, --keep) */
-static __always_inline int address_match(struct event_t *e)
-{
-#ifdef FILTER_ADDR4
-    if (e->family != 4 ||
-        (*(u32 *)e->saddr != FILTER_ADDR4 && *(u32 *)e->daddr != FILTER_ADDR4))
-        return 0;
-#endif
-#ifdef FILTER_ADDR6_0
-    if (e->family != 6)
-        return 0;
-    u64 *s = (u64 *)e->saddr, *d = (u64 *)e->daddr;
-    if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
-        !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
-        return 0;
-#endif
-    return 1;
-}
+/* Where the addresses are in an IPv4 (20 bytes) or IPv6 (40) header */
+#define IP_SADDR(family, hdr) ((family) == 4 ? &(hdr)[12] : &(hdr)[8])
+#define IP_DADDR(family, hdr) ((family) == 4 ? &(hdr)[16] : &(hdr)[24])
 
 #ifdef PCAP_FILTER
 /* ------------------------------------------------------------------ */
@@ -457,9 +466,16 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
     v->tag = 0;
 #ifdef L_SKB_VLAN_TCI_OFF
     if (eth) {
+#ifdef L_SKB_SPAN_HAS_VLAN
+        u32 tci = at->vlan_tci;
+        u32 tpid = at->vlan_proto;
+#else
         u32 tci = KREAD(skb, SKB_VLAN_TCI);
         u32 tpid = KREAD(skb, SKB_VLAN_PROTO);
-#ifdef L_SKB_VLAN_PRESENT_BITS
+#endif
+#if defined(L_SKB_VLAN_PRESENT_BITS) && defined(L_SKB_SPAN_HAS_VLAN)
+        int present = at->vlan_present;
+#elif defined(L_SKB_VLAN_PRESENT_BITS)
         int present = KREAD_BITS(skb, SKB_VLAN_PRESENT);
 #else
         int present = tpid != 0;    /* 6.2+: vlan_all != 0 */
@@ -478,14 +494,14 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
 }
 #endif /* PCAP_FILTER */
 
-/* Fill the packet fields of e from skb; 0 when skb is not an IP packet,
- * or (check_address) when its addresses do not pass -H or the expression. */
-static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers *at,
-                                     int check_address)
+/* Find skb's IP header and read it into hdr (40 bytes); the family (4 or
+ * 6), or 0 when skb is not an IP packet. Two reads for most packets: the
+ * sk_buff's span (SKB_SPAN_*), then the header. */
+static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr)
 {
-#ifdef L_SKB_SPAN_LEN
-    u8 span[L_SKB_SPAN_LEN];
-    if (bpf_probe_read_kernel(span, sizeof(span), skb + L_SKB_SPAN_OFF))
+#ifdef SKB_SPAN_LEN
+    u8 span[SKB_SPAN_LEN];
+    if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_OFF))
         return 0;
     u16 proto = SPAN_FIELD(span, SKB_PROTOCOL);
     void *head = (void *)SPAN_FIELD(span, SKB_HEAD);
@@ -494,6 +510,14 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     at->mac_header = SPAN_FIELD(span, SKB_MAC_HEADER);
 #ifdef L_SKB_SPAN_HAS_TAIL
     at->tail = SPAN_FIELD(span, SKB_TAIL);
+#endif
+#ifdef L_SKB_SPAN_HAS_VLAN
+    at->vlan_proto = SPAN_FIELD(span, SKB_VLAN_PROTO);
+    at->vlan_tci = SPAN_FIELD(span, SKB_VLAN_TCI);
+#ifdef L_SKB_VLAN_PRESENT_BITS
+    at->vlan_present = (SPAN_FIELD(span, SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
+                       ((1 << L_SKB_VLAN_PRESENT_BITS) - 1);
+#endif
 #endif
 #else
     u16 proto = KREAD(skb, SKB_PROTOCOL);
@@ -521,13 +545,19 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
     else
         return 0;
 
-    u8 hdr[40] = {};
     void *l3 = find_l3(head, data, nh, after_tag, family, hdr);
     if (!l3)
         return 0;
-    if (check_address && !header_match(family, hdr))
-        return 0;
-    /* the packet is wanted (or may be): only now is the event cleared */
+    at->head = head;
+    at->data = data;
+    at->l3 = l3;
+    return family;
+}
+
+/* The packet fields of e, from the IP header find_packet read (hdr) and
+ * the transport header after it. */
+static __always_inline void fill_packet(struct event_t *e, u8 family, u8 *hdr, void *l3)
+{
     __builtin_memset(e, 0, sizeof(*e));
     e->family = family;
 
@@ -548,13 +578,6 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
         __builtin_memcpy(e->daddr, &hdr[24], 16);
         l4 = l3 + 40;
     }
-    at->head = head;
-    at->data = data;
-    at->l3 = l3;
-#ifdef PCAP_FILTER
-    if (check_address && !pcap_filter(skb, at))
-        return 0;   /* before the transport header is read, as -H */
-#endif
 
     if (!fragment) {
         u8 l4hdr[16] = {};
@@ -571,8 +594,6 @@ static __always_inline int parse_skb(void *skb, struct event_t *e, struct layers
             e->icmp_id = *(u16 *)&l4hdr[4];
         }
     }
-
-    return 1;
 }
 
 /* -w: where submit() copies the packet from (the Ethernet header read_macs
@@ -627,8 +648,9 @@ static __always_inline void fill_context(void *skb, struct event_t *e)
 }
 
 /* Filters given on the command line, compiled in as numbers; all but -N,
- * which needs the device (fill_context), checked on what parse_skb read so
- * that non-matching packets cost as few reads as possible. */
+ * which needs the device (fill_context), checked on what fill_packet read
+ * so that non-matching packets cost as few reads as possible. -H: prepare
+ * asked it of the IP header already, unless --keep left it to here. */
 static __always_inline int filter_packet(struct event_t *e)
 {
 #ifdef FILTER_PID
@@ -651,7 +673,11 @@ static __always_inline int filter_packet(struct event_t *e)
     if (e->icmp_id != FILTER_ICMPID)
         return 0;
 #endif
-    return address_match(e);
+#ifdef KEEP
+    return address_match(e->family, e->saddr, e->daddr);
+#else
+    return 1;
+#endif
 }
 
 /* ------------------------------------------------------------------ */
@@ -713,17 +739,19 @@ static __always_inline void read_ct(struct event_t *e)
 }
 
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
- * is not IP or does not pass the filters (and is not being kept). */
+ * is not IP or does not pass the filters (and is not being kept). A packet
+ * -H or the expression rejects costs two helper calls (find_packet's
+ * reads): the pid and the slot are asked for only after them. */
 static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force)
 {
-    int zero = 0;
-    struct event_t *e = scratch.lookup(&zero);
-    if (!e || !skb)
+    if (!skb)
         return 0;
+#ifdef FILTER_PID
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-#if defined(FILTER_PID) && !defined(KEEP)
+#ifndef KEEP
     if (!force && pid != FILTER_PID)
         return 0;  /* the cheapest reject first */
+#endif
 #endif
     struct layers at = {};
 #ifdef KEEP
@@ -731,9 +759,25 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 #else
     int check_address = !force;
 #endif
-    if (!parse_skb(skb, e, &at, check_address))
-        return 0;       /* parse_skb cleared the event if it got that far */
+    u8 hdr[40] = {};
+    u8 family = find_packet(skb, &at, hdr);
+    if (!family)
+        return 0;
+    if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr)))
+        return 0;
+#ifdef PCAP_FILTER
+    if (check_address && !pcap_filter(skb, &at))
+        return 0;   /* before the transport header is read, as -H */
+#endif
+    /* the packet is wanted (or may be): only now is the event slot used */
+    int zero = 0;
+    struct event_t *e = scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    fill_packet(e, family, hdr, at.l3);
+#ifdef FILTER_PID
     e->pid = pid;
+#endif
 
     u64 key = (u64)skb;
 #ifdef KEEP
@@ -745,7 +789,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
         return 0;
 #if defined(PCAP_FILTER) && defined(KEEP)
     if (!force && !pcap_filter(skb, &at))
-        return 0;   /* without --keep, parse_skb applied it */
+        return 0;   /* without --keep, applied before the event slot was used */
 #endif
     fill_context(skb, e);
 #ifdef FILTER_NETNS
@@ -764,6 +808,9 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 #ifdef KEEP
     u8 one = 1;
     keep_skbs.update(&key, &one);
+#endif
+#ifndef FILTER_PID
+    e->pid = bpf_get_current_pid_tgid() >> 32;
 #endif
     e->ts_ns = bpf_ktime_get_ns();
     e->skb = key;
@@ -841,6 +888,10 @@ BPF_HASH(probe_ids, u64, u16, PROBE_IDS_ENTRIES);
 
 static __always_inline int on_route_kprobe(struct pt_regs *ctx, void *skb)
 {
+    /* which function fired matters only to a packet the filters want */
+    struct event_t *e = prepare(skb, UNRESOLVED_PROBE_ID, KIND_ROUTE, 0);
+    if (!e)
+        return 0;
 #ifdef ROUTE_FUNC_IP
     /* --all/--func on 5.18+: the same program serves a kprobe-multi link
      * (one for many functions) and single kprobes; bpf_get_func_ip tells
@@ -854,7 +905,10 @@ static __always_inline int on_route_kprobe(struct pt_regs *ctx, void *skb)
         ip -= 4;
         id = probe_ids.lookup(&ip);
     }
-    return on_route(ctx, skb, id ? *id : UNRESOLVED_PROBE_ID);
+    if (id)
+        e->probe = *id;
+    submit(ctx, e);
+    return 0;
 }
 
 #define ROUTE_KPROBE(argn) \

@@ -5,10 +5,19 @@ against (bench/reject_cost.py). Prints skbtracer's header once attached
 (so bench/node.py's DrainedTracer runs it as it runs skbtracer), detaches
 on SIGINT/SIGTERM.
 
-    /usr/bin/python3 bench/empty_probes.py [skbtracer options]
+    /usr/bin/python3 bench/empty_probes.py [--reads 1|2] [skbtracer options]
+
+--reads N: instead of returning at once, each program makes exactly N
+24-byte bpf_probe_read_kernel calls: the sk_buff from its head pointer on
+(head, data: what a filter must read first), then 24 bytes at data (the
+packet's first bytes, as a filter then reads the IP header). These are the
+reads a filter on raw tracepoints cannot avoid. Hooks whose skb argument
+these programs cannot name (kretprobes, struct sk_buff ** arguments) get
+the empty program.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -26,26 +35,68 @@ EMPTY = """
 int empty_kprobe(struct pt_regs *ctx) { return 0; }
 int empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }
 """
+# the N-read references: READ(skb) reads the skb's head and data pointers,
+# then (READS 2) 24 bytes at data; one program per skb argument position
+READS = """
+#define READ(skb) ({ u64 __b[3] = {}; \\
+    bpf_probe_read_kernel(__b, 24, (void *)(skb) + SKB_HEAD_OFF); \\
+    if (READS > 1) bpf_probe_read_kernel(__b, 24, (void *)__b[(SKB_DATA_OFF - SKB_HEAD_OFF) / 8]); \\
+    __b[0]; })
+#define RAW(argi) int reads_raw_##argi(struct bpf_raw_tracepoint_args *ctx) \\
+    { READ(ctx->args[argi]); return 0; }
+#define KPROBE(argn) int reads_kprobe_##argn(struct pt_regs *ctx) \\
+    { READ(PT_REGS_PARM##argn(ctx)); return 0; }
+RAW(0) RAW(1) RAW(2) RAW(3)
+KPROBE(1) KPROBE(2) KPROBE(3) KPROBE(4) KPROBE(5)
+"""
+
+
+def reads_program(reads):
+    """The C of the N-read references, with this kernel's sk_buff layout."""
+    from skbtracer_lib.program import layout
+    defines = layout.Layouts("btf").defines
+    head, data = defines["L_SKB_HEAD_OFF"], defines["L_SKB_DATA_OFF"]
+    if data - head not in (0, 8, 16):
+        raise SystemExit("empty_probes: sk_buff's head and data are not within 24 bytes")
+    return "#define READS %d\n#define SKB_HEAD_OFF %d\n#define SKB_DATA_OFF %d\n%s" % (
+        reads, head, data, READS)
+
+
+def program_for(probe, attach_type, reads):
+    """The function to attach: the N-read reference where the skb
+    argument's position is known from skbtracer's own instantiation."""
+    if not reads or attach_type == "kretprobe":
+        return "empty_kprobe" if attach_type != "raw_tracepoint" else "empty_raw"
+    if attach_type == "raw_tracepoint":
+        m = re.match(r"ROUTE_RAW_TP\(\d+, (\d+)\)", probe.c_line)
+        return "reads_raw_%s" % (m.group(1) if m else "0")     # kfree_skb, consume_skb: arg 0
+    m = re.match(r"ROUTE_KPROBE\((\d)\)", probe.c_line)
+    return "reads_kprobe_%s" % m.group(1) if m else "empty_kprobe"
 
 
 def main(argv):
     from bcc import BPF
+    reads = 0
+    if argv[:1] == ["--reads"]:
+        reads, argv = int(argv[1]), argv[2:]
     cfg = config.parse_args(argv)
     plan = source.Program(cfg).plan
     headers = kernel.find_header_tree()     # bcc's includes, found as skbtracer finds them
     if headers.kernel_source:
         os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
-    bpf = BPF(text="#include <uapi/linux/ptrace.h>\n" + EMPTY)
+    text = "#include <uapi/linux/ptrace.h>\n" + EMPTY + (reads_program(reads) if reads else "")
+    bpf = BPF(text=text)
     attached = 0
     for probe in plan.probes:
         for attach_type, target, _fn in probe.attach:
+            fn = program_for(probe, attach_type, reads)
             try:
                 if attach_type == "kprobe":
-                    bpf.attach_kprobe(event=target, fn_name="empty_kprobe")
+                    bpf.attach_kprobe(event=target, fn_name=fn)
                 elif attach_type == "kretprobe":
-                    bpf.attach_kretprobe(event=target, fn_name="empty_kprobe")
+                    bpf.attach_kretprobe(event=target, fn_name=fn)
                 else:
-                    bpf.attach_raw_tracepoint(tp=target, fn_name="empty_raw")
+                    bpf.attach_raw_tracepoint(tp=target, fn_name=fn)
                 attached += 1
             except Exception:
                 pass            # as skbtracer skips what cannot attach

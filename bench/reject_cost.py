@@ -1,24 +1,34 @@
 #!/usr/bin/python3
 """What skbtracer costs a packet its filter rejects, against the floor:
-empty BPF programs on the same hooks, side by side in one run.
+empty BPF programs on the same hooks, and programs that make exactly the
+reads a filter cannot avoid, side by side in one run.
 
-    /usr/bin/python3 bench/reject_cost.py [--seconds 3] [--rounds 3] [--guest]
+    /usr/bin/python3 bench/reject_cost.py [--seconds 3] [--rounds 3] [--before DIR]
+        [--sets route,drop,route+drop,expression,all] [--no-pps] [--guest]
 
 A UDP flood through bench/node.py's veth pair (198.18.0.1 -> 198.18.0.2)
 while skbtracer runs with -H 10.99.99.99 (no bench packet has it), for each
 probe set (--route, the default; --drop; --route --drop; --all where
-kprobes exist), and bench/empty_probes.py attaches empty programs to the same hooks.
+kprobes exist), and the same with the tcpdump expression 'host 10.99.99.99'
+instead of -H (expression). On the same hooks, bench/empty_probes.py
+attaches the references: empty programs, and programs making exactly one
+and exactly two 24-byte bpf_probe_read_kernel calls from the skb (its
+head/data pointers, then the packet: what a filter on raw tracepoints must
+read). --before DIR adds an older checkout's skbtracer.py.
 Figures:
   ns/hit     the kernel's own accounting (kernel.bpf_stats_enabled):
              run_time_ns / run_cnt over the tracer's programs. The
              accounting itself costs time, which the empty programs show.
-  excess     skbtracer's ns/hit minus the empty programs' (goal <= 25 ns).
+  excess     ns/hit minus the empty programs' (goal <= 25 ns); x empty:
+             the ratio of the round's ns/hit to the empty programs'.
+  per read   1 read - empty and 2 reads - 1 read: what one helper call
+             costs on this machine.
   pps ratio  datagrams/s with skbtracer / with the empty programs, with a
              receiver that reads its socket (as applications do) and with
              one that does not (every datagram dropped at a full socket).
-Variants alternate (skbtracer, empty, skbtracer, empty ...) over rounds,
-and each figure is the median of its rounds. The pps flood runs without
-the accounting.
+Variants alternate within a round, and each figure is the median of its
+rounds (ratios: the median of the per-round ratios). The pps floods run
+without the accounting.
 """
 
 import argparse
@@ -39,6 +49,7 @@ from skbtracer_lib.program import kernel  # noqa: E402
 
 EMPTY = os.path.join(BENCH, "empty_probes.py")
 REJECT = ["-H", "10.99.99.99"]
+EXPRESSION = "host 10.99.99.99"    # the same reject, by the tcpdump expression
 
 
 class Reading:
@@ -68,19 +79,46 @@ class Reading:
         self.sock.settimeout(None)
 
 
-def measure(pair, script, args, seconds):
+def measure(pair, script, args, seconds, pps):
     with DrainedTracer(args, script=script).start() as tracer:
         pair.flood(1.0)
         tracer.wait_quiet(limit=30)
         flood, ns, runs = traced_flood(pair, tracer, seconds)
         if ns is None:
             raise SystemExit("kernel.bpf_stats_enabled cannot be turned on here")
-        dropping = pair.flood(seconds)["pps"]
-        with Reading(pair):
-            reading = pair.flood(seconds)["pps"]
+        dropping = reading = None
+        if pps:
+            dropping = pair.flood(seconds)["pps"]
+            with Reading(pair):
+                reading = pair.flood(seconds)["pps"]
     return {"ns_per_hit": ns / runs if runs else None,
             "hits_per_datagram": runs / flood["received"] if flood["received"] else None,
             "pps_dropping": dropping, "pps_reading": reading, "rows": tracer.rows}
+
+
+def machine():
+    """CPU model and the mitigations that make helper calls dear."""
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    lines = ["cpu: %s, %d CPUs" % (model, os.cpu_count())]
+    vulns = "/sys/devices/system/cpu/vulnerabilities"
+    for name in ("spec_rstack_overflow", "retbleed", "spectre_v2"):
+        try:
+            with open(os.path.join(vulns, name)) as f:
+                lines.append("%s: %s" % (name, f.read().strip()))
+        except OSError:
+            lines.append("%s: (not reported)" % name)
+    return lines
+
+
+SETS = {"route": ["--route"] + REJECT, "drop": ["--drop"] + REJECT,
+        "route+drop": ["--route", "--drop"] + REJECT,
+        "expression": ["--route", "--", EXPRESSION], "all": ["--all"] + REJECT}
 
 
 def main(argv=None):
@@ -90,51 +128,74 @@ def main(argv=None):
     ap.add_argument("--guest", action="store_true", help="run inside the Debian 6.1 guest")
     ap.add_argument("--before", metavar="DIR",
                     help="also an older checkout's skbtracer.py (e.g. `git archive` of a commit)")
+    ap.add_argument("--sets", default="route,drop,route+drop,expression,all",
+                    help="probe sets, comma-separated (all: only where kprobes exist)")
+    ap.add_argument("--no-pps", dest="pps", action="store_false",
+                    help="only the accounted flood, not the two pps floods")
     args = ap.parse_args(argv)
     if args.guest:
         return in_guest("reject_cost.py", args.seconds, args.rounds, timeout=3000)
-    sets = [("--route", ["--route"]), ("--drop", ["--drop"]),
-            ("--route --drop", ["--route", "--drop"])]
-    if kernel.kprobes_available():
-        sets.append(("--all", ["--all"]))
-    variants = [("skbtracer", os.path.join(REPO, "skbtracer.py")), ("empty", EMPTY)]
+    sets = [(name, SETS[name]) for name in args.sets.split(",")
+            if name in SETS and (name != "all" or kernel.kprobes_available())]
+    if not sets:
+        ap.error("--sets: none of %s here" % args.sets)
+    variants = [("skbtracer", os.path.join(REPO, "skbtracer.py"), []),
+                ("empty", EMPTY, []), ("1 read", EMPTY, ["--reads", "1"]),
+                ("2 reads", EMPTY, ["--reads", "2"])]
     if args.before:
-        variants.append(("before", os.path.join(os.path.abspath(args.before), "skbtracer.py")))
+        variants.insert(1, ("before", os.path.join(os.path.abspath(args.before), "skbtracer.py"), []))
     results = {}
     with VethPair() as pair:
         for round_ in range(args.rounds):
             for name, flags in sets:
-                for who, script in variants:
+                for who, script, prefix in variants:
                     log("round %d: %s %s" % (round_ + 1, who, name))
-                    r = measure(pair, script, REJECT + flags, args.seconds)
+                    r = measure(pair, script, prefix + flags, args.seconds, args.pps)
                     results.setdefault((name, who), []).append(r)
-    print("reject cost, kernel %s, -H 10.99.99.99, median of %d rounds of %.0f s"
-          % (os.uname().release, args.rounds, args.seconds))
-    print("%-16s %9s %9s %9s %7s %14s %14s" % ("probes", "ns/hit", "empty", "excess",
-                                              "hits/dg", "pps reading", "pps dropping"))
-    for name, _flags in sets:
-        ours, empty = results[(name, "skbtracer")], results[(name, "empty")]
-
-        def med(rs, key):
-            return statistics.median(r[key] for r in rs)
-        reading = statistics.median(a["pps_reading"] / b["pps_reading"] for a, b in zip(ours, empty))
-        dropping = statistics.median(a["pps_dropping"] / b["pps_dropping"]
-                                     for a, b in zip(ours, empty))
-        print("%-16s %9.1f %9.1f %9.1f %7.1f %13.3fx %13.3fx" % (
-            name, med(ours, "ns_per_hit"), med(empty, "ns_per_hit"),
-            med(ours, "ns_per_hit") - med(empty, "ns_per_hit"), med(ours, "hits_per_datagram"),
-            reading, dropping))
-        print("%-16s samples ns/hit ours %s empty %s" % (
-            "", [round(r["ns_per_hit"], 1) for r in ours], [round(r["ns_per_hit"], 1) for r in empty]))
-        before = results.get((name, "before"))
-        if before:
-            print("%-16s before: %.1f ns/hit, excess %.1f; pps reading %.3fx, dropping %.3fx "
-                  "of the empty programs" % (
-                      "", med(before, "ns_per_hit"), med(before, "ns_per_hit") - med(empty, "ns_per_hit"),
-                      statistics.median(a["pps_reading"] / b["pps_reading"] for a, b in zip(before, empty)),
-                      statistics.median(a["pps_dropping"] / b["pps_dropping"] for a, b in zip(before, empty))))
-    print("pps ratio = skbtracer / empty programs, per round, median; goal: excess <= 25 ns/hit")
+    report(results, sets, [v[0] for v in variants], args)
     return 0
+
+
+def report(results, sets, variants, args):
+    def med(rs, key):
+        return statistics.median(r[key] for r in rs)
+
+    def ratio(a_rs, b_rs, key):
+        return statistics.median(a[key] / b[key] for a, b in zip(a_rs, b_rs))
+
+    print("reject cost, kernel %s, median of %d rounds of %.0f s"
+          % (os.uname().release, args.rounds, args.seconds))
+    for line in machine():
+        print("  " + line)
+    print("load average before the report: %.2f %.2f %.2f" % os.getloadavg())
+    for name, flags in sets:
+        empty = results[(name, "empty")]
+        print("\n%s (%s): %.1f probe hits per datagram" % (
+            name, " ".join(flags), med(results[(name, "skbtracer")], "hits_per_datagram")))
+        header = "  %-10s %9s %9s %9s" % ("", "ns/hit", "excess", "x empty")
+        if args.pps:
+            header += " %12s %12s" % ("pps reading", "pps dropping")
+        print(header + "  samples ns/hit")
+        for who in variants:
+            rs = results[(name, who)]
+            line = "  %-10s %9.1f %9.1f %8.2fx" % (
+                who, med(rs, "ns_per_hit"), med(rs, "ns_per_hit") - med(empty, "ns_per_hit"),
+                ratio(rs, empty, "ns_per_hit"))
+            if args.pps:
+                line += " %11.3fx %11.3fx" % (ratio(rs, empty, "pps_reading"),
+                                              ratio(rs, empty, "pps_dropping"))
+            print(line + "  %s" % [round(r["ns_per_hit"], 1) for r in rs])
+        one, two = results[(name, "1 read")], results[(name, "2 reads")]
+        print("  per read: %.1f ns (1 read - empty), %.1f ns (2 reads - 1 read); skbtracer - "
+              "2 reads: %+.1f ns (goal <= +10)" % (
+                  med(one, "ns_per_hit") - med(empty, "ns_per_hit"),
+                  med(two, "ns_per_hit") - med(one, "ns_per_hit"),
+                  med(results[(name, "skbtracer")], "ns_per_hit") - med(two, "ns_per_hit")))
+        if (name, "before") in results:
+            print("  skbtracer / before, per round: %.3fx" % ratio(
+                results[(name, "skbtracer")], results[(name, "before")], "ns_per_hit"))
+    print("\nx empty and pps: per-round ratios to the empty programs, median; "
+          "goal: excess <= 25 ns/hit")
 
 
 if __name__ == "__main__":

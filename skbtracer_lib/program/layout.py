@@ -188,13 +188,18 @@ class Layouts:
         if self.source != "btf":
             return ["struct layouts from headers: offloaded VLAN tags are not shown to the "
                     "filter expression"]
-        if macros.L_SKB_SPAN_LEN in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
-            self.defines[macros.L_SKB_SPAN_HAS_TAIL] = 1
         self._add_fields(PCAP_VLAN_FIELDS, None)
+        vlan = tuple(PCAP_VLAN_FIELDS)
         try:
             self._add_fields(PCAP_VLAN_PRESENT, None)
+            vlan += tuple(PCAP_VLAN_PRESENT)
         except BTFError:
             pass        # 6.2+: a tag is present when vlan_all != 0
+        if macros.L_SKB_SPAN_LEN in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
+            self.defines[macros.L_SKB_SPAN_HAS_TAIL] = 1
+            # the offloaded tag in the same read, where it lies close enough
+            if self._add_span(SPAN_FIELDS + ("SKB_TAIL",) + vlan):
+                self.defines[macros.L_SKB_SPAN_HAS_VLAN] = 1
         return []
 
     def netfilter(self, module, is_nft):

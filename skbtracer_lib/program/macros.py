@@ -37,11 +37,13 @@ def _macro(name, kind, why):
 SKBT_LAYOUT_HEADERS = _macro("SKBT_LAYOUT_HEADERS", FLAG,
                              "no BTF: the C computes the L_* layouts from the installed headers")
 L_SKB_SPAN_OFF = _macro("L_SKB_SPAN_OFF", NUMBER,
-                        "where the sk_buff fields parse_skb reads in one go start")
+                        "where the sk_buff fields find_packet reads in one go start")
 L_SKB_SPAN_LEN = _macro("L_SKB_SPAN_LEN", NUMBER,
                         "how long that span is; undefined: read the fields one by one")
 L_SKB_SPAN_HAS_TAIL = _macro("L_SKB_SPAN_HAS_TAIL", FLAG,
                              "the span holds skb->tail too (expressions, -w)")
+L_SKB_SPAN_HAS_VLAN = _macro("L_SKB_SPAN_HAS_VLAN", FLAG,
+                             "the span holds the offloaded VLAN tag's fields too (expressions)")
 HAVE_XT_LAYOUT = _macro("HAVE_XT_LAYOUT", FLAG, "struct xt_table's layout is known: table names")
 HAVE_NFT_LAYOUT = _macro("HAVE_NFT_LAYOUT", FLAG,
                          "nf_tables' struct layouts are known: table and chain names")
