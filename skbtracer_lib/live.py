@@ -246,13 +246,17 @@ class LiveEvents:
                     break
                 timeout = min(timeout, max(1, int(left * 1000)))
             reader.wait(timeout)
-            self.names.forget_if_changed()     # before the rows are named
-            reader.read()
+            self._read(reader)
             self._between_polls()
         if not session.done:
-            self.names.forget_if_changed()
-            reader.read()    # what is still in the ring
+            self._read(reader)    # what is still in the ring
         session.flush()
+
+    def _read(self, reader):
+        """What the ring holds, named as namespaces are now (a namespace
+        deleted while the loop waited may have left its number to another)."""
+        self.names.forget_if_changed()
+        reader.read()
 
     def _between_polls(self):
         """Flush what the poll wrote; the work that is not per event."""

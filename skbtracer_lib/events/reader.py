@@ -125,13 +125,8 @@ class RingBufferReader:
         self.map_fd = map_fd
         self.epoll = None      # made on the first wait (the unit tests' rings are files)
 
-    def poll(self, timeout_ms):
-        """Wait up to timeout_ms for records (0: not at all), read them all."""
-        self.wait(timeout_ms)
-        return self.read()
-
     def wait(self, timeout_ms):
-        """Wait up to timeout_ms for records, reading none."""
+        """Wait up to timeout_ms for records (0: not at all), reading none."""
         if timeout_ms:
             if self.epoll is None:
                 self.epoll = select.epoll()
@@ -265,10 +260,6 @@ class PerfBufferReader:
         except BaseException:
             self.close()
             raise
-
-    def poll(self, timeout_ms):
-        self.wait(timeout_ms)
-        return self.read()
 
     def wait(self, timeout_ms):
         if timeout_ms:

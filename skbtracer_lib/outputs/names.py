@@ -11,9 +11,9 @@ time an event carries it (lookup()), and inodes that could not be named then
 are tried again at most every RETRY_SECONDS (retry(), from the poll loop,
 not from the per-event path) and once more at exit. The kernel gives a new
 namespace the lowest free inode number, so a deleted namespace's number is
-soon another's: names read from /run/netns are dropped whenever the
-directory changes (forget_if_changed(), before each read of the ring), and
-looked up again when next seen.
+soon another's: whenever the directory changes, the names read from it
+are read again in one scan (forget_if_changed(), before each read of the
+ring); a name no longer there is dropped, and looked up again when next seen.
 """
 
 import os
@@ -151,16 +151,23 @@ class NetnsNames:
         return stamps
 
     def forget_if_changed(self):
-        """Drop the names read from the netns directories if one changed
-        since the last call (one stat each). A change within the same clock
-        tick as the previous one (a few ms) can go unnoticed until the next."""
+        """If a netns directory changed since the last call (one stat each),
+        read the names taken from them again, in one scan: a number whose
+        name went is dropped, one that has another name now gets it. A change
+        within the same clock tick as the previous one (a few ms) can go
+        unnoticed until the next."""
         stamps = self._dir_stamps()
         if stamps == self._dirs_seen:
             return
         self._dirs_seen = stamps
-        for inode in [inode for inode, info in self._info.items() if info.name]:
-            del self._info[inode]
-            del self.labels[inode]     # in place: the story's book holds this dict
+        named = {inode for inode, info in self._info.items() if info.name}
+        now = self._scan_dirs(named)
+        for inode in named:
+            if inode in now:
+                self._remember(now[inode])
+            else:
+                del self._info[inode]
+                del self.labels[inode]     # in place: the story's book holds this dict
 
     def retry(self, force=False):
         """Look again for inodes that had no name (rate limited unless force)."""
@@ -177,6 +184,18 @@ class NetnsNames:
     def _scan(self, wanted):
         """{inode: NetnsInfo} for the wanted inodes found now."""
         self._last_scan = self.clock()
+        found = self._scan_dirs(wanted)
+        missing = wanted - set(found)
+        for inode in list(missing):
+            if inode == self.host_inode:
+                found[inode] = NetnsInfo(inode, host=True, pid=1)
+                missing.discard(inode)
+        if missing:
+            self._scan_processes(missing, found)
+        return found
+
+    def _scan_dirs(self, wanted):
+        """{inode: NetnsInfo} for the wanted inodes that have an `ip netns` name now."""
         found = {}
         for directory in self.netns_dirs:
             try:
@@ -190,13 +209,6 @@ class NetnsNames:
                     continue
                 if inode in wanted and inode not in found:
                     found[inode] = NetnsInfo(inode, name=_as_data(entry))
-        missing = wanted - set(found)
-        for inode in list(missing):
-            if inode == self.host_inode:
-                found[inode] = NetnsInfo(inode, host=True, pid=1)
-                missing.discard(inode)
-        if missing:
-            self._scan_processes(missing, found)
         return found
 
     def _scan_processes(self, missing, found):

@@ -687,6 +687,7 @@ def test_a_deleted_namespaces_number_is_named_anew_once_the_directory_changed(tm
     os.utime(fake.netns_dir, ns=(1, 1))     # a change stamp no earlier one had
     assert resolver.label(number) == "b"    # the cache, until the loop looks
     resolver.forget_if_changed()
+    assert resolver.labels[number] == "d"   # named anew by the loop's one scan
     assert resolver.label(number) == "d"
     os.unlink(fake.netns_dir / "d")          # gone before its rows were read
     os.utime(fake.netns_dir, ns=(2, 2))
