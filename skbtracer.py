@@ -45,6 +45,15 @@ def _interrupt(signum, _frame):
     raise Interrupted(signum)
 
 
+def devnull_onto(fd):
+    """/dev/null in fd's place: a stream whose reader went away, or that was
+    closed when the run began."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
 class PipeSafeStream:
     """stderr whose reader may go (`2>&1 | head`): after EPIPE the rest goes
     to /dev/null, so the run ends as `| head` ends it (exit 0, no noise)."""
@@ -56,19 +65,14 @@ class PipeSafeStream:
         try:
             return self.stream.write(text)
         except BrokenPipeError:
-            self._to_devnull()
+            devnull_onto(self.stream.fileno())
             return len(text)
 
     def flush(self):
         try:
             self.stream.flush()
         except BrokenPipeError:
-            self._to_devnull()
-
-    def _to_devnull(self):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.stream.fileno())
-        os.close(devnull)
+            devnull_onto(self.stream.fileno())
 
     def __getattr__(self, name):        # fileno, isatty...: the stream's
         return getattr(self.stream, name)
@@ -81,10 +85,7 @@ def open_standard_streams():
         try:
             os.fstat(fd)
         except OSError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            if devnull != fd:
-                os.dup2(devnull, fd)
-                os.close(devnull)
+            devnull_onto(fd)
             setattr(sys, name, open(fd, "w", closefd=False))
     sys.stderr = PipeSafeStream(sys.stderr)
 
@@ -242,7 +243,7 @@ def run():
         sys.stdout.flush()
     except BrokenPipeError:
         # `| head` closed the pipe: leave quietly, without a flush error at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull_onto(sys.stdout.fileno())
     sys.exit(status)
 
 
