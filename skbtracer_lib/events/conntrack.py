@@ -11,7 +11,7 @@ and the story's words. An event's ct fields (events/fields.py):
   ct_status, ct_mark, ct_zone, ct_l4proto, ct_{orig,reply}_{saddr,daddr,sport,dport}
 """
 
-from .vocabulary import L4_NAMES, PORTED, is_icmp
+from .vocabulary import L4_NAMES, PORTED, endpoint_text, is_icmp
 
 KNOWN_CONN, KNOWN_MARK, KNOWN_ZONE = 1, 2, 4        # skbtracer.c CT_KNOWN_*
 INFO_MASK = 7
@@ -55,12 +55,6 @@ def status_names(status):
 
 def _ported(family, l4proto):
     return l4proto in PORTED or l4proto == 132     # SCTP's ports too
-
-
-def _endpoint(family, addr, port, ported):
-    if not ported:
-        return addr
-    return "[%s]:%d" % (addr, port) if family == 6 else "%s:%d" % (addr, port)
 
 
 def tuple_object(e, direction):
@@ -158,8 +152,8 @@ def _nat(e):
             ("DNAT", (e.ct_orig_daddr, e.ct_orig_dport), (e.ct_reply_saddr, e.ct_reply_sport)),
             ("SNAT", (e.ct_orig_saddr, e.ct_orig_sport), (e.ct_reply_daddr, e.ct_reply_dport))):
         if before[0] != after[0] or (ported and before[1] != after[1]):
-            found.append((kind, _endpoint(e.family, before[0], before[1], ported),
-                          _endpoint(e.family, after[0], after[1], ported)))
+            found.append((kind, endpoint_text(before[0], before[1], ported, e.family),
+                          endpoint_text(after[0], after[1], ported, e.family)))
     return found
 
 

@@ -43,6 +43,14 @@ def icmp_kind(family, icmp_type):
     return ICMP_KINDS[4 if family == 4 else 6].get(icmp_type, "")
 
 
+def endpoint_text(addr, port, ported, family):
+    """An address with its port where the protocol has ports ("[fd00::2]:53"
+    for IPv6), for the story and conntrack's words."""
+    if not ported:
+        return addr
+    return "[%s]:%d" % (addr, port) if family == 6 else "%s:%d" % (addr, port)
+
+
 def proto_letter(family, l4proto):
     """T, U, I (ICMP of the family) or the number."""
     if l4proto in PROTO_LETTERS:

@@ -2,7 +2,7 @@
 the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
 from ..events import conntrack
-from ..events.vocabulary import KIND_IPTABLE, pf_prefix, proto_letter
+from ..events.vocabulary import KIND_IPTABLE, endpoint_text, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
 from .points import MAX_FLAG_LINES, SOCKET_POINTS, stopped_after
@@ -27,7 +27,7 @@ class Story(StoryModel):
         """An interface or a socket."""
         if isinstance(place, SocketPlace):
             family = 6 if ":" in place.daddr else 4
-            return "a socket %s in %s" % (_endpoint(place.daddr, place.dport, True, family),
+            return "a socket %s in %s" % (endpoint_text(place.daddr, place.dport, True, family),
                                           self.label(place.netns))
         return self.place_text(*place)
 
@@ -277,23 +277,17 @@ def duration_text(ns):
     return "%.1f us" % (ns / 1e3)
 
 
-def _endpoint(addr, port, ported, family):
-    if not ported:
-        return addr
-    return "[%s]:%d" % (addr, port) if family == 6 else "%s:%d" % (addr, port)
-
-
 def _endpoints(header):
     ported = header.ported
-    return "%s->%s" % (_endpoint(header.saddr, header.sport, ported, header.family),
-                       _endpoint(header.daddr, header.dport, ported, header.family))
+    return "%s->%s" % (endpoint_text(header.saddr, header.sport, ported, header.family),
+                       endpoint_text(header.daddr, header.dport, ported, header.family))
 
 
 def _nat_change(before, after):
     ported = after.ported
     parts = []
     if before.source != after.source:
-        parts.append("SNAT %s->" % _endpoint(after.saddr, after.sport, ported, after.family))
+        parts.append("SNAT %s->" % endpoint_text(after.saddr, after.sport, ported, after.family))
     if before.destination != after.destination:
-        parts.append("DNAT ->%s" % _endpoint(after.daddr, after.dport, ported, after.family))
+        parts.append("DNAT ->%s" % endpoint_text(after.daddr, after.dport, ported, after.family))
     return ", ".join(parts)
