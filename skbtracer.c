@@ -119,6 +119,12 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #if defined(FILTER_CT_STATES) && !defined(CT_READ_NFCT)
 #error "--ct-state: the kernel headers have no conntrack (CONFIG_NF_CONNTRACK is off)"
 #endif
+#if defined(FILTER_CT_MARK) && !defined(CT_READ_MARK)
+#error "--ct-mark: the kernel headers have no conntrack mark (CONFIG_NF_CONNTRACK or CONFIG_NF_CONNTRACK_MARK is off)"
+#endif
+#if defined(FILTER_CT_ZONE) && !defined(CT_READ_ZONE)
+#error "--ct-zone: the kernel headers have no conntrack zones (CONFIG_NF_CONNTRACK or CONFIG_NF_CONNTRACK_ZONES is off)"
+#endif
 
 #ifdef CT_READ_CONN
 /* struct nf_conn: tuplehash[0].tuple is the original direction's tuple,
@@ -804,6 +810,17 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
         return 0;
 #endif
     read_ct(e);
+    /* --ct-mark, --ct-zone: an skb without an entry, or whose nf_conn could
+     * not be read, does not match */
+#ifdef FILTER_CT_MARK
+    if (!force && (!(e->ct_known & CT_KNOWN_MARK)
+                   || (e->ct_mark & FILTER_CT_MARK_MASK) != FILTER_CT_MARK))
+        return 0;
+#endif
+#ifdef FILTER_CT_ZONE
+    if (!force && (!(e->ct_known & CT_KNOWN_ZONE) || e->ct_zone != FILTER_CT_ZONE))
+        return 0;
+#endif
     read_macs(skb, e, &at);
 #ifdef KEEP
     u8 one = 1;

@@ -48,6 +48,8 @@ class Config:
     icmpid: int = None
     pid: int = None
     ct_states: list = field(default_factory=list)   # --ct-state words (conntrack.CT_STATES)
+    ct_mark: tuple = None           # --ct-mark: (mark, mask), mark having no bit outside mask
+    ct_zone: int = None             # --ct-zone: the conntrack zone id
     ct: bool = False                # --ct: conntrack in the text rows
     netns: int = None               # inode (the first -N)
     netns_all: list = field(default_factory=list)   # every -N inode (at most MAX_NETNS)
@@ -89,6 +91,19 @@ def _number(text, what, low, high):
     value = int(text)
     if not low <= value <= high:
         raise UsageError("%s must be between %d and %d, not %d" % (what, low, high, value))
+    return value
+
+
+def _integer(text, what, low, high):
+    """A number in decimal or 0x hex (marks and zones are written either way)."""
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", text.strip()):
+        raise UsageError("%s must be a number (decimal or 0x hex), not %r" % (what, text))
+    value = int(text.strip(), 0 if text.strip()[:2].lower() == "0x" else 10)
+    if not low <= value <= high:
+        raise UsageError("%s must be between %d and %d (%#x), not %s"
+                         % (what, low, high, high, text.strip()))
     return value
 
 
@@ -251,7 +266,7 @@ def check_optional_modules(cfg):
 
 
 def _filters(ns, cfg):
-    """-H, --proto, -P, --icmpid, -p, -N."""
+    """-H, --proto, -P, --icmpid, --ct-state, --ct-mark, --ct-zone, -p, -N."""
     if ns.ipaddr is not None:
         cfg.addr = parse_address(ns.ipaddr)
     proto = ns.proto.strip().lower()
@@ -265,6 +280,8 @@ def _filters(ns, cfg):
     if cfg.icmpid is not None and proto != "icmp":
         raise UsageError("--icmpid needs --proto icmp")
     cfg.ct_states = parse_ct_states(ns.ct_state or [])
+    cfg.ct_mark = parse_ct_mark(ns.ct_mark)
+    cfg.ct_zone = _integer(ns.ct_zone, "--ct-zone", 0, 0xFFFF)
     cfg.pid = _number(ns.pid, "-p/--pid", 1, 2**22)
     if cfg.pid is not None and not os.path.exists("/proc/%d" % cfg.pid):
         raise UsageError("-p: no process %d" % cfg.pid)
@@ -385,6 +402,21 @@ def parse_ct_states(values):
             if word not in states:
                 states.append(word)
     return states
+
+
+def parse_ct_mark(text):
+    """--ct-mark MARK[/MASK] -> (mark, mask): the entry's mark ANDed with
+    MASK (default: all 32 bits) must be MARK, as iptables' connmark match.
+    A MARK with bits outside MASK could never match: refused."""
+    if text is None:
+        return None
+    mark_text, slash, mask_text = text.partition("/")
+    mark = _integer(mark_text, "--ct-mark's MARK", 0, 0xFFFFFFFF)
+    mask = _integer(mask_text, "--ct-mark's MASK", 1, 0xFFFFFFFF) if slash else 0xFFFFFFFF
+    if mark & ~mask:
+        raise UsageError("--ct-mark %s: MARK has bits outside MASK (%#x), it would never match"
+                         % (text.strip(), mark & ~mask))
+    return mark, mask
 
 
 def parse_expression(words):

@@ -31,6 +31,8 @@ EXAMPLES = (
     ("-N server --drop --dropstack", 'drops in netns "server", with stacks'),
     ("-H 10.96.0.10 --keep", "follow a service IP's packets past DNAT"),
     ("-H 10.96.0.10 --ct-state new --ct", "new connections: first packets, NAT chosen"),
+    ("--ct-mark 0x2a/0xff --ct", "connections whose CONNMARK's low byte is 42"),
+    ("--ct-zone 7 -w zone7.pcapng", "one conntrack zone's packets, to a pcapng file"),
     ("-p 1234 -c 20 -T", "20 rows from process 1234's context"),
     ("-H 10.244.0.3 --names -o trace.txt", "rows to a file, netns names, story at exit"),
     ("-H 10.244.0.3 --json > trace.jsonl", "one JSON object per event"),
@@ -106,6 +108,11 @@ FLAGS = (
     Flag("--ct-state", metavar="STATE", action="append", dest="ct_state", complete=tuple(CT_STATES),
          help="only packets whose skb carries this conntrack state: new, est, rel, inv (no "
               "conntrack entry on the skb) or untracked; repeatable"),
+    Flag("--ct-mark", metavar="MARK[/MASK]",
+         help="only packets whose conntrack entry's mark ANDed with MASK (default 0xffffffff) "
+              "is MARK (decimal or 0x hex); no entry, or a mark the kernel cannot show: no match"),
+    Flag("--ct-zone", metavar="ZONE",
+         help="only packets whose conntrack entry is in zone ZONE (0-65535); no entry: no match"),
     Flag("-N", "--netns", metavar="NS", action="append", complete=NETNS,
          help="only this network namespace: an inode number, a name from 'ip netns', or a "
               "path like /proc/PID/ns/net; repeat for up to %d namespaces" % MAX_NETNS),

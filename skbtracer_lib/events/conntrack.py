@@ -1,7 +1,8 @@
 """What conntrack had decided for an event's skb (skbtracer.c read_ct), in
 words: the state (ctinfo), the status bits, the tuples and the NAT they
-show; JSON's "ct" object and its inverse (-r), the text rows' --ct suffix
-and the story's words. An event's ct fields (events/fields.py):
+show; JSON's "ct" object and its inverse (-r), the text rows' --ct suffix,
+-w's packet comments, --ct-mark/--ct-zone on saved events and the story's
+words. An event's ct fields (events/fields.py):
 
   ct          skb->_nfct: the nf_conn's address | ctinfo in the low 3 bits;
               0 when the skb has no entry (not seen by conntrack yet, or
@@ -34,6 +35,16 @@ _INFO_STATE = {0: "est", 3: "est", 1: "rel", 4: "rel", 2: "new", 5: "new", UNTRA
 def state_word(nfct):
     """The --ct-state word of an skb's _nfct (ct_state_bit()'s class)."""
     return "inv" if not nfct else _INFO_STATE.get(nfct & INFO_MASK, "est")
+
+
+def mark_zone_match(fields, mark, zone):
+    """--ct-mark (mark, mask) and --ct-zone on an event's ct fields (a
+    dict, fields_of()), as skbtracer.c prepare() applies them: no entry, or
+    a mark or zone that was not read, does not match."""
+    known = fields["ct_known"] if fields["ct"] else 0
+    if mark is not None and not (known & KNOWN_MARK and fields["ct_mark"] & mark[1] == mark[0]):
+        return False
+    return zone is None or bool(known & KNOWN_ZONE and fields["ct_zone"] == zone)
 
 
 def info_name(nfct):
@@ -166,6 +177,26 @@ def row_suffix(e):
     text = " ct=" + INFO_SHORT.get(info, str(info))
     for kind, before, after in _nat(e):
         text += " %s %s=>%s" % (kind.lower(), before, after)
+    return text
+
+
+def comment_suffix(e, in_row=False):
+    """-w's packet comment after the row: row_suffix() (unless the row has
+    it already, --ct: in_row), then the entry's id, status bits, mark and
+    zone where they were read (" ct=NEW id=12345600
+    status=CONFIRMED,DST_NAT mark=0x2a zone=7"); "" without an entry."""
+    if not e.ct:
+        return ""
+    text = "" if in_row else row_suffix(e)
+    cid = conn_id(e.ct)
+    if cid:
+        text += " id=" + cid
+    if e.ct_known & KNOWN_CONN and e.ct_status:
+        text += " status=" + ",".join(status_names(e.ct_status))
+    if e.ct_known & KNOWN_MARK:
+        text += " mark=%#x" % e.ct_mark
+    if e.ct_known & KNOWN_ZONE:
+        text += " zone=%d" % e.ct_zone
     return text
 
 

@@ -28,6 +28,7 @@ config); live tracing and -r then feed it alike.
 from collections import namedtuple
 
 from .. import story
+from ..events import conntrack
 from ..events.compact import rows_layout
 from ..events.textrow import HEADER, RowFormatter
 from ..story import latency
@@ -157,14 +158,17 @@ class JsonLines(Sink):
 
 
 class Pcapng(Sink):
-    """-w: every event as a packet block (its row the comment), the story in
-    the section's comment (capture.PcapngWriter)."""
+    """-w: every event as a packet block (its row the comment, with the
+    skb's conntrack entry: conntrack.comment_suffix), the story in the
+    section's comment (capture.PcapngWriter). ct_in_row: --ct, the rows
+    end in the entry's state and NAT already."""
 
     needs = frozenset({"row"})
 
-    def __init__(self, file, path, snaplen, probe_names, label, wall_ns):
+    def __init__(self, file, path, snaplen, probe_names, label, wall_ns, ct_in_row=False):
         from . import capture       # python3-dpkt: needed by -w only (config checks it is there)
         self.path = path
+        self.ct_in_row = ct_in_row
         self.failed_with = capture.CaptureError
         self.writer = capture.PcapngWriter(file, snaplen, probe_names, label=label,
                                            wall_ns=wall_ns)
@@ -173,7 +177,7 @@ class Pcapng(Sink):
         self._write(self.writer.start)
 
     def event(self, event, raw, row, stack, line):
-        self.writer.add(event, raw, row)
+        self.writer.add(event, raw, row + conntrack.comment_suffix(event, self.ct_in_row))
 
     def flush(self):
         self._write(self.writer.flush)
@@ -210,7 +214,7 @@ def _json_file(cfg, file, source):
 def _pcapng_file(cfg, file, source):
     info = source.loaded.info
     return Pcapng(file, cfg.write, info.capture_bytes, info.probe_names, source.names.label,
-                  source.clock.wall_ns)
+                  source.clock.wall_ns, ct_in_row=cfg.ct)
 
 
 FILE_OUTPUTS = (

@@ -79,6 +79,7 @@ class Layouts:
         # conntrack: what the events can carry, and why not more (-v)
         self.ct_entry = self.ct_conn = False
         self.ct_notes = []
+        self.ct_unreadable = {}       # "mark"/"zone" -> why read_ct cannot read it (BTF)
         if source == "headers":
             self.defines[macros.SKBT_LAYOUT_HEADERS] = 1
             self.description = "the installed kernel headers"
@@ -99,30 +100,30 @@ class Layouts:
         try:
             self._add_fields(CT_SKB_FIELDS, None)
         except BTFError as e:
-            self.ct_notes.append("conntrack: none on the events (%s: a kernel without "
-                                 "conntrack)" % e)
+            self._ct_missing("conntrack: none on the events (%s: a kernel without "
+                             "conntrack)" % e, "mark", "zone")
             return
         self.defines[macros.HAVE_CT_NFCT] = 1
         self.ct_entry = True
         try:
             self._add_fields(CT_CONN_FIELDS, CT_MODULE)
         except BTFError as e:
-            self.ct_notes.append("conntrack: state only, no tuples, status, mark or zone: %s (%s)"
-                                 % (e, self._conn_btf_problem()))
+            self._ct_missing("conntrack: state only, no tuples, status, mark or zone: %s (%s)"
+                             % (e, self._conn_btf_problem()), "mark", "zone")
             return
         conn = dict(CT_CONN_FIELDS)
-        for optional, config in ((CT_MARK_FIELDS, "CONFIG_NF_CONNTRACK_MARK"),
-                                 (CT_ZONE_FIELDS, "CONFIG_NF_CONNTRACK_ZONES")):
+        for optional, what, config in ((CT_MARK_FIELDS, "mark", "CONFIG_NF_CONNTRACK_MARK"),
+                                       (CT_ZONE_FIELDS, "zone", "CONFIG_NF_CONNTRACK_ZONES")):
             try:
                 self._add_fields(optional, CT_MODULE)
                 conn.update(optional)
             except BTFError:
-                self.ct_notes.append("conntrack: no %s in struct nf_conn (%s is off)"
-                                     % (next(iter(optional.values()))[1], config))
+                self._ct_missing("conntrack: no %s in struct nf_conn (%s is off)"
+                                 % (next(iter(optional.values()))[1], config), what)
         span = self._conn_span(conn)
         if span > CT_SPAN_MAX:
-            self.ct_notes.append("conntrack: state only: struct nf_conn's fields span %d bytes, "
-                                 "more than the %d read at once" % (span, CT_SPAN_MAX))
+            self._ct_missing("conntrack: state only: struct nf_conn's fields span %d bytes, "
+                             "more than the %d read at once" % (span, CT_SPAN_MAX), "mark", "zone")
             return
         self.defines[macros.HAVE_CT_CONN] = 1
         if "CT_MARK" in conn:
@@ -130,6 +131,13 @@ class Layouts:
         if "CT_ZONE" in conn:
             self.defines[macros.HAVE_CT_ZONE] = 1
         self.ct_conn = True
+
+    def _ct_missing(self, note, *unreadable):
+        """A conntrack field the events cannot carry: note for -v, and the
+        reason --ct-mark/--ct-zone give for refusing to start."""
+        self.ct_notes.append(note)
+        for what in unreadable:
+            self.ct_unreadable.setdefault(what, note)
 
     def ct_summary(self):
         """What the events carry of conntrack, for -v."""

@@ -75,6 +75,10 @@ FILTER_ICMPID = _macro("FILTER_ICMPID", NUMBER, "--icmpid: the ICMP echo id")
 FILTER_PID = _macro("FILTER_PID", NUMBER, "-p: the process id")
 FILTER_CT_STATES = _macro("FILTER_CT_STATES", NUMBER,
                           "--ct-state: the conntrack classes wanted, as ct_state_bit()'s bits")
+FILTER_CT_MARK = _macro("FILTER_CT_MARK", NUMBER,
+                        "--ct-mark: the conntrack mark wanted, after FILTER_CT_MARK_MASK")
+FILTER_CT_MARK_MASK = _macro("FILTER_CT_MARK_MASK", NUMBER, "--ct-mark: the mark's bits compared")
+FILTER_CT_ZONE = _macro("FILTER_CT_ZONE", NUMBER, "--ct-zone: the conntrack zone id wanted")
 FILTER_NETNS = _macro("FILTER_NETNS", TEXT,
                       "-N: FILTER_NETNS(n), is namespace inode n one of those given")
 

@@ -57,6 +57,11 @@ def filter_defines(cfg):
         d[macros.FILTER_PID] = cfg.pid
     if cfg.ct_states:
         d[macros.FILTER_CT_STATES] = sum(CT_STATES[word] for word in cfg.ct_states)
+    if cfg.ct_mark is not None:
+        d[macros.FILTER_CT_MARK] = "%dU" % cfg.ct_mark[0]
+        d[macros.FILTER_CT_MARK_MASK] = "%dU" % cfg.ct_mark[1]
+    if cfg.ct_zone is not None:
+        d[macros.FILTER_CT_ZONE] = cfg.ct_zone
     inodes = cfg.netns_all or ([cfg.netns] if cfg.netns is not None else [])
     if inodes:        # -N, repeatable: a fixed set of numbers (config.MAX_NETNS at most)
         matches = " || ".join("(n) == %dU" % int(i) for i in inodes)
@@ -113,6 +118,13 @@ class Program:
         self.layouts = layout.choose(cfg.layout)
         if cfg.ct_states and not self.layouts.ct_entry:
             raise kernel.KernelError("--ct-state: %s" % "; ".join(self.layouts.ct_notes))
+        # a mark or zone filter the kernel cannot read would match nothing, silently
+        for flag, given, what in (("--ct-mark", cfg.ct_mark is not None, "mark"),
+                                  ("--ct-zone", cfg.ct_zone is not None, "zone")):
+            problem = self.layouts.ct_unreadable.get(what) if given else None
+            if problem:
+                raise kernel.KernelError("%s: the conntrack %s cannot be read on this kernel: %s"
+                                         % (flag, what, problem))
         self.plan = probes.plan_probes(cfg, self.backend, self.layouts)
         if cfg.expression is not None:
             self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())

@@ -31,7 +31,7 @@ def saved_session(cfg, runs, out=None, err=None, files=None):
 
 def event_filter(cfg):
     """The filter flags as a test on saved event objects (-H, --proto, -P,
-    --icmpid, -N, the filter expression)."""
+    --icmpid, -N, --ct-state, --ct-mark, --ct-zone, the filter expression)."""
     tests = []
     if cfg.addr is not None:
         addr = str(cfg.addr)
@@ -52,6 +52,9 @@ def event_filter(cfg):
         wanted_states = set(cfg.ct_states)
         tests.append(lambda o: conntrack.state_word(conntrack.fields_of(o.get("ct"))["ct"])
                      in wanted_states)
+    if cfg.ct_mark is not None or cfg.ct_zone is not None:
+        tests.append(lambda o: conntrack.mark_zone_match(conntrack.fields_of(o.get("ct")),
+                                                         cfg.ct_mark, cfg.ct_zone))
     if cfg.expression is not None:
         from . import packets
         judge = packets.ExpressionJudge(cfg.expression)
