@@ -344,3 +344,37 @@ def test_unwritable_path_is_one_line_exit_1():
     from skbtracer_lib.outputs.files import FileError, open_new_file
     with pytest.raises(FileError, match=r"^-w/--write: cannot write"):
         open_new_file("-w/--write", "/proc/version/x.pcapng", False, binary=True)
+
+
+def test_packet_comments_carry_the_conntrack_entry_without_ct(tmp_path):
+    """-w without --ct: the comment is the row, then the skb's conntrack entry (state, NAT, id,
+    status, mark, zone: conntrack.comment_suffix); with --ct the row has the state and NAT
+    already, and the comment does not say them twice. tshark reads them back."""
+    from skbtracer_lib.events import conntrack
+    from skbtracer_lib.outputs.sinks import Pcapng
+    ip = udp_packet("10.244.1.2", "10.244.1.3", 63, dport=9000)
+    ct = dict(ct=0xFFFF888012345602, ct_l4proto=17, ct_mark=0x2A, ct_zone=7,
+              ct_known=conntrack.KNOWN_CONN | conntrack.KNOWN_MARK | conntrack.KNOWN_ZONE,
+              ct_status=conntrack.STATUS_BITS["CONFIRMED"] | conntrack.STATUS_BITS["DST_NAT"],
+              ct_orig_saddr="10.244.1.2", ct_orig_sport=41001, ct_orig_daddr="10.96.0.10",
+              ct_orig_dport=53, ct_reply_saddr="10.244.1.3", ct_reply_sport=9000,
+              ct_reply_daddr="10.244.1.2", ct_reply_dport=41001)
+    entry = " ct=NEW dnat 10.96.0.10:53=>10.244.1.3:9000"
+    details = " id=12345600 status=CONFIRMED,DST_NAT mark=0x2a zone=7"
+    comments = {}
+    for ct_in_row in (False, True):
+        path = str(tmp_path / ("ct-in-row-%s.pcapng" % ct_in_row))
+        with open(path, "wb") as f:
+            sink = Pcapng(f, path, 256, PROBES, str, lambda ns: ns, ct_in_row=ct_in_row)
+            sink.start(None)
+            for i, fields in enumerate(({}, ct)):        # before conntrack, then with its entry
+                raw = decode.encode(ts_ns=BASE_NS + i, netns=NS["node"], ifname="cbr0", probe=0,
+                                    saddr="10.244.1.2", daddr="10.244.1.3", sport=41001,
+                                    dport=9000, l4proto=17, **fields) + \
+                    capture.pack(capture.LINKTYPE_RAW, ip)
+                row = "row %d" % i + (entry if ct_in_row and fields else "")
+                sink.event(decode.Event(raw), raw, row, None, None)
+            sink.flush()
+        comments[ct_in_row] = [c for (c,) in tshark_fields(path, "frame.comment")]
+    assert comments[False] == ["row 0", "row 1" + entry + details]
+    assert comments[True] == comments[False]

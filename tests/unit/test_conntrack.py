@@ -185,3 +185,131 @@ def test_layouts_without_nf_conn_keep_the_state_and_say_why(monkeypatch):
     assert layouts.ct_entry and not layouts.ct_conn
     assert macros.HAVE_CT_NFCT in layouts.defines and macros.HAVE_CT_CONN not in layouts.defines
     assert any("state only" in note for note in layouts.ct_notes), layouts.ct_notes
+
+
+# --- --ct-mark and --ct-zone (issue 23's mark/zone filter) ---
+
+@pytest.mark.parametrize("argv, mark, zone, defines", [
+    (["--ct-mark", "42"], (42, 0xFFFFFFFF), None,
+     {macros.FILTER_CT_MARK: "42U", macros.FILTER_CT_MARK_MASK: "4294967295U"}),
+    (["--ct-mark", "0x2A/0xff"], (42, 0xFF), None,
+     {macros.FILTER_CT_MARK: "42U", macros.FILTER_CT_MARK_MASK: "255U"}),
+    (["--ct-mark", " 0/0x4000 "], (0, 0x4000), None,
+     {macros.FILTER_CT_MARK: "0U", macros.FILTER_CT_MARK_MASK: "16384U"}),
+    (["--ct-zone", "7"], None, 7, {macros.FILTER_CT_ZONE: 7}),
+    (["--ct-zone", "0xffff", "--ct-mark", "0xffffffff"], (0xFFFFFFFF, 0xFFFFFFFF), 0xFFFF,
+     {macros.FILTER_CT_ZONE: 65535, macros.FILTER_CT_MARK: "4294967295U",
+      macros.FILTER_CT_MARK_MASK: "4294967295U"}),
+    (["--ct-zone", "0"], None, 0, {macros.FILTER_CT_ZONE: 0}),
+    ([], None, None, {}),
+])
+def test_ct_mark_and_zone_values_and_what_they_compile_to(argv, mark, zone, defines):
+    cfg = config.parse_args(argv)
+    assert (cfg.ct_mark, cfg.ct_zone) == (mark, zone)
+    compiled = source.filter_defines(cfg)
+    assert {k: v for k, v in compiled.items() if k.startswith("FILTER_CT_")} == defines
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--ct-mark", "abc"], "--ct-mark's MARK must be a number (decimal or 0x hex), not 'abc'"),
+    (["--ct-mark", ""], "--ct-mark's MARK must be a number"),
+    (["--ct-mark", "-1"], "--ct-mark's MARK must be a number"),
+    (["--ct-mark", "0x"], "--ct-mark's MARK must be a number"),
+    (["--ct-mark", "1;system()"], "--ct-mark's MARK must be a number"),
+    (["--ct-mark", "0x100000000"], "--ct-mark's MARK must be between 0 and 4294967295"),
+    (["--ct-mark", "1/"], "--ct-mark's MASK must be a number"),
+    (["--ct-mark", "1/2/3"], "--ct-mark's MASK must be a number"),
+    (["--ct-mark", "0/0"], "--ct-mark's MASK must be between 1 and 4294967295"),
+    (["--ct-mark", "3/0x1"], "--ct-mark 3/0x1: MARK has bits outside MASK (0x2), it would never "
+                             "match"),
+    (["--ct-zone", "65536"], "--ct-zone must be between 0 and 65535 (0xffff), not 65536"),
+    (["--ct-zone", "seven"], "--ct-zone must be a number (decimal or 0x hex), not 'seven'"),
+    (["--ct-zone", "1.5"], "--ct-zone must be a number"),
+])
+def test_bad_ct_mark_or_zone_is_one_line_and_exit_2(argv, said):
+    done = subprocess.run([sys.executable, str(skbt_unit_helpers.REPO / "skbtracer.py"), *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("skbtracer: error: " + said), \
+        done.stderr
+
+
+ALL_KNOWN = conntrack.KNOWN_CONN | conntrack.KNOWN_MARK | conntrack.KNOWN_ZONE
+
+
+@pytest.mark.parametrize("fields, mark, zone, matches", [
+    (dict(ct=CONN | 2, ct_known=ALL_KNOWN, ct_mark=0x12A, ct_zone=7), (0x2A, 0xFF), 7, True),
+    (dict(ct=CONN | 2, ct_known=ALL_KNOWN, ct_mark=0x12A, ct_zone=7), (0x2A, 0xFFFFFFFF), None,
+     False),
+    (dict(ct=CONN | 2, ct_known=ALL_KNOWN, ct_mark=0x12A, ct_zone=7), None, 7, True),
+    (dict(ct=CONN | 2, ct_known=ALL_KNOWN, ct_mark=0x12A, ct_zone=7), None, 0, False),
+    (dict(ct=CONN | 2, ct_known=ALL_KNOWN, ct_mark=0, ct_zone=0), (0, 0xFFFFFFFF), 0, True),
+    # no entry: a zero mark and zone are not "mark 0, zone 0"
+    (dict(ct=0, ct_known=0, ct_mark=0, ct_zone=0), (0, 0xFFFFFFFF), None, False),
+    (dict(ct=0, ct_known=0, ct_mark=0, ct_zone=0), None, 0, False),
+    # the entry's nf_conn was not read (5.10 without module BTF), or has no mark/zone
+    (dict(ct=CONN | 2, ct_known=0, ct_mark=0, ct_zone=0), (0, 0xFFFFFFFF), None, False),
+    (dict(ct=CONN | 2, ct_known=conntrack.KNOWN_CONN | conntrack.KNOWN_ZONE, ct_mark=0,
+          ct_zone=0), (0, 0xFFFFFFFF), 0, False),
+    (dict(ct=CONN | 2, ct_known=conntrack.KNOWN_CONN | conntrack.KNOWN_MARK, ct_mark=0,
+          ct_zone=0), (0, 0xFFFFFFFF), 0, False),
+    (dict(ct=7, ct_known=0, ct_mark=0, ct_zone=0), None, 0, False),     # untracked
+])
+def test_mark_zone_match_as_the_kernel_applies_it(fields, mark, zone, matches):
+    assert conntrack.mark_zone_match(fields, mark, zone) is matches
+    # the same on an event's saved "ct" object, as -r reads it
+    saved = conntrack.json_object(event(**fields))
+    assert conntrack.mark_zone_match(conntrack.fields_of(saved), mark, zone) is matches
+
+
+def test_comment_suffix_has_the_entry_with_or_without_ct():
+    request = event(**DNAT_REQUEST)
+    details = " id=12345600 status=CONFIRMED,DST_NAT,DST_NAT_DONE mark=0x4000 zone=3"
+    assert conntrack.comment_suffix(request) == conntrack.row_suffix(request) + details
+    assert conntrack.comment_suffix(request) == \
+        " ct=NEW dnat 10.96.0.10:53=>10.244.1.3:9000" + details
+    assert conntrack.comment_suffix(request, in_row=True) == details
+    assert conntrack.comment_suffix(event()) == ""
+    assert conntrack.comment_suffix(event(ct=7)) == " ct=UNTR"
+    assert conntrack.comment_suffix(event(ct=CONN | 3)) == " ct=EST,R id=12345600"   # 5.10
+
+
+def _layouts_missing(monkeypatch, missing):
+    """Layouts("btf") of this kernel's BTF with some of struct nf_conn's members missing."""
+    real = layout.kernel.btf()
+    if real is None:
+        pytest.skip("this kernel has no BTF")
+
+    class Missing(_NoConntrackModuleBTF):
+        def member(self, struct_name, path, module=None):
+            if (struct_name, path) in missing or (struct_name, None) in missing:
+                raise BTFError("no %s.%s in BTF" % (struct_name, path))
+            return self.real.member(struct_name, path, module)
+
+    monkeypatch.setattr(layout.kernel, "btf", lambda: Missing(real))
+
+
+@pytest.mark.parametrize("missing, refused, started", [
+    ({("nf_conn", None), ("nf_conntrack_tuple_hash", None), ("nf_conntrack_tuple", None)},
+     {"--ct-mark": "state only", "--ct-zone": "state only"}, ()),
+    ({("nf_conn", "mark")}, {"--ct-mark": "CONFIG_NF_CONNTRACK_MARK is off"}, ("--ct-zone",)),
+    ({("nf_conn", "zone.id")}, {"--ct-zone": "CONFIG_NF_CONNTRACK_ZONES is off"}, ("--ct-mark",)),
+])
+def test_a_kernel_that_cannot_read_the_mark_or_zone_refuses_the_filter(monkeypatch, missing,
+                                                                       refused, started):
+    """Start-up error, one line: a filter on a field never read could only match nothing.
+    The other one starts."""
+    _layouts_missing(monkeypatch, missing)
+    value = {"--ct-mark": "0x2a", "--ct-zone": "7"}
+    for flag, why in refused.items():
+        cfg = config.parse_args(["--route", flag, value[flag]])
+        with pytest.raises(layout.kernel.KernelError) as raised:
+            source.Program(cfg, backend="tracepoint")
+        text = str(raised.value)
+        assert "\n" not in text and text.startswith(
+            "%s: the conntrack %s cannot be read on this kernel: conntrack: "
+            % (flag, flag[5:])) and why in text, text
+    for flag in started:
+        program = source.Program(config.parse_args(["--route", flag, value[flag]]),
+                                 backend="tracepoint")
+        assert "#define FILTER_CT_%s " % flag[5:].upper() in program.text

@@ -206,7 +206,8 @@ def test_generated_defines_come_from_the_list(backend, tmp_path):
     flags = [["--route", "--iptable", "--drop", "--callstack", "--keep", "-H", "10.0.0.1",
               "-P", "53", "-p", "1", "-N", "/proc/self/ns/net", "--proto", "tcp",
               "-w", str(tmp_path / "x.pcap"), "tcp", "and", "len", ">", "40"],
-             ["--dropstack", "-H", "fd00::1", "--proto", "icmp", "--icmpid", "7", "vlan"],
+             ["--dropstack", "-H", "fd00::1", "--proto", "icmp", "--icmpid", "7", "vlan",
+              "--ct-state", "new", "--ct-mark", "0x2a/0xff", "--ct-zone", "7"],
              ["--layout", "headers", "--route", "--iptable"]]
     for argv in flags:
         program = Program(config.parse_args(argv), backend=backend)

@@ -296,3 +296,34 @@ def test_saved_conntrack_reads_back_rows_story_and_ct_state(tmp_path):
     assert len(out.splitlines()) == 1 + 3
     _s, out, _e = tell(a, args=["--ct-state", "inv"])
     assert len(out.splitlines()) == 1 + 2
+
+
+def test_saved_ct_mark_and_zone_select_as_the_kernel_does(tmp_path):
+    """-r --ct-mark/--ct-zone on the saved "ct" objects: the rows of the marked (zoned)
+    connection only; rows without an entry, or whose mark/zone was not read, never match."""
+    def conn(address, mark, zone, known=7):
+        return dict(ct=address | 2, ct_known=known, ct_l4proto=17, ct_mark=mark, ct_zone=zone)
+    marked, zoned, plain = (request(1000 + i, 41000 + i, (i + 1) * 1_000_000_000)[0]
+                            for i in range(3))
+    unread = request(1003, 41003, 4_000_000_000)[0]     # 5.10: no nf_conn fields
+
+    def with_ct(events, ct):
+        return [e if i < 2 else Event(encode(**dict({n: getattr(e, n) for n in Event.__slots__},
+                                                    **ct)))
+                for i, e in enumerate(events)]      # conntrack saw it from cbr0 on
+    events = (with_ct(marked, conn(0xFFFF888000000100, 0x12A, 0))
+              + with_ct(zoned, conn(0xFFFF888000000200, 0, 7))
+              + with_ct(plain, conn(0xFFFF888000000300, 0, 0))
+              + with_ct(unread, conn(0xFFFF888000000400, 0, 0, known=1)))
+    a = write_run(tmp_path / "a.jsonl", "node1", events)
+
+    def sports(args):
+        _s, out, _e = tell(a, args=args + ["--json", "--no-summary"])
+        objects = [json.loads(line) for line in out.splitlines()]
+        return sorted(o["sport"] for o in objects if o["type"] == "event")
+    assert sports([]) == sorted([41000, 41001, 41002, 41003] * 5)
+    assert sports(["--ct-mark", "0x2a/0xff"]) == [41000] * 3
+    assert sports(["--ct-mark", "0x2a"]) == []
+    assert sports(["--ct-zone", "7"]) == [41001] * 3
+    assert sports(["--ct-zone", "0"]) == [41000] * 3 + [41002] * 3
+    assert sports(["--ct-mark", "0", "--ct-zone", "0"]) == [41002] * 3
