@@ -9,6 +9,8 @@ what conntrack decides for each packet, and the drops it causes.
         snat = lab.snat_race(rounds=400)            # the SNAT port race: insert_failed
         full = lab.fill_table(spare=3)              # guests only: "table full, dropping packet"
         stale = lab.stale_endpoint(sport=42003)     # an entry still DNATing to a dead endpoint
+        lab.connmark(sport=42004, mark=0x2a)        # that connection's conntrack mark (CONNMARK)
+        lab.ct_zone(port=42005, zone=7)             # that connection in conntrack zone 7 (-j CT)
 
 Each scenario returns a result holding its ground truth: conntrack -S deltas, conntrack -L
 entries, rule counters, what the endpoints echoed.  Echo servers (UDP and TCP, port 9000) run on
@@ -127,6 +129,27 @@ class ConntrackLab:
 
     def echoed(self, pod: str, proto: str = "udp") -> int:
         return len(self.echo[(pod, proto)].records())
+
+    # -- rules that put a connection's mark and zone (for --ct-mark, --ct-zone)
+
+    def connmark(self, sport: int, mark: int, proto: str = "udp") -> None:
+        """node1 sets the conntrack mark of the client's connections from source port sport:
+        CONNMARK in mangle PREROUTING (after conntrack's hook), so the first packet's entry gets
+        it there and every later packet of the connection, either way, carries it."""
+        self._node1_rule("mangle", "PREROUTING", "-p", proto, "--sport", str(sport),
+                         "-j", "CONNMARK", "--set-mark", "%#x" % mark)
+
+    def ct_zone(self, port: int, zone: int, proto: str = "udp") -> None:
+        """node1's conntrack keeps the connections with the client's port `port` in zone `zone`:
+        `-j CT --zone` in raw PREROUTING (before conntrack's hook), for either port (the replies
+        must look the entry up in the same zone)."""
+        self._node1_rule("raw", "PREROUTING", "-p", proto, "-m", "multiport", "--ports", str(port),
+                         "-j", "CT", "--zone", str(zone))
+
+    def _node1_rule(self, table: str, chain: str, *spec: str) -> None:
+        # tables kube-proxy's ruleset (apply()) does not restore: the rule stays until down()
+        self.node.exec("node1", [f"iptables-{self.node.iptables_flavour}", "-w", "-t", table,
+                                 "-A", chain, *spec])
 
     # -- scenarios
 

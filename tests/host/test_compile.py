@@ -71,6 +71,12 @@ CONFIGS = [
     ("all-modes+keep+stacks+capture+expression+ct-state",
      ["--route", "--iptable", "--drop", "--keep", "--callstack", "-w", CAPTURE_PATH,
       "--ct-state", "untracked,rel", "-H", "10.0.0.1", "udp and port 53"]),
+    # --ct-mark/--ct-zone: compared after read_ct, alone and with every other filter
+    ("route+ct-mark+ct-zone", ["--route", "--ct-mark", "0x2a/0xff", "--ct-zone", "7"]),
+    ("all-modes+keep+stacks+capture+expression+ct-filters",
+     ["--route", "--iptable", "--drop", "--keep", "--callstack", "-w", CAPTURE_PATH,
+      "--ct-state", "new,est", "--ct-mark", "0xffffffff", "--ct-zone", "0xffff", "-H", "fd00::1",
+      "-p", PID, "-N", "/proc/self/ns/net", "udp and port 53"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
@@ -206,6 +212,14 @@ def test_header_layout_conntrack_compiles(header_tree):
     program = Program(cfg, backend="kprobe")
     assert not re.search(r"^#define HAVE_CT_", program.text, re.M)
     assert compile_and_load(program)
+
+
+def test_header_layout_ct_mark_and_zone_compile(header_tree):
+    """--layout headers: --ct-mark/--ct-zone read struct nf_conn's mark and zone.id where the
+    headers' CONFIG_NF_CONNTRACK_MARK/_ZONES are set (else the C's #error says which is off)."""
+    cfg = config.parse_args(["--layout", "headers", "--route", "--drop", "--ct-mark", "1/1",
+                             "--ct-zone", "3"])
+    assert compile_and_load(Program(cfg, backend="tracepoint"))
 
 
 def test_without_the_nf_conn_layout_the_state_is_still_read(header_tree, monkeypatch):
