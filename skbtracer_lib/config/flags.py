@@ -110,9 +110,10 @@ FLAGS = (
               "conntrack entry on the skb) or untracked; repeatable"),
     Flag("--ct-mark", metavar="MARK[/MASK]",
          help="only packets whose conntrack entry's mark ANDed with MASK (default 0xffffffff) "
-              "is MARK (decimal or 0x hex); no entry, or a mark the kernel cannot show: no match"),
+              "is MARK (decimal or 0x hex); no entry: no match"),
     Flag("--ct-zone", metavar="ZONE",
-         help="only packets whose conntrack entry is in zone ZONE (0-65535); no entry: no match"),
+         help="only packets whose conntrack entry is in zone ZONE (0-65535); no entry: no "
+              "match"),
     Flag("-N", "--netns", metavar="NS", action="append", complete=NETNS,
          help="only this network namespace: an inode number, a name from 'ip netns', or a "
               "path like /proc/PID/ns/net; repeat for up to %d namespaces" % MAX_NETNS),
