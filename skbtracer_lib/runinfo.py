@@ -102,4 +102,11 @@ def _filter_notes(cfg):
         notes.append("other namespaces (-N)")
     if cfg.pid is not None:
         notes.append("events outside process %d's context (-p)" % cfg.pid)
+    ct_flags = [flag for flag, given in (("--ct-state", cfg.ct_states),
+                                         ("--ct-mark", cfg.ct_mark is not None),
+                                         ("--ct-zone", cfg.ct_zone is not None)) if given]
+    if ct_flags:
+        notes.append("a packet's rows without the conntrack entry %s asks for (before "
+                     "conntrack saw it, after it left for another namespace)"
+                     % "/".join(ct_flags))
     return notes

@@ -313,3 +313,15 @@ def test_a_kernel_that_cannot_read_the_mark_or_zone_refuses_the_filter(monkeypat
         program = source.Program(config.parse_args(["--route", flag, value[flag]]),
                                  backend="tracepoint")
         assert "#define FILTER_CT_%s " % flag[5:].upper() in program.text
+
+
+def test_the_story_says_what_the_ct_filters_hide():
+    """A packet's rows before conntrack gave it the entry asked for are not traced: the story's
+    "not visible in this run" says so, naming the flags."""
+    from skbtracer_lib.runinfo import ProbeInfo, RunInfo
+    info = RunInfo("tracepoint", ["netif_receive_skb"],
+                   attached=[ProbeInfo("netif_receive_skb", "route")])
+    said = info.unseen(config.parse_args(["--ct-mark", "1", "--ct-zone", "2"]))
+    assert "a packet's rows without the conntrack entry --ct-mark/--ct-zone asks for (before " \
+        "conntrack saw it, after it left for another namespace)" in said
+    assert not any("conntrack" in note for note in info.unseen(config.parse_args([])))
