@@ -4,7 +4,9 @@ ConntrackLab): three UDP exchanges through the ClusterIP service 10.96.0.10:53, 
 the client's source port. node1 CONNMARKs one connection 0x12a and puts another in conntrack
 zone 7 (`-j CT --zone 7`); the third is left alone.
 
-Runs on: host (tracepoints). Three tracer starts, side by side on the same traffic:
+Runs on: host (tracepoints) and guest-6.1 (kprobes; it runs all of tests/kernel). Not on 5.10:
+without module BTF --ct-mark/--ct-zone refuse to start (tests/unit/test_conntrack.py). Three
+tracer starts, compiled side by side (one compile's time), on the same traffic:
   --ct-mark 0x2a/0xff       must show exactly the marked connection's rows: those of the
                             unfiltered run whose entry has that mark (by the mask);
   --ct-zone 7 -w FILE       exactly the zoned connection's rows; tshark reads every packet's
