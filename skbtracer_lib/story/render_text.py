@@ -10,6 +10,10 @@ from .points import MAX_FLAG_LINES, SOCKET_POINTS, stopped_after
 NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
 
 
+# the drop reason netfilter gives a packet a hook dropped (5.17+)
+NETFILTER_DROP = "NETFILTER_DROP"
+
+
 class Story(StoryModel):
     """The model with its words: every text the story prints is made here."""
 
@@ -71,7 +75,18 @@ class Story(StoryModel):
             text += ": %s" % reason
         if end.location:
             text += " (%s)" % self.symbolize(end.location)
+        ct = self.conntrack_text(end, reason)
+        if ct:
+            text += ": %s" % ct
         return text
+
+    def conntrack_text(self, end, reason):
+        """conntrack's part in a drop (conntrack.drop_words), or ""."""
+        if not end.ct_fault and not self.conntrack_read:
+            return ""
+        netfilter = reason == NETFILTER_DROP or end.nf_table is not None
+        return conntrack.drop_words(end.ct_fault, end.nfct, netfilter, end.nf_table,
+                                    netfilter and end.netns in self.conntrack_netns)
 
     def packet_end_text(self, packet):
         """How its copies ended; where one got through, the drops of others
