@@ -1015,7 +1015,7 @@ int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
  *   tuple and the CPU tie it to the netfilter drop that follows at once. */
 #ifdef CT_FAULTS
 BPF_HASH(ct_confirming, u64, u64, 1024);        /* thread -> the skb being confirmed */
-BPF_HASH(ct_refused, u64, u8, 1024);            /* skb -> CT_FAULT_*, until it is freed */
+BPF_HASH(ct_refused, u64, u8, 1024);            /* wanted skb -> CT_FAULT_*, until its drop row */
 
 int on_ct_confirm(struct pt_regs *ctx)
 {
@@ -1033,7 +1033,10 @@ int on_ct_confirm_return(struct pt_regs *ctx)
         return 0;
     u64 skb = *found;
     ct_confirming.delete(&tid);
-    if ((PT_REGS_RC(ctx) & 0xff) == 0) {    /* NF_DROP */
+    /* NF_DROP, for a packet the filters want (its drop row will be made:
+     * kfree_skb takes the entry back only then, so a drop the filters
+     * reject costs no lookup) */
+    if ((PT_REGS_RC(ctx) & 0xff) == 0 && prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0)) {
         u8 fault = CT_FAULT_INSERT;
         ct_refused.update(&skb, &fault);
     }
@@ -1146,9 +1149,6 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
     }
 #endif
 #endif
-#ifdef CT_FAULTS
-    u8 ct_fault = ct_fault_take(skb);
-#endif
     struct event_t *e = prepare(skb, DROP_PROBE_ID, KIND_DROP, 0);
     if (e) {
         e->location = ctx->args[1];
@@ -1156,9 +1156,9 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
         e->drop_reason = reason;
 #endif
 #ifdef CT_FAULTS
-        e->ct_fault = ct_fault;
+        e->ct_fault = ct_fault_take(skb);
 #ifdef CT_READ_CONN
-        if (!ct_fault && ct_alloc_failed_for(e))
+        if (!e->ct_fault && ct_alloc_failed_for(e))
             e->ct_fault = CT_FAULT_TABLE_FULL;
 #endif
 #endif
