@@ -1010,12 +1010,33 @@ int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
  * - __nf_conntrack_confirm(skb) returning NF_DROP: the skb's new entry lost
  *   the race into the hash to another packet of the same tuple, and the
  *   clash could not be resolved (insert_failed; the "DNS 5 s" race).
+ * - nf_ct_helper_log(skb, ...): a conntrack helper (ftp, sip ...) refuses
+ *   the packet, as helpers say just before they return NF_DROP.
  * - __nf_conntrack_alloc() failing: no entry could be made for the packet
  *   (the table is full, or memory ran out). It has no skb: its original
- *   tuple and the CPU tie it to the netfilter drop that follows at once. */
+ *   tuple and the CPU tie it to the netfilter drop that follows at once.
+ * Each drop follows its cause in the same call chain: a cause older than
+ * CT_FAULT_WINDOW_NS is not the drop's (the skb's address was reused). */
 #ifdef CT_FAULTS
+#define CT_FAULT_WINDOW_NS 1000000
+struct ct_fault_seen {
+    u64 ts_ns;
+    u8 fault;
+};
 BPF_HASH(ct_confirming, u64, u64, 1024);        /* thread -> the skb being confirmed */
-BPF_HASH(ct_refused, u64, u8, 1024);            /* wanted skb -> CT_FAULT_*, until its drop row */
+/* wanted skb -> its fault, until its drop row (LRU: a cause with no drop ages out) */
+BPF_TABLE("lru_hash", u64, struct ct_fault_seen, ct_refused, 1024);
+
+/* a fault for skb, if the filters want the packet (its drop row will be
+ * made: kfree_skb takes the entry back only then, so a drop the filters
+ * reject costs no lookup) */
+static __always_inline void ct_fault_record(u64 skb, u8 fault)
+{
+    if (!prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0))
+        return;
+    struct ct_fault_seen seen = { .ts_ns = bpf_ktime_get_ns(), .fault = fault };
+    ct_refused.update(&skb, &seen);
+}
 
 int on_ct_confirm(struct pt_regs *ctx)
 {
@@ -1033,15 +1054,19 @@ int on_ct_confirm_return(struct pt_regs *ctx)
         return 0;
     u64 skb = *found;
     ct_confirming.delete(&tid);
-    /* NF_DROP, for a packet the filters want (its drop row will be made:
-     * kfree_skb takes the entry back only then, so a drop the filters
-     * reject costs no lookup) */
-    if ((PT_REGS_RC(ctx) & 0xff) == 0 && prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0)) {
-        u8 fault = CT_FAULT_INSERT;
-        ct_refused.update(&skb, &fault);
-    }
+    if ((PT_REGS_RC(ctx) & 0xff) == 0)      /* NF_DROP */
+        ct_fault_record(skb, CT_FAULT_INSERT);
     return 0;
 }
+
+#ifdef CT_FAULT_HELPER
+/* nf_ct_helper_log(skb, ct, fmt, ...) */
+int on_ct_helper_log(struct pt_regs *ctx)
+{
+    ct_fault_record(PT_REGS_PARM1(ctx), CT_FAULT_HELPER);
+    return 0;
+}
+#endif
 
 #ifdef CT_READ_CONN
 struct ct_alloc_failure {
@@ -1054,8 +1079,6 @@ struct ct_alloc_failure {
 };
 BPF_HASH(ct_allocating, u64, u64, 1024);        /* thread -> the original tuple */
 BPF_PERCPU_ARRAY(ct_alloc_failed, struct ct_alloc_failure, 1);
-/* the drop follows the failure in the same call chain: microseconds */
-#define CT_ALLOC_WINDOW_NS 1000000
 
 /* __nf_conntrack_alloc(net, zone, orig, repl, gfp, hash) */
 int on_ct_alloc(struct pt_regs *ctx)
@@ -1094,7 +1117,7 @@ static __always_inline int ct_alloc_failed_for(struct event_t *e)
 {
     int zero = 0;
     struct ct_alloc_failure *f = ct_alloc_failed.lookup(&zero);
-    if (!f || !f->ts_ns || e->ct || bpf_ktime_get_ns() - f->ts_ns > CT_ALLOC_WINDOW_NS)
+    if (!f || !f->ts_ns || e->ct || bpf_ktime_get_ns() - f->ts_ns > CT_FAULT_WINDOW_NS)
         return 0;
     /* both sides hold an IPv4 address in their first 4 bytes, zeros after */
     u64 a[4], b[4];
@@ -1110,14 +1133,14 @@ static __always_inline int ct_alloc_failed_for(struct event_t *e)
 }
 #endif /* CT_READ_CONN */
 
-/* The conntrack drop of this skb, if one was seen; forgotten either way */
+/* The conntrack drop of this skb, if one was seen just now; forgotten either way */
 static __always_inline u8 ct_fault_take(void *skb)
 {
     u64 key = (u64)skb;
-    u8 *found = ct_refused.lookup(&key);
+    struct ct_fault_seen *found = ct_refused.lookup(&key);
     if (!found)
         return 0;
-    u8 fault = *found;
+    u8 fault = bpf_ktime_get_ns() - found->ts_ns <= CT_FAULT_WINDOW_NS ? found->fault : 0;
     ct_refused.delete(&key);
     return fault;
 }

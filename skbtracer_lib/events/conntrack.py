@@ -29,12 +29,13 @@ STATUS_BITS = {name: 1 << bit for bit, name in enumerate(STATUS_NAMES)}
 # Drops conntrack itself decides, as skbtracer.c's probes on its functions
 # see them: an event's ct_fault (drop rows), skbtracer.c's CT_FAULT_*.
 # code -> (name in JSON and --ct rows, the story's words)
-FAULT_INSERT, FAULT_TABLE_FULL = 1, 2
+FAULT_INSERT, FAULT_TABLE_FULL, FAULT_HELPER = 1, 2, 3
 FAULTS = {
     FAULT_INSERT: ("insert_failed", "conntrack lost the race to insert the packet's new entry "
                                     "(insert_failed: another packet of the same tuple was "
                                     "confirmed first)"),
     FAULT_TABLE_FULL: ("table_full", "conntrack could not make an entry for it (table full)"),
+    FAULT_HELPER: ("helper", "a conntrack helper refused it (ftp, sip ...: nf_ct_helper_log)"),
 }
 _FAULT_BY_NAME = {name: code for code, (name, _words) in FAULTS.items()}
 

@@ -71,6 +71,7 @@ NFT_FUNCTION = "nft_do_chain"
 # --drop: where conntrack decides its own drops (skbtracer.c CT_FAULTS)
 CT_CONFIRM = "__nf_conntrack_confirm"
 CT_ALLOC = "__nf_conntrack_alloc"
+CT_HELPER_LOG = "nf_ct_helper_log"
 CT_ALLOC_TUPLE_ARG = 3      # (net, zone, orig, repl, gfp, hash) since 4.x
 
 
@@ -139,7 +140,7 @@ def skb_argument(function, module, default):
 def known_symbols():
     """/proc/kallsyms entries of every function skbtracer may kprobe."""
     names = (tuple(f for f, _ in ROUTE_FUNCTIONS) + tuple(XT_FUNCTIONS) +
-             (NFT_FUNCTION, "skb_clone", CT_CONFIRM, CT_ALLOC))
+             (NFT_FUNCTION, "skb_clone", CT_CONFIRM, CT_HELPER_LOG, CT_ALLOC))
     return kernel.symbols(names)
 
 
@@ -271,8 +272,9 @@ def _plan_iptable(plan, layouts):
 
 def _plan_ct_faults(plan, layouts):
     """--drop: name the drops conntrack decides (skbtracer.c CT_FAULTS): a
-    lost insert race where __nf_conntrack_confirm can be probed, a full
-    table where __nf_conntrack_alloc can be and its tuple read."""
+    lost insert race where __nf_conntrack_confirm can be probed, a helper's
+    drop where nf_ct_helper_log can be, a full table where
+    __nf_conntrack_alloc can be and its tuple read."""
     missing = _function_missing(CT_CONFIRM)
     if missing:
         plan.notes.append("conntrack's own drops are not named: %s %s" % (CT_CONFIRM, missing))
@@ -283,6 +285,14 @@ def _plan_ct_faults(plan, layouts):
              note="a lost insert race: NF_DROP returned",
              attach=[("kprobe", CT_CONFIRM, macros.ON_CT_CONFIRM),
                      ("kretprobe", CT_CONFIRM, macros.ON_CT_CONFIRM_RETURN)])
+    missing = _function_missing(CT_HELPER_LOG)
+    if missing:
+        plan.notes.append("a conntrack helper's drop is not named: %s %s" % (CT_HELPER_LOG, missing))
+    else:
+        plan.defines[macros.CT_FAULT_HELPER] = conntrack.FAULT_HELPER
+        plan.add(CT_HELPER_LOG, "helper", module=symbol_module(CT_HELPER_LOG),
+                 note="a helper's drop: what helpers call before NF_DROP",
+                 attach=[("kprobe", CT_HELPER_LOG, macros.ON_CT_HELPER_LOG)])
     missing = _function_missing(CT_ALLOC)
     if missing or not layouts.ct_conn:
         plan.notes.append("a full conntrack table is not named: %s" % (

@@ -12,6 +12,7 @@ NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
 
 # the drop reason netfilter gives a packet a hook dropped (5.17+)
 NETFILTER_DROP = "NETFILTER_DROP"
+NF_HOOK_SLOW = "nf_hook_slow+"      # where a hook's NF_DROP frees the skb (every kernel)
 
 
 class Story(StoryModel):
@@ -84,7 +85,9 @@ class Story(StoryModel):
         """conntrack's part in a drop (conntrack.drop_words), or ""."""
         if not end.ct_fault and not self.conntrack_read:
             return ""
-        netfilter = reason == NETFILTER_DROP or end.nf_table is not None
+        # netfilter's drop: by its reason (5.17+), a DROP verdict row, or its place
+        netfilter = (reason == NETFILTER_DROP or end.nf_table is not None or
+                     bool(end.location) and self.symbolize(end.location).startswith(NF_HOOK_SLOW))
         return conntrack.drop_words(end.ct_fault, end.nfct, netfilter, end.nf_table,
                                     netfilter and end.netns in self.conntrack_netns)
 

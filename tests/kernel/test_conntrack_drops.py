@@ -4,10 +4,13 @@
 - INVALID: a bare TCP ACK no connection knows (nf_conntrack_tcp_loose=0) is dropped by
   kube-proxy's `--ctstate INVALID -j DROP` rule: its drop row carries no entry and the story's
   DROPPED line says INVALID.  Host and guests.
+- A conntrack helper's drop: ftp's helper refuses a segment holding a partial command; kprobes
+  (nf_ct_helper_log, what helpers call before they return NF_DROP).  No counter moves: the client's
+  unacknowledged bytes are the judge.
 - A full table (guests: nf_conntrack_max is global): the SYN conntrack had no room for is dropped;
   its drop row says "table_full", and every drop the kernel counted is one.  Kprobes: conntrack's
-  __nf_conntrack_alloc is watched; needs the nf_conn layout (not 5.10, which has no module BTF).
-  Guests: 6.1, 6.12 and 5.10 (where only the race is named).
+  __nf_conntrack_alloc is watched and the failed entry's tuple read (struct nf_conn's layout:
+  module BTF on 6.1 and 6.12, vmlinux BTF on 5.10).  Guests: 6.1, 6.12 and 5.10.
 - The insert race (the SNAT variant of kubernetes #56903: two pods, one source port, MASQUERADE
   without --random-fully): every datagram the kernel counted as insert_failed shows as a drop
   named "insert_failed", and nothing else is called one.  Kprobes (__nf_conntrack_confirm).  The
@@ -27,17 +30,15 @@ import pytest
 from conftest import BACKEND, GUEST, HAVE_DROP_REASONS
 
 from skbtracer_lib.story import MAX_FLAG_LINES
-from testbed.conntrack import ConntrackLab
+from testbed.conntrack import PARTIAL_COMMAND, ConntrackLab
 from testbed.topology import IP, cleanup_stale
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun
 
-INVALID_SPORT, FULL_SPORT = 47301, 43000
+INVALID_SPORT, HELPER_SPORT, FULL_SPORT = 47301, 47302, 43000
 FULL_SPARE = 3
 # Under TCG a round costs far more; the bounds are what CI can afford, not what the race needs.
 RACE_ROUNDS, RACE_SECONDS = (600, 90.0) if GUEST else (1000, 30.0)
 KPROBES = BACKEND == "kprobe"
-# a full table is tied to its drop by the failed entry's tuple: struct nf_conn's layout
-NO_CONN_LAYOUT = "a full table is not named without struct nf_conn's layout (5.10: no module BTF)"
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def client_run(lab, tmp_path_factory):
             "--story-per-packet", "--width", "1000", "-v"]
     with TracerRun(args) as run:
         invalid = lab.invalid_tcp(sport=INVALID_SPORT)
+        helper = lab.helper_drop(sport=HELPER_SPORT)
         full = lab.fill_table(spare=FULL_SPARE, sport=FULL_SPORT) if GUEST else None
-    run.json_path = path
+    run.json_path, run.helper = path, helper
     return run, _events(path), invalid, full
 
 
@@ -93,7 +95,6 @@ def test_invalid_ack_is_named_invalid(client_run):
 
 
 @pytest.mark.skipif(not KPROBES, reason="needs kprobes (guest)")
-@pytest.mark.skipif(GUEST == "5.10", reason=NO_CONN_LAYOUT)
 def test_full_table_drop_is_named(client_run):
     run, events, _invalid, full = client_run
     assert full.established == FULL_SPARE and full.refused == "timeout", full
@@ -111,6 +112,24 @@ def test_full_table_drop_is_named(client_run):
     lines = [line for line in run.stderr.splitlines() if line.startswith("DROPPED:")
              and ":%d->" % (FULL_SPORT + FULL_SPARE) in line]
     assert lines and all("table full" in line for line in lines), run.stderr
+
+
+@pytest.mark.skipif(not KPROBES, reason="needs kprobes (guest)")
+def test_helper_drop_is_named(client_run):
+    """conntrack's ftp helper refuses a partial command: each of its drops (the segment and its
+    retransmissions) is named "helper", and nothing else of the connection is."""
+    run, events, _invalid, _full = client_run
+    helper = run.helper
+    assert helper.entry is not None and helper.unacked == len(PARTIAL_COMMAND), helper
+    assert helper.echoed == [b"USER skbtracer\r"], helper       # "POR" never arrived
+    mine = [o for o in _drops(events) if o["sport"] == HELPER_SPORT]
+    named = [o for o in mine if o["drop"]["conntrack"] == "helper"]
+    assert named and len(named) == len(mine), mine
+    assert not [o for o in _drops(events) if o["drop"]["conntrack"] == "helper"
+                and o["sport"] != HELPER_SPORT]
+    lines = [line for line in run.stderr.splitlines()
+             if line.startswith("DROPPED:") and ":%d->" % HELPER_SPORT in line]
+    assert lines and all("a conntrack helper refused it" in line for line in lines), run.stderr
 
 
 @pytest.fixture(scope="module")

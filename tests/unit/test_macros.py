@@ -25,6 +25,7 @@ EXTERNAL = {
     "KERNEL_VERSION": "linux/version.h, with LINUX_VERSION_CODE",
     "BPF_PERCPU_ARRAY": "bcc's map declarations (helpers.h)",
     "BPF_HASH": "bcc's map declarations",
+    "BPF_TABLE": "bcc's map declarations (lru_hash)",
     "BPF_PERF_OUTPUT": "bcc's map declarations",
     "BPF_RINGBUF_OUTPUT": "bcc's map declarations",
     "BPF_STACK_TRACE": "bcc's map declarations",
