@@ -303,6 +303,8 @@ class ConntrackLab:
                 time.sleep(seconds)  # retransmitted, refused each time
                 unacked = struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
                 entry = self.entry("tcp", sport)
+                # closed with a reset: an orphan would go on retransmitting "POR" after we are done
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             echoed = [d.payload for d in server.records()]
             assert first, "the ftp control connection did not get its first line through"
         finally:
