@@ -205,7 +205,7 @@ struct event_t {
     u8  ttl;
     u8  pf;
     u8  hook;
-    u8  pad;
+    u8  ct_fault;       /* drop rows: CT_FAULT_*, a drop conntrack itself decided; 0: none */
     char ifname[16];
     u8  dmac[6];
     u8  smac[6];
@@ -1020,6 +1020,150 @@ int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
 #endif /* MODE_IPTABLE */
 
 /* ------------------------------------------------------------------ */
+/* Drops conntrack itself decides, seen where it decides them (kprobes on
+ * nf_conntrack's exported or never-inlined functions) and told on the skb's
+ * drop row (ct_fault): nothing but the counters of conntrack -S says which
+ * packet they were.
+ * - __nf_conntrack_confirm(skb) returning NF_DROP: the skb's new entry lost
+ *   the race into the hash to another packet of the same tuple, and the
+ *   clash could not be resolved (insert_failed; the "DNS 5 s" race).
+ * - nf_ct_helper_log(skb, ...): a conntrack helper (ftp, sip ...) refuses
+ *   the packet, as helpers say just before they return NF_DROP.
+ * - __nf_conntrack_alloc() failing: no entry could be made for the packet
+ *   (the table is full, or memory ran out). It has no skb: its original
+ *   tuple and the CPU tie it to the netfilter drop that follows at once.
+ * Each drop follows its cause in the same call chain: a cause older than
+ * CT_FAULT_WINDOW_NS is not the drop's (the skb's address was reused). */
+#ifdef CT_FAULTS
+#define CT_FAULT_WINDOW_NS 1000000
+struct ct_fault_seen {
+    u64 ts_ns;
+    u8 fault;
+};
+BPF_HASH(ct_confirming, u64, u64, 1024);        /* thread -> the skb being confirmed */
+/* wanted skb -> its fault, until its drop row (LRU: a cause with no drop ages out) */
+BPF_TABLE("lru_hash", u64, struct ct_fault_seen, ct_refused, 1024);
+
+/* a fault for skb, if the filters want the packet (its drop row will be
+ * made: kfree_skb takes the entry back only then, so a drop the filters
+ * reject costs no lookup) */
+static __always_inline void ct_fault_record(u64 skb, u8 fault)
+{
+    if (!prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0))
+        return;
+    struct ct_fault_seen seen = { .ts_ns = bpf_ktime_get_ns(), .fault = fault };
+    ct_refused.update(&skb, &seen);
+}
+
+int on_ct_confirm(struct pt_regs *ctx)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 skb = PT_REGS_PARM1(ctx);
+    ct_confirming.update(&tid, &skb);
+    return 0;
+}
+
+int on_ct_confirm_return(struct pt_regs *ctx)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 *found = ct_confirming.lookup(&tid);
+    if (!found)
+        return 0;
+    u64 skb = *found;
+    ct_confirming.delete(&tid);
+    if ((PT_REGS_RC(ctx) & 0xff) == 0)      /* NF_DROP */
+        ct_fault_record(skb, CT_FAULT_INSERT);
+    return 0;
+}
+
+#ifdef CT_FAULT_HELPER
+/* nf_ct_helper_log(skb, ct, fmt, ...) */
+int on_ct_helper_log(struct pt_regs *ctx)
+{
+    ct_fault_record(PT_REGS_PARM1(ctx), CT_FAULT_HELPER);
+    return 0;
+}
+#endif
+
+#ifdef CT_READ_CONN
+struct ct_alloc_failure {
+    u64 ts_ns;          /* 0: none pending */
+    u8 saddr[16];
+    u8 daddr[16];
+    u16 sport;
+    u16 dport;
+    u8 l4proto;
+};
+BPF_HASH(ct_allocating, u64, u64, 1024);        /* thread -> the original tuple */
+BPF_PERCPU_ARRAY(ct_alloc_failed, struct ct_alloc_failure, 1);
+
+/* __nf_conntrack_alloc(net, zone, orig, repl, gfp, hash) */
+int on_ct_alloc(struct pt_regs *ctx)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 orig = PT_REGS_PARM3(ctx);
+    ct_allocating.update(&tid, &orig);
+    return 0;
+}
+
+int on_ct_alloc_return(struct pt_regs *ctx)
+{
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 *found = ct_allocating.lookup(&tid);
+    if (!found)
+        return 0;
+    void *orig = (void *)*found;
+    ct_allocating.delete(&tid);
+    if (PT_REGS_RC(ctx) < (u64)-4095)       /* !IS_ERR(): an entry was made */
+        return 0;
+    int zero = 0;
+    struct ct_alloc_failure *f = ct_alloc_failed.lookup(&zero);
+    if (!f)
+        return 0;
+    bpf_probe_read_kernel(f->saddr, 16, orig + L_TUPLE_SRC_ADDR_OFF);
+    bpf_probe_read_kernel(f->daddr, 16, orig + L_TUPLE_DST_ADDR_OFF);
+    bpf_probe_read_kernel(&f->sport, 2, orig + L_TUPLE_SRC_PORT_OFF);
+    bpf_probe_read_kernel(&f->dport, 2, orig + L_TUPLE_DST_PORT_OFF);
+    bpf_probe_read_kernel(&f->l4proto, 1, orig + L_TUPLE_L4PROTO_OFF);
+    f->ts_ns = bpf_ktime_get_ns();
+    return 0;
+}
+
+/* Is e the packet whose entry this CPU just failed to make? */
+static __always_inline int ct_alloc_failed_for(struct event_t *e)
+{
+    int zero = 0;
+    struct ct_alloc_failure *f = ct_alloc_failed.lookup(&zero);
+    if (!f || !f->ts_ns || e->ct || bpf_ktime_get_ns() - f->ts_ns > CT_FAULT_WINDOW_NS)
+        return 0;
+    /* both sides hold an IPv4 address in their first 4 bytes, zeros after */
+    u64 a[4], b[4];
+    __builtin_memcpy(a, f->saddr, 16);
+    __builtin_memcpy(a + 2, f->daddr, 16);
+    __builtin_memcpy(b, e->saddr, 16);
+    __builtin_memcpy(b + 2, e->daddr, 16);
+    if (f->l4proto != e->l4proto || f->sport != e->sport || f->dport != e->dport ||
+        a[0] != b[0] || a[1] != b[1] || a[2] != b[2] || a[3] != b[3])
+        return 0;
+    f->ts_ns = 0;
+    return 1;
+}
+#endif /* CT_READ_CONN */
+
+/* The conntrack drop of this skb, if one was seen just now; forgotten either way */
+static __always_inline u8 ct_fault_take(void *skb)
+{
+    u64 key = (u64)skb;
+    struct ct_fault_seen *found = ct_refused.lookup(&key);
+    if (!found)
+        return 0;
+    u8 fault = bpf_ktime_get_ns() - found->ts_ns <= CT_FAULT_WINDOW_NS ? found->fault : 0;
+    ct_refused.delete(&key);
+    return fault;
+}
+#endif /* CT_FAULTS */
+
+/* ------------------------------------------------------------------ */
 /* skb:kfree_skb (a drop) and skb:consume_skb (a normal free), as raw
  * tracepoints: args[0] is the skb, args[1] the location, args[2] (5.17+)
  * the drop reason. Both also end --keep's interest in the skb; with --route
@@ -1050,6 +1194,13 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
         e->location = ctx->args[1];
 #ifdef DROP_REASON_ARG
         e->drop_reason = reason;
+#endif
+#ifdef CT_FAULTS
+        e->ct_fault = ct_fault_take(skb);
+#ifdef CT_READ_CONN
+        if (!e->ct_fault && ct_alloc_failed_for(e))
+            e->ct_fault = CT_FAULT_TABLE_FULL;
+#endif
 #endif
         submit(ctx, e);
     }

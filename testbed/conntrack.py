@@ -11,6 +11,7 @@ what conntrack decides for each packet, and the drops it causes.
         stale = lab.stale_endpoint(sport=42003)     # an entry still DNATing to a dead endpoint
         lab.connmark(sport=42004, mark=0x2a)        # that connection's conntrack mark (CONNMARK)
         lab.ct_zone(port=42005, zone=7)             # that connection in conntrack zone 7 (-j CT)
+        helper = lab.helper_drop(sport=42006)       # conntrack's ftp helper refuses a segment
 
 Each scenario returns a result holding its ground truth: conntrack -S deltas, conntrack -L
 entries, rule counters, what the endpoints echoed.  Echo servers (UDP and TCP, port 9000) run on
@@ -19,14 +20,16 @@ server and server2, so every request has a reply.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
+import termios
 import time
 from dataclasses import dataclass, field, replace
 
 from . import groundtruth
-from .echo import tcp_exchange, udp_exchange
+from .echo import EchoServer, tcp_exchange, udp_exchange
 from .kubeproxy import PAIR_IP, SERVER, SERVER2, KubeProxyNode
 from .kuberules import ClusterConfig
 from .race import run_batch
@@ -94,6 +97,17 @@ class StaleResult:
     during: bytes | None  # reply while the entry is stale (None: lost at the dead endpoint)
     new_endpoint_saw: int  # datagrams the new endpoint got while the entry was stale
     after_flush: bytes | None  # reply after `conntrack -D` (kube-proxy's cleanup)
+
+
+@dataclass
+class HelperResult:
+    entry: groundtruth.CtEntry | None  # the control connection's entry (helper=ftp)
+    echoed: list[bytes]  # the lines the server got: the first command only
+    unacked: int  # bytes the client still had unacknowledged at the end: the refused segment's
+
+
+FTP_PORT = 21
+PARTIAL_COMMAND = b"POR"  # the start of "PORT": the ftp helper's partial match
 
 
 class ConntrackLab:
@@ -291,6 +305,35 @@ class ConntrackLab:
                 self._server_address("add")
                 self.node.apply(original)
         return StaleResult(first, stale, during, saw, after)
+
+    def helper_drop(self, sport: int, seconds: float = 1.5) -> HelperResult:
+        """An FTP control connection from the client to the server pod, conntrack's ftp helper
+        assigned to it (raw PREROUTING -j CT --helper ftp: since 4.7 helpers are not assigned by
+        port). After a first command line, a segment that holds only the start of a command
+        ("POR") is a partial match the helper refuses (nf_ct_helper_log "partial matching"):
+        it is dropped, and so is every retransmission of it, and no conntrack -S counter moves.
+        The client's unacknowledged bytes at the end say it never arrived."""
+        rule = ["-t", "raw", "PREROUTING", "-p", "tcp", "-d", SERVER.ip, "--dport", str(FTP_PORT),
+                "-j", "CT", "--helper", "ftp"]
+        iptables = f"iptables-{self.node.iptables_flavour}"
+        self.node.exec("node1", [iptables, "-w", rule[0], rule[1], "-A", *rule[2:]])
+        server = EchoServer(self.node.netns_name("server"), "tcp", FTP_PORT)
+        try:
+            with self.client_socket(socket.SOCK_STREAM, sport) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                first = tcp_exchange(sock, (SERVER.ip, FTP_PORT), [b"USER skbtracer\r"])
+                sock.send(PARTIAL_COMMAND)
+                time.sleep(seconds)  # retransmitted, refused each time
+                unacked = struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+                entry = self.entry("tcp", sport)
+                # closed with a reset: an orphan would go on retransmitting "POR" after we are done
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            echoed = [d.payload for d in server.records()]
+            assert first, "the ftp control connection did not get its first line through"
+        finally:
+            server.stop()
+            self.node.exec("node1", [iptables, "-w", rule[0], rule[1], "-D", *rule[2:]])
+        return HelperResult(entry, echoed, unacked)
 
     def _server_address(self, how: str) -> None:
         def change():

@@ -48,6 +48,8 @@ ALLOWED_SKIPS = {
     },
     "package": set(),
     "guest-6.1": HOST_COVERS,
-    "guest-5.10": HOST_COVERS,
-    "guest-6.12": HOST_COVERS,
+    # the insert race must reproduce on 6.1 (tests/kernel/test_conntrack_drops.py); elsewhere it
+    # is raced a bounded time and the counts are printed either way
+    "guest-5.10": HOST_COVERS | {"race did not reproduce (SNAT, two pods)"},
+    "guest-6.12": HOST_COVERS | {"race did not reproduce (SNAT, two pods)"},
 }

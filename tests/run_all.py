@@ -52,7 +52,8 @@ GUEST_FLAVOURS = ["6.1", "5.10", "6.12"]
 # Every bcc compile costs seconds under TCG: the 6.1 kernel runs all of
 # tests/kernel, the others the seed's scenarios and the drop reasons, and
 # 6.12 (kprobe-multi links) --all/--func too.
-SCENARIOS_AND_DROPS = ["tests/kernel/test_scenarios.py", "tests/kernel/test_drops.py"]
+SCENARIOS_AND_DROPS = ["tests/kernel/test_scenarios.py", "tests/kernel/test_drops.py",
+                       "tests/kernel/test_conntrack_drops.py"]
 GUEST_TESTS = {"6.1": ["tests/kernel"],
                "5.10": SCENARIOS_AND_DROPS,
                "6.12": SCENARIOS_AND_DROPS + ["tests/kernel/test_allfuncs.py"]}

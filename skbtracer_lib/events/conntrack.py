@@ -27,6 +27,56 @@ STATUS_NAMES = ("EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DS
                 "TEMPLATE", "NAT_CLASH", "HELPER", "OFFLOAD", "HW_OFFLOAD")
 STATUS_BITS = {name: 1 << bit for bit, name in enumerate(STATUS_NAMES)}
 
+# Drops conntrack itself decides, as skbtracer.c's probes on its functions
+# see them: an event's ct_fault (drop rows), skbtracer.c's CT_FAULT_*.
+# code -> (name in JSON and --ct rows, the story's words)
+FAULT_INSERT, FAULT_TABLE_FULL, FAULT_HELPER = 1, 2, 3
+FAULTS = {
+    FAULT_INSERT: ("insert_failed", "conntrack lost the race to insert the packet's new entry "
+                                    "(insert_failed: another packet of the same tuple was "
+                                    "confirmed first)"),
+    FAULT_TABLE_FULL: ("table_full", "conntrack could not make an entry for it (table full)"),
+    FAULT_HELPER: ("helper", "a conntrack helper refused it (ftp, sip ...: nf_ct_helper_log)"),
+}
+_FAULT_BY_NAME = {name: code for code, (name, _words) in FAULTS.items()}
+
+
+def fault_name(code):
+    """JSON's drop "conntrack": the fault's name; None for none."""
+    if not code:
+        return None
+    return FAULTS[code][0] if code in FAULTS else str(code)
+
+
+def fault_code(name):
+    """fault_name's inverse (-r); 0 for none or a name this version does not know."""
+    return _FAULT_BY_NAME.get(name, 0) if isinstance(name, str) else 0
+
+
+# Where netfilter drops an skb that carries no conntrack entry, the story
+# says what that means (drop_words): conntrack runs at priority -200, after
+# the raw table only, and leaves no entry on a packet it finds INVALID.
+RAW_TABLE = "raw"
+
+
+def drop_words(fault, nfct, netfilter_drop, nf_table, conntrack_here):
+    """The story's words on conntrack's part in a drop, or "".
+    fault: the event's ct_fault; nfct: its skb's _nfct; netfilter_drop: the
+    drop was netfilter's (reason NETFILTER_DROP, or a DROP verdict row);
+    nf_table: the table of that verdict row (None without one);
+    conntrack_here: a row in the drop's namespace carried an entry
+    (conntrack is at work there)."""
+    if fault:
+        return FAULTS[fault][1] if fault in FAULTS else "conntrack fault %d" % fault
+    if nfct or not netfilter_drop:
+        return ""
+    if nf_table == RAW_TABLE:
+        return "no conntrack entry yet (the raw table runs before conntrack)"
+    if conntrack_here:
+        return "no conntrack entry: INVALID"
+    return "no conntrack entry: INVALID, or not seen by conntrack"
+
+
 # --ct-state's words -> skbtracer.c ct_state_bit()'s bits (FILTER_CT_STATES)
 CT_STATES = {"new": 1, "est": 2, "rel": 4, "inv": 8, "untracked": 16}
 _INFO_STATE = {0: "est", 3: "est", 1: "rel", 4: "rel", 2: "new", 5: "new", UNTRACKED: "untracked"}
@@ -170,13 +220,16 @@ def _nat(e):
 
 def row_suffix(e):
     """--ct: what TRACE_INFO gets after it (" ct=NEW", " ct=EST,R dnat
-    10.96.0.10:53=>10.244.1.3:5353"); "" when the skb has no entry."""
-    if not e.ct:
-        return ""
-    info = e.ct & INFO_MASK
-    text = " ct=" + INFO_SHORT.get(info, str(info))
-    for kind, before, after in _nat(e):
-        text += " %s %s=>%s" % (kind.lower(), before, after)
+    10.96.0.10:53=>10.244.1.3:5353", a drop conntrack decided: " ct_drop=
+    insert_failed"); "" when the skb has no entry and no such drop."""
+    text = ""
+    if e.ct:
+        info = e.ct & INFO_MASK
+        text = " ct=" + INFO_SHORT.get(info, str(info))
+        for kind, before, after in _nat(e):
+            text += " %s %s=>%s" % (kind.lower(), before, after)
+    if e.ct_fault:
+        text += " ct_drop=" + fault_name(e.ct_fault)
     return text
 
 

@@ -91,7 +91,7 @@ FIELDS = (
     Field("ttl",         "u8",   1,     NUMBER,      HAND),
     Field("pf",          "u8",   1,     NUMBER,      HAND),
     Field("hook",        "u8",   1,     NUMBER,      HAND),
-    Field("pad",         "u8",   1,     PAD,         None),
+    Field("ct_fault",    "u8",   1,     NUMBER,      HAND),     # drop rows: conntrack.FAULTS
     Field("ifname",      "char", 16,    TEXT,        HAND),
     Field("dmac",        "u8",   6,     BYTES,       HAND),
     Field("smac",        "u8",   6,     BYTES,       HAND),

@@ -142,7 +142,8 @@ class JsonFormatter:
             obj["drop"] = {"reason": self.reasons.name(e.drop_reason) if have_names else None,
                            "reason_code": e.drop_reason if have_names else None,
                            "location": self.symbolize(e.location) if e.location else None,
-                           "location_addr": "%x" % e.location if e.location else None}
+                           "location_addr": "%x" % e.location if e.location else None,
+                           "conntrack": conntrack.fault_name(e.ct_fault)}
         if stack is not None:
             obj["stack"] = list(stack)
         return obj

@@ -63,6 +63,14 @@ STACK_ALL = _macro("STACK_ALL", FLAG, "--callstack: a kernel stack under every r
 STACK_DROPS = _macro("STACK_DROPS", FLAG, "--dropstack: a kernel stack under drop rows")
 STACK_ENTRIES = _macro("STACK_ENTRIES", NUMBER, "stacks kept in the stack map at most")
 CAPTURE_BYTES = _macro("CAPTURE_BYTES", NUMBER, "-w: packet bytes copied per row at most")
+CT_FAULTS = _macro("CT_FAULTS", FLAG,
+                   "--drop on kprobes: drops conntrack decides are named (__nf_conntrack_confirm)")
+CT_FAULT_INSERT = _macro("CT_FAULT_INSERT", NUMBER,
+                         "ct_fault: the new entry lost the insert race (conntrack.FAULT_INSERT)")
+CT_FAULT_HELPER = _macro("CT_FAULT_HELPER", NUMBER,
+                         "ct_fault: a conntrack helper refused it (conntrack.FAULT_HELPER)")
+CT_FAULT_TABLE_FULL = _macro("CT_FAULT_TABLE_FULL", NUMBER,
+                             "ct_fault: no entry could be made (conntrack.FAULT_TABLE_FULL)")
 
 # filters (source.filter_defines): numbers in the packet's byte order as loaded
 FILTER_ADDR4 = _macro("FILTER_ADDR4", NUMBER, "-H with an IPv4 address")
@@ -161,7 +169,13 @@ ON_KFREE_SKB = "on_kfree_skb"
 ON_CONSUME_SKB = "on_consume_skb"
 ON_CLONE_ENTER = "on_clone_enter"
 ON_CLONE_RETURN = "on_clone_return"
-C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN)
+ON_CT_CONFIRM = "on_ct_confirm"
+ON_CT_CONFIRM_RETURN = "on_ct_confirm_return"
+ON_CT_HELPER_LOG = "on_ct_helper_log"
+ON_CT_ALLOC = "on_ct_alloc"
+ON_CT_ALLOC_RETURN = "on_ct_alloc_return"
+C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN, ON_CT_CONFIRM,
+               ON_CT_CONFIRM_RETURN, ON_CT_HELPER_LOG, ON_CT_ALLOC, ON_CT_ALLOC_RETURN)
 
 # maps skbtracer.c declares that Python reads by name
 MAP_EVENTS = "events"

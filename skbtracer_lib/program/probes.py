@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import kernel, macros
+from ..events import conntrack
 
 # --route with kprobes: the original tool's set plus what newer kernels need
 # to tell the same story. The number is the skb's argument position when the
@@ -66,6 +67,12 @@ DELIVERY_TRACEPOINT = ("skb", "skb_copy_datagram_iovec", 0)
 # --iptable: legacy x_tables and nf_tables
 XT_FUNCTIONS = ["ipt_do_table", "ip6t_do_table"]
 NFT_FUNCTION = "nft_do_chain"
+
+# --drop: where conntrack decides its own drops (skbtracer.c CT_FAULTS)
+CT_CONFIRM = "__nf_conntrack_confirm"
+CT_ALLOC = "__nf_conntrack_alloc"
+CT_HELPER_LOG = "nf_ct_helper_log"
+CT_ALLOC_TUPLE_ARG = 3      # (net, zone, orig, repl, gfp, hash) since 4.x
 
 
 @dataclass
@@ -132,7 +139,8 @@ def skb_argument(function, module, default):
 
 def known_symbols():
     """/proc/kallsyms entries of every function skbtracer may kprobe."""
-    names = tuple(f for f, _ in ROUTE_FUNCTIONS) + tuple(XT_FUNCTIONS) + (NFT_FUNCTION, "skb_clone")
+    names = (tuple(f for f, _ in ROUTE_FUNCTIONS) + tuple(XT_FUNCTIONS) +
+             (NFT_FUNCTION, "skb_clone", CT_CONFIRM, CT_HELPER_LOG, CT_ALLOC))
     return kernel.symbols(names)
 
 
@@ -262,6 +270,60 @@ def _plan_iptable(plan, layouts):
         probe.attach = [("kprobe", function, enter), ("kretprobe", function, ret)]
 
 
+def _plan_ct_faults(plan, layouts):
+    """--drop: name the drops conntrack decides (skbtracer.c CT_FAULTS): a
+    lost insert race where __nf_conntrack_confirm can be probed, a helper's
+    drop where nf_ct_helper_log can be, a full table where
+    __nf_conntrack_alloc can be and its tuple read."""
+    missing = _function_missing(CT_CONFIRM)
+    if missing:
+        plan.notes.append("conntrack's own drops are not named: %s %s" % (CT_CONFIRM, missing))
+        return
+    plan.defines[macros.CT_FAULTS] = 1
+    plan.defines[macros.CT_FAULT_INSERT] = conntrack.FAULT_INSERT
+    plan.add(CT_CONFIRM, "helper", module=symbol_module(CT_CONFIRM),
+             note="a lost insert race: NF_DROP returned",
+             attach=[("kprobe", CT_CONFIRM, macros.ON_CT_CONFIRM),
+                     ("kretprobe", CT_CONFIRM, macros.ON_CT_CONFIRM_RETURN)])
+    missing = _function_missing(CT_HELPER_LOG)
+    if missing:
+        plan.notes.append("a conntrack helper's drop is not named: %s %s" % (CT_HELPER_LOG, missing))
+    else:
+        plan.defines[macros.CT_FAULT_HELPER] = conntrack.FAULT_HELPER
+        plan.add(CT_HELPER_LOG, "helper", module=symbol_module(CT_HELPER_LOG),
+                 note="a helper's drop: what helpers call before NF_DROP",
+                 attach=[("kprobe", CT_HELPER_LOG, macros.ON_CT_HELPER_LOG)])
+    missing = _function_missing(CT_ALLOC)
+    if missing or not layouts.ct_conn:
+        plan.notes.append("a full conntrack table is not named: %s" % (
+            "%s %s" % (CT_ALLOC, missing) if missing else "; ".join(layouts.ct_notes)))
+        return
+    position, _deref, how = tuple_argument(CT_ALLOC, symbol_module(CT_ALLOC))
+    if position != CT_ALLOC_TUPLE_ARG:
+        plan.notes.append("a full conntrack table is not named: %s's tuple is argument %s (%s)"
+                          % (CT_ALLOC, position, how))
+        return
+    plan.defines[macros.CT_FAULT_TABLE_FULL] = conntrack.FAULT_TABLE_FULL
+    plan.add(CT_ALLOC, "helper", module=symbol_module(CT_ALLOC),
+             note="a full table: an error returned, tied to the drop by tuple and CPU",
+             attach=[("kprobe", CT_ALLOC, macros.ON_CT_ALLOC),
+                     ("kretprobe", CT_ALLOC, macros.ON_CT_ALLOC_RETURN)])
+
+
+def tuple_argument(function, module):
+    """(position, deref, how) of the struct nf_conntrack_tuple argument named
+    orig: from BTF when the kernel has it, else the built-in position."""
+    btf = kernel.btf()
+    params = btf.for_symbol(module).func_params(function) if btf else None
+    if params is None:
+        return CT_ALLOC_TUPLE_ARG, False, "default position"
+    for position, (name, type_id) in enumerate(params, 1):
+        struct, depth = btf.for_symbol(module).pointee_struct(type_id)
+        if struct == "nf_conntrack_tuple" and name == "orig":
+            return position, False, "BTF"
+    return None, False, "BTF: no orig tuple argument"
+
+
 def drop_reason_arg():
     """Index of the reason in skb:kfree_skb's raw tracepoint args, or None
     on kernels before 5.17 that have no reason."""
@@ -318,6 +380,8 @@ def plan_probes(cfg, backend, layouts):
             drop.note = "reason is arg %d" % reason_arg
         else:
             drop.note = "this kernel's kfree_skb has no reason"
+    if "drop" in cfg.modes and backend == "kprobe":
+        _plan_ct_faults(plan, layouts)
     if builtin_route or cfg.keep:
         consume = plan.add("consume_skb", "route" if "route" in cfg.modes else "helper",
                            attach=[("raw_tracepoint", "consume_skb", macros.ON_CONSUME_SKB)],

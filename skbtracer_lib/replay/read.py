@@ -107,7 +107,8 @@ OPTIONAL_FIELDS = {"ifindex": _INT, "pid": _INT, "len": _INT, "pkt_type": _INT, 
 OPTIONAL_FIELDS.update((f.json, _INT if f.seen in (fields.NUMBER, fields.NETWORK) else _STR)
                        for f in fields.JSON_FIELDS)       # the table's own (jsonl._table_keys)
 NF_FIELDS = {"pf": _INT, "hook": _STR, "verdict_code": _INT, "table": _STR, "chain": _STR}
-DROP_FIELDS = {"reason_code": _INT, "reason": _STR, "location_addr": _HEX, "location": _STR}
+DROP_FIELDS = {"reason_code": _INT, "reason": _STR, "location_addr": _HEX, "location": _STR,
+               "conntrack": _STR}
 LIMIT = 1 << 64
 
 

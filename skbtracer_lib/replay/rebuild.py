@@ -37,6 +37,7 @@ class Rebuilder:
         self.netns_keys = {}           # (node, inode) -> netns number in the story
         self.netns_info = {}           # netns number -> (node, label)
         self.reason_names = {}
+        self.conntrack_saved = False   # some event has "ct" (saved since issue 23)
         self.symbols = {}
         self.node_index = {}
 
@@ -93,7 +94,7 @@ class Rebuilder:
         e.icmp_id = obj.get("icmp_id") or 0
         e.pf = e.hook = e.verdict = 0
         e.table = e.chain = ""
-        e.drop_reason = e.location = 0
+        e.drop_reason = e.location = e.ct_fault = 0
         nf = obj.get("nf")
         if nf:
             e.pf = nf.get("pf") or 0
@@ -109,6 +110,9 @@ class Rebuilder:
             if drop.get("location_addr"):
                 e.location = int(drop["location_addr"], 16)
                 self.symbols[e.location] = drop.get("location") or "%#x" % e.location
+            e.ct_fault = conntrack.fault_code(drop.get("conntrack"))
+        if "ct" in obj:
+            self.conntrack_saved = True
         for name, value in conntrack.fields_of(obj.get("ct")).items():
             setattr(e, name, value)
         for f in _TABLE_FIELDS:

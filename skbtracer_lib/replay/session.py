@@ -177,9 +177,10 @@ class SavedEvents:
         return notes
 
     def story_extras(self):
-        if self.merged is None:
-            return {}
-        return {"enters": merge.Wire(self.names.node), "node_of": self.names.node}
+        extras = {"conntrack_read": self.rebuilder.conntrack_saved}
+        if self.merged is not None:
+            extras.update(enters=merge.Wire(self.names.node), node_of=self.names.node)
+        return extras
 
     def end_object(self, caveats, stopped_by=None):
         return None                     # the saved end objects are not written again

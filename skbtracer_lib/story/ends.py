@@ -2,6 +2,7 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
+from ..events.vocabulary import KIND_IPTABLE
 from .model import OPEN_ENDS, End, EndKind, Place, SocketPlace
 from .points import (CUT_WINDOW_NS, FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS,
                      STOP_WINDOW_NS, TX_POINTS)
@@ -44,11 +45,17 @@ def end_of(copy, after_receive=True):
     return End(kind, netns, ifname, last_name, ts_ns=last.ts_ns)
 
 
+NF_DROP = 0      # a netfilter verdict's low byte
+
+
 def _dropped(copy):
     e = copy.dropped
     netns, ifname = (e.netns, e.ifname) if e.ifname else last_interface(copy)
+    verdicts = [v for v in copy.events if v.kind == KIND_IPTABLE and v.verdict & 0xFF == NF_DROP]
     return End(EndKind.DROPPED, netns or last_interface(copy).netns, ifname, copy.names[-1],
-               reason_code=e.drop_reason, location=e.location, ts_ns=e.ts_ns)
+               reason_code=e.drop_reason, location=e.location, ts_ns=e.ts_ns,
+               ct_fault=e.ct_fault, nfct=e.ct,
+               nf_table=(verdicts[-1].table or "") if verdicts else None)
 
 
 def _delivered(copy, travel):

@@ -10,6 +10,7 @@ render_text and render_json only read what is here.
 
 import bisect
 import enum
+import functools
 from typing import NamedTuple
 
 from ..events.vocabulary import PORTED
@@ -115,6 +116,12 @@ class End(NamedTuple):
     location: int = 0
     ts_ns: int = 0
     socket: SocketPlace = None  # for socket deliveries
+    # drops: conntrack's part (conntrack.drop_words): the drop event's
+    # ct_fault and _nfct, and the table of the copy's DROP verdict row
+    # (None: no such row)
+    ct_fault: int = 0
+    nfct: int = 0
+    nf_table: str = None
 
     @property
     def place(self):
@@ -250,7 +257,9 @@ class StoryModel:
     """The grouped trace and what the run could see.
 
     label(inode) -> namespace text; symbolize(address) -> 'func+0x..';
-    reasons: probes.DropReasons or None; caveats: what this run could not
+    reasons: probes.DropReasons or None; conntrack_read: the events say
+    what conntrack entry their skb had (false: files saved before issue 23
+    did not); caveats: what this run could not
     see (said with vanished verdicts); node_of(netns) -> node name, when the
     events come from several nodes; stopped_by: what ended the trace ("-c",
     "a signal", "--duration" ...; None: not said), for the copies it cut off.
@@ -258,7 +267,7 @@ class StoryModel:
 
     def __init__(self, packets, duplicates, label=str, symbolize=None, reasons=None,
                  caveats=(), routes_traced=True, iptable_traced=False, ended_ns=None,
-                 node_of=None, stopped_by=None):
+                 node_of=None, stopped_by=None, conntrack_read=True):
         self.packets = packets
         self.duplicates = duplicates
         self.node_of = node_of
@@ -272,9 +281,16 @@ class StoryModel:
             (p.last_ts for p in packets), default=0)
         self._dup_packets = {id(d.packet) for d in duplicates}
         self.stopped_by = stopped_by
+        self.conntrack_read = conntrack_read
 
     def ends(self, packet):
         return packet.ends()
+
+    @functools.cached_property
+    def conntrack_netns(self):
+        """The namespaces where some row carried a conntrack entry (where
+        conntrack is at work)."""
+        return {e.netns for p in self.packets for c in p.copies for e in c.events if e.ct}
 
     def has_duplicate(self, packet):
         return id(packet) in self._dup_packets

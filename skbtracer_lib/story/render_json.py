@@ -33,6 +33,7 @@ def _end(story, end):
         obj["reason"] = story.reason_text(end) or None
         obj["reason_code"] = end.reason_code
         obj["location"] = story.symbolize(end.location) if end.location else None
+        obj["conntrack"] = story.conntrack_text(end, obj["reason"]) or None
     return obj
 
 

@@ -10,6 +10,11 @@ from .points import MAX_FLAG_LINES, SOCKET_POINTS, stopped_after
 NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
 
 
+# the drop reason netfilter gives a packet a hook dropped (5.17+)
+NETFILTER_DROP = "NETFILTER_DROP"
+NF_HOOK_SLOW = "nf_hook_slow+"      # where a hook's NF_DROP frees the skb (every kernel)
+
+
 class Story(StoryModel):
     """The model with its words: every text the story prints is made here."""
 
@@ -71,7 +76,20 @@ class Story(StoryModel):
             text += ": %s" % reason
         if end.location:
             text += " (%s)" % self.symbolize(end.location)
+        ct = self.conntrack_text(end, reason)
+        if ct:
+            text += ": %s" % ct
         return text
+
+    def conntrack_text(self, end, reason):
+        """conntrack's part in a drop (conntrack.drop_words), or ""."""
+        if not end.ct_fault and not self.conntrack_read:
+            return ""
+        # netfilter's drop: by its reason (5.17+), a DROP verdict row, or its place
+        netfilter = (reason == NETFILTER_DROP or end.nf_table is not None or
+                     bool(end.location) and self.symbolize(end.location).startswith(NF_HOOK_SLOW))
+        return conntrack.drop_words(end.ct_fault, end.nfct, netfilter, end.nf_table,
+                                    netfilter and end.netns in self.conntrack_netns)
 
     def packet_end_text(self, packet):
         """How its copies ended; where one got through, the drops of others

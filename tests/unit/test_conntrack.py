@@ -325,3 +325,36 @@ def test_the_story_says_what_the_ct_filters_hide():
     assert "a packet's rows without the conntrack entry --ct-mark/--ct-zone asks for (before " \
         "conntrack saw it, after it left for another namespace)" in said
     assert not any("conntrack" in note for note in info.unseen(config.parse_args([])))
+
+
+# ---------------------------------------------------------------- conntrack's own drops
+
+@pytest.mark.parametrize("fault, nfct, netfilter, table, here, words", [
+    (conntrack.FAULT_INSERT, CONN | 2, True, None, True, "lost the race to insert"),
+    (conntrack.FAULT_TABLE_FULL, 0, True, None, False, "(table full)"),
+    (0, 0, True, "filter", True, "no conntrack entry: INVALID"),
+    (0, 0, True, None, False, "no conntrack entry: INVALID, or not seen by conntrack"),
+    (0, 0, True, "raw", True, "no conntrack entry yet (the raw table runs before conntrack)"),
+    (0, CONN | 2, True, "filter", True, ""),     # a rule dropped a tracked packet
+    (0, 0, False, None, True, ""),               # not netfilter's drop (NO_SOCKET ...)
+])
+def test_drop_words(fault, nfct, netfilter, table, here, words):
+    said = conntrack.drop_words(fault, nfct, netfilter, table, here)
+    assert (words in said) if words else said == ""
+
+
+def test_fault_names_read_back():
+    for code, (name, _words) in conntrack.FAULTS.items():
+        assert conntrack.fault_name(code) == name and conntrack.fault_code(name) == code
+    assert conntrack.fault_name(0) is None and conntrack.fault_code(None) == 0
+    assert conntrack.fault_code("a fault of a later version") == 0
+
+
+def test_a_failed_insert_in_json_rows_and_read_back():
+    e = event(**dict(DNAT_REQUEST, kind=3, ct_fault=conntrack.FAULT_INSERT,
+                     ct_status=IPS["DST_NAT"]))
+    assert conntrack.row_suffix(e).endswith(" ct_drop=insert_failed")
+    table_full = event(kind=3, ct_fault=conntrack.FAULT_TABLE_FULL)
+    assert conntrack.row_suffix(table_full) == " ct_drop=table_full"      # no entry: no ct=
+    obj = jsonl.JsonFormatter(formatter(), node="n", run_id="r").event(e)
+    assert obj["drop"]["conntrack"] == "insert_failed"

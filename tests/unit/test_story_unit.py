@@ -253,7 +253,8 @@ def test_no_duplicate_when_the_routed_copy_is_dropped():
     assert told.drop_lines() == []
     assert told.packet_end_text(told.packets[0]) == (
         "reached server/eth0 (not seen after netif_receive_skb); "
-        "a copy dropped at node1/vethserver: NETFILTER_DROP (fn+0x456)")
+        "a copy dropped at node1/vethserver: NETFILTER_DROP (fn+0x456): "
+        "no conntrack entry: INVALID, or not seen by conntrack")
 
 
 def test_otherhost_copy_is_a_drop_not_a_duplicate():
@@ -552,7 +553,7 @@ def test_json_netfilter_drop_tcp_icmp_and_stack():
                                           l4proto=1, icmp_type=8, icmp_id=9)),
                              stack=["ip_rcv_core+0x1", "ip_rcv+0x2"]))
     assert drop["drop"] == {"reason": "OTHERHOST", "reason_code": 8, "location": "fn+0x123",
-                            "location_addr": "ffffffff81000123"}
+                            "location_addr": "ffffffff81000123", "conntrack": None}
     assert (drop["proto"], drop["icmp_type"], drop["icmp_id"], drop["sport"]) == \
         ("icmp", 8, 9, None)
     assert drop["stack"] == ["ip_rcv_core+0x1", "ip_rcv+0x2"]
@@ -794,3 +795,26 @@ def test_help_lists_the_new_flags():
     text = config.build_parser().format_help()
     for flag in ("-o FILE, --output FILE", "--json [FILE]", "--force", "--names", "--no-summary"):
         assert flag in text
+
+
+def test_conntrack_drops_named_in_the_dropped_line():
+    """A drop conntrack decided (ct_fault) is named after the reason; a netfilter drop of an
+    skb with no entry where conntrack is at work is INVALID; files saved before the ct fields
+    existed say nothing of conntrack."""
+    from skbtracer_lib.events import conntrack
+    trace = Trace(TRACEPOINTS)
+    first, second = flow(41100), flow(41101)
+    trace.rows(A, first, [("net_dev_queue", "client/eth0"), ("netif_rx", "node1/vethclient")])
+    trace.add(A, "kfree_skb", "node1/vethclient", first, drop_reason=6, location=0xffffffff81000456,
+              ct_fault=conntrack.FAULT_INSERT, ct=0xffff888000001002)
+    trace.rows(B, second, [("net_dev_queue", "client/eth0"), ("netif_rx", "node1/vethclient")])
+    trace.add(B, "kfree_skb", "node1/vethclient", second, drop_reason=6,
+              location=0xffffffff81000456)
+    told = trace.story()
+    lines = told.drop_lines()
+    assert len(lines) == 2, lines
+    assert "NETFILTER_DROP (fn+0x456): conntrack lost the race to insert" in lines[0], lines
+    assert lines[1].endswith("NETFILTER_DROP (fn+0x456): no conntrack entry: INVALID"), lines
+    old = trace.story(conntrack_read=False)
+    assert old.drop_lines()[1].endswith("NETFILTER_DROP (fn+0x456)")
+    assert "lost the race" in old.drop_lines()[0]
