@@ -30,6 +30,9 @@ LOG_SIZE = 1 << 20
 # r0 = 0; exit
 RETURN_ZERO = struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0)
 CHECK_EVENT = "kfree_skb"        # any tracepoint of vmlinux would do
+# how a probe plan's tracepoints are attached (probes.Probe.attach's types)
+RAW = "raw_tracepoint"
+TP_BTF = "tp_btf"
 
 
 class TpBtfError(Exception):
@@ -120,3 +123,12 @@ def check():
     except TpBtfError as e:
         return False, str(e)
     return True, ""
+
+
+def usable(events):
+    """(True, '') when each of events can have a tp_btf program on this
+    kernel, else (False, why not)."""
+    missing = [event for event in events if not target_id(event)]
+    if missing:
+        return False, "no btf_trace_%s in vmlinux BTF" % missing[0]
+    return check()
