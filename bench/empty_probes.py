@@ -15,11 +15,14 @@ reads a filter on raw tracepoints cannot avoid. Hooks whose skb argument
 these programs cannot name (kretprobes, struct sk_buff ** arguments) get
 the empty program.
 
---reads btf: the tracepoints get BTF-typed raw tracepoint programs (tp_btf,
-skbtracer_lib/program/tp_btf.py) that load the skb's data pointer by a
-plain load (the verifier knows the argument is an sk_buff) and make one
-24-byte bpf_probe_read_kernel at data: what a filter on tp_btf cannot
-avoid. Kprobes get the 2-read programs.
+Tracepoints are attached as skbtracer attaches them here: as BTF-typed
+raw tracepoints (tp_btf, skbtracer_lib/program/tp_btf.py) where the kernel
+runs them, else as raw tracepoints.
+
+--reads btf: the tracepoints get tp_btf programs that load the skb's data
+pointer by a plain load (the verifier knows the argument is an sk_buff)
+and make one 24-byte bpf_probe_read_kernel at data: what a filter on
+tp_btf cannot avoid. Kprobes get the 2-read programs.
 """
 
 import os
@@ -73,12 +76,15 @@ def reads_program(reads):
         reads, head, data, READS)
 
 
+TRACEPOINTS = (tp_btf.RAW, tp_btf.TP_BTF)
+
+
 def program_for(probe, attach_type, reads):
     """The function to attach: the N-read reference where the skb
     argument's position is known from skbtracer's own instantiation."""
     if not reads or attach_type == "kretprobe":
-        return "empty_kprobe" if attach_type != "raw_tracepoint" else "empty_raw"
-    if attach_type == "raw_tracepoint":
+        return "empty_raw" if attach_type in TRACEPOINTS else "empty_kprobe"
+    if attach_type in TRACEPOINTS:
         m = re.match(r"ROUTE_RAW_TP\(\d+, (\d+)\)", probe.c_line)
         prefix = "btf_raw_" if reads == "btf" else "reads_raw_"
         return prefix + (m.group(1) if m else "0")     # kfree_skb, consume_skb: arg 0
@@ -109,7 +115,9 @@ def main(argv):
                     bpf.attach_kprobe(event=target, fn_name=fn)
                 elif attach_type == "kretprobe":
                     bpf.attach_kretprobe(event=target, fn_name=fn)
-                elif reads == "btf":
+                elif attach_type == tp_btf.TP_BTF or reads == "btf":
+                    # as skbtracer attaches them here (the 1- and 2-read
+                    # programs load as tp_btf too), or the tp_btf reference
                     tp_btf_fds.append(tp_btf.load(bpf, fn, target))
                     tp_btf_fds.append(tp_btf.attach(tp_btf_fds[-1], target))
                 else:

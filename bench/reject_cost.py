@@ -14,7 +14,8 @@ instead of -H (expression). On the same hooks, bench/empty_probes.py
 attaches the references: empty programs, and programs making exactly one
 and exactly two 24-byte bpf_probe_read_kernel calls from the skb (its
 head/data pointers, then the packet: what a filter on raw tracepoints must
-read). Where the kernel runs BTF-typed raw tracepoints (tp_btf), a fourth
+read). Where the kernel runs BTF-typed raw tracepoints (tp_btf), skbtracer
+and the references attach the tracepoints as tp_btf, and a fourth
 reference, 'tp_btf', loads the skb's data pointer by a plain load and
 makes one read at data: the floor of a filter on tp_btf. --before DIR
 adds an older checkout's skbtracer.py.
