@@ -5,7 +5,7 @@ against (bench/reject_cost.py). Prints skbtracer's header once attached
 (so bench/node.py's DrainedTracer runs it as it runs skbtracer), detaches
 on SIGINT/SIGTERM.
 
-    /usr/bin/python3 bench/empty_probes.py [--reads 1|2|btf] [skbtracer options]
+    /usr/bin/python3 bench/empty_probes.py [--raw] [--reads 1|2|btf] [skbtracer options]
 
 --reads N: instead of returning at once, each program makes exactly N
 24-byte bpf_probe_read_kernel calls: the sk_buff from its head pointer on
@@ -17,7 +17,7 @@ the empty program.
 
 Tracepoints are attached as skbtracer attaches them here: as BTF-typed
 raw tracepoints (tp_btf, skbtracer_lib/program/tp_btf.py) where the kernel
-runs them, else as raw tracepoints.
+runs them, else as raw tracepoints; --raw: as raw tracepoints anyway.
 
 --reads btf: the tracepoints get tp_btf programs that load the skb's data
 pointer by a plain load (the verifier knows the argument is an sk_buff)
@@ -95,10 +95,13 @@ def program_for(probe, attach_type, reads):
 def main(argv):
     from bcc import BPF
     reads = 0
+    raw = argv[:1] == ["--raw"]
+    if raw:
+        argv = argv[1:]
     if argv[:1] == ["--reads"]:
         reads, argv = argv[1] if argv[1] == "btf" else int(argv[1]), argv[2:]
     cfg = config.parse_args(argv)
-    plan = source.Program(cfg).plan
+    plan = source.Program(cfg, tp_btf_refused="--raw" if raw else None).plan
     headers = kernel.find_header_tree()     # bcc's includes, found as skbtracer finds them
     if headers.kernel_source:
         os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
