@@ -18,17 +18,13 @@ import struct
 
 from . import kernel
 from .btf import TYPEDEF
-from .syscalls import bpf
+from .syscalls import RETURN_ZERO, bpf, prog_load
 
 # include/uapi/linux/bpf.h
-BPF_PROG_LOAD = 5
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_RAW_TP = 23
-ATTACH_BTF_ID_AT = 108           # union bpf_attr's attach_btf_id, for BPF_PROG_LOAD
 LOG_SIZE = 1 << 20
-# r0 = 0; exit
-RETURN_ZERO = struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0)
 CHECK_EVENT = "kfree_skb"        # any tracepoint of vmlinux would do
 # how a probe plan's tracepoints are attached (probes.Probe.attach's types)
 RAW = "raw_tracepoint"
@@ -64,26 +60,21 @@ def load_instructions(instructions, count, event, name=b"tp_btf"):
                         "tp_btf %s: load" % event)
 
 
-def load_tracing(instructions, count, btf_id, attach_type, name, what, log_level=0):
+def load_tracing(instructions, count, btf_id, attach_type, name, what):
     """BPF_PROG_LOAD of a BPF_PROG_TYPE_TRACING program attaching to
     btf_id as attach_type: its fd. A refusal is asked again with the
-    verifier's log, for TpBtfError to tell."""
-    license = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(LOG_SIZE if log_level else 1)
-    attr = ctypes.create_string_buffer(128)
-    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
-    # prog_flags, prog_name[16], prog_ifindex, expected_attach_type
-    struct.pack_into("<IIQQIIQII16sII", attr, 0, BPF_PROG_TYPE_TRACING, count, instructions,
-                     ctypes.addressof(license), log_level, len(log) if log_level else 0,
-                     ctypes.addressof(log) if log_level else 0, 0, 0, name[:15], 0,
-                     attach_type)
-    struct.pack_into("<I", attr, ATTACH_BTF_ID_AT, btf_id)
-    fd = bpf(BPF_PROG_LOAD, attr)
-    if fd < 0 and not log_level:
-        return load_tracing(instructions, count, btf_id, attach_type, name, what, log_level=1)
-    if fd < 0:
-        raise TpBtfError(what, -fd, log.value.decode("ascii", "replace"))
-    return fd
+    verifier's log for TpBtfError to tell, with the first errno (a log
+    too small for the verifier's words would be ENOSPC)."""
+    fd = prog_load(BPF_PROG_TYPE_TRACING, instructions, count, name, attach_type,
+                   attach_btf_id=btf_id)
+    if fd >= 0:
+        return fd
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    again = prog_load(BPF_PROG_TYPE_TRACING, instructions, count, name, attach_type,
+                      attach_btf_id=btf_id, log=log)
+    if again >= 0:
+        return again
+    raise TpBtfError(what, -fd, log.value.decode("ascii", "replace"))
 
 
 def load(bpf_module, fn_name, event):
@@ -115,7 +106,8 @@ def check():
     (False, why), asked with an empty program on CHECK_EVENT."""
     insns = ctypes.create_string_buffer(RETURN_ZERO, len(RETURN_ZERO))
     try:
-        prog = load_instructions(ctypes.addressof(insns), 2, CHECK_EVENT, b"skbt_probe")
+        prog = load_instructions(ctypes.addressof(insns), len(RETURN_ZERO) // 8, CHECK_EVENT,
+                                 b"skbt_probe")
         try:
             os.close(attach(prog, CHECK_EVENT))
         finally:
