@@ -513,69 +513,37 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
 }
 #endif /* PCAP_FILTER */
 
-/* find_packet's fields of a tp_btf program's skb, by plain loads: those
- * the span would hold. */
-static __always_inline void read_skb_direct(void *skb, struct layers *at, u16 *proto, u16 *nh)
-{
-    *proto = DREAD(skb, SKB_PROTOCOL);
-    *nh = DREAD(skb, SKB_NETWORK_HEADER);
-    at->head = (void *)DREAD(skb, SKB_HEAD);
-    at->data = (void *)DREAD(skb, SKB_DATA);
-    at->mac_header = DREAD(skb, SKB_MAC_HEADER);
-#ifdef L_SKB_SPAN_HAS_TAIL
-    at->tail = DREAD(skb, SKB_TAIL);
-#endif
-#ifdef L_SKB_SPAN_HAS_VLAN
-    at->vlan_proto = DREAD(skb, SKB_VLAN_PROTO);
-    at->vlan_tci = DREAD(skb, SKB_VLAN_TCI);
-#ifdef L_SKB_VLAN_PRESENT_BITS
-    at->vlan_present = (DREAD(skb, SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
-                       ((1 << L_SKB_VLAN_PRESENT_BITS) - 1);
-#endif
-#endif
-}
-
 /* Find skb's IP header and read it into hdr (40 bytes); the family (4 or
  * 6), or 0 when skb is not an IP packet. Two reads for most packets: the
  * sk_buff's span (SKB_SPAN_*), then the header; one where direct (a
- * tp_btf program's skb, its fields by plain loads). */
+ * tp_btf program's skb: its fields by plain loads). */
 static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int direct)
 {
-    u16 proto, nh;
-    void *head, *data;
-    if (direct) {
-        read_skb_direct(skb, at, &proto, &nh);
-        head = at->head;
-        data = at->data;
-    } else {
 #ifdef SKB_SPAN_LEN
-        u8 span[SKB_SPAN_LEN];
-        if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_OFF))
-            return 0;
-        proto = SPAN_FIELD(span, SKB_PROTOCOL);
-        head = (void *)SPAN_FIELD(span, SKB_HEAD);
-        data = (void *)SPAN_FIELD(span, SKB_DATA);
-        nh = SPAN_FIELD(span, SKB_NETWORK_HEADER);
-        at->mac_header = SPAN_FIELD(span, SKB_MAC_HEADER);
+    u8 span[SKB_SPAN_LEN];
+    if (!direct && bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_OFF))
+        return 0;
+#define SKB_FIELD(F) (direct ? DREAD(skb, F) : SPAN_FIELD(span, F))
+#else
+#define SKB_FIELD(F) (direct ? DREAD(skb, F) : KREAD(skb, F))
+#endif
+    u16 proto = SKB_FIELD(SKB_PROTOCOL);
+    void *head = (void *)SKB_FIELD(SKB_HEAD);
+    void *data = (void *)SKB_FIELD(SKB_DATA);
+    u16 nh = SKB_FIELD(SKB_NETWORK_HEADER);
+    at->mac_header = SKB_FIELD(SKB_MAC_HEADER);
 #ifdef L_SKB_SPAN_HAS_TAIL
-        at->tail = SPAN_FIELD(span, SKB_TAIL);
+    at->tail = SKB_FIELD(SKB_TAIL);
 #endif
 #ifdef L_SKB_SPAN_HAS_VLAN
-        at->vlan_proto = SPAN_FIELD(span, SKB_VLAN_PROTO);
-        at->vlan_tci = SPAN_FIELD(span, SKB_VLAN_TCI);
+    at->vlan_proto = SKB_FIELD(SKB_VLAN_PROTO);
+    at->vlan_tci = SKB_FIELD(SKB_VLAN_TCI);
 #ifdef L_SKB_VLAN_PRESENT_BITS
-        at->vlan_present = (SPAN_FIELD(span, SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
-                           ((1 << L_SKB_VLAN_PRESENT_BITS) - 1);
+    at->vlan_present = (SKB_FIELD(SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
+                       ((1 << L_SKB_VLAN_PRESENT_BITS) - 1);
 #endif
 #endif
-#else
-        proto = KREAD(skb, SKB_PROTOCOL);
-        head = KREAD_PTR(skb, SKB_HEAD);
-        data = KREAD_PTR(skb, SKB_DATA);
-        nh = KREAD(skb, SKB_NETWORK_HEADER);
-        at->mac_header = KREAD(skb, SKB_MAC_HEADER);
-#endif
-    }
+#undef SKB_FIELD
     void *after_tag = 0;
     if (proto == PROTO_8021Q_BE || proto == PROTO_8021AD_BE) {
         /* a VLAN tag in the frame (not offloaded): TCI, then the inner type */
