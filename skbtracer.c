@@ -340,6 +340,25 @@ static __always_inline void *linear_end(void *skb, struct layers *at)
     __builtin_memcpy(&__v, (span) + L_##F##_OFF - SKB_SPAN_OFF, L_##F##_SIZE); __v; })
 #endif
 
+/* TP_BTF: the tracepoint programs are loaded as BTF-typed raw tracepoints
+ * (skbtracer_lib/program/tp_btf.py), whose verifier knows the skb argument
+ * is a struct sk_buff: find_packet reads its fields by plain loads there,
+ * no helper call. DIRECT_SKB is what they pass as prepare()'s direct. */
+#ifdef TP_BTF
+#define DIRECT_SKB 1
+#else
+#define DIRECT_SKB 0
+#endif
+/* A field by a plain load of its own size, in assembly: bcc would turn a
+ * C dereference of a pointer from the context into bpf_probe_read calls,
+ * and clang could merge neighbours into one load, which the verifier
+ * refuses for crossing a member's end. */
+#define DLOAD(width, obj, off) ({ u64 __v; \
+    asm volatile("%0 = *(u" #width " *)(%1 + %2)" : "=r"(__v) : "r"(obj), "i"(off)); __v; })
+#define DREAD(obj, F) (L_##F##_SIZE == 1 ? DLOAD(8, obj, L_##F##_OFF) : \
+                       L_##F##_SIZE == 2 ? DLOAD(16, obj, L_##F##_OFF) : \
+                       L_##F##_SIZE == 4 ? DLOAD(32, obj, L_##F##_OFF) : DLOAD(64, obj, L_##F##_OFF))
+
 /* -H: is one of the packet's two addresses the one given? Asked of the IP
  * header as read (prepare, before the event slot is even looked up: most
  * packets stop here) and, with --keep, of the event (filter_packet). */
@@ -502,36 +521,35 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
 
 /* Find skb's IP header and read it into hdr (40 bytes); the family (4 or
  * 6), or 0 when skb is not an IP packet. Two reads for most packets: the
- * sk_buff's span (SKB_SPAN_*), then the header. */
-static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr)
+ * sk_buff's span (SKB_SPAN_*), then the header; one where direct (a
+ * tp_btf program's skb: its fields by plain loads). */
+static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int direct)
 {
 #ifdef SKB_SPAN_LEN
     u8 span[SKB_SPAN_LEN];
-    if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_OFF))
+    if (!direct && bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_OFF))
         return 0;
-    u16 proto = SPAN_FIELD(span, SKB_PROTOCOL);
-    void *head = (void *)SPAN_FIELD(span, SKB_HEAD);
-    void *data = (void *)SPAN_FIELD(span, SKB_DATA);
-    u16 nh = SPAN_FIELD(span, SKB_NETWORK_HEADER);
-    at->mac_header = SPAN_FIELD(span, SKB_MAC_HEADER);
+#define SKB_FIELD(F) (direct ? DREAD(skb, F) : SPAN_FIELD(span, F))
+#else
+#define SKB_FIELD(F) (direct ? DREAD(skb, F) : KREAD(skb, F))
+#endif
+    u16 proto = SKB_FIELD(SKB_PROTOCOL);
+    void *head = (void *)SKB_FIELD(SKB_HEAD);
+    void *data = (void *)SKB_FIELD(SKB_DATA);
+    u16 nh = SKB_FIELD(SKB_NETWORK_HEADER);
+    at->mac_header = SKB_FIELD(SKB_MAC_HEADER);
 #ifdef L_SKB_SPAN_HAS_TAIL
-    at->tail = SPAN_FIELD(span, SKB_TAIL);
+    at->tail = SKB_FIELD(SKB_TAIL);
 #endif
 #ifdef L_SKB_SPAN_HAS_VLAN
-    at->vlan_proto = SPAN_FIELD(span, SKB_VLAN_PROTO);
-    at->vlan_tci = SPAN_FIELD(span, SKB_VLAN_TCI);
+    at->vlan_proto = SKB_FIELD(SKB_VLAN_PROTO);
+    at->vlan_tci = SKB_FIELD(SKB_VLAN_TCI);
 #ifdef L_SKB_VLAN_PRESENT_BITS
-    at->vlan_present = (SPAN_FIELD(span, SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
+    at->vlan_present = (SKB_FIELD(SKB_VLAN_PRESENT) >> L_SKB_VLAN_PRESENT_SHIFT) &
                        ((1 << L_SKB_VLAN_PRESENT_BITS) - 1);
 #endif
 #endif
-#else
-    u16 proto = KREAD(skb, SKB_PROTOCOL);
-    void *head = KREAD_PTR(skb, SKB_HEAD);
-    void *data = KREAD_PTR(skb, SKB_DATA);
-    u16 nh = KREAD(skb, SKB_NETWORK_HEADER);
-    at->mac_header = KREAD(skb, SKB_MAC_HEADER);
-#endif
+#undef SKB_FIELD
     void *after_tag = 0;
     if (proto == PROTO_8021Q_BE || proto == PROTO_8021AD_BE) {
         /* a VLAN tag in the frame (not offloaded): TCI, then the inner type */
@@ -747,8 +765,10 @@ static __always_inline void read_ct(struct event_t *e)
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
  * is not IP or does not pass the filters (and is not being kept). A packet
  * -H or the expression rejects costs two helper calls (find_packet's
- * reads): the pid and the slot are asked for only after them. */
-static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force)
+ * reads; one where direct, in a tp_btf program): the pid and the slot are
+ * asked for only after them. */
+static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force,
+                                               int direct)
 {
     if (!skb)
         return 0;
@@ -766,7 +786,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     int check_address = !force;
 #endif
     u8 hdr[40] = {};
-    u8 family = find_packet(skb, &at, hdr);
+    u8 family = find_packet(skb, &at, hdr, direct);
     if (!family)
         return 0;
     if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr)))
@@ -883,9 +903,9 @@ static __always_inline void submit(void *ctx, struct event_t *e)
     }
 }
 
-static __always_inline int on_route(void *ctx, void *skb, u16 probe)
+static __always_inline int on_route(void *ctx, void *skb, u16 probe, int direct)
 {
-    struct event_t *e = prepare(skb, probe, KIND_ROUTE, 0);
+    struct event_t *e = prepare(skb, probe, KIND_ROUTE, 0, direct);
     if (e)
         submit(ctx, e);
     return 0;
@@ -906,7 +926,7 @@ BPF_HASH(probe_ids, u64, u16, PROBE_IDS_ENTRIES);
 static __always_inline int on_route_kprobe(struct pt_regs *ctx, void *skb)
 {
     /* which function fired matters only to a packet the filters want */
-    struct event_t *e = prepare(skb, UNRESOLVED_PROBE_ID, KIND_ROUTE, 0);
+    struct event_t *e = prepare(skb, UNRESOLVED_PROBE_ID, KIND_ROUTE, 0, 0);
     if (!e)
         return 0;
 #ifdef ROUTE_FUNC_IP
@@ -942,7 +962,7 @@ int route_deref_arg##argn(struct pt_regs *ctx) \
 
 #define ROUTE_RAW_TP(id, argi) \
 int route_##id(struct bpf_raw_tracepoint_args *ctx) \
-{ return on_route(ctx, (void *)ctx->args[argi], id); }
+{ return on_route(ctx, (void *)ctx->args[argi], id, DIRECT_SKB); }
 
 /* ------------------------------------------------------------------ */
 /* Netfilter verdicts: the entry probe remembers the call, the return
@@ -966,7 +986,7 @@ static __always_inline int nf_enter(void *skb, void *state, void *table, u16 pro
     call.state = (u64)state;
     call.table = (u64)table;
     call.is_nft = is_nft;
-    call.matched = prepare(skb, probe, KIND_IPTABLE, 0) != 0;
+    call.matched = prepare(skb, probe, KIND_IPTABLE, 0, 0) != 0;
     u64 tid = bpf_get_current_pid_tgid();
     nf_calls.update(&tid, &call);
     return 0;
@@ -981,7 +1001,7 @@ static __always_inline int nf_return(struct pt_regs *ctx, u16 probe)
     struct nf_call call = *found;
     nf_calls.delete(&tid);
 
-    struct event_t *e = prepare((void *)call.skb, probe, KIND_IPTABLE, call.matched);
+    struct event_t *e = prepare((void *)call.skb, probe, KIND_IPTABLE, call.matched, 0);
     if (!e)
         return 0;
     e->verdict = PT_REGS_RC(ctx);
@@ -1189,7 +1209,7 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
     }
 #endif
 #endif
-    struct event_t *e = prepare(skb, DROP_PROBE_ID, KIND_DROP, 0);
+    struct event_t *e = prepare(skb, DROP_PROBE_ID, KIND_DROP, 0, DIRECT_SKB);
     if (e) {
         e->location = ctx->args[1];
 #ifdef DROP_REASON_ARG
@@ -1213,7 +1233,7 @@ int on_consume_skb(struct bpf_raw_tracepoint_args *ctx)
 {
     void *skb = (void *)ctx->args[0];
 #ifdef CONSUME_PROBE_ID
-    on_route(ctx, skb, CONSUME_PROBE_ID);   /* the end of an skb's life */
+    on_route(ctx, skb, CONSUME_PROBE_ID, DIRECT_SKB);   /* the end of an skb's life */
 #endif
     forget_skb(skb);
     return 0;

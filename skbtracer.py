@@ -101,6 +101,12 @@ def report(program, headers, loaded):
     say("skbtracer: backend %s; struct layouts from %s\n"
         % (program.backend, program.layouts.description))
     say("skbtracer: bcc includes from %s\n" % headers.description)
+    from skbtracer_lib.program.tp_btf import TP_BTF
+    if program.tracepoints == TP_BTF:
+        say("skbtracer: tracepoints as tp_btf (BTF-typed: the skb's fields read by plain loads)\n")
+    elif program.tracepoints_why:
+        say("skbtracer: tracepoints as raw tracepoints (not tp_btf: %s)\n"
+            % program.tracepoints_why)
     from skbtracer_lib.program.probes import drop_reasons
     if "drop" in program.cfg.modes:
         say("skbtracer: drop reason names from %s\n" % drop_reasons().source)
@@ -209,7 +215,7 @@ def trace(program):
             sys.stderr.write("skbtracer: warning: %s\n" % warning)
         loaded = Loaded(program, headers)
         if cfg.verbose:
-            report(program, headers, loaded)
+            report(loaded.program, headers, loaded)
         else:
             say_skipped(loaded)
         opened = open_outputs(cfg, files)

@@ -5,7 +5,7 @@ against (bench/reject_cost.py). Prints skbtracer's header once attached
 (so bench/node.py's DrainedTracer runs it as it runs skbtracer), detaches
 on SIGINT/SIGTERM.
 
-    /usr/bin/python3 bench/empty_probes.py [--reads 1|2] [skbtracer options]
+    /usr/bin/python3 bench/empty_probes.py [--raw] [--reads 1|2|btf] [skbtracer options]
 
 --reads N: instead of returning at once, each program makes exactly N
 24-byte bpf_probe_read_kernel calls: the sk_buff from its head pointer on
@@ -14,6 +14,15 @@ packet's first bytes, as a filter then reads the IP header). These are the
 reads a filter on raw tracepoints cannot avoid. Hooks whose skb argument
 these programs cannot name (kretprobes, struct sk_buff ** arguments) get
 the empty program.
+
+Tracepoints are attached as skbtracer attaches them here: as BTF-typed
+raw tracepoints (tp_btf, skbtracer_lib/program/tp_btf.py) where the kernel
+runs them, else as raw tracepoints; --raw: as raw tracepoints anyway.
+
+--reads btf: the tracepoints get tp_btf programs that load the skb's data
+pointer by a plain load (the verifier knows the argument is an sk_buff)
+and make one 24-byte bpf_probe_read_kernel at data: what a filter on
+tp_btf cannot avoid. Kprobes get the 2-read programs.
 """
 
 import os
@@ -29,6 +38,7 @@ from skbtracer_lib.events.textrow import HEADER  # noqa: E402
 from skbtracer_lib.program import (
     kernel,  # noqa: E402
     source,
+    tp_btf,
 )
 
 EMPTY = """
@@ -46,7 +56,11 @@ READS = """
     { READ(ctx->args[argi]); return 0; }
 #define KPROBE(argn) int reads_kprobe_##argn(struct pt_regs *ctx) \\
     { READ(PT_REGS_PARM##argn(ctx)); return 0; }
+#define BTF_RAW(argi) int btf_raw_##argi(u64 *ctx) \\
+    { u64 __b[3] = {}; void *skb = (void *)ctx[argi]; \\
+      bpf_probe_read_kernel(__b, 24, *(void **)(skb + SKB_DATA_OFF)); return 0; }
 RAW(0) RAW(1) RAW(2) RAW(3)
+BTF_RAW(0) BTF_RAW(1) BTF_RAW(2) BTF_RAW(3)
 KPROBE(1) KPROBE(2) KPROBE(3) KPROBE(4) KPROBE(5)
 """
 
@@ -62,14 +76,18 @@ def reads_program(reads):
         reads, head, data, READS)
 
 
+TRACEPOINTS = (tp_btf.RAW, tp_btf.TP_BTF)
+
+
 def program_for(probe, attach_type, reads):
     """The function to attach: the N-read reference where the skb
     argument's position is known from skbtracer's own instantiation."""
     if not reads or attach_type == "kretprobe":
-        return "empty_kprobe" if attach_type != "raw_tracepoint" else "empty_raw"
-    if attach_type == "raw_tracepoint":
+        return "empty_raw" if attach_type in TRACEPOINTS else "empty_kprobe"
+    if attach_type in TRACEPOINTS:
         m = re.match(r"ROUTE_RAW_TP\(\d+, (\d+)\)", probe.c_line)
-        return "reads_raw_%s" % (m.group(1) if m else "0")     # kfree_skb, consume_skb: arg 0
+        prefix = "btf_raw_" if reads == "btf" else "reads_raw_"
+        return prefix + (m.group(1) if m else "0")     # kfree_skb, consume_skb: arg 0
     m = re.match(r"ROUTE_KPROBE\((\d)\)", probe.c_line)
     return "reads_kprobe_%s" % m.group(1) if m else "empty_kprobe"
 
@@ -77,16 +95,21 @@ def program_for(probe, attach_type, reads):
 def main(argv):
     from bcc import BPF
     reads = 0
+    raw = argv[:1] == ["--raw"]
+    if raw:
+        argv = argv[1:]
     if argv[:1] == ["--reads"]:
-        reads, argv = int(argv[1]), argv[2:]
+        reads, argv = argv[1] if argv[1] == "btf" else int(argv[1]), argv[2:]
     cfg = config.parse_args(argv)
-    plan = source.Program(cfg).plan
+    plan = source.Program(cfg, tp_btf_refused="--raw" if raw else None).plan
     headers = kernel.find_header_tree()     # bcc's includes, found as skbtracer finds them
     if headers.kernel_source:
         os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
-    text = "#include <uapi/linux/ptrace.h>\n" + EMPTY + (reads_program(reads) if reads else "")
+    text = "#include <uapi/linux/ptrace.h>\n" + EMPTY + (
+        reads_program(2 if reads == "btf" else reads) if reads else "")
     bpf = BPF(text=text)
     attached = 0
+    tp_btf_fds = []
     for probe in plan.probes:
         for attach_type, target, _fn in probe.attach:
             fn = program_for(probe, attach_type, reads)
@@ -95,9 +118,16 @@ def main(argv):
                     bpf.attach_kprobe(event=target, fn_name=fn)
                 elif attach_type == "kretprobe":
                     bpf.attach_kretprobe(event=target, fn_name=fn)
+                elif attach_type == tp_btf.TP_BTF or reads == "btf":
+                    # as skbtracer attaches them here (the 1- and 2-read
+                    # programs load as tp_btf too), or the tp_btf reference
+                    tp_btf_fds.append(tp_btf.load(bpf, fn, target))
+                    tp_btf_fds.append(tp_btf.attach(tp_btf_fds[-1], target))
                 else:
                     bpf.attach_raw_tracepoint(tp=target, fn_name=fn)
                 attached += 1
+            except tp_btf.TpBtfError as e:
+                raise SystemExit("empty_probes: %s" % e)   # the reference is not what it says
             except Exception:
                 pass            # as skbtracer skips what cannot attach
     stop = []
@@ -108,6 +138,8 @@ def main(argv):
     sys.stderr.write("empty_probes: %d hooks\n" % attached)
     while not stop:
         signal.pause()
+    for fd in reversed(tp_btf_fds):
+        os.close(fd)
     bpf.cleanup()
     sys.stderr.write("skbtracer: 0 rows printed, 0 events lost\n")
     return 0

@@ -14,7 +14,12 @@ instead of -H (expression). On the same hooks, bench/empty_probes.py
 attaches the references: empty programs, and programs making exactly one
 and exactly two 24-byte bpf_probe_read_kernel calls from the skb (its
 head/data pointers, then the packet: what a filter on raw tracepoints must
-read). --before DIR adds an older checkout's skbtracer.py.
+read). Where the kernel runs BTF-typed raw tracepoints (tp_btf), skbtracer
+and the references attach the tracepoints as tp_btf, and a fourth
+reference, 'tp_btf', loads the skb's data pointer by a plain load and
+makes one read at data: the floor of a filter on tp_btf; 'empty raw' is
+the empty programs as raw tracepoints (what tp_btf costs itself).
+--before DIR adds an older checkout's skbtracer.py.
 Figures:
   ns/hit     the kernel's own accounting (kernel.bpf_stats_enabled):
              run_time_ns / run_cnt over the tracer's programs. The
@@ -22,7 +27,8 @@ Figures:
   excess     ns/hit minus the empty programs' (goal <= 25 ns); x empty:
              the ratio of the round's ns/hit to the empty programs'.
   per read   1 read - empty and 2 reads - 1 read: what one helper call
-             costs on this machine.
+             costs on this machine; tp_btf - 2 reads: what reading the
+             skb by plain loads instead of a helper call saves.
   pps ratio  datagrams/s with skbtracer / with the empty programs, with a
              receiver that reads its socket (as applications do) and with
              one that does not (every datagram dropped at a full socket).
@@ -45,7 +51,7 @@ sys.path.insert(0, BENCH)
 
 from node import DrainedTracer, VethPair, in_guest, log, traced_flood  # noqa: E402
 
-from skbtracer_lib.program import kernel  # noqa: E402
+from skbtracer_lib.program import kernel, tp_btf  # noqa: E402
 
 EMPTY = os.path.join(BENCH, "empty_probes.py")
 REJECT = ["-H", "10.99.99.99"]
@@ -142,6 +148,8 @@ def main(argv=None):
     variants = [("skbtracer", os.path.join(REPO, "skbtracer.py"), []),
                 ("empty", EMPTY, []), ("1 read", EMPTY, ["--reads", "1"]),
                 ("2 reads", EMPTY, ["--reads", "2"])]
+    if tp_btf.check()[0]:
+        variants += [("tp_btf", EMPTY, ["--reads", "btf"]), ("empty raw", EMPTY, ["--raw"])]
     if args.before:
         variants.insert(1, ("before", os.path.join(os.path.abspath(args.before), "skbtracer.py"), []))
     results = {}
@@ -186,11 +194,19 @@ def report(results, sets, variants, args):
                                               ratio(rs, empty, "pps_dropping"))
             print(line + "  %s" % [round(r["ns_per_hit"], 1) for r in rs])
         one, two = results[(name, "1 read")], results[(name, "2 reads")]
+        tracer = med(results[(name, "skbtracer")], "ns_per_hit")
+        # the floor: what a filter cannot avoid on the hooks as skbtracer attaches them
+        floor = "tp_btf" if (name, "tp_btf") in results else "2 reads"
         print("  per read: %.1f ns (1 read - empty), %.1f ns (2 reads - 1 read); skbtracer - "
-              "2 reads: %+.1f ns (goal <= +10)" % (
+              "%s: %+.1f ns (goal <= +10)" % (
                   med(one, "ns_per_hit") - med(empty, "ns_per_hit"),
                   med(two, "ns_per_hit") - med(one, "ns_per_hit"),
-                  med(results[(name, "skbtracer")], "ns_per_hit") - med(two, "ns_per_hit")))
+                  floor, tracer - med(results[(name, floor)], "ns_per_hit")))
+        if floor == "tp_btf":
+            print("  tp_btf (plain loads + 1 read) - 2 reads: %+.1f ns; empty - empty raw "
+                  "(tp_btf's own cost): %+.1f ns" % (
+                      med(results[(name, "tp_btf")], "ns_per_hit") - med(two, "ns_per_hit"),
+                      med(empty, "ns_per_hit") - med(results[(name, "empty raw")], "ns_per_hit")))
         if (name, "before") in results:
             print("  skbtracer / before, per round: %.3fx" % ratio(
                 results[(name, "skbtracer")], results[(name, "before")], "ns_per_hit"))

@@ -9,15 +9,12 @@ import os
 import struct
 
 from . import kernel
-from .syscalls import bpf
+from .syscalls import bpf, load_return_zero
 
 # include/uapi/linux/bpf.h
-BPF_PROG_LOAD = 5
 BPF_LINK_CREATE = 28
 BPF_PROG_TYPE_KPROBE = 2
 BPF_TRACE_KPROBE_MULTI = 42
-# r0 = 0; exit
-RETURN_ZERO = struct.pack("<BBhiBBhi", 0xb7, 0, 0, 0, 0x95, 0, 0, 0)
 
 
 def create_link(prog_fd, names):
@@ -34,16 +31,9 @@ def create_link(prog_fd, names):
 def _load_empty_program():
     """A kprobe program returning 0, loaded for BPF_TRACE_KPROBE_MULTI: its
     fd, or -errno (old kernels refuse the attach type)."""
-    insns = ctypes.create_string_buffer(RETURN_ZERO, len(RETURN_ZERO))
-    license = ctypes.create_string_buffer(b"GPL")
     major, minor = kernel.version()[:2]
-    attr = ctypes.create_string_buffer(128)
-    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
-    # prog_flags, prog_name[16], prog_ifindex, expected_attach_type
-    struct.pack_into("<IIQQIIQII16sII", attr, 0, BPF_PROG_TYPE_KPROBE, 2,
-                     ctypes.addressof(insns), ctypes.addressof(license), 0, 0, 0,
-                     (major << 16) | (minor << 8), 0, b"skbt_probe", 0, BPF_TRACE_KPROBE_MULTI)
-    return bpf(BPF_PROG_LOAD, attr)
+    return load_return_zero(BPF_PROG_TYPE_KPROBE, b"skbt_probe", BPF_TRACE_KPROBE_MULTI,
+                            kern_version=(major << 16) | (minor << 8))
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,7 @@ probed module comes back), its maps read."""
 import errno
 import os
 
-from . import kernel, macros, probes
+from . import kernel, macros, probes, tp_btf
 from .attach import FunctionProbes
 from ..events import reader
 from ..events.decode import BoundedCache
@@ -15,12 +15,23 @@ class Loaded:
     """A compiled program with its probes attached."""
 
     def __init__(self, program, headers):
+        """Compiled and attached; where the kernel refuses the tracepoints'
+        tp_btf programs, compiled again with raw tracepoints
+        (self.program is then that program)."""
+        if headers.kernel_source:
+            os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
+        try:
+            self._load(program)
+        except tp_btf.TpBtfError as e:
+            self.close()
+            self._load(program.with_raw_tracepoints(str(e)))
+
+    def _load(self, program):
         from bcc import BPF   # imported late: flag errors need no bcc
         self.program = program
         self.attached = []     # (probe, type, target)
         self.skipped = list(program.plan.skipped)
-        if headers.kernel_source:
-            os.environ["BCC_KERNEL_SOURCE"] = headers.kernel_source
+        self.tp_btf_fds = {}   # tracepoint: (program fd, link fd)
         self.bpf = BPF(text=program.text)
         symbols = KernelSymbols(self.bpf)
         self.symbolize, self.stack = symbols.symbolize, symbols.stack
@@ -66,9 +77,13 @@ class Loaded:
                     self.bpf.attach_kprobe(event=target, fn_name=fn_name)
                 elif attach_type == "kretprobe":
                     self.bpf.attach_kretprobe(event=target, fn_name=fn_name)
+                elif attach_type == tp_btf.TP_BTF:
+                    self._attach_tp_btf(target, fn_name)
                 else:
                     self.bpf.attach_raw_tracepoint(tp=target, fn_name=fn_name)
                 done.append((attach_type, target))
+        except tp_btf.TpBtfError:
+            raise       # the whole program again with raw tracepoints (__init__)
         except Exception as e:  # bcc raises plain Exception on attach failure
             for attach_type, target in done:
                 self._detach(attach_type, target)
@@ -76,6 +91,14 @@ class Loaded:
             return
         for attach_type, target in done:
             self.attached.append((probe, attach_type, target))
+
+    def _attach_tp_btf(self, event, fn_name):
+        prog = tp_btf.load(self.bpf, fn_name, event)
+        try:
+            self.tp_btf_fds[event] = (prog, tp_btf.attach(prog, event))
+        except tp_btf.TpBtfError:
+            os.close(prog)
+            raise
 
     def watch_modules(self):
         """Lines to say about probed modules unloaded or loaded again since
@@ -117,6 +140,9 @@ class Loaded:
                 self.bpf.detach_kprobe(event=target)
             elif attach_type == "kretprobe":
                 self.bpf.detach_kretprobe(event=target)
+            elif attach_type == tp_btf.TP_BTF:
+                for fd in reversed(self.tp_btf_fds.pop(target)):
+                    os.close(fd)
             else:
                 self.bpf.detach_raw_tracepoint(tp=target)
         except Exception:
@@ -147,6 +173,8 @@ class Loaded:
     def close(self):
         if self.bpf is None:
             return
+        for target in list(self.tp_btf_fds):
+            self._detach(tp_btf.TP_BTF, target)
         self.functions.detach()
         self.bpf.cleanup()
         self.bpf = None

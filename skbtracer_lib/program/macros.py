@@ -110,6 +110,8 @@ DROP_REASON_ARG = _macro("DROP_REASON_ARG", NUMBER,
 DROP_REASON_CONSUMED = _macro("DROP_REASON_CONSUMED", NUMBER,
                               "SKB_CONSUMED's value: a normal free, not a drop")
 CONSUME_PROBE_ID = _macro("CONSUME_PROBE_ID", NUMBER, "--route: consume_skb's probe id")
+TP_BTF = _macro("TP_BTF", FLAG, "the tracepoint programs are loaded as tp_btf (tp_btf.py): "
+                "they read the skb's fields by plain loads")
 
 # the event path (events/reader.py)
 RING_BUFFER_PAGES = _macro("RING_BUFFER_PAGES", NUMBER,

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import kernel, macros
+from . import kernel, macros, tp_btf
 from ..events import conntrack
 
 # --route with kprobes: the original tool's set plus what newer kernels need
@@ -218,7 +218,7 @@ def _plan_route_tracepoints(plan, points):
         probe = plan.add(event, "route", note="tracepoint %s:%s" % (category, event))
         probe.c_line = macros.ROUTE_RAW_TP.line(probe.id, index)
         (program,) = macros.ROUTE_RAW_TP.function_names(probe.id, index)
-        probe.attach = [("raw_tracepoint", event, program)]
+        probe.attach = [(tp_btf.RAW, event, program)]
 
 
 def _xt_argument_positions(function, module):
@@ -369,7 +369,7 @@ def plan_probes(cfg, backend, layouts):
                 "this kernel has no kprobes", "no verdict rows"))
     if "drop" in cfg.modes or cfg.keep:
         drop = plan.add("kfree_skb", "drop" if "drop" in cfg.modes else "helper",
-                        c_line="", attach=[("raw_tracepoint", "kfree_skb", macros.ON_KFREE_SKB)])
+                        c_line="", attach=[(tp_btf.RAW, "kfree_skb", macros.ON_KFREE_SKB)])
         plan.defines[macros.DROP_PROBE_ID] = drop.id
         reason_arg = drop_reason_arg()
         if reason_arg is not None:
@@ -384,7 +384,7 @@ def plan_probes(cfg, backend, layouts):
         _plan_ct_faults(plan, layouts)
     if builtin_route or cfg.keep:
         consume = plan.add("consume_skb", "route" if "route" in cfg.modes else "helper",
-                           attach=[("raw_tracepoint", "consume_skb", macros.ON_CONSUME_SKB)],
+                           attach=[(tp_btf.RAW, "consume_skb", macros.ON_CONSUME_SKB)],
                            note="a normal free: the end of an skb's life")
         if builtin_route:
             plan.defines[macros.CONSUME_PROBE_ID] = consume.id

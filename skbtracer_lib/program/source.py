@@ -4,7 +4,7 @@ probe lines after it, for the flags and the running kernel."""
 import os
 import sys
 
-from . import kernel, layout, macros, probes
+from . import kernel, layout, macros, probes, tp_btf
 from ..events import reader
 from ..events.conntrack import CT_STATES
 from ..events.decode import EVENT_SIZE, swap16
@@ -103,13 +103,35 @@ def choose_backend(requested):
     return requested, None
 
 
+def choose_tracepoints(plan, layouts, refused=None):
+    """How the plan's tracepoints are attached: (tp_btf.TP_BTF, '') where
+    this kernel runs BTF-typed raw tracepoints for all of them (their
+    programs then read the skb by plain loads), else (tp_btf.RAW, why not).
+    refused: why tp_btf programs failed once already."""
+    events = [target for p in plan.probes for kind, target, _fn in p.attach if kind == tp_btf.RAW]
+    if not events:
+        return tp_btf.RAW, ""
+    if refused:
+        return tp_btf.RAW, refused
+    if layouts.source != "btf":
+        return tp_btf.RAW, "the struct layouts are not from BTF"
+    ok, why = tp_btf.usable(events)
+    if not ok:
+        return tp_btf.RAW, why
+    for probe in plan.probes:
+        probe.attach = [(tp_btf.TP_BTF if kind == tp_btf.RAW else kind, target, fn)
+                        for kind, target, fn in probe.attach]
+    return tp_btf.TP_BTF, ""
+
+
 class Program:
     """The complete C text and the probes it instantiates."""
 
-    def __init__(self, cfg, backend=None):
+    def __init__(self, cfg, backend=None, tp_btf_refused=None):
         """backend: force one without checking the kernel can attach it
         (the compile and verifier tests load kprobe programs on kernels
-        that cannot attach them)."""
+        that cannot attach them). tp_btf_refused: why the tracepoints must
+        be raw tracepoints (their tp_btf programs were refused)."""
         self.cfg = cfg
         if backend:
             self.backend, self.notice = backend, None
@@ -126,6 +148,8 @@ class Program:
                 raise kernel.KernelError("%s: the conntrack %s cannot be read on this kernel: %s"
                                          % (flag, what, problem))
         self.plan = probes.plan_probes(cfg, self.backend, self.layouts)
+        self.tracepoints, self.tracepoints_why = choose_tracepoints(self.plan, self.layouts,
+                                                                    tp_btf_refused)
         if cfg.expression is not None:
             self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())
         defines = {}
@@ -133,6 +157,8 @@ class Program:
         defines.update(mode_defines(cfg))
         defines.update(filter_defines(cfg))
         defines.update(self.plan.defines)
+        if self.tracepoints == tp_btf.TP_BTF:
+            defines[macros.TP_BTF] = 1
         # events through the BPF ring buffer where the kernel has one (5.8+)
         ring = reader.ring_buffer_available()
         try:
@@ -151,6 +177,13 @@ class Program:
         tail = list(dict.fromkeys(p.c_line for p in self.plan.probes if p.c_line))
         self._parts = ("\n".join(head) + "\n\n", body, "\n" + "\n".join(tail) + "\n")
         self.text = self._assemble(listing=False)
+
+    def with_raw_tracepoints(self, why):
+        """The same program with its tracepoints as raw tracepoints, for
+        when the kernel refused their tp_btf programs (why)."""
+        again = Program(self.cfg, self.backend, tp_btf_refused=why)
+        again.notice = self.notice
+        return again
 
     def _assemble(self, listing):
         head, body, tail = self._parts

@@ -24,6 +24,9 @@ class Expected:
     drop_reasons: bool = True  # skb:kfree_skb has a reason since 5.17
     nft_verdicts: bool = True  # nft_do_chain probed: needs the nf_tables module's BTF (5.11+)
     kprobe_multi: bool = False  # kprobe-multi links: CONFIG_FPROBE (5.18+; Debian from 6.12)
+    # BTF-typed raw tracepoints (tp_btf, 5.5+ with vmlinux BTF, as in all of Debian's
+    # kernels), else "raw_tracepoint"; not yet seen in a guest (round 3, issue 30)
+    tracepoints: str = "tp_btf"
 
 
 @dataclasses.dataclass(frozen=True)

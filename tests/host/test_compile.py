@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 from skbtracer_lib import config
 from skbtracer_lib.events import decode, fields
-from skbtracer_lib.program import kernel, macros  # noqa: E402
+from skbtracer_lib.program import kernel, layout, macros, tp_btf  # noqa: E402
 from skbtracer_lib.program.source import Program  # noqa: E402
 
 bcc = pytest.importorskip("bcc", reason="bcc is not importable: run with /usr/bin/python3 "
@@ -144,11 +144,15 @@ def load_all(bpf, program):
     """Load (verify) every program of every probe; [(fn, fd)]."""
     loaded = []
     for probe in program.plan.probes:
-        for attach_type, _target, fn_name in probe.attach:
-            prog_type = BPF.RAW_TRACEPOINT if attach_type == "raw_tracepoint" else BPF.KPROBE
-            fn = bpf.load_func(fn_name, prog_type)
-            assert fn.fd >= 0, fn_name
-            loaded.append((fn_name, fn.fd))
+        for attach_type, target, fn_name in probe.attach:
+            if attach_type == tp_btf.TP_BTF:
+                fd = tp_btf.load(bpf, fn_name, target)
+                os.close(fd)        # bcc does not hold it
+            else:
+                prog_type = BPF.RAW_TRACEPOINT if attach_type == tp_btf.RAW else BPF.KPROBE
+                fd = bpf.load_func(fn_name, prog_type).fd
+            assert fd >= 0, fn_name
+            loaded.append((fn_name, fd))
     return loaded
 
 
@@ -316,3 +320,64 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
             assert bpf.load_func(fn_name, BPF.KPROBE, attach_type=BPF_TRACE_KPROBE_MULTI).fd >= 0
     finally:
         bpf.cleanup()
+
+
+# --- tracepoints as tp_btf, or raw ---------------------------------------------------
+
+TP_BTF_FLAGS = ["--route", "--drop", "--keep", "-H", "10.0.0.1",
+                "ether src 02:00:00:00:00:01 and vlan 100 and ip[8] > 1"]
+
+
+def test_tracepoints_are_tp_btf_reading_the_skb_by_plain_loads(header_tree):
+    """Where the kernel runs tp_btf (this host: 6.18 with BTF), the
+    tracepoint programs are tp_btf and find_packet loads skb->protocol
+    itself (no bpf_probe_read_kernel of the sk_buff span)."""
+    if not tp_btf.check()[0]:
+        pytest.fail("this host's kernel should run tp_btf: %s" % tp_btf.check()[1])
+    program = Program(config.parse_args(TP_BTF_FLAGS), backend="tracepoint")
+    assert program.tracepoints == tp_btf.TP_BTF, program.tracepoints_why
+    assert "#define %s 1" % macros.TP_BTF in program.text
+    kinds = {kind for p in program.plan.probes for kind, _t, _f in p.attach}
+    assert kinds == {tp_btf.TP_BTF}
+    offset = layout.Layouts("btf").defines["L_SKB_PROTOCOL_OFF"]
+    bpf = BPF(text=program.text)
+    try:
+        text = bpf.disassemble_func(program.plan.probes[0].attach[0][2])
+        assert re.search(r"= \*\(u16\*\)\(r\d+ \+%d\)" % offset, text), text
+        assert len(load_all(bpf, program)) == sum(len(p.attach) for p in program.plan.probes)
+    finally:
+        bpf.cleanup()
+
+
+def test_raw_tracepoints_when_tp_btf_was_refused(header_tree):
+    """The program Loaded falls back to: raw tracepoints, their find_packet
+    reading the span, and it passes the verifier."""
+    program = Program(config.parse_args(TP_BTF_FLAGS), backend="tracepoint")
+    raw = program.with_raw_tracepoints("tp_btf kfree_skb: load: Permission denied")
+    assert raw.tracepoints == tp_btf.RAW
+    assert raw.tracepoints_why.startswith("tp_btf kfree_skb")
+    assert "#define %s" % macros.TP_BTF not in raw.text
+    assert {kind for p in raw.plan.probes for kind, _t, _f in p.attach} == {tp_btf.RAW}
+    assert compile_and_load(raw)
+
+
+def test_a_refused_tp_btf_program_is_loaded_again_as_raw_tracepoints(header_tree, monkeypatch):
+    """The kernel refusing a tp_btf program (here: told it is for sched_switch,
+    whose first argument is no pointer, so the verifier rejects the plain
+    loads) makes Loaded compile the program again with raw tracepoints."""
+    from skbtracer_lib.program.btf import TYPEDEF
+    from skbtracer_lib.program.load import Loaded
+    program = Program(config.parse_args(["--drop", "-H", "10.0.0.1"]), backend="tracepoint")
+    assert program.tracepoints == tp_btf.TP_BTF, program.tracepoints_why
+    wrong = kernel.btf().vmlinux.find("btf_trace_sched_switch", (TYPEDEF,))
+    monkeypatch.setattr(tp_btf, "target_id", lambda event: wrong)
+    loaded = Loaded(program, header_tree)
+    try:
+        assert loaded.program.tracepoints == tp_btf.RAW
+        assert loaded.program.tracepoints_why.startswith("tp_btf kfree_skb: load: "), \
+            loaded.program.tracepoints_why
+        assert [(kind, target) for _p, kind, target in loaded.attached] == \
+            [(tp_btf.RAW, "kfree_skb")]
+        assert loaded.tp_btf_fds == {}
+    finally:
+        loaded.close()

@@ -13,20 +13,22 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from skbtracer_lib.program import kernel, kprobe_multi, probes  # noqa: E402
+from skbtracer_lib.program import kernel, kprobe_multi, probes, tp_btf  # noqa: E402
 from testbed.qemu.flavours import FLAVOURS, Expected  # noqa: E402
 
 
 def host_expected():
     """The host's facts from the kernel itself (its kprobe PMU, its
-    release), not from the library under test."""
+    release, its BTF), not from the library under test."""
     kprobes = os.path.isdir("/sys/bus/event_source/devices/kprobe")
     release = os.uname().release
     version = tuple(int(n) for n in release.split("-")[0].split(".")[:2])
+    btf = os.path.exists("/sys/kernel/btf/vmlinux")
     return Expected(backend="kprobe" if kprobes else "tracepoint",
                     drop_reasons=version >= (5, 17),
                     nft_verdicts=kprobes and version >= (5, 11),
-                    kprobe_multi=False)
+                    kprobe_multi=False,
+                    tracepoints="tp_btf" if btf and version >= (5, 5) else "raw_tracepoint")
 
 
 # In a guest (TESTBED_GUEST = its flavour) the kernel is known: what the
@@ -34,6 +36,7 @@ def host_expected():
 GUEST = os.environ.get("TESTBED_GUEST")
 EXPECTED = FLAVOURS[GUEST].expected if GUEST else host_expected()
 BACKEND = EXPECTED.backend
+TRACEPOINTS = EXPECTED.tracepoints      # how skbtracer attaches tracepoints: -v's word
 HAVE_DROP_REASONS = EXPECTED.drop_reasons
 # Route-row function names per backend for "the packet arrived on this device"
 ARRIVAL = {"kprobe": {"netif_rx", "__netif_receive_skb", "ip_rcv"},
@@ -54,7 +57,8 @@ def library_view():
     return Expected(backend="kprobe" if kernel.kprobes_available() else "tracepoint",
                     drop_reasons=probes.drop_reason_arg() is not None,
                     nft_verdicts=nft_verdicts_possible(),
-                    kprobe_multi=kprobe_multi.supported())
+                    kprobe_multi=kprobe_multi.supported(),
+                    tracepoints=tp_btf.TP_BTF if tp_btf.check()[0] else tp_btf.RAW)
 
 
 @pytest.fixture(scope="session", autouse=True)

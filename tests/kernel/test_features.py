@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from conftest import BACKEND, GUEST
+from conftest import BACKEND, GUEST, TRACEPOINTS
 from test_filters import icmp_echo
 from testbed.topology import SeedCluster
 from testbed.tracer import StderrReadyRun, TracerRun, parse_rows, tracing_together
@@ -156,7 +156,7 @@ def test_tracepoint_backend_forced(into_fifo):
     run, _fifo, _text = into_fifo
     assert run.returncode == 0, run.stderr
     assert re.search(r"^skbtracer: backend tracepoint;", run.stderr, re.M), run.stderr
-    assert re.search(r"^skbtracer: attached raw_tracepoint netif_receive_skb ", run.stderr, re.M)
+    assert re.search(r"^skbtracer: attached %s netif_receive_skb " % TRACEPOINTS, run.stderr, re.M)
     assert not re.search(r"^skbtracer: attached kprobe", run.stderr, re.M), run.stderr
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import BACKEND
+from conftest import BACKEND, TRACEPOINTS
 from testbed.topology import SeedCluster
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun, readline_within, tracing_together
 
@@ -73,8 +73,10 @@ def test_verbose_lists_probes(verbose):
         assert "attached kprobe ip_rcv" in run.stderr
         assert re.search(r"skipped deliver_clone: ", run.stderr), run.stderr
     else:
-        assert "attached raw_tracepoint netif_receive_skb" in run.stderr
-    assert "attached raw_tracepoint kfree_skb" in run.stderr
+        assert "attached %s netif_receive_skb" % TRACEPOINTS in run.stderr
+    assert "attached %s kfree_skb" % TRACEPOINTS in run.stderr
+    if TRACEPOINTS == "tp_btf":
+        assert re.search(r"^skbtracer: tracepoints as tp_btf ", run.stderr, re.M), run.stderr
 
 
 def test_auto_backend_says_which(verbose):

@@ -13,7 +13,7 @@
 import re
 
 import pytest
-from conftest import ARRIVAL, BACKEND, EXPECTED, HAVE_DROP_REASONS
+from conftest import ARRIVAL, BACKEND, EXPECTED, HAVE_DROP_REASONS, TRACEPOINTS
 
 from testbed.scenarios import run_scenarios
 from testbed.topology import SeedCluster
@@ -46,7 +46,7 @@ def test_tracer_reports_the_kernel_it_was_expected_to_find(traced):
     cluster, _results, run = traced
     say = run.stderr
     assert re.search(r"^skbtracer: backend %s;" % BACKEND, say, re.M), say
-    assert re.search(r"^skbtracer: attached raw_tracepoint kfree_skb\b", say, re.M), say
+    assert re.search(r"^skbtracer: attached %s kfree_skb\b" % TRACEPOINTS, say, re.M), say
     if BACKEND == "kprobe":
         assert re.search(r"^skbtracer: attached kprobe ip_rcv\b", say, re.M), say
         nft = re.search(r"^skbtracer: (attached kprobe|skipped) nft_do_chain\b.*$", say, re.M)
