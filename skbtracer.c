@@ -1069,7 +1069,7 @@ BPF_TABLE("lru_hash", u64, struct ct_fault_seen, ct_refused, 1024);
  * reject costs no lookup) */
 static __always_inline void ct_fault_record(u64 skb, u8 fault)
 {
-    if (!prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0))
+    if (!prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0, 0))
         return;
     struct ct_fault_seen seen = { .ts_ns = bpf_ktime_get_ns(), .fault = fault };
     ct_refused.update(&skb, &seen);
