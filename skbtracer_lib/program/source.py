@@ -116,7 +116,13 @@ class Program:
         self.plan = probes.plan_probes(cfg, self.backend, self.layouts)
         if cfg.expression is not None:
             self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())
+        conn_match = cfg.matches_connection and self.layouts.conn_match()
+        if cfg.matches_connection and not conn_match:
+            self.plan.notes.append("-H/-P/--proto: the packets' own headers only (%s)"
+                                   % "; ".join(self.layouts.ct_notes or ["no conntrack"]))
         defines = {}
+        if conn_match:
+            defines[macros.CT_MATCH] = 1
         defines.update(self.layouts.defines)
         defines.update(mode_defines(cfg))
         defines.update(filter_defines(cfg))
