@@ -71,6 +71,14 @@ CONFIGS = [
     ("all-modes+keep+stacks+capture+expression+ct-state",
      ["--route", "--iptable", "--drop", "--keep", "--callstack", "-w", CAPTURE_PATH,
       "--ct-state", "untracked,rel", "-H", "10.0.0.1", "udp and port 53"]),
+    # issue 28: -H/-P/--proto match the connection's original tuple (CT_MATCH, _nfct in the
+    # span): in prepare (-H), in filter_packet (--proto, -P alone), with --keep, v6, -w
+    ("route+drop+udp-port-by-connection", ["--route", "--drop", "--proto", "udp", "-P", "53"]),
+    ("all-modes+keep+v6+icmp-by-connection",
+     ["--route", "--iptable", "--drop", "--keep", "-H", "fd00::1", "--proto", "icmp"]),
+    ("route+v4+port+capture+expression-by-connection",
+     ["--route", "-H", "10.0.0.1", "-P", "53", "-w", CAPTURE_PATH, "udp"]),
+    ("route+v4+header-only", ["--route", "-H", "10.0.0.1", "--header-only"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
