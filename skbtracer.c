@@ -717,7 +717,7 @@ static __always_inline void read_ct(struct event_t *e)
 }
 
 /* skb->_nfct: from find_packet's span where it holds it, else read once. */
-static __always_inline u64 skb_nfct(void *skb, struct layers *at)
+static __always_inline u64 nfct_of(void *skb, struct layers *at)
 {
 #ifdef CT_READ_NFCT
     if (!at->nfct_read) {
@@ -742,7 +742,7 @@ static __always_inline u64 skb_nfct(void *skb, struct layers *at)
                                    L_TUPLE_L4PROTO_OFF + 1))
 static __always_inline int conn_match(void *skb, struct layers *at, u8 family)
 {
-    u64 nfct = skb_nfct(skb, at);
+    u64 nfct = nfct_of(skb, at);
     void *conn = (void *)(nfct & ~CT_INFO_MASK);
     if (!conn || (nfct & CT_INFO_MASK) == CT_INFO_UNTRACKED)
         return 0;
@@ -891,7 +891,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
         return 0;
 #endif
 #ifdef CT_READ_NFCT
-    e->ct = skb_nfct(skb, &at);
+    e->ct = nfct_of(skb, &at);
 #endif
 #ifdef FILTER_CT_STATES
     if (!force && !(ct_state_bit(e->ct) & FILTER_CT_STATES))
