@@ -737,6 +737,7 @@ static __always_inline u64 nfct_of(void *skb, struct layers *at)
  * entry) match too. Asked only of packets whose headers did not match: no
  * entry costs nothing more when the span holds _nfct (else one read), an
  * entry one read of the tuple. */
+#define CT_OWN_PACKETS 3    /* ct_state_bit's new | est: the connection's own packets */
 #define CT_TUPLE_LEN CT_MAX(CT_MAX(L_TUPLE_SRC_ADDR_OFF + 16, L_TUPLE_DST_ADDR_OFF + 16), \
                             CT_MAX(CT_MAX(L_TUPLE_SRC_PORT_OFF + 2, L_TUPLE_DST_PORT_OFF + 2), \
                                    L_TUPLE_L4PROTO_OFF + 1))
@@ -744,8 +745,8 @@ static __always_inline int conn_match(void *skb, struct layers *at, u8 family)
 {
     u64 nfct = nfct_of(skb, at);
     void *conn = (void *)(nfct & ~CT_INFO_MASK);
-    if (!conn || (nfct & CT_INFO_MASK) == CT_INFO_UNTRACKED)
-        return 0;
+    if (!conn || !(ct_state_bit(nfct) & CT_OWN_PACKETS))
+        return 0;       /* RELATED: an ICMP error or a helper's data, not the connection's */
     u8 tuple[CT_TUPLE_LEN];
     if (bpf_probe_read_kernel(tuple, sizeof(tuple), conn + CT_ORIG_OFF))
         return 0;

@@ -78,8 +78,11 @@ def connection_test(cfg, tuple_of):
 
 def _orig_tuple(o):
     """A saved event's connection's original tuple, as connection_test takes
-    it; all empty without an entry or its tuples."""
+    it; all empty without an entry or its tuples, and for a RELATED packet (an
+    ICMP error, a helper's data: not the connection's own, as in the kernel)."""
     ct = conntrack.fields_of(o.get("ct"))
+    if conntrack.state_word(ct["ct"]) not in ("new", "est"):
+        return ("", "", 0, (None, None))
     return (ct["ct_orig_saddr"], ct["ct_orig_daddr"], ct["ct_l4proto"],
             (ct["ct_orig_sport"], ct["ct_orig_dport"]))
 

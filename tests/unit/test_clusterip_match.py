@@ -146,3 +146,13 @@ def test_no_service_line_without_dnat():
     plain = event(saddr=CLIENT, daddr=ENDPOINT, sport=1, dport=9000,
                   **dict(conn_fields(1), ct_orig_daddr=ENDPOINT, ct_orig_dport=9000))
     assert conntrack.services([plain, event(saddr=CLIENT, daddr=VIP)]) == {}
+
+
+def test_replay_a_related_packet_is_not_the_connections():
+    """An ICMP port unreachable about a UDP connection carries its entry as RELATED: not one of
+    the connection's own packets (the kernel program asks the same)."""
+    keep = event_filter(config.parse_args(["-r", "x.jsonl", "--proto", "udp", "-P", "53"]))
+    error = event(saddr=ENDPOINT, daddr=CLIENT, l4proto=1, **conn_fields(41000, info=4))
+    obj, = objects(error)
+    assert obj["ct"]["state"] == "RELATED_REPLY" and not keep(obj)
+    assert keep(objects(reply_before_unnat())[0])
