@@ -828,7 +828,9 @@ static __always_inline int filter_packet(struct event_t *e, void *skb, struct la
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
  * is not IP or does not pass the filters (and is not being kept). A packet
  * -H or the expression rejects costs two helper calls (find_packet's
- * reads): the pid and the slot are asked for only after them. */
+ * reads): the pid and the slot are asked for only after them; with
+ * CT_MATCHING a third, the connection's tuple, where the skb has an entry
+ * (its _nfct came with find_packet's span, or costs one more). */
 static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force)
 {
     if (!skb)
