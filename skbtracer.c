@@ -116,6 +116,9 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #define SKB_SPAN_OFF L_SKB_SPAN_OFF
 #define SKB_SPAN_LEN L_SKB_SPAN_LEN
 #endif
+#if defined(CT_MATCH) && defined(CT_READ_CONN)
+#define CT_MATCHING 1       /* -H, --proto, -P: the connection's original tuple too */
+#endif
 #if defined(FILTER_CT_STATES) && !defined(CT_READ_NFCT)
 #error "--ct-state: the kernel headers have no conntrack (CONFIG_NF_CONNTRACK is off)"
 #endif
@@ -303,6 +306,10 @@ struct layers {
     void *l3;
     u32 tail;           /* offset of the linear data's end, when the span has it */
     u16 mac_header;
+#ifdef CT_READ_NFCT
+    u64 nfct;           /* skb->_nfct, when nfct_read says it was read */
+    u8 nfct_read;
+#endif
 #ifdef L_SKB_SPAN_HAS_VLAN
     u16 vlan_proto;     /* the offloaded tag, when the span has it (expressions) */
     u16 vlan_tci;
@@ -541,6 +548,10 @@ static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int
 #ifdef L_SKB_SPAN_HAS_TAIL
     at->tail = SKB_FIELD(SKB_TAIL);
 #endif
+#ifdef L_SKB_SPAN_HAS_NFCT
+    at->nfct = SKB_FIELD(SKB_NFCT);
+    at->nfct_read = 1;
+#endif
 #ifdef L_SKB_SPAN_HAS_VLAN
     at->vlan_proto = SKB_FIELD(SKB_VLAN_PROTO);
     at->vlan_tci = SKB_FIELD(SKB_VLAN_TCI);
@@ -671,39 +682,6 @@ static __always_inline void fill_context(void *skb, struct event_t *e)
     e->len = KREAD(skb, SKB_LEN);
 }
 
-/* Filters given on the command line, compiled in as numbers; all but -N,
- * which needs the device (fill_context), checked on what fill_packet read
- * so that non-matching packets cost as few reads as possible. -H: prepare
- * asked it of the IP header already, unless --keep left it to here. */
-static __always_inline int filter_packet(struct event_t *e)
-{
-#ifdef FILTER_PID
-    if (e->pid != FILTER_PID)
-        return 0;
-#endif
-#ifdef FILTER_L4PROTO
-    if (e->l4proto != FILTER_L4PROTO)
-        return 0;
-#endif
-#ifdef FILTER_ICMP
-    if (!(e->family == 4 && e->l4proto == 1) && !(e->family == 6 && e->l4proto == 58))
-        return 0;
-#endif
-#ifdef FILTER_PORT
-    if (e->sport != FILTER_PORT && e->dport != FILTER_PORT)
-        return 0;
-#endif
-#ifdef FILTER_ICMPID
-    if (e->icmp_id != FILTER_ICMPID)
-        return 0;
-#endif
-#ifdef KEEP
-    return address_match(e->family, e->saddr, e->daddr);
-#else
-    return 1;
-#endif
-}
-
 /* ------------------------------------------------------------------ */
 /* Conntrack: skb->_nfct is the skb's nf_conn | its ctinfo (low 3 bits:
  * IP_CT_ESTABLISHED 0, RELATED 1, NEW 2, +3 in the reply direction,
@@ -762,11 +740,122 @@ static __always_inline void read_ct(struct event_t *e)
 #endif
 }
 
+/* skb->_nfct: from find_packet's span where it holds it, else read once. */
+static __always_inline u64 nfct_of(void *skb, struct layers *at)
+{
+#ifdef CT_READ_NFCT
+    if (!at->nfct_read) {
+        at->nfct = KREAD(skb, SKB_NFCT);
+        at->nfct_read = 1;
+    }
+    return at->nfct;
+#else
+    return 0;
+#endif
+}
+
+#ifdef CT_MATCHING
+/* Does the original tuple of the skb's connection match -H, --proto and
+ * -P? Its destination is a Service's address and port before DNAT, so the
+ * requests after DNAT and the replies before the un-NAT (which share the
+ * entry) match too. Asked only of packets whose headers did not match: no
+ * entry costs nothing more when the span holds _nfct (else one read), an
+ * entry one read of the tuple. */
+#define CT_OWN_PACKETS 3    /* ct_state_bit's new | est: the connection's own packets */
+#define CT_TUPLE_LEN CT_MAX(CT_MAX(L_TUPLE_SRC_ADDR_OFF + 16, L_TUPLE_DST_ADDR_OFF + 16), \
+                            CT_MAX(CT_MAX(L_TUPLE_SRC_PORT_OFF + 2, L_TUPLE_DST_PORT_OFF + 2), \
+                                   L_TUPLE_L4PROTO_OFF + 1))
+static __always_inline int conn_match(void *skb, struct layers *at, u8 family)
+{
+    u64 nfct = nfct_of(skb, at);
+    void *conn = (void *)(nfct & ~CT_INFO_MASK);
+    if (!conn || !(ct_state_bit(nfct) & CT_OWN_PACKETS))
+        return 0;       /* RELATED: an ICMP error or a helper's data, not the connection's */
+    u8 tuple[CT_TUPLE_LEN];
+    if (bpf_probe_read_kernel(tuple, sizeof(tuple), conn + CT_ORIG_OFF))
+        return 0;
+    /* aligned copies: address_match loads them as words, which the
+     * verifier wants aligned on the stack (dst.u3 lies at 20) */
+    u64 saddr[2], daddr[2];
+    __builtin_memcpy(saddr, tuple + L_TUPLE_SRC_ADDR_OFF, 16);
+    __builtin_memcpy(daddr, tuple + L_TUPLE_DST_ADDR_OFF, 16);
+    if (!address_match(family, (u8 *)saddr, (u8 *)daddr))
+        return 0;
+    u8 proto = tuple[L_TUPLE_L4PROTO_OFF];
+#ifdef FILTER_L4PROTO
+    if (proto != FILTER_L4PROTO)
+        return 0;
+#endif
+#ifdef FILTER_ICMP
+    if (!(family == 4 && proto == 1) && !(family == 6 && proto == 58))
+        return 0;
+#endif
+#ifdef FILTER_PORT
+    u16 sport, dport;
+    __builtin_memcpy(&sport, tuple + L_TUPLE_SRC_PORT_OFF, 2);
+    __builtin_memcpy(&dport, tuple + L_TUPLE_DST_PORT_OFF, 2);
+    if ((proto != 6 && proto != 17) || (sport != FILTER_PORT && dport != FILTER_PORT))
+        return 0;
+#endif
+    return 1;
+}
+#endif
+
+/* -H (with --keep: prepare left it to here), --proto and -P asked of the
+ * packet's own headers. */
+static __always_inline int header_match(struct event_t *e)
+{
+#ifdef FILTER_L4PROTO
+    if (e->l4proto != FILTER_L4PROTO)
+        return 0;
+#endif
+#ifdef FILTER_ICMP
+    if (!(e->family == 4 && e->l4proto == 1) && !(e->family == 6 && e->l4proto == 58))
+        return 0;
+#endif
+#ifdef FILTER_PORT
+    if (e->sport != FILTER_PORT && e->dport != FILTER_PORT)
+        return 0;
+#endif
+#ifdef KEEP
+    return address_match(e->family, e->saddr, e->daddr);
+#else
+    return 1;
+#endif
+}
+
+/* Filters given on the command line, compiled in as numbers; all but -N,
+ * which needs the device (fill_context), checked on what fill_packet read
+ * so that non-matching packets cost as few reads as possible. -H, --proto
+ * and -P: the headers, else (CT_MATCHING) the connection's original tuple;
+ * by_conn: prepare found that tuple matching already. */
+static __always_inline int filter_packet(struct event_t *e, void *skb, struct layers *at,
+                                         int by_conn)
+{
+#ifdef FILTER_PID
+    if (e->pid != FILTER_PID)
+        return 0;
+#endif
+#ifdef FILTER_ICMPID
+    if (e->icmp_id != FILTER_ICMPID)
+        return 0;
+#endif
+    if (by_conn || header_match(e))
+        return 1;
+#ifdef CT_MATCHING
+    return conn_match(skb, at, e->family);
+#else
+    return 0;
+#endif
+}
+
 /* Build the event for skb in the per-CPU scratch slot; NULL when the skb
  * is not IP or does not pass the filters (and is not being kept). A packet
  * -H or the expression rejects costs two helper calls (find_packet's
  * reads; one where direct, in a tp_btf program): the pid and the slot are
- * asked for only after them. */
+ * asked for only after them; with CT_MATCHING a third, the connection's
+ * tuple, where the skb has an entry (its _nfct came with find_packet's
+ * span or plain loads, or costs one more). */
 static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, int force,
                                                int direct)
 {
@@ -789,8 +878,16 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     u8 family = find_packet(skb, &at, hdr, direct);
     if (!family)
         return 0;
-    if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr)))
+    int by_conn = 0;            /* -H, --proto, -P matched the connection, not the headers */
+    if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr))) {
+#ifdef CT_MATCHING
+        if (!conn_match(skb, &at, family))
+            return 0;
+        by_conn = 1;
+#else
         return 0;
+#endif
+    }
 #ifdef PCAP_FILTER
     if (check_address && !pcap_filter(skb, &at))
         return 0;   /* before the transport header is read, as -H */
@@ -811,7 +908,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     if (kept && *kept)  /* read, not only tested: clang must not OR the pointer into force */
         force = 1;
 #endif
-    if (!force && !filter_packet(e))
+    if (!force && !filter_packet(e, skb, &at, by_conn))
         return 0;
 #if defined(PCAP_FILTER) && defined(KEEP)
     if (!force && !pcap_filter(skb, &at))
@@ -823,7 +920,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
         return 0;
 #endif
 #ifdef CT_READ_NFCT
-    e->ct = KREAD(skb, SKB_NFCT);
+    e->ct = nfct_of(skb, &at);
 #endif
 #ifdef FILTER_CT_STATES
     if (!force && !(ct_state_bit(e->ct) & FILTER_CT_STATES))

@@ -102,6 +102,21 @@ def measure(pair, script, args, seconds, pps):
             "pps_dropping": dropping, "pps_reading": reading, "rows": tracer.rows}
 
 
+# a rule that asks conntrack: the namespace's conntrack hooks register, every skb gets an entry
+TRACK_RULES = """table ip skbt_bench {
+    chain out { type filter hook output priority 0; ct state new,established accept; }
+    chain in { type filter hook input priority 0; ct state new,established accept; }
+}
+"""
+
+
+def track_connections(pair):
+    import subprocess
+    for ns in (pair.tx, pair.rx):
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=TRACK_RULES,
+                       text=True, check=True)
+
+
 def machine():
     """CPU model and the mitigations that make helper calls dear."""
     model = "?"
@@ -138,6 +153,11 @@ def main(argv=None):
                     help="probe sets, comma-separated (all: only where kprobes exist)")
     ap.add_argument("--no-pps", dest="pps", action="store_false",
                     help="only the accounted flood, not the two pps floods")
+    ap.add_argument("--tracked", action="store_true",
+                    help="conntrack on in both namespaces (an nft ct rule): the flood's skbs "
+                         "carry an entry, as on a Kubernetes node")
+    ap.add_argument("--header-only", action="store_true",
+                    help="also skbtracer --header-only (-H never matches the connection)")
     args = ap.parse_args(argv)
     if args.guest:
         return in_guest("reject_cost.py", args.seconds, args.rounds, timeout=3000)
@@ -152,8 +172,12 @@ def main(argv=None):
         variants += [("tp_btf", EMPTY, ["--reads", "btf"]), ("empty raw", EMPTY, ["--raw"])]
     if args.before:
         variants.insert(1, ("before", os.path.join(os.path.abspath(args.before), "skbtracer.py"), []))
+    if args.header_only:
+        variants.insert(1, ("hdr-only", os.path.join(REPO, "skbtracer.py"), ["--header-only"]))
     results = {}
     with VethPair() as pair:
+        if args.tracked:
+            track_connections(pair)
         for round_ in range(args.rounds):
             for name, flags in sets:
                 for who, script, prefix in variants:
@@ -171,8 +195,9 @@ def report(results, sets, variants, args):
     def ratio(a_rs, b_rs, key):
         return statistics.median(a[key] / b[key] for a, b in zip(a_rs, b_rs))
 
-    print("reject cost, kernel %s, median of %d rounds of %.0f s"
-          % (os.uname().release, args.rounds, args.seconds))
+    print("reject cost, kernel %s, median of %d rounds of %.0f s%s"
+          % (os.uname().release, args.rounds, args.seconds,
+             ", conntrack on (--tracked)" if args.tracked else ""))
     for line in machine():
         print("  " + line)
     print("load average before the report: %.2f %.2f %.2f" % os.getloadavg())

@@ -97,7 +97,11 @@ def beyond_note(beyond, limit):
 def _filter_notes(cfg):
     notes = []
     if (cfg.addr is not None or cfg.port is not None) and not cfg.keep:
-        notes.append("packets NAT moved out of the -H/-P filters (--keep follows them)")
+        if cfg.matches_connection:      # a packet without an entry: another namespace's copy
+            notes.append("packets NAT moved out of the -H/-P filters where they carried no "
+                         "conntrack entry (--keep follows them)")
+        else:
+            notes.append("packets NAT moved out of the -H/-P filters (--keep follows them)")
     if cfg.netns is not None:
         notes.append("other namespaces (-N)")
     if cfg.pid is not None:

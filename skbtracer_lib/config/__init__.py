@@ -51,6 +51,7 @@ class Config:
     ct_mark: tuple = None           # --ct-mark: (mark, mask), mark having no bit outside mask
     ct_zone: int = None             # --ct-zone: the conntrack zone id
     ct: bool = False                # --ct: conntrack in the text rows
+    header_only: bool = False       # --header-only: -H/-P/--proto never match the connection
     netns: int = None               # inode (the first -N)
     netns_all: list = field(default_factory=list)   # every -N inode (at most MAX_NETNS)
     netns_label: str = None         # what the user typed for -N
@@ -81,6 +82,13 @@ class Config:
     story_per_packet: bool = False  # --story-per-packet: a table row per packet
     all_functions: bool = False     # --all: every function taking an skb
     functions: list = field(default_factory=list)   # --func patterns
+
+    @property
+    def matches_connection(self):
+        """Do -H, -P, --proto also match a packet by its connection's
+        original tuple (the default; not with --header-only)?"""
+        return not self.header_only and (
+            self.addr is not None or self.port is not None or self.proto != "any")
 
 
 def _number(text, what, low, high):
@@ -282,6 +290,9 @@ def _filters(ns, cfg):
     cfg.ct_states = parse_ct_states(ns.ct_state or [])
     cfg.ct_mark = parse_ct_mark(ns.ct_mark)
     cfg.ct_zone = _integer(ns.ct_zone, "--ct-zone", 0, 0xFFFF)
+    cfg.header_only = ns.header_only
+    if cfg.header_only and cfg.addr is None and cfg.port is None and proto == "any":
+        raise UsageError("--header-only applies only with -H, -P or --proto")
     cfg.pid = _number(ns.pid, "-p/--pid", 1, 2**22)
     if cfg.pid is not None and not os.path.exists("/proc/%d" % cfg.pid):
         raise UsageError("-p: no process %d" % cfg.pid)

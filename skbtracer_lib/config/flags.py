@@ -29,6 +29,7 @@ EXAMPLES = (
     ("--proto tcp -H 1.2.3.4 -P 22", "TCP to or from 1.2.3.4 port 22"),
     ("-H fd00::2 --proto icmp", "ICMPv6 of one IPv6 address"),
     ("-N server --drop --dropstack", 'drops in netns "server", with stacks'),
+    ("-H 10.96.0.10 -P 53", "a Service's connections, both directions, past DNAT"),
     ("-H 10.96.0.10 --keep", "follow a service IP's packets past DNAT"),
     ("-H 10.96.0.10 --ct-state new --ct", "new connections: first packets, NAT chosen"),
     ("--ct-mark 0x2a/0xff --ct", "connections whose CONNMARK's low byte is 42"),
@@ -104,6 +105,10 @@ FLAGS = (
          help="tcp, udp, icmp (ICMPv6 for IPv6 packets) or any (default)"),
     Flag("-P", "--port", metavar="N", help="TCP/UDP source or destination port"),
     Flag("--icmpid", metavar="N", help="ICMP echo id (needs --proto icmp)"),
+    Flag("--header-only", action="store_true",
+         help="-H, -P and --proto match the packet's own headers only; by default they also "
+              "match its connection's original tuple (a Service's ClusterIP and port, both "
+              "directions, after DNAT)"),
     Flag("-p", "--pid", metavar="N", help="only events in the context of this process"),
     Flag("--ct-state", metavar="STATE", action="append", dest="ct_state", complete=tuple(CT_STATES),
          help="only packets whose skb carries this conntrack state: new, est, rel, inv (no "

@@ -280,3 +280,23 @@ def story_text(events):
         texts = texts[:MAX_STORY_CONNECTIONS] + ["..."]
     return ", ".join(texts)
 
+
+
+def services(events):
+    """The Services the events' connections went to: DNATed connections
+    grouped by their original destination (the Service's address and port)
+    and the endpoint conntrack chose (the reply's source):
+    {(l4proto, family, service): {endpoint: {original tuples}}}, endpoints as
+    endpoint_text, in the order first seen."""
+    found = {}
+    for e in events:
+        if not e.ct_known & KNOWN_CONN:
+            continue
+        dnat = [(before, after) for kind, before, after in _nat(e) if kind == "DNAT"]
+        if not dnat:
+            continue
+        service, endpoint = dnat[0]
+        conn = (e.ct_l4proto, e.ct_orig_saddr, e.ct_orig_sport, e.ct_orig_daddr, e.ct_orig_dport)
+        endpoints = found.setdefault((e.ct_l4proto, e.family, service), {})
+        endpoints.setdefault(endpoint, set()).add(conn)
+    return found

@@ -27,6 +27,9 @@ CORE_FIELDS = {
 # read together when they lie within MAX_SPAN bytes of each other
 SPAN_FIELDS = ("SKB_PROTOCOL", "SKB_NETWORK_HEADER", "SKB_MAC_HEADER", "SKB_HEAD", "SKB_DATA")
 MAX_SPAN = 64
+# -H/-P/--proto matching the connection (CT_MATCH): _nfct in the same read where the
+# span stays within this (6.18: 104 bytes); a packet without an entry then costs no more
+MAX_SPAN_WITH_NFCT = 128
 # a filter expression (pcap_filter): the offloaded VLAN tag tcpdump shows
 PCAP_VLAN_FIELDS = {
     "SKB_VLAN_PROTO": ("sk_buff", "vlan_proto"),
@@ -80,6 +83,7 @@ class Layouts:
         self.ct_entry = self.ct_conn = False
         self.ct_notes = []
         self.ct_unreadable = {}       # "mark"/"zone" -> why read_ct cannot read it (BTF)
+        self.span_fields = ()       # the sk_buff fields find_packet reads at once
         if source == "headers":
             self.defines[macros.SKBT_LAYOUT_HEADERS] = 1
             self.description = "the installed kernel headers"
@@ -90,7 +94,7 @@ class Layouts:
         self.description = "BTF (/sys/kernel/btf)"
         self._add_fields(CORE_FIELDS, None)
         self._add_fields(NF_STATE_FIELDS, None)
-        self._add_span(SPAN_FIELDS)
+        self._widen_span(SPAN_FIELDS, MAX_SPAN)
         self._add_conntrack()
 
     def _add_conntrack(self):
@@ -168,15 +172,30 @@ class Layouts:
             return "the %s module is not loaded (nothing uses conntrack yet)" % CT_MODULE
         return "this kernel has no BTF for the %s module" % CT_MODULE
 
-    def _add_span(self, fields):
-        """One read for fields that lie close together (SPAN_FIELD in C)."""
-        start = min(self.defines[macros.layout_offset(f)] for f in fields)
+    def _widen_span(self, fields, limit):
+        """One read for fields that lie close together (SPAN_FIELD in C): the
+        span's fields and these, when they lie within limit bytes."""
+        if self.span_fields == () and fields != SPAN_FIELDS:
+            return False        # no span to widen: the fields are read one by one
+        wanted = self.span_fields + tuple(f for f in fields if f not in self.span_fields)
+        start = min(self.defines[macros.layout_offset(f)] for f in wanted)
         end = max(self.defines[macros.layout_offset(f)] + self.defines[macros.layout_size(f)]
-                  for f in fields)
-        if end - start > MAX_SPAN:
+                  for f in wanted)
+        if end - start > limit:
             return False
+        self.span_fields = wanted
         self.defines[macros.L_SKB_SPAN_OFF] = start
         self.defines[macros.L_SKB_SPAN_LEN] = end - start
+        return True
+
+    def conn_match(self):
+        """-H/-P/--proto may match the connection's original tuple: can they
+        (the struct nf_conn layout is known)? sk_buff._nfct joins
+        find_packet's read where it lies close enough."""
+        if not self.ct_conn:
+            return False
+        if self.source == "btf" and self._widen_span(("SKB_NFCT",), MAX_SPAN_WITH_NFCT):
+            self.defines[macros.L_SKB_SPAN_HAS_NFCT] = 1
         return True
 
     def _add_fields(self, fields, module):
@@ -203,10 +222,10 @@ class Layouts:
             vlan += tuple(PCAP_VLAN_PRESENT)
         except BTFError:
             pass        # 6.2+: a tag is present when vlan_all != 0
-        if macros.L_SKB_SPAN_LEN in self.defines and self._add_span(SPAN_FIELDS + ("SKB_TAIL",)):
+        if self._widen_span(("SKB_TAIL",), MAX_SPAN):
             self.defines[macros.L_SKB_SPAN_HAS_TAIL] = 1
             # the offloaded tag in the same read, where it lies close enough
-            if self._add_span(SPAN_FIELDS + ("SKB_TAIL",) + vlan):
+            if self._widen_span(vlan, MAX_SPAN):
                 self.defines[macros.L_SKB_SPAN_HAS_VLAN] = 1
         return []
 

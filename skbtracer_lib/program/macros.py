@@ -42,6 +42,8 @@ L_SKB_SPAN_LEN = _macro("L_SKB_SPAN_LEN", NUMBER,
                         "how long that span is; undefined: read the fields one by one")
 L_SKB_SPAN_HAS_TAIL = _macro("L_SKB_SPAN_HAS_TAIL", FLAG,
                              "the span holds skb->tail too (expressions, -w)")
+L_SKB_SPAN_HAS_NFCT = _macro("L_SKB_SPAN_HAS_NFCT", FLAG,
+                             "the span holds skb->_nfct too (-H/-P/--proto matching the connection)")
 L_SKB_SPAN_HAS_VLAN = _macro("L_SKB_SPAN_HAS_VLAN", FLAG,
                              "the span holds the offloaded VLAN tag's fields too (expressions)")
 HAVE_XT_LAYOUT = _macro("HAVE_XT_LAYOUT", FLAG, "struct xt_table's layout is known: table names")
@@ -81,6 +83,8 @@ FILTER_ICMP = _macro("FILTER_ICMP", FLAG, "--proto icmp: ICMP or ICMPv6")
 FILTER_PORT = _macro("FILTER_PORT", NUMBER, "-P: source or destination port")
 FILTER_ICMPID = _macro("FILTER_ICMPID", NUMBER, "--icmpid: the ICMP echo id")
 FILTER_PID = _macro("FILTER_PID", NUMBER, "-p: the process id")
+CT_MATCH = _macro("CT_MATCH", FLAG,
+                  "-H, --proto, -P also match the connection's original tuple (no --header-only)")
 FILTER_CT_STATES = _macro("FILTER_CT_STATES", NUMBER,
                           "--ct-state: the conntrack classes wanted, as ct_state_bit()'s bits")
 FILTER_CT_MARK = _macro("FILTER_CT_MARK", NUMBER,

@@ -152,7 +152,16 @@ class Program:
                                                                     tp_btf_refused)
         if cfg.expression is not None:
             self.plan.notes.extend(self.layouts.pcap() + cfg.expression.notes())
+        conn_match = cfg.matches_connection and self.layouts.conn_match()
+        if conn_match:
+            self.plan.notes.append("-H/-P/--proto: the packet's headers, else its connection's "
+                                   "original tuple (--header-only: the headers only)")
+        elif cfg.matches_connection:
+            self.plan.notes.append("-H/-P/--proto: the packets' own headers only (%s)"
+                                   % "; ".join(self.layouts.ct_notes or ["no conntrack"]))
         defines = {}
+        if conn_match:
+            defines[macros.CT_MATCH] = 1
         defines.update(self.layouts.defines)
         defines.update(mode_defines(cfg))
         defines.update(filter_defines(cfg))

@@ -6,7 +6,7 @@ import sys
 from .. import story
 from ..events import conntrack
 from ..events.textrow import Clock, Row, full_row
-from ..events.vocabulary import L4_NUMBERS
+from ..events.vocabulary import ICMP, ICMPV6, L4_NUMBERS, PORTED
 from ..outputs import jsonl
 from ..outputs.files import FileError
 from ..outputs.sinks import make_sinks, open_outputs, wants_columns
@@ -31,18 +31,17 @@ def saved_session(cfg, runs, out=None, err=None, files=None):
 
 def event_filter(cfg):
     """The filter flags as a test on saved event objects (-H, --proto, -P,
-    --icmpid, -N, --ct-state, --ct-mark, --ct-zone, the filter expression)."""
+    --icmpid, -N, --ct-state, --ct-mark, --ct-zone, the filter expression);
+    -H, --proto and -P as the kernel program asks them: of the headers, else
+    (no --header-only) of the connection's original tuple (its "ct" object's
+    "orig")."""
     tests = []
-    if cfg.addr is not None:
-        addr = str(cfg.addr)
-        tests.append(lambda o: o["saddr"] == addr or o["daddr"] == addr)
-    if cfg.proto == "icmp":
-        tests.append(lambda o: o["proto"] in ("icmp", "icmpv6"))
-    elif cfg.proto in L4_NUMBERS:
-        number = L4_NUMBERS[cfg.proto]
-        tests.append(lambda o: o["l4proto"] == number)
-    if cfg.port is not None:
-        tests.append(lambda o: cfg.port in (o.get("sport"), o.get("dport")))
+    on_headers = connection_test(cfg, lambda o: (o["saddr"], o["daddr"], o["l4proto"],
+                                                 (o.get("sport"), o.get("dport"))))
+    on_conn = connection_test(cfg, _orig_tuple) if cfg.matches_connection else None
+    if on_headers is not None:
+        tests.append(on_headers if on_conn is None else
+                     lambda o: on_headers(o) or on_conn(o))
     if cfg.icmpid is not None:
         tests.append(lambda o: o.get("icmp_id") == cfg.icmpid)
     if cfg.netns_all:
@@ -60,6 +59,36 @@ def event_filter(cfg):
         judge = packets.ExpressionJudge(cfg.expression)
         tests.append(judge)
     return (lambda o: all(t(o) for t in tests)) if tests else None
+
+
+def connection_test(cfg, tuple_of):
+    """-H, --proto and -P together as one test of tuple_of(o): (source,
+    destination, protocol number, (sport, dport)); None without them."""
+    tests = []
+    if cfg.addr is not None:
+        addr = str(cfg.addr)
+        tests.append(lambda t: addr in (t[0], t[1]))
+    if cfg.proto == "icmp":
+        tests.append(lambda t: t[2] in (ICMP, ICMPV6))
+    elif cfg.proto in L4_NUMBERS:
+        number = L4_NUMBERS[cfg.proto]
+        tests.append(lambda t: t[2] == number)
+    if cfg.port is not None:
+        tests.append(lambda t: t[2] in PORTED and cfg.port in t[3])
+    if not tests:
+        return None
+    return lambda o: all(test(tuple_of(o)) for test in tests)
+
+
+def _orig_tuple(o):
+    """A saved event's connection's original tuple, as connection_test takes
+    it; all empty without an entry or its tuples, and for a RELATED packet (an
+    ICMP error, a helper's data: not the connection's own, as in the kernel)."""
+    ct = conntrack.fields_of(o.get("ct"))
+    if conntrack.state_word(ct["ct"]) not in ("new", "est"):
+        return ("", "", 0, (None, None))
+    return (ct["ct_orig_saddr"], ct["ct_orig_daddr"], ct["ct_l4proto"],
+            (ct["ct_orig_sport"], ct["ct_orig_dport"]))
 
 
 class SavedEvents:

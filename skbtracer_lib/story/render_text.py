@@ -191,6 +191,18 @@ class Story(StoryModel):
         10.244.1.3:5353'); '-' when no row saw a conntrack entry."""
         return conntrack.story_text(packet.events) or "-"
 
+    def service_lines(self):
+        """A line per Service the packets' connections went to, with the
+        endpoints conntrack chose: 'SERVICE: U 10.96.0.10:53 -> 10.244.1.3:9000
+        (3 connections)'."""
+        lines = []
+        events = (e for packet in self.packets for e in packet.events)
+        for (l4proto, family, service), endpoints in conntrack.services(events).items():
+            chosen = ", ".join("%s (%s)" % (endpoint, _counted_words(len(conns), "connection"))
+                               for endpoint, conns in endpoints.items())
+            lines.append("SERVICE: %s %s -> %s" % (proto_letter(family, l4proto), service, chosen))
+        return lines
+
     # -- flags
 
     def steps_text(self, steps):
@@ -272,7 +284,8 @@ class Story(StoryModel):
 
     def flag_lines(self):
         lines = []
-        for found in (self.duplicate_lines(), self.drop_lines(), self.vanished_lines()):
+        for found in (self.service_lines(), self.duplicate_lines(), self.drop_lines(),
+                      self.vanished_lines()):
             lines += found[:MAX_FLAG_LINES]
             if len(found) > MAX_FLAG_LINES:
                 kind = found[0].split(":", 1)[0]
@@ -285,6 +298,10 @@ END_WORDS = {EndKind.FREED: "reached %s, freed",
              EndKind.LEFT: "left via %s",
              EndKind.VANISHED: "vanished after %s (%s)",             # where, func
              EndKind.TAP: "a copy freed at %s"}
+
+
+def _counted_words(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
 
 
 def duration_text(ns):

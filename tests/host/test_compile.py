@@ -77,6 +77,14 @@ CONFIGS = [
      ["--route", "--iptable", "--drop", "--keep", "--callstack", "-w", CAPTURE_PATH,
       "--ct-state", "new,est", "--ct-mark", "0xffffffff", "--ct-zone", "0xffff", "-H", "fd00::1",
       "-p", PID, "-N", "/proc/self/ns/net", "udp and port 53"]),
+    # issue 28: -H/-P/--proto match the connection's original tuple (CT_MATCH, _nfct in the
+    # span): in prepare (-H), in filter_packet (--proto, -P alone), with --keep, v6, -w
+    ("route+drop+udp-port-by-connection", ["--route", "--drop", "--proto", "udp", "-P", "53"]),
+    ("all-modes+keep+v6+icmp-by-connection",
+     ["--route", "--iptable", "--drop", "--keep", "-H", "fd00::1", "--proto", "icmp"]),
+    ("route+v4+port+capture+expression-by-connection",
+     ["--route", "-H", "10.0.0.1", "-P", "53", "-w", CAPTURE_PATH, "udp"]),
+    ("route+v4+header-only", ["--route", "-H", "10.0.0.1", "--header-only"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
@@ -211,10 +219,13 @@ def test_header_layout_capture_compiles(header_tree):
 
 def test_header_layout_conntrack_compiles(header_tree):
     """--layout headers (no BTF): struct nf_conn's layout from the installed headers
-    (nf_conntrack.h where CONFIG_NF_CONNTRACK is set), with --ct-state."""
-    cfg = config.parse_args(["--layout", "headers", "--route", "--drop", "--ct-state", "new,est"])
+    (nf_conntrack.h where CONFIG_NF_CONNTRACK is set), with --ct-state; -P and --proto
+    matching the connection's original tuple from those headers (CT_MATCH)."""
+    cfg = config.parse_args(["--layout", "headers", "--route", "--drop", "--ct-state", "new,est",
+                             "--proto", "udp", "-P", "53"])
     program = Program(cfg, backend="kprobe")
     assert not re.search(r"^#define HAVE_CT_", program.text, re.M)
+    assert re.search(r"^#define CT_MATCH 1$", program.text, re.M)
     assert compile_and_load(program)
 
 
@@ -243,12 +254,17 @@ def test_without_the_nf_conn_layout_the_state_is_still_read(header_tree, monkeyp
             return real.member(struct_name, path, module)
 
     monkeypatch.setattr(layout.kernel, "btf", NoConntrackModuleBTF)
-    cfg = config.parse_args(["--route", "--iptable", "--drop", "--keep", "--ct-state", "new"])
+    cfg = config.parse_args(["--route", "--iptable", "--drop", "--keep", "--ct-state", "new",
+                             "-H", "10.0.0.1"])
     program = Program(cfg, backend="kprobe")
     assert "#define HAVE_CT_NFCT 1" in program.text
     assert "#define HAVE_CT_CONN" not in program.text
     assert "#define L_CT_STATUS_OFF" not in program.text
     assert any("state only" in note for note in program.layouts.ct_notes)
+    # -H cannot match the connection without its tuple: the headers decide, and -v says so
+    assert not re.search(r"^#define CT_MATCH 1$", program.text, re.M)
+    assert any(note.startswith("-H/-P/--proto: the packets' own headers only")
+               for note in program.plan.notes), program.plan.notes
     assert compile_and_load(program)
 
 

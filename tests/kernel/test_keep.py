@@ -23,14 +23,17 @@ def trace_service(cluster, settle, extra):
     return run
 
 
-def test_without_keep_rows_stop_at_the_address_change(cluster, settle):
-    run = trace_service(cluster, settle, [])
+def test_header_only_without_keep_rows_stop_at_the_address_change(cluster, settle):
+    """--header-only: the headers alone decide (by default the connection's original tuple
+    matches too: tests/kernel/test_clusterip.py)."""
+    run = trace_service(cluster, settle, ["--header-only"])
     assert run.rows, run.stdout + run.stderr
     assert all("->%s:" % cluster.ip["service"] in r.pkt for r in run.rows)
 
 
 def test_keep_follows_the_dnated_skb_and_its_clones(cluster, settle):
-    run = trace_service(cluster, settle, ["--keep"])
+    """--header-only: what --keep alone follows (the connection would match more copies)."""
+    run = trace_service(cluster, settle, ["--keep", "--header-only"])
     after_nat = [r for r in run.rows if "->%s:9000" % cluster.ip["server"] in r.pkt]
     assert after_nat, run.stdout
     before = {r.skb for r in run.rows if "->%s:" % cluster.ip["service"] in r.pkt}
