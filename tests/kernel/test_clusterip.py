@@ -174,3 +174,28 @@ def test_header_only_restores_header_matching(traced):
     assert by_conn, "the positive control: the service run has rows by the connection"
     assert not [o for o in strict if ports & {o["sport"], o["dport"]}
                 and PAIR_IP not in (o["saddr"], o["daddr"])]
+
+
+def test_seed_scenario_by_its_clusterip_tells_the_duplicate():
+    """The seed's scenario 1 (promiscuous cbr0, the datagram through the service) traced by the
+    ClusterIP alone: `-H 10.96.0.10 --keep` tells the same DUPLICATE as `-H <client>`. Without
+    --keep the copies in the server pod are not rows: crossing the veth into the pod clears the
+    skb's conntrack entry (the pod has none of its own), so neither the headers nor the
+    connection match there; --keep follows the skb that matched."""
+    from testbed.topology import SeedCluster
+    cleanup_stale()
+    with SeedCluster(promisc=True) as cluster:
+        cluster.start_udp_receiver("server")
+        flags = ["-H", cluster.ip["service"], "--proto", "udp", "--route", "--keep",
+                 "--width", "1000"]
+        with TracerRun(flags) as run:
+            cluster.send_udp("client", cluster.ip["service"], cluster.SERVICE_PORT)
+            received = cluster.received("server", settle=0.5)
+    assert received == 2
+    assert run.returncode == 0, run.stderr
+    server = cluster.netns_name("server")
+    dup = [line for line in run.stderr.splitlines() if line.startswith("DUPLICATE:")]
+    assert len(dup) == 1 and "reached %s/eth0 2 times" % server in dup[0], run.stderr
+    assert "SERVICE: U %s:%d -> %s:%d (1 connection)" % (
+        cluster.ip["service"], cluster.SERVICE_PORT, cluster.ip["server"],
+        cluster.SERVER_PORT) in run.stderr, run.stderr
