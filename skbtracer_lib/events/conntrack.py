@@ -8,7 +8,7 @@ words. An event's ct fields (events/fields.py):
               0 when the skb has no entry (not seen by conntrack yet, or
               found INVALID)
   ct_known    KNOWN_* bits: what of the nf_conn was read (its layout may be
-              unknown: 5.10 has no module BTF; -v says why)
+              unknown where no BTF has struct nf_conn; -v says why)
   ct_status, ct_mark, ct_zone, ct_l4proto, ct_{orig,reply}_{saddr,daddr,sport,dport}
 """
 
