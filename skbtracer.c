@@ -1157,7 +1157,30 @@ struct ct_fault_seen {
     u64 ts_ns;
     u8 fault;
 };
-BPF_HASH(ct_confirming, u64, u64, 1024);        /* thread -> the skb being confirmed */
+/* a return probe sees no arguments: its entry probe keeps the one it needs,
+ * per thread and function (CALL_*) */
+BPF_HASH(ct_calls, u64, u64, 1024);
+#define CALL_CONFIRM 0
+#define CALL_ALLOC   1
+
+static __always_inline int call_enter(u64 which, u64 arg)
+{
+    u64 key = bpf_get_current_pid_tgid() << 1 | which;
+    ct_calls.update(&key, &arg);
+    return 0;
+}
+
+/* the argument call_enter kept, forgotten; 0 when there is none */
+static __always_inline u64 call_return(u64 which)
+{
+    u64 key = bpf_get_current_pid_tgid() << 1 | which;
+    u64 *found = ct_calls.lookup(&key);
+    if (!found)
+        return 0;
+    u64 arg = *found;
+    ct_calls.delete(&key);
+    return arg;
+}
 /* wanted skb -> its fault, until its drop row (LRU: a cause with no drop ages out) */
 BPF_TABLE("lru_hash", u64, struct ct_fault_seen, ct_refused, 1024);
 
@@ -1174,21 +1197,13 @@ static __always_inline void ct_fault_record(u64 skb, u8 fault)
 
 int on_ct_confirm(struct pt_regs *ctx)
 {
-    u64 tid = bpf_get_current_pid_tgid();
-    u64 skb = PT_REGS_PARM1(ctx);
-    ct_confirming.update(&tid, &skb);
-    return 0;
+    return call_enter(CALL_CONFIRM, PT_REGS_PARM1(ctx));    /* the skb */
 }
 
 int on_ct_confirm_return(struct pt_regs *ctx)
 {
-    u64 tid = bpf_get_current_pid_tgid();
-    u64 *found = ct_confirming.lookup(&tid);
-    if (!found)
-        return 0;
-    u64 skb = *found;
-    ct_confirming.delete(&tid);
-    if ((PT_REGS_RC(ctx) & 0xff) == 0)      /* NF_DROP */
+    u64 skb = call_return(CALL_CONFIRM);
+    if (skb && (PT_REGS_RC(ctx) & 0xff) == 0)       /* NF_DROP */
         ct_fault_record(skb, CT_FAULT_INSERT);
     return 0;
 }
@@ -1211,27 +1226,18 @@ struct ct_alloc_failure {
     u16 dport;
     u8 l4proto;
 };
-BPF_HASH(ct_allocating, u64, u64, 1024);        /* thread -> the original tuple */
 BPF_PERCPU_ARRAY(ct_alloc_failed, struct ct_alloc_failure, 1);
 
 /* __nf_conntrack_alloc(net, zone, orig, repl, gfp, hash) */
 int on_ct_alloc(struct pt_regs *ctx)
 {
-    u64 tid = bpf_get_current_pid_tgid();
-    u64 orig = PT_REGS_PARM3(ctx);
-    ct_allocating.update(&tid, &orig);
-    return 0;
+    return call_enter(CALL_ALLOC, PT_REGS_PARM3(ctx));      /* the original tuple */
 }
 
 int on_ct_alloc_return(struct pt_regs *ctx)
 {
-    u64 tid = bpf_get_current_pid_tgid();
-    u64 *found = ct_allocating.lookup(&tid);
-    if (!found)
-        return 0;
-    void *orig = (void *)*found;
-    ct_allocating.delete(&tid);
-    if (PT_REGS_RC(ctx) < (u64)-4095)       /* !IS_ERR(): an entry was made */
+    void *orig = (void *)call_return(CALL_ALLOC);
+    if (!orig || PT_REGS_RC(ctx) < (u64)-4095)      /* !IS_ERR(): an entry was made */
         return 0;
     int zero = 0;
     struct ct_alloc_failure *f = ct_alloc_failed.lookup(&zero);
