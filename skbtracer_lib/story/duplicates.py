@@ -2,11 +2,21 @@
 socket) more than once, and the route each took there from where their
 lineages parted."""
 
+from ..events.vocabulary import L4_NUMBERS
+from .flows import APPLICATION_POINTS
 from .model import Duplicate, EndKind, Place, Route, Step
 from .points import BRIDGE_POINTS, FORWARD_POINTS, FREE_POINTS, LANDMARKS
 
 # ends that do not reach a place: handed over, a tap's, dropped on the way
 NOT_REACHING = (EndKind.CONTINUED, EndKind.TAP, EndKind.DROPPED)
+
+
+def made_by_its_socket(copy):
+    """A TCP skb first seen as it is copied to the application: one the
+    socket made itself, out of skbs it had queued (tcp_collapse copies the
+    first one's headers into a new skb under memory pressure), not a copy
+    that reached the socket by a route of its own."""
+    return copy.events[0].l4proto == L4_NUMBERS["tcp"] and copy.names[0] in APPLICATION_POINTS
 
 
 def find_duplicates(packet):
@@ -15,7 +25,7 @@ def find_duplicates(packet):
     by_place = {}
     for copy in packet.copies:
         end = copy.end
-        if end.kind in NOT_REACHING:
+        if end.kind in NOT_REACHING or made_by_its_socket(copy):
             continue
         if end.netns or end.ifname:
             by_place.setdefault(end.place, []).append(copy)
@@ -27,7 +37,8 @@ def find_duplicates(packet):
             counted.update(id(c) for c in copies)
     by_socket = {}
     for copy in packet.copies:
-        if copy.end.kind == EndKind.DELIVERED and id(copy) not in counted:
+        if (copy.end.kind == EndKind.DELIVERED and id(copy) not in counted
+                and not made_by_its_socket(copy)):
             by_socket.setdefault(copy.end.socket, []).append(copy)
     for place, copies in by_socket.items():
         if len(copies) > 1:

@@ -818,3 +818,17 @@ def test_conntrack_drops_named_in_the_dropped_line():
     old = trace.story(conntrack_read=False)
     assert old.drop_lines()[1].endswith("NETFILTER_DROP (fn+0x456)")
     assert "lost the race" in old.drop_lines()[0]
+
+
+def test_a_tcp_skb_the_socket_made_is_not_a_duplicate():
+    """tcp_collapse copies a queued segment's headers into a new skb: one packet, two skbs
+    copied to the application, the second never seen on a device. Not a DUPLICATE (issue 22's
+    bulk transfer showed one under load); two skbs that each came over a device still are."""
+    tcp = dict(flow(41200), l4proto=6, tcp_seq=1000)
+    trace = Trace(TRACEPOINTS)
+    trace.rows(A, tcp, [("net_dev_queue", "client/eth0"), ("netif_rx", "node1/vethclient"),
+                        ("net_dev_queue", "node1/vethserver"), ("netif_rx", "server/eth0"),
+                        ("netif_receive_skb", "server/eth0"), ("skb_copy_datagram_iovec", "server/")])
+    trace.add(B, "skb_copy_datagram_iovec", "server/", tcp)
+    told = trace.story()
+    assert told.duplicates == [], told.duplicate_lines()
