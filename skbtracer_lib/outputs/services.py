@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 
+from ..events.decode import printable
 from ..events.vocabulary import L4_NAMES
 
 TOOL_SECONDS = 5.0
@@ -123,7 +124,7 @@ class ServiceNames:
         for inode in sorted(service.netns):
             name = self.rules(inode, service.family).get((proto, service.address, service.port))
             if name:
-                return name
+                return printable(name)      # someone else's text: one line, no controls
         return None
 
     def rules(self, inode, family):

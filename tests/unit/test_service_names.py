@@ -113,8 +113,17 @@ def test_names_read_once_per_namespace_inside_it():
     assert tools.argv == [["nsenter", "--net=/run/netns/node1", "iptables-nft-save"],
                           ["nsenter", "--net=/run/netns/node1", "nft", "-j", "list", "map", "ip",
                            "kube-proxy", "service-ips"]]
+    assert names(service(6, "10.250.1.40", 80, 7)) == "default/lb-firewalled:http"
     assert names(service(17, "10.96.0.10", 53, 8)) is None      # a namespace gone
     assert notes == ["--names: namespace 8 is gone: no Service names from its rules"]
+
+
+def test_a_name_is_one_printable_line():
+    text = '-A KUBE-SERVICES -d 10.0.0.1/32 -p udp -m comment --comment "a/b\x1b[1mc:d cluster IP" ' \
+           '-m udp --dport 53 -j KUBE-SVC-X\n'
+    tools = Tools({"iptables-nft-save": text})
+    names = services.ServiceNames({7: "/run/netns/node1"}.get, run=tools.run, which=tools.which)
+    assert names(service(17, "10.0.0.1", 53, 7)) == "a/b\\x1b[1mc:d"
 
 
 def test_no_tools_no_names_one_note():
