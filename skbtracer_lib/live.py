@@ -20,7 +20,7 @@ from . import story
 from .events.decode import Event, netns_of
 from .events.reader import STOP_COUNT, STOP_SLOW
 from .events.textrow import Clock, RowFormatter
-from .outputs import jsonl, names as netns_names
+from .outputs import jsonl, names as netns_names, services
 from .outputs.sinks import SINK_ERRORS, TextRows, make_sinks, wants_columns
 from .program import probes
 from .session import Session
@@ -301,7 +301,14 @@ class LiveEvents:
         return self.loaded.info.unseen(self.cfg, self.lost, book.beyond, book.limit)
 
     def story_extras(self):
-        return {}
+        """--names: the Services' names from kube-proxy's rules (read at exit)."""
+        if not self.cfg.names:
+            return {}
+        return {"service_name": services.ServiceNames(self.names.path, self._verbose_note)}
+
+    def _verbose_note(self, text):
+        if self.cfg.verbose:
+            self.err.write("skbtracer: note: %s\n" % text)
 
     def start_object(self):
         """The JSON start object: what -r needs to tell the same story later."""

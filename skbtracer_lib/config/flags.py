@@ -170,7 +170,7 @@ FLAGS = (
               "ct=EST,R dnat A=>B)"),
     Flag("--names", action="store_true",
          help="NETWORK_NS column: the namespace's 'ip netns' name, pod or container instead "
-              "of its inode"),
+              "of its inode; the story's SERVICE lines: kube-proxy's Service name"),
     Flag("--no-summary", action="store_true",
          help="no packet story (flows, paths, duplicates, drops) on stderr at exit"),
     Flag("-r", "--read", nargs="+", metavar="FILE", complete=FILE,

@@ -281,22 +281,47 @@ def story_text(events):
     return ", ".join(texts)
 
 
+class Service:
+    """A Service as the story's connections show it: the original
+    destination of DNATed connections (its address and port) and, per
+    endpoint conntrack chose (the reply's source), its connections; netns:
+    the namespaces whose rows carried them (where the DNAT was decided)."""
+
+    __slots__ = ("l4proto", "family", "address", "port", "endpoints", "netns")
+
+    def __init__(self, l4proto, family, address, port):
+        self.l4proto, self.family, self.address, self.port = l4proto, family, address, port
+        self.endpoints = {}     # (address, port) -> {original tuples}, in the order first seen
+        self.netns = set()
+
+    @property
+    def ported(self):
+        return _ported(self.family, self.l4proto)
+
+    def text(self, address=None, port=None):
+        """'10.96.0.10:53'; of one of its endpoints with address, port."""
+        if address is None:
+            address, port = self.address, self.port
+        return endpoint_text(address, port, self.ported, self.family)
+
 
 def services(events):
     """The Services the events' connections went to: DNATed connections
-    grouped by their original destination (the Service's address and port)
-    and the endpoint conntrack chose (the reply's source):
-    {(l4proto, family, service): {endpoint: {original tuples}}}, endpoints as
-    endpoint_text, in the order first seen."""
+    grouped by their original destination and the endpoint conntrack chose:
+    {(l4proto, family, address, port): Service}, in the order first seen."""
     found = {}
     for e in events:
         if not e.ct_known & KNOWN_CONN:
             continue
-        dnat = [(before, after) for kind, before, after in _nat(e) if kind == "DNAT"]
-        if not dnat:
+        if not any(kind == "DNAT" for kind, _before, _after in _nat(e)):
             continue
-        service, endpoint = dnat[0]
+        ported = _ported(e.family, e.ct_l4proto)      # else no port: ICMP's id is per connection
+        key = (e.ct_l4proto, e.family, e.ct_orig_daddr, e.ct_orig_dport if ported else 0)
+        service = found.get(key)
+        if service is None:
+            service = found[key] = Service(*key)
         conn = (e.ct_l4proto, e.ct_orig_saddr, e.ct_orig_sport, e.ct_orig_daddr, e.ct_orig_dport)
-        endpoints = found.setdefault((e.ct_l4proto, e.family, service), {})
-        endpoints.setdefault(endpoint, set()).add(conn)
+        endpoint = (e.ct_reply_saddr, e.ct_reply_sport if ported else 0)
+        service.endpoints.setdefault(endpoint, set()).add(conn)
+        service.netns.add(e.netns)
     return found

@@ -86,6 +86,13 @@ def container_of(cgroup_text):
     return container, pod
 
 
+def _entries(directory):
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []
+
+
 class NetnsNames:
     """inode -> NetnsInfo, cached. proc and netns_dirs are parameters for tests."""
 
@@ -122,6 +129,21 @@ class NetnsNames:
             self._resolve(inode)
             info = self._info[inode]
         return info
+
+    def path(self, inode):
+        """A path that opens namespace inode now (its `ip netns` bind mount,
+        or a process's /proc/PID/ns/net), or None."""
+        candidates = [os.path.join(d, entry) for d in self.netns_dirs for entry in _entries(d)]
+        info = self.lookup(inode)
+        if info.pid:
+            candidates.append(os.path.join(self.proc, str(info.pid), "ns", "net"))
+        for candidate in candidates:
+            try:
+                if os.stat(candidate).st_ino == inode:
+                    return candidate
+            except OSError:
+                continue
+        return None
 
     def _resolve(self, inode):
         info = self._scan({inode}).get(inode) or NetnsInfo(inode)
@@ -198,11 +220,7 @@ class NetnsNames:
         """{inode: NetnsInfo} for the wanted inodes that have an `ip netns` name now."""
         found = {}
         for directory in self.netns_dirs:
-            try:
-                entries = sorted(os.listdir(directory))
-            except OSError:
-                continue
-            for entry in entries:
+            for entry in _entries(directory):
                 try:
                     inode = os.stat(os.path.join(directory, entry)).st_ino
                 except OSError:

@@ -25,6 +25,7 @@ class SavedRun:
         self.run_id = start.get("run_id") or "%s:%d" % (path, line)
         self.end = None
         self.objects = []         # event objects, in file order
+        self.service_names = {}   # (proto, address, port) -> the saved story's Service name
         self.wall_minus_ktime = None
 
 
@@ -89,9 +90,19 @@ def _read_file(path, warn):
             run.objects.append(obj)
         elif kind == "end":
             run.end = obj
+        elif kind == "service":
+            _keep_service_name(run, obj)
     if not runs:
         raise ReadError("%s: not skbtracer JSON lines (no start object)" % path)
     return runs
+
+
+def _keep_service_name(run, obj):
+    """A saved SERVICE line's name (--names), for -r's story to tell again;
+    an object without one, or not of this shape, is left out."""
+    name, key = obj.get("name"), (obj.get("proto"), obj.get("address"), obj.get("port"))
+    if isinstance(name, str) and name and all(isinstance(k, (str, int)) or k is None for k in key):
+        run.service_names[key] = name
 
 
 # What an event object holds, as jsonout writes it: every value is checked

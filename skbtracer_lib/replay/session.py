@@ -14,6 +14,7 @@ from ..program.probes import DropReasons
 from ..runinfo import beyond_note
 from ..session import Session
 from ..story import merge
+from ..story.render_json import service_key
 from .read import ReadError, read_files
 from .rebuild import Rebuilder, SavedLoaded, SavedNames
 
@@ -207,6 +208,9 @@ class SavedEvents:
 
     def story_extras(self):
         extras = {"conntrack_read": self.rebuilder.conntrack_saved}
+        names = {key: name for run in self.runs for key, name in run.service_names.items()}
+        if names:
+            extras["service_name"] = lambda service: names.get(service_key(service))
         if self.merged is not None:
             extras.update(enters=merge.Wire(self.names.node), node_of=self.names.node)
         return extras

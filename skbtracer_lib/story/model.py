@@ -13,6 +13,7 @@ import enum
 import functools
 from typing import NamedTuple
 
+from ..events import conntrack
 from ..events.vocabulary import PORTED
 from .points import FREE_POINTS, HANDOVER_NS, TAP_POINTS
 
@@ -262,12 +263,14 @@ class StoryModel:
     did not); caveats: what this run could not
     see (said with vanished verdicts); node_of(netns) -> node name, when the
     events come from several nodes; stopped_by: what ended the trace ("-c",
-    "a signal", "--duration" ...; None: not said), for the copies it cut off.
+    "a signal", "--duration" ...; None: not said), for the copies it cut off;
+    service_name(conntrack.Service) -> its name ('default/dns-pair:dns') or
+    None (--names: outputs/services.py; -r: the saved service objects').
     """
 
     def __init__(self, packets, duplicates, label=str, symbolize=None, reasons=None,
                  caveats=(), routes_traced=True, iptable_traced=False, ended_ns=None,
-                 node_of=None, stopped_by=None, conntrack_read=True):
+                 node_of=None, stopped_by=None, conntrack_read=True, service_name=None):
         self.packets = packets
         self.duplicates = duplicates
         self.node_of = node_of
@@ -282,6 +285,7 @@ class StoryModel:
         self._dup_packets = {id(d.packet) for d in duplicates}
         self.stopped_by = stopped_by
         self.conntrack_read = conntrack_read
+        self.service_name = service_name or (lambda service: None)
 
     def ends(self, packet):
         return packet.ends()
@@ -291,6 +295,13 @@ class StoryModel:
         """The namespaces where some row carried a conntrack entry (where
         conntrack is at work)."""
         return {e.netns for p in self.packets for c in p.copies for e in c.events if e.ct}
+
+    @functools.cached_property
+    def services(self):
+        """[conntrack.Service] the packets' connections went to, with their names."""
+        events = (e for packet in self.packets for e in packet.events)
+        found = list(conntrack.services(events).values())
+        return [(service, self.service_name(service)) for service in found]
 
     def has_duplicate(self, packet):
         return id(packet) in self._dup_packets

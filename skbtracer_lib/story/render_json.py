@@ -1,6 +1,6 @@
 """The story as JSON-ready dicts: per packet a "summary", per flow, path and
-end a "flow" (the text table's rows), then the "duplicate", "dropped" and
-"vanished" flags (README.md "JSON output").
+end a "flow" (the text table's rows), per Service a "service", then the
+"duplicate", "dropped" and "vanished" flags (README.md "JSON output").
 Structure comes from the model; the "text", "flow", "path" and "end"
 fields are the text renderer's words for the same things."""
 
@@ -13,6 +13,7 @@ def story_objects(story):
     """[dict] for a render_text.Story."""
     objects = [_summary(story, packet) for packet in story.packets]
     objects += [_flow(group) for group in group_flows(story)]
+    objects += [_service(story, service, name) for service, name in story.services]
     objects += [_duplicate(story, dup) for dup in story.duplicates]
     for packet, text in story.drop_flags():
         objects.append({"type": "dropped", "packet": packet.number, "text": text})
@@ -121,3 +122,23 @@ def _duplicate(story, dup):
     return {"type": "duplicate", "packet": dup.packet.number,
             "flow": story.final_flow(dup.copies[0]), "place": where,
             "times": len(dup.copies), "routes": routes, "text": story.duplicate_text(dup)}
+
+
+def service_key(service):
+    """A service object's (proto, address, port): what -r finds its name by."""
+    return (L4_NAMES.get(service.l4proto, str(service.l4proto)), service.address,
+            service.port if service.ported else None)
+
+
+def _service(story, service, name):
+    """A SERVICE line: the Service's address, port and protocol, its name
+    (--names; null where unknown) and the endpoints conntrack chose, each
+    with its connections."""
+    proto, address, port = service_key(service)
+    endpoints = [{"address": ep_address, "port": ep_port if service.ported else None,
+                  "connections": len(conns)}
+                 for (ep_address, ep_port), conns in service.endpoints.items()]
+    return {"type": "service", "name": name, "proto": proto, "family": service.family,
+            "address": address, "port": port, "endpoints": endpoints,
+            "connections": sum(e["connections"] for e in endpoints),
+            "text": story.service_text(service, name)}

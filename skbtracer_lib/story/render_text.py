@@ -191,17 +191,19 @@ class Story(StoryModel):
         10.244.1.3:5353'); '-' when no row saw a conntrack entry."""
         return conntrack.story_text(packet.events) or "-"
 
+    def service_text(self, service, name):
+        """'SERVICE: default/dns-pair:dns U 10.96.0.30:53 -> 10.244.1.3:9000
+        (1 connection), 10.244.2.3:9000 (3 connections)': the endpoints
+        conntrack chose; the name where known (--names)."""
+        chosen = ", ".join("%s (%s)" % (service.text(*endpoint),
+                                        _counted_words(len(conns), "connection"))
+                           for endpoint, conns in service.endpoints.items())
+        return "SERVICE: %s%s %s -> %s" % (name + " " if name else "",
+                                          proto_letter(service.family, service.l4proto),
+                                          service.text(), chosen)
+
     def service_lines(self):
-        """A line per Service the packets' connections went to, with the
-        endpoints conntrack chose: 'SERVICE: U 10.96.0.10:53 -> 10.244.1.3:9000
-        (3 connections)'."""
-        lines = []
-        events = (e for packet in self.packets for e in packet.events)
-        for (l4proto, family, service), endpoints in conntrack.services(events).items():
-            chosen = ", ".join("%s (%s)" % (endpoint, _counted_words(len(conns), "connection"))
-                               for endpoint, conns in endpoints.items())
-            lines.append("SERVICE: %s %s -> %s" % (proto_letter(family, l4proto), service, chosen))
-        return lines
+        return [self.service_text(service, name) for service, name in self.services]
 
     # -- flags
 

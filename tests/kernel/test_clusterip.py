@@ -8,10 +8,11 @@ OUTPUT DNAT (testbed/clusterip.py LocalDnat, on the same cluster):
 
   local    -H 10.10.20.99 --ct               node1's own TCP and UDP connections to 10.10.20.99,
                                              DNATed in nat OUTPUT before any tracepoint sees them
-  service  -H 10.96.0.30 -P 53               dns-pair (two endpoints): several UDP and TCP
+  service  -H 10.96.0.30 -P 53 --names       dns-pair (two endpoints): several UDP and TCP
                                              connections from the client pod; ubuntu-server2
                                              (10.96.0.20:53, whose endpoint server2:9000 dns-pair
-                                             shares) is the second Service, not to be seen
+                                             shares) is the second Service, not to be seen; the
+                                             Service's name from kube-proxy's rule comments
   strict   -H 10.96.0.30 --header-only       the same traffic, headers only
 
 Each run writes --json=FILE; the assertions pick rows by our source ports.
@@ -45,7 +46,7 @@ def traced(tmp_path_factory, settle):
         runs = {"local": TracerRun(["-H", VIP, "--ct", "--json=" + paths["local"],
                                     "--width", "1000", "-v"]),
                 "service": TracerRun(["-H", PAIR_IP, "-P", "53", "--json=" + paths["service"],
-                                      "--width", "1000", "-v"]),
+                                      "--width", "1000", "-v", "--names"]),
                 "strict": TracerRun(["-H", PAIR_IP, "--header-only", "--json=" + paths["strict"],
                                      "--width", "1000"])}
         with tracing_together(runs.values()):
@@ -57,11 +58,13 @@ def traced(tmp_path_factory, settle):
             entries = {proto: dnat.entry(proto, sport)
                        for proto, sport in (("tcp", LOCAL_TCP), ("udp", LOCAL_UDP))}
             time.sleep(settle)
-    events = {}
+    events, services = {}, {}
     for name, path in paths.items():
         with open(path) as f:
-            events[name] = [json.loads(line) for line in f if '"type": "event"' in line]
-    yield runs, events, local, entries, conns, other
+            objects = [json.loads(line) for line in f]
+        events[name] = [o for o in objects if o.get("type") == "event"]
+        services[name] = [o for o in objects if o.get("type") == "service"]
+    yield runs, events, local, entries, conns, other, services
 
 
 def of_port(events, sport):
@@ -70,7 +73,7 @@ def of_port(events, sport):
 
 
 def test_runs_ok_and_ground_truth(traced):
-    runs, _events, local, entries, conns, other = traced
+    runs, _events, local, entries, conns, other, _services = traced
     for name, run in runs.items():
         assert run.returncode == 0, (name, run.stderr)
         assert "Traceback" not in run.stderr, run.stderr
@@ -118,7 +121,7 @@ def test_local_story_shows_one_connection_to_the_service(traced):
 
 
 def test_every_connection_of_the_service_both_directions(traced):
-    _runs, events, _local, _entries, conns, _other = traced
+    _runs, events, _local, _entries, conns, _other, _services = traced
     for c in conns:
         endpoint_ip = c.endpoint.split(":")[0]
         mine = of_port(events["service"], c.sport)
@@ -138,33 +141,45 @@ def test_every_connection_of_the_service_both_directions(traced):
 def test_nothing_of_the_second_service(traced):
     """ubuntu-server2's connections go to the same endpoint (server2:9000) and port 53: their
     rows after DNAT look like dns-pair's, but their original tuple is not; none is a row."""
-    _runs, events, _local, _entries, _conns, other = traced
+    _runs, events, _local, _entries, _conns, other, _services = traced
     assert other and all(c.replies for c in other)
     for c in other:
         assert of_port(events["service"], c.sport) == []
     assert not [o for o in events["service"] if SERVICE2 in (o["saddr"], o["daddr"])]
 
 
-def test_service_story_groups_connections_under_the_service(traced):
-    runs, _events, _local, _entries, conns, _other = traced
+def test_service_story_groups_connections_under_the_named_service(traced):
+    """--names: the name is kube-proxy's, from the KUBE-SERVICES rule's comment in node1 (where
+    the DNAT was); the JSON story has the same line as a service object."""
+    runs, _events, _local, _entries, conns, _other, services = traced
     err = runs["service"].stderr
-    for letter, proto in (("U", "udp"), ("T", "tcp")):
+    for letter, proto, name in (("U", "udp", "default/dns-pair:dns"),
+                                ("T", "tcp", "default/dns-pair:dns-tcp")):
         counts = {}
         for c in conns:
             if c.proto == proto:
                 counts[c.endpoint] = counts.get(c.endpoint, 0) + 1
-        line = re.search(r"^SERVICE: %s %s:53 -> (.*)$" % (letter, re.escape(PAIR_IP)), err, re.M)
+        line = re.search(r"^SERVICE: %s %s %s:53 -> (.*)$"
+                         % (re.escape(name), letter, re.escape(PAIR_IP)), err, re.M)
         assert line, err
         shown = dict((ep, int(n)) for ep, n in re.findall(r"(\S+) \((\d+) connections?\)",
                                                            line.group(1)))
         assert shown == counts, (line.group(0), counts)
+        obj, = [o for o in services["service"] if o["proto"] == proto]
+        assert (obj["name"], obj["address"], obj["port"], obj["family"]) == (name, PAIR_IP, 53, 4)
+        assert {"%s:%d" % (e["address"], e["port"]): e["connections"]
+                for e in obj["endpoints"]} == counts, obj
+        assert obj["connections"] == sum(counts.values()) and obj["text"] == line.group(0)
     assert "SERVICE: U %s:53" % SERVICE2 not in err
+    assert len(services["service"]) == 2, services["service"]
+    # without --names: no name, and the JSON object says so
+    assert all(o["name"] is None for o in services["local"]) and services["local"], services
 
 
 def test_header_only_restores_header_matching(traced):
     """--header-only: rows only where the header has the ClusterIP; the same traffic's rows after
     DNAT (the service run's, the positive control) are not there."""
-    _runs, events, _local, _entries, conns, _other = traced
+    _runs, events, _local, _entries, conns, _other, _services = traced
     strict, service = events["strict"], events["service"]
     assert strict, "no rows with the ClusterIP in the header"
     assert all(PAIR_IP in (o["saddr"], o["daddr"]) for o in strict)

@@ -14,7 +14,8 @@ from skbtracer_lib.events import conntrack
 from skbtracer_lib.events.decode import Event, encode
 from skbtracer_lib.program import layout, macros
 from skbtracer_lib.replay.session import event_filter
-from skbtracer_lib.story.render_text import Story
+from skbtracer_lib import story
+from skbtracer_lib.story import render_json
 
 CONN = 0xFFFF888012345600
 VIP, ENDPOINT, CLIENT = "10.96.0.30", "10.244.2.3", "10.244.1.2"
@@ -132,14 +133,32 @@ def test_story_groups_a_services_connections_under_it():
                    reply_before_unnat(sport, endpoint=endpoint, conn=CONN + sport * 64)]
     events.append(request_after_dnat(41001, endpoint=ENDPOINT, conn=CONN + 41001 * 64))
     found = conntrack.services(events)
-    assert list(found) == [(17, 4, VIP + ":53")]
-    counts = {endpoint: len(conns) for endpoint, conns in found[(17, 4, VIP + ":53")].items()}
+    assert list(found) == [(17, 4, VIP, 53)]
+    service = found[(17, 4, VIP, 53)]
+    counts = {service.text(*endpoint): len(conns) for endpoint, conns in service.endpoints.items()}
     assert counts == {ENDPOINT + ":9000": 2, "10.244.1.3:9000": 1}
-    story = Story.__new__(Story)
-    story.packets = [type("P", (), {"events": events})()]
-    assert story.service_lines() == [
+    assert service.text() == VIP + ":53" and service.netns == {0}
+    told = story_of(events)
+    assert told.service_lines() == [
         "SERVICE: U 10.96.0.30:53 -> 10.244.2.3:9000 (2 connections), 10.244.1.3:9000 "
         "(1 connection)"]
+    named = story_of(events, service_name=lambda s: "default/dns-pair:dns")
+    assert named.service_lines() == [
+        "SERVICE: default/dns-pair:dns U 10.96.0.30:53 -> 10.244.2.3:9000 (2 connections), "
+        "10.244.1.3:9000 (1 connection)"]
+    obj, = [o for o in render_json.story_objects(named) if o["type"] == "service"]
+    assert obj == {"type": "service", "name": "default/dns-pair:dns", "proto": "udp",
+                   "family": 4, "address": VIP, "port": 53, "connections": 3,
+                   "endpoints": [{"address": ENDPOINT, "port": 9000, "connections": 2},
+                                 {"address": "10.244.1.3", "port": 9000, "connections": 1}],
+                   "text": named.service_lines()[0]}
+
+
+def story_of(events, service_name=None):
+    """The story of events seen at one probe, a row apart."""
+    for number, e in enumerate(events):
+        e.ts_ns, e.skb = 1_000_000 + number * 1000, 0xFFFF888000000100 + number * 256
+    return story.build(events, ["netif_receive_skb"], service_name=service_name)
 
 
 def test_no_service_line_without_dnat():
