@@ -1083,6 +1083,8 @@ static __always_inline int on_why(void *ctx, void *skb, u16 probe, u8 why, u32 t
     struct event_t *e = prepare(skb, probe, KIND_WHY, 0, direct);
     if (!e)
         return 0;
+    if (why == WHY_RESET && (e->tcp_flags & 0x04))
+        return 0;       /* tcp_v4_send_reset's first check: no reset for a reset */
     e->why = why;
     e->why_type = type;
     e->why_code = code;

@@ -9,7 +9,7 @@ import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
 from skbtracer_lib import config, story
 from skbtracer_lib.events import textrow
-from skbtracer_lib.events.decode import KIND_DROP, KIND_ROUTE, Event, encode
+from skbtracer_lib.events.decode import KIND_DROP, KIND_ROUTE, Event, encode, encode_event
 from skbtracer_lib.events.vocabulary import (KIND_WHY, WHY_ICMP, WHY_RESET, sent_back_words,
                                              why_trace_info)
 from skbtracer_lib.outputs import jsonl
@@ -46,7 +46,7 @@ def why_event(func="icmp_send", why=WHY_ICMP, why_type=3, why_code=3, why_info=0
     (4, WHY_ICMP, 3, 1, 0, "ICMP host unreachable sent back"),
     (4, WHY_ICMP, 3, 7, 0, "ICMP destination unreachable sent back"),   # any other code
     (4, WHY_ICMP, 42, 1, 0, "ICMP type 42 code 1 sent back"),
-    (4, WHY_ICMP, 11, 0, 1500, "ICMP TTL exceeded sent back"),   # info is an MTU only for frag needed
+    (4, WHY_ICMP, 11, 0, 1500, "ICMP TTL exceeded sent back"),   # an MTU only for frag needed
     (6, WHY_ICMP, 1, 4, 0, "ICMPv6 port unreachable sent back"),
     (6, WHY_ICMP, 2, 0, 1280, "ICMPv6 packet too big (MTU 1280) sent back"),
     (6, WHY_ICMP, 3, 0, 0, "ICMPv6 hop limit exceeded sent back"),
@@ -81,7 +81,6 @@ def test_the_row_names_the_error_on_the_causing_packet():
 def test_the_row_cache_keeps_rows_of_different_errors_apart():
     rows = formatter()
     port, ttl = why_event(), why_event(why_type=11, why_code=0)
-    from skbtracer_lib.events.decode import encode_event
     for e in (port, ttl, port):
         assert rows.row_of_raw(encode_event(e))[0] == rows.row(e)
 
