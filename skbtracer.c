@@ -172,6 +172,10 @@ _Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
 #define KIND_ROUTE   1
 #define KIND_IPTABLE 2
 #define KIND_DROP    3
+#define KIND_WHY     4
+/* --why rows (KIND_WHY): what the packet made the stack send back */
+#define WHY_ICMP 1
+#define WHY_RESET 2
 
 #define ETH_HLEN        14
 #define MAC_UNSET       0xffff  /* (u16)~0U: mac/network header not set */
@@ -231,6 +235,11 @@ struct event_t {
     u8  ct_orig_daddr[16];
     u8  ct_reply_saddr[16];
     u8  ct_reply_daddr[16];
+    /* --why rows (KIND_WHY): what the stack sent back because of this packet */
+    u32 why_info;       /* ICMP: the error's info (the MTU of frag needed), kprobes only */
+    u8  why;            /* WHY_ICMP, WHY_RESET */
+    u8  why_type;       /* ICMP: the error's type and code */
+    u8  why_code;
 };
 #define CT_KNOWN_CONN 1     /* status, tuples */
 #define CT_KNOWN_MARK 2
@@ -1060,6 +1069,55 @@ int route_deref_arg##argn(struct pt_regs *ctx) \
 #define ROUTE_RAW_TP(id, argi) \
 int route_##id(struct bpf_raw_tracepoint_args *ctx) \
 { return on_route(ctx, (void *)ctx->args[argi], id, DIRECT_SKB); }
+
+/* ------------------------------------------------------------------ */
+/* --why: what the stack sends back because of a packet, as a row on the
+ * packet that caused it (the filters are that packet's): an ICMP error
+ * (icmp:icmp_send where the kernel has it; else a kprobe on __icmp_send, and
+ * icmp6_send) and a TCP reset (tcp:tcp_send_reset; kprobes on
+ * tcp_v4/v6_send_reset where the tracepoint misses resets without a socket). */
+#ifdef MODE_WHY
+static __always_inline int on_why(void *ctx, void *skb, u16 probe, u8 why, u32 type, u32 code,
+                                  u32 info, int direct)
+{
+    struct event_t *e = prepare(skb, probe, KIND_WHY, 0, direct);
+    if (!e)
+        return 0;
+    if (why == WHY_RESET && (e->tcp_flags & 0x04))
+        return 0;       /* tcp_v4_send_reset's first check: no reset for a reset */
+    e->why = why;
+    e->why_type = type;
+    e->why_code = code;
+    e->why_info = info;
+    submit(ctx, e);
+    return 0;
+}
+
+/* icmp:icmp_send(skb, type, code) */
+#define WHY_ICMP_TP(id) \
+int why_icmp_##id(struct bpf_raw_tracepoint_args *ctx) \
+{ return on_why(ctx, (void *)ctx->args[0], id, WHY_ICMP, ctx->args[1], ctx->args[2], 0, \
+                DIRECT_SKB); }
+
+/* tcp:tcp_send_reset(sk, skb[, reason]): skb is NULL for resets of a socket's own */
+#define WHY_RESET_TP(id) \
+int why_reset_##id(struct bpf_raw_tracepoint_args *ctx) \
+{ return on_why(ctx, (void *)ctx->args[1], id, WHY_RESET, 0, 0, 0, DIRECT_SKB); }
+
+/* __icmp_send(skb_in, type, code, __be32 info, opt) and
+ * icmp6_send(skb, type, code, __u32 info, ...): info is the MTU of frag
+ * needed / packet too big (network order on IPv4) */
+#define WHY_ICMP_KPROBE(id, info_be) \
+int why_icmp_##id(struct pt_regs *ctx) \
+{ u32 info = PT_REGS_PARM4(ctx); \
+  return on_why(ctx, (void *)PT_REGS_PARM1(ctx), id, WHY_ICMP, PT_REGS_PARM2(ctx), \
+                PT_REGS_PARM3(ctx), info_be ? __builtin_bswap32(info) : info, 0); }
+
+/* tcp_v4_send_reset(sk, skb[, reason]), tcp_v6_send_reset: skb_arg is the skb's position */
+#define WHY_RESET_KPROBE(id, skb_arg) \
+int why_reset_##id(struct pt_regs *ctx) \
+{ return on_why(ctx, (void *)PT_REGS_PARM##skb_arg(ctx), id, WHY_RESET, 0, 0, 0, 0); }
+#endif /* MODE_WHY */
 
 /* ------------------------------------------------------------------ */
 /* Netfilter verdicts: the entry probe remembers the call, the return

@@ -324,11 +324,13 @@ def _shown(ns, cfg):
         raise UsageError("-T/--time and -t/--timestamp exclude each other")
     cfg.clock, cfg.timestamp = ns.time, ns.timestamp
     for mode, given in (("route", ns.route), ("iptable", ns.iptable),
-                        ("drop", ns.drop or ns.dropstack)):
+                        ("drop", ns.drop or ns.dropstack), ("why", ns.why)):
         if given:
             cfg.modes.add(mode)
     if not cfg.modes:
         cfg.modes.add("route")
+    if ns.all_functions:
+        cfg.modes.add("why")
     if ns.callstack:
         cfg.stacks = "all"
     elif ns.dropstack:

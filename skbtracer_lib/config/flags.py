@@ -135,6 +135,9 @@ FLAGS = (
     Flag("--iptable", action="store_true", help="netfilter verdict rows"),
     Flag("--drop", action="store_true",
          help="rows for packets freed as drops, with reason and location"),
+    Flag("--why", action="store_true",
+         help="rows for the ICMP errors and TCP resets the stack sends back because of a "
+              "packet, on that packet (also with --all)"),
     Flag("--dropstack", action="store_true",
          help="kernel stack under every drop row (implies --drop)"),
     Flag("--callstack", action="store_true", help="kernel stack under every row"),

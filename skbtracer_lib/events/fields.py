@@ -114,6 +114,11 @@ FIELDS = (
     Field("ct_orig_daddr", "u8", 16,    ADDRESS,     HAND),
     Field("ct_reply_saddr", "u8", 16,   ADDRESS,     HAND),
     Field("ct_reply_daddr", "u8", 16,   ADDRESS,     HAND),
+    # --why rows: JSON's "why" object (jsonl.py), on those rows only
+    Field("why_info",    "u32",  1,     NUMBER,      HAND),     # ICMP: the MTU of frag needed
+    Field("why",         "u8",   1,     NUMBER,      HAND),     # vocabulary.WHY_*
+    Field("why_type",    "u8",   1,     NUMBER,      HAND),
+    Field("why_code",    "u8",   1,     NUMBER,      HAND),
 )
 
 

@@ -11,8 +11,9 @@ from collections import namedtuple
 
 from . import conntrack, fields, reader
 from .decode import EVENT_SIZE, Event, c_string
-from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, PORTED, TCP, TCP_FLAGS, UDP,
-                         icmp_kind, is_icmp, probe_name)
+from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, KIND_WHY, PORTED, TCP,
+                         TCP_FLAGS, UDP, icmp_kind, is_icmp, probe_name, why_mtu,
+                         why_trace_info)
 
 HEADER_FORMAT = "%-10s %-12s %-12s %-12s %-40s %s"
 ROW_FORMAT = "[%-8s][%-10s] %-12s %-12s %-40s %s"
@@ -138,7 +139,7 @@ class Clock:
 # tcp_seq, len, ttl, pid and the like are left out: no row shows them).
 # tests/unit/test_event_fields.py checks that no other field changes a row.
 TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "drop_reason",
-                "location")
+                "location", "why", "why_type", "why_code", "why_info")
 ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
               "sport", "daddr", "dport") + TRACE_FIELDS
 _ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
@@ -255,6 +256,10 @@ class RowFormatter:
                              reasons.name(e.drop_reason) if reasons is not None and reasons.names
                              else None,
                              self.symbolize(e.location) if e.location else None)
+        if e.kind == KIND_WHY:
+            return prefix + self.probe_name(e.probe) + why_trace_info(
+                e.why, e.why_type, e.why_code,
+                why_mtu(e.family, e.why, e.why_type, e.why_code, e.why_info))
         return prefix + self.probe_name(e.probe)
 
     def _trace_after_skb_with_ct(self, e):

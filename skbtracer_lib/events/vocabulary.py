@@ -2,8 +2,8 @@
 event kinds, protocols, ICMP messages, TCP flags, packet types, netfilter
 families, hooks and verdicts, and a probe id's name."""
 
-KIND_ROUTE, KIND_IPTABLE, KIND_DROP = 1, 2, 3
-KINDS = {KIND_ROUTE: "route", KIND_IPTABLE: "iptable", KIND_DROP: "drop"}
+KIND_ROUTE, KIND_IPTABLE, KIND_DROP, KIND_WHY = 1, 2, 3, 4
+KINDS = {KIND_ROUTE: "route", KIND_IPTABLE: "iptable", KIND_DROP: "drop", KIND_WHY: "why"}
 KIND_NUMBERS = {name: number for number, name in KINDS.items()}
 
 # protocol numbers (IPPROTO_*): names in JSON, letters in the story's FLOW column
@@ -80,3 +80,63 @@ def probe_name(probe_names, index):
     """The probe's function or tracepoint; a made-up one for an id no probe
     has (an event that is garbage)."""
     return probe_names[index] if 0 <= index < len(probe_names) else "probe%d" % index
+
+
+# --why rows (skbtracer.c WHY_*): what the stack sent back because of a packet
+WHY_ICMP, WHY_RESET = 1, 2
+WHY_NAMES = {WHY_ICMP: "icmp", WHY_RESET: "tcp_reset"}
+WHY_NUMBERS = {name: number for number, name in WHY_NAMES.items()}
+# ICMP errors by (family, type, code), code None: any code of the type; in
+# the story's words ("ICMP port unreachable sent back")
+ICMP_ERRORS = {
+    (4, 3, 0): "net unreachable", (4, 3, 1): "host unreachable",
+    (4, 3, 2): "protocol unreachable", (4, 3, 3): "port unreachable",
+    (4, 3, 4): "frag needed", (4, 3, 9): "net admin prohibited",
+    (4, 3, 10): "host admin prohibited", (4, 3, 13): "admin prohibited",
+    (4, 3, None): "destination unreachable", (4, 11, 0): "TTL exceeded",
+    (4, 11, 1): "reassembly time exceeded", (4, 5, None): "redirect",
+    (4, 12, None): "parameter problem",
+    (6, 1, 0): "no route", (6, 1, 1): "admin prohibited", (6, 1, 3): "address unreachable",
+    (6, 1, 4): "port unreachable", (6, 1, None): "destination unreachable",
+    (6, 2, None): "packet too big", (6, 3, 0): "hop limit exceeded",
+    (6, 3, 1): "reassembly time exceeded", (6, 4, None): "parameter problem",
+}
+MTU_ERRORS = {(4, 3, 4), (6, 2, 0)}     # their info is the MTU
+
+
+def icmp_error_name(family, icmp_type, code):
+    """'port unreachable', 'frag needed'...; 'type 42 code 0' for others."""
+    family = 6 if family == 6 else 4
+    name = ICMP_ERRORS.get((family, icmp_type, code)) or ICMP_ERRORS.get((family, icmp_type, None))
+    return name or "type %d code %d" % (icmp_type, code)
+
+
+def why_mtu(family, why, icmp_type, code, info):
+    """The MTU an ICMP error told (frag needed, packet too big), or None (the
+    tracepoint does not give it: info 0)."""
+    family = 6 if family == 6 else 4
+    if why == WHY_ICMP and (family, icmp_type, code) in MTU_ERRORS and info:
+        return info
+    return None
+
+
+def sent_back_words(family, why, icmp_type, code, info):
+    """The story's words for a --why row of a packet of family (the packet
+    that caused it): 'ICMP port unreachable sent back', 'ICMP frag needed
+    (MTU 1400) sent back', 'TCP reset sent back'."""
+    if why == WHY_RESET:
+        return "TCP reset sent back"
+    if why != WHY_ICMP:
+        return "%s sent back" % WHY_NAMES.get(why, "why %d" % why)
+    mtu = why_mtu(family, why, icmp_type, code, info)
+    return "%s %s%s sent back" % ("ICMPv6" if family == 6 else "ICMP",
+                                  icmp_error_name(family, icmp_type, code),
+                                  " (MTU %d)" % mtu if mtu else "")
+
+
+def why_trace_info(why, icmp_type, code, mtu):
+    """TRACE_INFO's words after the probe's name: ' type=3 code=3' (with
+    ' mtu=1400' where the kprobe read it); '' for resets."""
+    if why != WHY_ICMP:
+        return ""
+    return " type=%d code=%d%s" % (icmp_type, code, " mtu=%d" % mtu if mtu else "")

@@ -17,8 +17,10 @@ from .. import __version__
 from ..events import conntrack, fields
 from ..events.fields import JSON_FIELDS
 from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
-from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KINDS, L4_NAMES, NF_PROTOCOLS,
-                                 PKT_TYPES, PORTED, TCP, TCP_FLAG_BITS, TCP_FLAGS)
+from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KIND_WHY, KINDS, L4_NAMES,
+                                 NF_PROTOCOLS, PKT_TYPES, PORTED, TCP, TCP_FLAG_BITS, TCP_FLAGS,
+                                 WHY_ICMP, WHY_NAMES, WHY_NUMBERS, sent_back_words, why_mtu,
+                                 why_trace_info)
 
 FORMAT = 1          # the JSON lines' format version; -r refuses newer ones
 
@@ -50,6 +52,15 @@ def _table_keys(e):
     none by hand) as JSON text, each followed by ", "."""
     return "".join("%s: %s, " % (_string(f.json), _dumps(_json_value(f, getattr(e, f.name))))
                    for f in JSON_FIELDS)
+
+
+def why_object(e):
+    """A --why row's "why": what was sent back because of the packet."""
+    return {"sent": WHY_NAMES.get(e.why, str(e.why)),
+            "icmp_type": e.why_type if e.why == WHY_ICMP else None,
+            "icmp_code": e.why_code if e.why == WHY_ICMP else None,
+            "mtu": why_mtu(e.family, e.why, e.why_type, e.why_code, e.why_info),
+            "text": sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)}
 
 
 class IsoClock:
@@ -144,6 +155,8 @@ class JsonFormatter:
                            "location": self.symbolize(e.location) if e.location else None,
                            "location_addr": "%x" % e.location if e.location else None,
                            "conntrack": conntrack.fault_name(e.ct_fault)}
+        elif e.kind == KIND_WHY:    # only these rows have the key: the others are as before
+            obj["why"] = why_object(e)
         if stack is not None:
             obj["stack"] = list(stack)
         return obj
@@ -252,6 +265,10 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
         trace = verdict_info(prefix, nf["pf"], nf["table"], nf["hook"], nf["verdict"])
     elif drop:
         trace = drop_info(prefix + obj["func"], drop["reason"], drop["location"])
+    elif obj.get("why"):
+        why = obj["why"]
+        trace = prefix + obj["func"] + why_trace_info(
+            WHY_NUMBERS.get(why["sent"], 0), why["icmp_type"], why["icmp_code"], why["mtu"])
     else:
         trace = prefix + obj["func"]
     netns = obj["netns"] if netns_column is None else netns_column

@@ -59,6 +59,7 @@ HAVE_CT_ZONE = _macro("HAVE_CT_ZONE", FLAG,
 # modes (source.mode_defines)
 MODE_IPTABLE = _macro("MODE_IPTABLE", FLAG, "--iptable: the netfilter verdict probes")
 MODE_DROP = _macro("MODE_DROP", FLAG, "--drop: kfree_skb makes rows")
+MODE_WHY = _macro("MODE_WHY", FLAG, "--why: ICMP errors and TCP resets sent because of a packet")
 KEEP = _macro("KEEP", FLAG, "--keep: an skb that matched once is followed until freed")
 KEEP_ENTRIES = _macro("KEEP_ENTRIES", NUMBER, "--keep: skbs followed at once at most")
 STACK_ALL = _macro("STACK_ALL", FLAG, "--callstack: a kernel stack under every row")
@@ -168,7 +169,13 @@ ROUTE_RAW_TP = Instantiator("ROUTE_RAW_TP", ("id", "argi"), ("route_{id}",))
 XT_KPROBES = Instantiator("XT_KPROBES", ("id", "skb_arg", "state_arg", "table_arg"),
                           ("nf_enter_{id}", "nf_return_{id}"))
 NFT_KPROBES = Instantiator("NFT_KPROBES", ("id",), ("nf_enter_{id}", "nf_return_{id}"))
-INSTANTIATORS = (ROUTE_KPROBE, ROUTE_KPROBE_DEREF, ROUTE_RAW_TP, XT_KPROBES, NFT_KPROBES)
+# --why: the ICMP error / TCP reset a packet caused, as tracepoints or kprobes
+WHY_ICMP_TP = Instantiator("WHY_ICMP_TP", ("id",), ("why_icmp_{id}",))
+WHY_RESET_TP = Instantiator("WHY_RESET_TP", ("id",), ("why_reset_{id}",))
+WHY_ICMP_KPROBE = Instantiator("WHY_ICMP_KPROBE", ("id", "info_be"), ("why_icmp_{id}",))
+WHY_RESET_KPROBE = Instantiator("WHY_RESET_KPROBE", ("id", "skb_arg"), ("why_reset_{id}",))
+INSTANTIATORS = (ROUTE_KPROBE, ROUTE_KPROBE_DEREF, ROUTE_RAW_TP, XT_KPROBES, NFT_KPROBES,
+                 WHY_ICMP_TP, WHY_RESET_TP, WHY_ICMP_KPROBE, WHY_RESET_KPROBE)
 
 # functions skbtracer.c defines that Python attaches by name
 ON_KFREE_SKB = "on_kfree_skb"

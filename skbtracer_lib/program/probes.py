@@ -74,6 +74,15 @@ CT_ALLOC = "__nf_conntrack_alloc"
 CT_HELPER_LOG = "nf_ct_helper_log"
 CT_ALLOC_TUPLE_ARG = 3      # (net, zone, orig, repl, gfp, hash) since 4.x
 
+# --why: what the stack sends back because of a packet. The tracepoints
+# where the kernel has them (icmp:icmp_send: 6.1 on Debian, not 5.10; it
+# tells no MTU); kprobes else, and for IPv6's ICMP errors (no tracepoint).
+ICMP_SEND_TP = ("icmp", "icmp_send")
+RESET_TP = ("tcp", "tcp_send_reset")
+# (function, info in network byte order, the skb's position when no BTF says)
+ICMP_FUNCTIONS = (("__icmp_send", 1, 1), ("icmp6_send", 0, 1))
+RESET_FUNCTIONS = (("tcp_v4_send_reset", 2), ("tcp_v6_send_reset", 2))
+
 
 @dataclass
 class Probe:
@@ -140,7 +149,8 @@ def skb_argument(function, module, default):
 def known_symbols():
     """/proc/kallsyms entries of every function skbtracer may kprobe."""
     names = (tuple(f for f, _ in ROUTE_FUNCTIONS) + tuple(XT_FUNCTIONS) +
-             (NFT_FUNCTION, "skb_clone", CT_CONFIRM, CT_HELPER_LOG, CT_ALLOC))
+             (NFT_FUNCTION, "skb_clone", CT_CONFIRM, CT_HELPER_LOG, CT_ALLOC) +
+             tuple(f for f, _b, _p in ICMP_FUNCTIONS) + tuple(f for f, _p in RESET_FUNCTIONS))
     return kernel.symbols(names)
 
 
@@ -310,6 +320,82 @@ def _plan_ct_faults(plan, layouts):
                      ("kretprobe", CT_ALLOC, macros.ON_CT_ALLOC_RETURN)])
 
 
+def tracepoint_params(category, event):
+    """The raw tracepoint's arguments' count (BTF's btf_trace_<event>, else
+    the format file's fields), or None where the kernel has no such tracepoint."""
+    btf = kernel.btf()
+    params = btf.vmlinux.typedef_func_params("btf_trace_" + event) if btf else None
+    if params:
+        return len(params) - 1          # the first is the tracepoint's data
+    fmt = kernel.tracepoint_format(category, event)
+    if fmt is None:
+        return None
+    return 2 + ("reason;" in fmt) if event == RESET_TP[1] else 3
+
+
+def _plan_why_kprobe(plan, function, skb_default, instantiator, *args):
+    """A --why kprobe on function (its skb first among args' places): the
+    probe, or None (said in -v's skipped list)."""
+    missing = _function_missing(function)
+    if missing:
+        plan.skip(function, missing)
+        return None
+    module = symbol_module(function)
+    position, _deref, how = skb_argument(function, module, skb_default)
+    if position != skb_default:
+        plan.skip(function, "skb is arg %s, not %d (%s)" % (position, skb_default, how))
+        return None
+    probe = plan.add(function, "why", module=module, note="skb is arg %d (%s)" % (position, how))
+    line_args = (probe.id,) + args
+    probe.c_line = instantiator.line(*line_args)
+    (program,) = instantiator.function_names(*line_args)
+    probe.attach = [("kprobe", function, program)]
+    return probe
+
+
+def _plan_why_tracepoint(plan, event, instantiator, note):
+    probe = plan.add(event, "why", note=note)
+    probe.c_line = instantiator.line(probe.id)
+    (program,) = instantiator.function_names(probe.id)
+    probe.attach = [(tp_btf.RAW, event, program)]
+
+
+def _plan_why(plan, backend):
+    """--why: rows for the ICMP errors and TCP resets the stack sends
+    because of a packet, on the packet that caused them."""
+    if tracepoint_params(*ICMP_SEND_TP) is not None:
+        _plan_why_tracepoint(plan, ICMP_SEND_TP[1], macros.WHY_ICMP_TP,
+                             "tracepoint icmp:icmp_send: IPv4 errors, no MTU")
+    elif backend == "kprobe":
+        function, info_be, skb_default = ICMP_FUNCTIONS[0]
+        _plan_why_kprobe(plan, function, skb_default, macros.WHY_ICMP_KPROBE, info_be)
+    else:
+        plan.notes.append("--why: no ICMP error rows: this kernel has no icmp:icmp_send "
+                          "tracepoint and no kprobes")
+    if backend == "kprobe":
+        function, info_be, skb_default = ICMP_FUNCTIONS[1]
+        _plan_why_kprobe(plan, function, skb_default, macros.WHY_ICMP_KPROBE, info_be)
+    else:
+        plan.notes.append("--why: no ICMPv6 error rows: there is no tracepoint for them "
+                          "(icmp6_send needs kprobes)")
+    # the tracepoint fires for resets without a socket (a SYN to a closed
+    # port) since the kernels whose tcp_send_reset has a reason (6.10)
+    params = tracepoint_params(*RESET_TP)
+    if params is not None and (params >= 3 or backend != "kprobe"):
+        _plan_why_tracepoint(plan, RESET_TP[1], macros.WHY_RESET_TP,
+                             "tracepoint tcp:tcp_send_reset")
+        if params < 3:
+            plan.notes.append("--why: resets without a socket (a SYN to a closed port) are "
+                              "not seen: this kernel's tcp:tcp_send_reset has no reason "
+                              "argument, it fires for a socket's own resets only")
+    elif backend == "kprobe":
+        for function, skb_default in RESET_FUNCTIONS:
+            _plan_why_kprobe(plan, function, skb_default, macros.WHY_RESET_KPROBE, skb_default)
+    else:
+        plan.notes.append("--why: no TCP reset rows: this kernel has no tcp:tcp_send_reset "
+                          "tracepoint and no kprobes")
+
+
 def tuple_argument(function, module):
     """(position, deref, how) of the struct nf_conntrack_tuple argument named
     orig: from BTF when the kernel has it, else the built-in position."""
@@ -356,6 +442,8 @@ def plan_probes(cfg, backend, layouts):
             _plan_route_tracepoints(plan, [DELIVERY_TRACEPOINT])
         else:
             _plan_route_tracepoints(plan, ROUTE_TRACEPOINTS + [DELIVERY_TRACEPOINT])
+    if "why" in cfg.modes:
+        _plan_why(plan, backend)        # before --all, which leaves out what is planned
     if chosen:
         _plan_functions(plan, cfg)
     if backend == "kprobe" and (builtin_route or chosen):
@@ -382,6 +470,7 @@ def plan_probes(cfg, backend, layouts):
             drop.note = "this kernel's kfree_skb has no reason"
     if "drop" in cfg.modes and backend == "kprobe":
         _plan_ct_faults(plan, layouts)
+
     if builtin_route or cfg.keep:
         consume = plan.add("consume_skb", "route" if "route" in cfg.modes else "helper",
                            attach=[(tp_btf.RAW, "consume_skb", macros.ON_CONSUME_SKB)],

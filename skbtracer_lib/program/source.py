@@ -78,6 +78,8 @@ def mode_defines(cfg):
         d[macros.MODE_IPTABLE] = 1
     if "drop" in cfg.modes:
         d[macros.MODE_DROP] = 1
+    if "why" in cfg.modes:
+        d[macros.MODE_WHY] = 1
     if cfg.keep:
         d[macros.KEEP] = 1
         d[macros.KEEP_ENTRIES] = KEEP_ENTRIES

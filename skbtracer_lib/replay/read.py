@@ -120,6 +120,7 @@ OPTIONAL_FIELDS.update((f.json, _INT if f.seen in (fields.NUMBER, fields.NETWORK
 NF_FIELDS = {"pf": _INT, "hook": _STR, "verdict_code": _INT, "table": _STR, "chain": _STR}
 DROP_FIELDS = {"reason_code": _INT, "reason": _STR, "location_addr": _HEX, "location": _STR,
                "conntrack": _STR}
+WHY_FIELDS = {"sent": _STR, "icmp_type": _INT, "icmp_code": _INT, "mtu": _INT, "text": _STR}
 LIMIT = 1 << 64
 
 
@@ -151,7 +152,7 @@ def _check_event(obj):
     for key in ("dmac", "smac"):
         if obj.get(key) and not re.fullmatch(r"[0-9a-fA-F]{2}(:?[0-9a-fA-F]{2}){5}", obj[key]):
             raise ValueError("%s is not a MAC address" % key)
-    for key, fields in (("nf", NF_FIELDS), ("drop", DROP_FIELDS)):
+    for key, fields in (("nf", NF_FIELDS), ("drop", DROP_FIELDS), ("why", WHY_FIELDS)):
         part = obj.get(key)
         if part is None:
             continue

@@ -3,7 +3,8 @@ the names, symbols and probes the saved run had."""
 
 from ..events import conntrack, fields
 from ..events.decode import Event
-from ..events.vocabulary import KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, hook_number
+from ..events.vocabulary import (KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, WHY_NUMBERS,
+                                 hook_number)
 from ..runinfo import ProbeInfo, RunInfo
 
 
@@ -111,6 +112,13 @@ class Rebuilder:
                 e.location = int(drop["location_addr"], 16)
                 self.symbols[e.location] = drop.get("location") or "%#x" % e.location
             e.ct_fault = conntrack.fault_code(drop.get("conntrack"))
+        e.why = e.why_type = e.why_code = e.why_info = 0
+        why = obj.get("why")
+        if why:
+            e.why = WHY_NUMBERS.get(why.get("sent"), 0)
+            e.why_type = why.get("icmp_type") or 0
+            e.why_code = why.get("icmp_code") or 0
+            e.why_info = why.get("mtu") or 0
         if "ct" in obj:
             self.conntrack_saved = True
         for name, value in conntrack.fields_of(obj.get("ct")).items():

@@ -2,7 +2,7 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
-from ..events.vocabulary import KIND_IPTABLE
+from ..events.vocabulary import KIND_IPTABLE, KIND_WHY, sent_back_words
 from .model import OPEN_ENDS, End, EndKind, Place, SocketPlace
 from .points import (CUT_WINDOW_NS, FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS,
                      STOP_WINDOW_NS, TX_POINTS)
@@ -20,6 +20,14 @@ def last_interface(copy):
 
 
 def end_of(copy, after_receive=True):
+    """How the copy ended, with what the stack sent back because of it (--why)."""
+    end = _end_of(copy, after_receive)
+    sent = [sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)
+            for e in copy.events if e.kind == KIND_WHY]
+    return end._replace(sent_back=", ".join(dict.fromkeys(sent))) if sent else end
+
+
+def _end_of(copy, after_receive):
     """after_receive: can this run see what happens after a device receives a
     packet (local delivery points)? If not, a copy last seen at a receive point
     "arrived" there rather than vanished."""
@@ -28,7 +36,10 @@ def end_of(copy, after_receive=True):
         return End(EndKind.TAP, netns, ifname, copy.names[-1], ts_ns=copy.last_ts)
     if copy.dropped is not None:
         return _dropped(copy)
+    # a --why row is no place the copy went to but what it caused (end_of);
+    # the end's place where there is nothing else (--why alone)
     travel = [(e, n) for e, n in copy.rows if n not in FREE_POINTS]
+    travel = [(e, n) for e, n in travel if e.kind != KIND_WHY] or travel
     delivered = _delivered(copy, travel)
     if delivered is not None:
         return delivered

@@ -123,6 +123,9 @@ class End(NamedTuple):
     ct_fault: int = 0
     nfct: int = 0
     nf_table: str = None
+    # --why: what the stack sent back because of the copy, in words
+    # ("ICMP port unreachable sent back"; "": nothing seen)
+    sent_back: str = ""
 
     @property
     def place(self):

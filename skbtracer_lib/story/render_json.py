@@ -35,6 +35,8 @@ def _end(story, end):
         obj["reason_code"] = end.reason_code
         obj["location"] = story.symbolize(end.location) if end.location else None
         obj["conntrack"] = story.conntrack_text(end, obj["reason"]) or None
+    if end.sent_back:       # --why: the key only where something was sent back
+        obj["sent_back"] = end.sent_back
     return obj
 
 

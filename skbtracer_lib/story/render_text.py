@@ -43,6 +43,10 @@ class Story(StoryModel):
         return self.reasons.name(end.reason_code)
 
     def end_text(self, end):
+        text = self._end_place_text(end)
+        return "%s, %s" % (text, end.sent_back) if end.sent_back else text
+
+    def _end_place_text(self, end):
         kind = end.kind
         if kind == EndKind.DELIVERED:
             return "%s in %s" % (SOCKET_POINTS[end.func], self.label(end.netns))

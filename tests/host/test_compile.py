@@ -85,6 +85,11 @@ CONFIGS = [
     ("route+v4+port+capture+expression-by-connection",
      ["--route", "-H", "10.0.0.1", "-P", "53", "-w", CAPTURE_PATH, "udp"]),
     ("route+v4+header-only", ["--route", "-H", "10.0.0.1", "--header-only"]),
+    # --why: the ICMP error / TCP reset rows (tracepoints here; kprobes: test_why_kprobes_...)
+    ("why", ["--why"]),
+    ("all-modes+why+keep+v4+udp-port",
+     ["--route", "--iptable", "--drop", "--why", "--keep", "-H", "10.0.0.1", "--proto", "udp",
+      "-P", "53"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
@@ -189,6 +194,8 @@ def test_compiles_and_verifies(header_tree, flags, backend):
         assert "route" in kinds
     if "drop" in cfg.modes:
         assert "drop" in kinds
+    if "why" in cfg.modes:
+        assert "why" in kinds
     if "iptable" in cfg.modes:
         if backend == "kprobe":     # nf_tables is built into the host's kernel: nft_do_chain
             assert "iptable" in kinds, program.plan.skipped
@@ -338,9 +345,35 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
         bpf.cleanup()
 
 
+# kernels without icmp:icmp_send (5.10), or whose tcp:tcp_send_reset has no
+# reason and misses resets without a socket (5.10, 6.1): (tracepoint -> its
+# argument count, or None), and the kprobes --why then plans
+WHY_KERNELS = {
+    "5.10": ({"icmp_send": None, "tcp_send_reset": 2},
+             {"__icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset"}),
+    "6.1": ({"icmp_send": 3, "tcp_send_reset": 2},
+            {"icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset"}),
+}
+
+
+@pytest.mark.parametrize("kernel_like", list(WHY_KERNELS))
+def test_why_kprobes_compile_and_verify(header_tree, kernel_like, monkeypatch):
+    """--why on the kprobe backend of a kernel older than this host's: the
+    kprobes on __icmp_send, icmp6_send and tcp_v4/v6_send_reset pass the
+    verifier (this host has the functions, not the kprobes to attach them)."""
+    from skbtracer_lib.program import probes
+    params, wanted = WHY_KERNELS[kernel_like]
+    monkeypatch.setattr(probes, "tracepoint_params", lambda _category, event: params[event])
+    program = Program(config.parse_args(["--why", "--route", "-H", "10.0.0.1"]),
+                      backend="kprobe")
+    planned = {p.name for p in program.plan.probes if p.kind == "why"}
+    assert planned == wanted, program.plan.skipped
+    assert len(compile_and_load(program)) == sum(len(p.attach) for p in program.plan.probes)
+
+
 # --- tracepoints as tp_btf, or raw ---------------------------------------------------
 
-TP_BTF_FLAGS = ["--route", "--drop", "--keep", "-H", "10.0.0.1",
+TP_BTF_FLAGS = ["--route", "--drop", "--why", "--keep", "-H", "10.0.0.1",
                 "ether src 02:00:00:00:00:01 and vlan 100 and ip[8] > 1"]
 
 

@@ -20,7 +20,7 @@ from event_struct import NotAMember, differences, members
 from skbtracer_lib.events import decode, fields, textrow
 from skbtracer_lib.events.fields import FIELDS, Field
 from skbtracer_lib.events.textrow import Clock, RowFormatter
-from skbtracer_lib.events.vocabulary import KINDS
+from skbtracer_lib.events.vocabulary import KINDS, WHY_ICMP, WHY_RESET
 from skbtracer_lib.outputs import jsonl
 from skbtracer_lib.program import probes
 
@@ -267,3 +267,10 @@ def test_the_kinds_skbtracer_c_defines_are_vocabulary_s():
     defined = {name.lower(): int(number) for name, number in
                re.findall(r"^#define KIND_(\w+)\s+(\d+)\s*$", c_text(), re.M)}
     assert defined == {name: number for number, name in KINDS.items()}
+
+
+def test_the_why_numbers_skbtracer_c_defines_are_vocabulary_s():
+    """--why rows: skbtracer.c's WHY_* are vocabulary.WHY_NAMES' numbers."""
+    defined = {name.lower(): int(number) for name, number in
+               re.findall(r"^#define WHY_(\w+)\s+(\d+)\s*$", c_text(), re.M)}
+    assert defined == {"icmp": WHY_ICMP, "reset": WHY_RESET}

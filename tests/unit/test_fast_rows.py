@@ -180,7 +180,11 @@ def hostile(rng, n):
         if rng.random() < 0.9:
             raw[SPAN["ts_ns"]] = rng.randrange(1 << 50).to_bytes(8, "little")   # ktime, not noise
         if rng.random() < 0.7:
-            raw[SPAN["kind"]] = bytes([rng.choice((1, 2, 3))])
+            raw[SPAN["kind"]] = bytes([rng.choice((1, 2, 3, 4))])
+        if rng.random() < 0.5:      # --why rows: an ICMP error or a reset, frag needed's MTU
+            raw[SPAN["why"]] = bytes([rng.choice((1, 2))])
+            raw[SPAN["why_type"]] = bytes([rng.choice((3, 11))])
+            raw[SPAN["why_code"]] = bytes([rng.choice((3, 4, 0))])
         if rng.random() < 0.7:
             raw[SPAN["family"]] = bytes([rng.choice((4, 6))])
         if rng.random() < 0.7:

@@ -34,6 +34,7 @@ EXTERNAL = {
     "PT_REGS_PARM1": "bcc's pt_regs accessors (others are pasted: PT_REGS_PARM##argn)",
     "PT_REGS_PARM2": "bcc's pt_regs accessors",
     "PT_REGS_PARM3": "bcc's pt_regs accessors",
+    "PT_REGS_PARM4": "bcc's pt_regs accessors",
     "IS_ENABLED": "linux/kconfig.h: the headers fallback asks the kernel's configuration",
     "CONFIG_NF_CONNTRACK": "the headers fallback: sk_buff has _nfct, struct nf_conn exists",
     "CONFIG_NF_CONNTRACK_MARK": "the headers fallback: struct nf_conn has mark",
