@@ -178,3 +178,17 @@ def test_read_back_tells_the_same(client_run):
                    if line.startswith("DROPPED:"))
     assert live and again == live, (live, again)
     assert any("INVALID" in line for line in again)
+
+
+def test_ct_state_inv_keeps_the_invalid_ack(client_run):
+    """-r FILE --ct-state inv: the invalid ACK's rows (it never had an entry) are kept, with its
+    drop; no row that carried an entry is."""
+    run, events, _invalid, _full = client_run
+    done = subprocess.run([PYTHON, SKBTRACER, "-r", run.json_path, "--ct-state", "inv", "--json",
+                           "--no-summary"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    kept = [json.loads(line) for line in done.stdout.splitlines() if '"type": "event"' in line]
+    assert kept and all(o["ct"] is None for o in kept)
+    ack = [o for o in kept if o["sport"] == INVALID_SPORT]
+    assert ack == [o for o in events if o["sport"] == INVALID_SPORT], ack
+    assert [o["kind"] for o in ack].count("drop") == 1
