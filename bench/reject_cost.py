@@ -181,6 +181,8 @@ def main(argv=None):
         for round_ in range(args.rounds):
             for name, flags in sets:
                 for who, script, prefix in variants:
+                    if "--header-only" in prefix and not {"-H", "-P", "--proto"} & set(flags):
+                        continue    # an expression alone: no -H to match connections by
                     log("round %d: %s %s" % (round_ + 1, who, name))
                     r = measure(pair, script, prefix + flags, args.seconds, args.pps)
                     results.setdefault((name, who), []).append(r)
@@ -210,6 +212,8 @@ def report(results, sets, variants, args):
             header += " %12s %12s" % ("pps reading", "pps dropping")
         print(header + "  samples ns/hit")
         for who in variants:
+            if (name, who) not in results:
+                continue    # not measured for this set (--header-only without -H)
             rs = results[(name, who)]
             line = "  %-10s %9.1f %9.1f %8.2fx" % (
                 who, med(rs, "ns_per_hit"), med(rs, "ns_per_hit") - med(empty, "ns_per_hit"),
