@@ -91,27 +91,21 @@ class Config:
             self.addr is not None or self.port is not None or self.proto != "any")
 
 
-def _number(text, what, low, high):
+def _number(text, what, low, high, hex_ok=False):
+    """A number in decimal; hex_ok: or in 0x hex (marks and zones are written either way)."""
     if text is None:
         return None
-    if not re.fullmatch(r"[0-9]+", text.strip()):
-        raise UsageError("%s must be a number, not %r" % (what, text))
-    value = int(text)
+    written = text.strip()
+    form = r"[0-9]+|0[xX][0-9a-fA-F]+" if hex_ok else r"[0-9]+"
+    if not re.fullmatch(form, written):
+        raise UsageError("%s must be a number%s, not %r"
+                         % (what, " (decimal or 0x hex)" if hex_ok else "", text))
+    value = int(written, 16 if written[:2].lower() == "0x" else 10)
     if not low <= value <= high:
+        if hex_ok:
+            raise UsageError("%s must be between %d and %d (%#x), not %s"
+                             % (what, low, high, high, written))
         raise UsageError("%s must be between %d and %d, not %d" % (what, low, high, value))
-    return value
-
-
-def _integer(text, what, low, high):
-    """A number in decimal or 0x hex (marks and zones are written either way)."""
-    if text is None:
-        return None
-    if not re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", text.strip()):
-        raise UsageError("%s must be a number (decimal or 0x hex), not %r" % (what, text))
-    value = int(text.strip(), 0 if text.strip()[:2].lower() == "0x" else 10)
-    if not low <= value <= high:
-        raise UsageError("%s must be between %d and %d (%#x), not %s"
-                         % (what, low, high, high, text.strip()))
     return value
 
 
@@ -289,7 +283,7 @@ def _filters(ns, cfg):
         raise UsageError("--icmpid needs --proto icmp")
     cfg.ct_states = parse_ct_states(ns.ct_state or [])
     cfg.ct_mark = parse_ct_mark(ns.ct_mark)
-    cfg.ct_zone = _integer(ns.ct_zone, "--ct-zone", 0, 0xFFFF)
+    cfg.ct_zone = _number(ns.ct_zone, "--ct-zone", 0, 0xFFFF, hex_ok=True)
     cfg.header_only = ns.header_only
     if cfg.header_only and cfg.addr is None and cfg.port is None and proto == "any":
         raise UsageError("--header-only applies only with -H, -P or --proto")
@@ -424,8 +418,8 @@ def parse_ct_mark(text):
     if text is None:
         return None
     mark_text, slash, mask_text = text.partition("/")
-    mark = _integer(mark_text, "--ct-mark's MARK", 0, 0xFFFFFFFF)
-    mask = _integer(mask_text, "--ct-mark's MASK", 1, 0xFFFFFFFF) if slash else 0xFFFFFFFF
+    mark = _number(mark_text, "--ct-mark's MARK", 0, 0xFFFFFFFF, hex_ok=True)
+    mask = _number(mask_text, "--ct-mark's MASK", 1, 0xFFFFFFFF, hex_ok=True) if slash else 0xFFFFFFFF
     if mark & ~mask:
         raise UsageError("--ct-mark %s: MARK has bits outside MASK (%#x), it would never match"
                          % (text.strip(), mark & ~mask))
