@@ -14,6 +14,10 @@
  */
 #include <uapi/linux/ptrace.h>
 
+/* compile-time bounds of struct spans (the layouts' offsets are constants) */
+#define MIN_OF(a, b) ((a) < (b) ? (a) : (b))
+#define MAX_OF(a, b) ((a) > (b) ? (a) : (b))
+
 #ifdef SKBT_LAYOUT_HEADERS
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
 /* include/linux/bpf.h of newer kernels sizes these uapi types, which the
@@ -81,17 +85,12 @@ LAYOUT(CT_ZONE, struct nf_conn, zone.id)
 #endif /* CONFIG_NF_CONNTRACK */
 /* the sk_buff fields find_packet reads, in one read as with BTF's
  * L_SKB_SPAN_* (layout.SPAN_FIELDS); since 4.x they lie within 32 bytes */
-#define SKB_SPAN_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define SKB_SPAN_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define SKB_SPAN_END(F) (L_##F##_OFF + L_##F##_SIZE)
-#define SKB_SPAN_OFF SKB_SPAN_MIN(SKB_SPAN_MIN(L_SKB_PROTOCOL_OFF, L_SKB_NETWORK_HEADER_OFF), \
-                                    SKB_SPAN_MIN(L_SKB_MAC_HEADER_OFF, \
-                                                 SKB_SPAN_MIN(L_SKB_HEAD_OFF, L_SKB_DATA_OFF)))
-#define SKB_SPAN_LEN (SKB_SPAN_MAX(SKB_SPAN_MAX(SKB_SPAN_END(SKB_PROTOCOL), \
-                                                  SKB_SPAN_END(SKB_NETWORK_HEADER)), \
-                                     SKB_SPAN_MAX(SKB_SPAN_END(SKB_MAC_HEADER), \
-                                                  SKB_SPAN_MAX(SKB_SPAN_END(SKB_HEAD), \
-                                                               SKB_SPAN_END(SKB_DATA)))) \
+#define SKB_SPAN_OFF MIN_OF(MIN_OF(L_SKB_PROTOCOL_OFF, L_SKB_NETWORK_HEADER_OFF), \
+                            MIN_OF(L_SKB_MAC_HEADER_OFF, MIN_OF(L_SKB_HEAD_OFF, L_SKB_DATA_OFF)))
+#define SKB_SPAN_LEN (MAX_OF(MAX_OF(SKB_SPAN_END(SKB_PROTOCOL), SKB_SPAN_END(SKB_NETWORK_HEADER)), \
+                             MAX_OF(SKB_SPAN_END(SKB_MAC_HEADER), \
+                                    MAX_OF(SKB_SPAN_END(SKB_HEAD), SKB_SPAN_END(SKB_DATA)))) \
                       - SKB_SPAN_OFF)
 _Static_assert(SKB_SPAN_LEN <= 64, "struct sk_buff's header fields are too far apart");
 /* pkt_type is a 3-bit field right after the __pkt_type_offset marker */
@@ -133,8 +132,6 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 /* struct nf_conn: tuplehash[0].tuple is the original direction's tuple,
  * tuplehash[1].tuple the reply's; the fields read_ct copies lie together,
  * so they are read in one go (CT_SPAN_*) */
-#define CT_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define CT_MAX(a, b) ((a) > (b) ? (a) : (b))
 #ifdef CT_READ_MARK
 #define CT_MARK_LO L_CT_MARK_OFF
 #define CT_MARK_HI (L_CT_MARK_OFF + L_CT_MARK_SIZE)
@@ -151,11 +148,11 @@ enum { L_SKB_PKT_TYPE_OFF = offsetof(struct sk_buff, __pkt_type_offset),
 #endif
 #define CT_ORIG_OFF (L_CT_TUPLEHASH_OFF + L_CT_HASH_TUPLE_OFF)
 #define CT_REPLY_OFF (L_CT_TUPLEHASH_OFF + L_CT_TUPLEHASH_SIZE / 2 + L_CT_HASH_TUPLE_OFF)
-#define CT_SPAN_OFF CT_MIN(CT_MIN(L_CT_TUPLEHASH_OFF, L_CT_STATUS_OFF), \
-                           CT_MIN(CT_MARK_LO, CT_ZONE_LO))
-#define CT_SPAN_END CT_MAX(CT_MAX(L_CT_TUPLEHASH_OFF + L_CT_TUPLEHASH_SIZE, \
+#define CT_SPAN_OFF MIN_OF(MIN_OF(L_CT_TUPLEHASH_OFF, L_CT_STATUS_OFF), \
+                           MIN_OF(CT_MARK_LO, CT_ZONE_LO))
+#define CT_SPAN_END MAX_OF(MAX_OF(L_CT_TUPLEHASH_OFF + L_CT_TUPLEHASH_SIZE, \
                                   L_CT_STATUS_OFF + L_CT_STATUS_SIZE), \
-                           CT_MAX(CT_MARK_HI, CT_ZONE_HI))
+                           MAX_OF(CT_MARK_HI, CT_ZONE_HI))
 #define CT_SPAN_LEN (CT_SPAN_END - CT_SPAN_OFF)
 /* nf_conn keeps them within ~200 bytes; more would not fit the stack */
 _Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
@@ -763,6 +760,55 @@ static __always_inline u64 nfct_of(void *skb, struct layers *at)
 #endif
 }
 
+#ifdef CT_READ_CONN
+/* A conntrack tuple's addresses, ports and protocol (struct
+ * nf_conntrack_tuple's src.u3, src.u.all, dst.u3, dst.u.all, dst.protonum),
+ * read in one go: what -H, --proto and -P ask of a connection, and what
+ * ties a failed entry to its drop. */
+#define CT_TUPLE_LEN MAX_OF(MAX_OF(L_TUPLE_SRC_ADDR_OFF + 16, L_TUPLE_DST_ADDR_OFF + 16), \
+                            MAX_OF(MAX_OF(L_TUPLE_SRC_PORT_OFF + 2, L_TUPLE_DST_PORT_OFF + 2), \
+                                   L_TUPLE_L4PROTO_OFF + 1))
+struct ct_tuple {
+    u64 saddr[2];       /* aligned: address_match loads them as words (dst.u3 lies at 20) */
+    u64 daddr[2];
+    u16 sport;          /* network byte order; ICMP: the echo id */
+    u16 dport;
+    u8 l4proto;
+};
+
+static __always_inline int read_tuple(void *tuple, struct ct_tuple *t)
+{
+    u8 raw[CT_TUPLE_LEN];
+    if (bpf_probe_read_kernel(raw, sizeof(raw), tuple))
+        return 0;
+    __builtin_memcpy(t->saddr, raw + L_TUPLE_SRC_ADDR_OFF, 16);
+    __builtin_memcpy(t->daddr, raw + L_TUPLE_DST_ADDR_OFF, 16);
+    __builtin_memcpy(&t->sport, raw + L_TUPLE_SRC_PORT_OFF, 2);
+    __builtin_memcpy(&t->dport, raw + L_TUPLE_DST_PORT_OFF, 2);
+    t->l4proto = raw[L_TUPLE_L4PROTO_OFF];
+    return 1;
+}
+#endif
+
+/* --proto and -P, of a packet's headers or a connection's tuple (sport and
+ * dport 0 where the protocol has no ports) */
+static __always_inline int proto_port_match(u8 family, u8 l4proto, u16 sport, u16 dport)
+{
+#ifdef FILTER_L4PROTO
+    if (l4proto != FILTER_L4PROTO)
+        return 0;
+#endif
+#ifdef FILTER_ICMP
+    if (!(family == 4 && l4proto == 1) && !(family == 6 && l4proto == 58))
+        return 0;
+#endif
+#ifdef FILTER_PORT
+    if (sport != FILTER_PORT && dport != FILTER_PORT)
+        return 0;
+#endif
+    return 1;
+}
+
 #ifdef CT_MATCHING
 /* Does the original tuple of the skb's connection match -H, --proto and
  * -P? Its destination is a Service's address and port before DNAT, so the
@@ -771,42 +817,19 @@ static __always_inline u64 nfct_of(void *skb, struct layers *at)
  * entry costs nothing more when the span holds _nfct (else one read), an
  * entry one read of the tuple. */
 #define CT_OWN_PACKETS 3    /* ct_state_bit's new | est: the connection's own packets */
-#define CT_TUPLE_LEN CT_MAX(CT_MAX(L_TUPLE_SRC_ADDR_OFF + 16, L_TUPLE_DST_ADDR_OFF + 16), \
-                            CT_MAX(CT_MAX(L_TUPLE_SRC_PORT_OFF + 2, L_TUPLE_DST_PORT_OFF + 2), \
-                                   L_TUPLE_L4PROTO_OFF + 1))
 static __always_inline int conn_match(void *skb, struct layers *at, u8 family)
 {
     u64 nfct = nfct_of(skb, at);
     void *conn = (void *)(nfct & ~CT_INFO_MASK);
     if (!conn || !(ct_state_bit(nfct) & CT_OWN_PACKETS))
         return 0;       /* RELATED: an ICMP error or a helper's data, not the connection's */
-    u8 tuple[CT_TUPLE_LEN];
-    if (bpf_probe_read_kernel(tuple, sizeof(tuple), conn + CT_ORIG_OFF))
+    struct ct_tuple t;
+    if (!read_tuple(conn + CT_ORIG_OFF, &t))
         return 0;
-    /* aligned copies: address_match loads them as words, which the
-     * verifier wants aligned on the stack (dst.u3 lies at 20) */
-    u64 saddr[2], daddr[2];
-    __builtin_memcpy(saddr, tuple + L_TUPLE_SRC_ADDR_OFF, 16);
-    __builtin_memcpy(daddr, tuple + L_TUPLE_DST_ADDR_OFF, 16);
-    if (!address_match(family, (u8 *)saddr, (u8 *)daddr))
+    if (!address_match(family, (u8 *)t.saddr, (u8 *)t.daddr))
         return 0;
-    u8 proto = tuple[L_TUPLE_L4PROTO_OFF];
-#ifdef FILTER_L4PROTO
-    if (proto != FILTER_L4PROTO)
-        return 0;
-#endif
-#ifdef FILTER_ICMP
-    if (!(family == 4 && proto == 1) && !(family == 6 && proto == 58))
-        return 0;
-#endif
-#ifdef FILTER_PORT
-    u16 sport, dport;
-    __builtin_memcpy(&sport, tuple + L_TUPLE_SRC_PORT_OFF, 2);
-    __builtin_memcpy(&dport, tuple + L_TUPLE_DST_PORT_OFF, 2);
-    if ((proto != 6 && proto != 17) || (sport != FILTER_PORT && dport != FILTER_PORT))
-        return 0;
-#endif
-    return 1;
+    int ported = t.l4proto == 6 || t.l4proto == 17;     /* as fill_packet reads ports */
+    return proto_port_match(family, t.l4proto, ported ? t.sport : 0, ported ? t.dport : 0);
 }
 #endif
 
@@ -814,18 +837,8 @@ static __always_inline int conn_match(void *skb, struct layers *at, u8 family)
  * packet's own headers. */
 static __always_inline int header_match(struct event_t *e)
 {
-#ifdef FILTER_L4PROTO
-    if (e->l4proto != FILTER_L4PROTO)
+    if (!proto_port_match(e->family, e->l4proto, e->sport, e->dport))
         return 0;
-#endif
-#ifdef FILTER_ICMP
-    if (!(e->family == 4 && e->l4proto == 1) && !(e->family == 6 && e->l4proto == 58))
-        return 0;
-#endif
-#ifdef FILTER_PORT
-    if (e->sport != FILTER_PORT && e->dport != FILTER_PORT)
-        return 0;
-#endif
 #ifdef KEEP
     return address_match(e->family, e->saddr, e->daddr);
 #else
@@ -1278,11 +1291,7 @@ int on_ct_helper_log(struct pt_regs *ctx)
 #ifdef CT_READ_CONN
 struct ct_alloc_failure {
     u64 ts_ns;          /* 0: none pending */
-    u8 saddr[16];
-    u8 daddr[16];
-    u16 sport;
-    u16 dport;
-    u8 l4proto;
+    struct ct_tuple tuple;
 };
 BPF_PERCPU_ARRAY(ct_alloc_failed, struct ct_alloc_failure, 1);
 
@@ -1301,12 +1310,8 @@ int on_ct_alloc_return(struct pt_regs *ctx)
     struct ct_alloc_failure *f = ct_alloc_failed.lookup(&zero);
     if (!f)
         return 0;
-    bpf_probe_read_kernel(f->saddr, 16, orig + L_TUPLE_SRC_ADDR_OFF);
-    bpf_probe_read_kernel(f->daddr, 16, orig + L_TUPLE_DST_ADDR_OFF);
-    bpf_probe_read_kernel(&f->sport, 2, orig + L_TUPLE_SRC_PORT_OFF);
-    bpf_probe_read_kernel(&f->dport, 2, orig + L_TUPLE_DST_PORT_OFF);
-    bpf_probe_read_kernel(&f->l4proto, 1, orig + L_TUPLE_L4PROTO_OFF);
-    f->ts_ns = bpf_ktime_get_ns();
+    if (read_tuple(orig, &f->tuple))
+        f->ts_ns = bpf_ktime_get_ns();
     return 0;
 }
 
@@ -1318,13 +1323,12 @@ static __always_inline int ct_alloc_failed_for(struct event_t *e)
     if (!f || !f->ts_ns || e->ct || bpf_ktime_get_ns() - f->ts_ns > CT_FAULT_WINDOW_NS)
         return 0;
     /* both sides hold an IPv4 address in their first 4 bytes, zeros after */
-    u64 a[4], b[4];
-    __builtin_memcpy(a, f->saddr, 16);
-    __builtin_memcpy(a + 2, f->daddr, 16);
-    __builtin_memcpy(b, e->saddr, 16);
-    __builtin_memcpy(b + 2, e->daddr, 16);
-    if (f->l4proto != e->l4proto || f->sport != e->sport || f->dport != e->dport ||
-        a[0] != b[0] || a[1] != b[1] || a[2] != b[2] || a[3] != b[3])
+    struct ct_tuple *t = &f->tuple;
+    u64 s[2], d[2];
+    __builtin_memcpy(s, e->saddr, 16);
+    __builtin_memcpy(d, e->daddr, 16);
+    if (t->l4proto != e->l4proto || t->sport != e->sport || t->dport != e->dport ||
+        t->saddr[0] != s[0] || t->saddr[1] != s[1] || t->daddr[0] != d[0] || t->daddr[1] != d[1])
         return 0;
     f->ts_ns = 0;
     return 1;
