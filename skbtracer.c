@@ -833,6 +833,105 @@ static __always_inline int conn_match(void *skb, struct layers *at, u8 family)
 }
 #endif
 
+#ifdef CT_MATCHING
+/* The translated tuples of connections conn_match found: a packet that
+ * crosses a veth into a pod loses its conntrack entry (the kernel scrubs it
+ * between namespaces), so in the pod neither its headers (the endpoint's
+ * address) nor its connection say it is the Service's. Its headers equal a
+ * translated tuple seen before, in either direction: that is the
+ * connection, and it is wanted. A few slots, reused oldest first; global,
+ * not per CPU, so that the pod's side (any CPU) sees what the node's side
+ * learned. A packet -H rejects pays one inlined array lookup and, once
+ * something is learned, a compare per slot; no helper call. */
+#define LEARNED_SLOTS 8
+struct learned_tuple {
+    u64 saddr[2];
+    u64 daddr[2];
+    u16 sport;
+    u16 dport;
+    u8 l4proto;
+    u8 family;          /* 0: an empty slot */
+};
+struct learned_set {
+    u32 next;           /* the slot the next tuple takes */
+    struct learned_tuple t[LEARNED_SLOTS];
+};
+BPF_ARRAY(learned, struct learned_set, 1);
+
+/* Do these header addresses belong to a learned tuple (either direction)? */
+static __always_inline int learned_addresses(u8 family, u8 *saddr, u8 *daddr)
+{
+    int zero = 0;
+    struct learned_set *set = learned.lookup(&zero);
+    if (!set)
+        return 0;
+    u64 s[2] = {}, d[2] = {};
+    __builtin_memcpy(s, saddr, 4);
+    __builtin_memcpy(d, daddr, 4);
+    if (family == 6) {
+        __builtin_memcpy(s, saddr, 16);
+        __builtin_memcpy(d, daddr, 16);
+    }
+#pragma unroll
+    for (int i = 0; i < LEARNED_SLOTS; i++) {
+        struct learned_tuple *t = &set->t[i];
+        if (t->family != family)
+            continue;
+        if ((t->saddr[0] == s[0] && t->saddr[1] == s[1] && t->daddr[0] == d[0] && t->daddr[1] == d[1]) ||
+            (t->saddr[0] == d[0] && t->saddr[1] == d[1] && t->daddr[0] == s[0] && t->daddr[1] == s[1]))
+            return 1;
+    }
+    return 0;
+}
+
+/* Is the event's whole tuple a learned one (either direction)? */
+static __always_inline int learned_match(struct event_t *e)
+{
+    int zero = 0;
+    struct learned_set *set = learned.lookup(&zero);
+    if (!set)
+        return 0;
+    u64 s[2], d[2];
+    __builtin_memcpy(s, e->saddr, 16);
+    __builtin_memcpy(d, e->daddr, 16);
+#pragma unroll
+    for (int i = 0; i < LEARNED_SLOTS; i++) {
+        struct learned_tuple *t = &set->t[i];
+        if (t->family != e->family || t->l4proto != e->l4proto)
+            continue;
+        if (t->saddr[0] == s[0] && t->saddr[1] == s[1] && t->daddr[0] == d[0] && t->daddr[1] == d[1] &&
+            t->sport == e->sport && t->dport == e->dport)
+            return 1;
+        if (t->saddr[0] == d[0] && t->saddr[1] == d[1] && t->daddr[0] == s[0] && t->daddr[1] == s[1] &&
+            t->sport == e->dport && t->dport == e->sport)
+            return 1;
+    }
+    return 0;
+}
+
+/* Keep the event's tuple: its connection matched, its headers did not (they
+ * were translated). Two CPUs learning at once may both take one slot: one
+ * tuple is then lost, and learned again by the connection's next packet. */
+static __always_inline void learn_tuple(struct event_t *e)
+{
+    if (learned_match(e))
+        return;
+    int zero = 0;
+    struct learned_set *set = learned.lookup(&zero);
+    if (!set)
+        return;
+    u32 slot = set->next % LEARNED_SLOTS;
+    set->next = slot + 1;
+    struct learned_tuple *t = &set->t[slot];
+    __builtin_memcpy(t->saddr, e->saddr, 16);
+    __builtin_memcpy(t->daddr, e->daddr, 16);
+    t->sport = e->sport;
+    t->dport = e->dport;
+    t->l4proto = e->l4proto;
+    t->family = e->family;
+}
+#endif
+
 /* -H (with --keep: prepare left it to here), --proto and -P asked of the
  * packet's own headers. */
 static __always_inline int header_match(struct event_t *e)
@@ -846,13 +945,19 @@ static __always_inline int header_match(struct event_t *e)
 #endif
 }
 
+/* How -H, --proto and -P matched a packet */
+#define MATCHED_HEADERS 1
+#define MATCHED_CONN    2   /* the connection's original tuple */
+#define MATCHED_LEARNED 3   /* a translated tuple of such a connection */
+
 /* Filters given on the command line, compiled in as numbers; all but -N,
  * which needs the device (fill_context), checked on what fill_packet read
  * so that non-matching packets cost as few reads as possible. -H, --proto
- * and -P: the headers, else (CT_MATCHING) the connection's original tuple;
- * by_conn: prepare found that tuple matching already. */
+ * and -P: the headers, else (CT_MATCHING) the connection's original tuple,
+ * else a learned tuple; matched: what prepare found already (0: nothing
+ * yet). Returns MATCHED_*, 0 when the packet is not wanted. */
 static __always_inline int filter_packet(struct event_t *e, void *skb, struct layers *at,
-                                         int by_conn)
+                                         int matched)
 {
 #ifdef FILTER_PID
     if (e->pid != FILTER_PID)
@@ -862,10 +967,18 @@ static __always_inline int filter_packet(struct event_t *e, void *skb, struct la
     if (e->icmp_id != FILTER_ICMPID)
         return 0;
 #endif
-    if (by_conn || header_match(e))
-        return 1;
+    if (matched == MATCHED_CONN)
+        return matched;
 #ifdef CT_MATCHING
-    return conn_match(skb, at, e->family);
+    if (matched == MATCHED_LEARNED)
+        return learned_match(e) ? matched : 0;
+#endif
+    if (header_match(e))
+        return MATCHED_HEADERS;
+#ifdef CT_MATCHING
+    if (conn_match(skb, at, e->family))
+        return MATCHED_CONN;
+    return learned_match(e) ? MATCHED_LEARNED : 0;
 #else
     return 0;
 #endif
@@ -900,12 +1013,15 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     u8 family = find_packet(skb, &at, hdr, direct);
     if (!family)
         return 0;
-    int by_conn = 0;            /* -H, --proto, -P matched the connection, not the headers */
+    int matched = 0;            /* MATCHED_*: how -H matched, where not by the headers */
     if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr))) {
 #ifdef CT_MATCHING
-        if (!conn_match(skb, &at, family))
+        if (conn_match(skb, &at, family))
+            matched = MATCHED_CONN;
+        else if (learned_addresses(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr)))
+            matched = MATCHED_LEARNED;
+        else
             return 0;
-        by_conn = 1;
 #else
         return 0;
 #endif
@@ -930,8 +1046,11 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     if (kept && *kept)  /* read, not only tested: clang must not OR the pointer into force */
         force = 1;
 #endif
-    if (!force && !filter_packet(e, skb, &at, by_conn))
-        return 0;
+    if (!force) {
+        matched = filter_packet(e, skb, &at, matched);
+        if (!matched)
+            return 0;
+    }
 #if defined(PCAP_FILTER) && defined(KEEP)
     if (!force && !pcap_filter(skb, &at))
         return 0;   /* without --keep, applied before the event slot was used */
@@ -961,6 +1080,10 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
         return 0;
 #endif
     read_macs(skb, e, &at);
+#ifdef CT_MATCHING
+    if (matched == MATCHED_CONN)
+        learn_tuple(e);
+#endif
 #ifdef KEEP
     u8 one = 1;
     keep_skbs.update(&key, &one);
@@ -1220,12 +1343,15 @@ int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
  * - __nf_conntrack_alloc() failing: no entry could be made for the packet
  *   (the table is full, or memory ran out). It has no skb: its original
  *   tuple and the CPU tie it to the netfilter drop that follows at once.
- * Each drop follows its cause in the same call chain: a cause older than
- * CT_FAULT_WINDOW_NS is not the drop's (the skb's address was reused). */
+ * Each drop follows its cause in the same call chain, on the same CPU: a
+ * cause from another CPU or older than CT_FAULT_WINDOW_NS is not the drop's
+ * (the skb's address was reused). The window is wide: the first time the
+ * code runs in an emulated guest, cause and drop were seen 1 ms apart. */
 #ifdef CT_FAULTS
-#define CT_FAULT_WINDOW_NS 1000000
+#define CT_FAULT_WINDOW_NS 1000000000
 struct ct_fault_seen {
     u64 ts_ns;
+    u32 cpu;
     u8 fault;
 };
 /* a return probe sees no arguments: its entry probe keeps the one it needs,
@@ -1262,7 +1388,8 @@ static __always_inline void ct_fault_record(u64 skb, u8 fault)
 {
     if (!prepare((void *)skb, DROP_PROBE_ID, KIND_DROP, 0, 0))
         return;
-    struct ct_fault_seen seen = { .ts_ns = bpf_ktime_get_ns(), .fault = fault };
+    struct ct_fault_seen seen = { .ts_ns = bpf_ktime_get_ns(), .cpu = bpf_get_smp_processor_id(),
+                                  .fault = fault };
     ct_refused.update(&skb, &seen);
 }
 
@@ -1342,7 +1469,8 @@ static __always_inline u8 ct_fault_take(void *skb)
     struct ct_fault_seen *found = ct_refused.lookup(&key);
     if (!found)
         return 0;
-    u8 fault = bpf_ktime_get_ns() - found->ts_ns <= CT_FAULT_WINDOW_NS ? found->fault : 0;
+    u8 fault = bpf_ktime_get_ns() - found->ts_ns <= CT_FAULT_WINDOW_NS
+               && found->cpu == bpf_get_smp_processor_id() ? found->fault : 0;
     ct_refused.delete(&key);
     return fault;
 }

@@ -41,8 +41,7 @@ def event_filter(cfg):
                                                  (o.get("sport"), o.get("dport"))))
     on_conn = connection_test(cfg, _orig_tuple) if cfg.matches_connection else None
     if on_headers is not None:
-        tests.append(on_headers if on_conn is None else
-                     lambda o: on_headers(o) or on_conn(o))
+        tests.append(on_headers if on_conn is None else ConnectionMatch(on_headers, on_conn))
     if cfg.icmpid is not None:
         tests.append(lambda o: o.get("icmp_id") == cfg.icmpid)
     if cfg.netns_all:
@@ -60,6 +59,29 @@ def event_filter(cfg):
         judge = packets.ExpressionJudge(cfg.expression)
         tests.append(judge)
     return (lambda o: all(t(o) for t in tests)) if tests else None
+
+
+class ConnectionMatch:
+    """-H, --proto and -P of the headers, else of the connection's original
+    tuple, else of a translated tuple learned from an earlier event whose
+    connection matched (the kernel program's learned tuples: a packet that
+    crossed into a pod's namespace has lost its entry). Called in time order.
+    The kernel keeps the last few; this keeps every one, so no row the live
+    run printed is filtered out."""
+
+    def __init__(self, on_headers, on_conn):
+        self.on_headers, self.on_conn = on_headers, on_conn
+        self.learned = set()
+
+    def __call__(self, o):
+        if self.on_headers(o):
+            return True
+        ends = ((o["saddr"], o.get("sport")), (o["daddr"], o.get("dport")))
+        if self.on_conn(o):
+            self.learned.add((o["l4proto"],) + ends)
+            return True
+        return ((o["l4proto"],) + ends in self.learned
+                or (o["l4proto"],) + ends[::-1] in self.learned)
 
 
 def connection_test(cfg, tuple_of):
@@ -174,13 +196,12 @@ class SavedEvents:
         for run in self.runs:
             shift = self.merged.offsets[run.node] if self.merged else 0
             for obj in run.objects:
-                if keep is not None and not keep(obj):
-                    continue
                 wall = obj["time_ns"] - shift
                 ts = wall if self.merged else obj["ktime_ns"]
                 rows.append((ts, wall, run, obj))
         rows.sort(key=lambda r: r[0])
-        return rows
+        # filtered in time order: a learned tuple is learned before it is asked for
+        return rows if keep is None else [r for r in rows if keep(r[3])]
 
     def _ended_ns(self, timeline):
         """When tracing stopped, on the story's clock (the end objects; else

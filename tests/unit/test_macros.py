@@ -24,6 +24,7 @@ EXTERNAL = {
     "LINUX_VERSION_CODE": "linux/version.h (bcc includes it): the headers fallback's struct stubs",
     "KERNEL_VERSION": "linux/version.h, with LINUX_VERSION_CODE",
     "BPF_PERCPU_ARRAY": "bcc's map declarations (helpers.h)",
+    "BPF_ARRAY": "bcc's map declarations (learned tuples: global, inlined lookups)",
     "BPF_HASH": "bcc's map declarations",
     "BPF_TABLE": "bcc's map declarations (lru_hash)",
     "BPF_PERF_OUTPUT": "bcc's map declarations",
