@@ -123,6 +123,23 @@ def test_replay_all_three_on_one_tuple_and_nothing_of_another_service():
     assert not keep(port_elsewhere)
 
 
+def test_replay_learns_the_translated_tuple_for_the_pods_side():
+    """In the pod, the entry is gone (scrubbed crossing the veth): a packet with the translated
+    tuple of a connection seen matching before is kept, either direction; one never seen is not,
+    nor one before its connection matched (events are asked in time order)."""
+    keep = event_filter(config.parse_args(["-r", "x.jsonl", "-H", VIP]))
+    in_pod, pod_reply, stranger = objects(
+        event(saddr=CLIENT, daddr=ENDPOINT, sport=41000, dport=9000),
+        event(saddr=ENDPOINT, daddr=CLIENT, sport=9000, dport=41000),
+        event(saddr=CLIENT, daddr=ENDPOINT, sport=41001, dport=9000))
+    assert not keep(in_pod)                 # nothing learned yet
+    request, = objects(request_after_dnat())
+    assert keep(request)
+    assert keep(in_pod) and keep(pod_reply) and not keep(stranger)
+    strict = event_filter(config.parse_args(["-r", "x.jsonl", "-H", VIP, "--header-only"]))
+    assert not strict(request) and not strict(in_pod)
+
+
 # -- the story
 
 
