@@ -21,6 +21,8 @@ HOST_COVERS = {
     "host only: how -w ends involves no probes, and a tracer start costs a compile in the guest",
     "host only: how -c ends the story involves no probes, and a tracer start costs a compile "
     "in the guest",
+    "host only: Service names are read from the ruleset in user space, and a tracer start costs "
+    "a compile in the guest",
 }
 
 ALLOWED_SKIPS = {

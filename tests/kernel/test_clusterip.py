@@ -23,7 +23,7 @@ import re
 import time
 
 import pytest
-from conftest import BACKEND
+from conftest import BACKEND, GUEST
 
 from testbed.clusterip import BACKEND as DNAT_BACKEND
 from testbed.clusterip import BACKEND_PORT, NODE_ADDR, VIP, LocalDnat, open_connections
@@ -231,3 +231,26 @@ def test_seed_scenario_by_its_clusterip_tells_the_duplicate():
     assert "SERVICE: U %s:%d -> %s:%d (1 connection)" % (
         cluster.ip["service"], cluster.SERVICE_PORT, cluster.ip["server"],
         cluster.SERVER_PORT) in run.stderr, run.stderr
+
+
+@pytest.mark.skipif(bool(GUEST), reason="host only: Service names are read from the ruleset in user "
+                    "space, and a tracer start costs a compile in the guest")
+def test_nft_mode_service_names(tmp_path, settle):
+    """kube-proxy's nftables mode: --names reads the Service's name from the service-ips map's
+    verdict chain (nft -j list map), as the iptables mode's from the rule comments."""
+    path = str(tmp_path / "nft.jsonl")
+    cleanup_stale()
+    with KubeProxyNode(mode="nft", echo=True) as node:
+        with TracerRun(["-H", PAIR_IP, "-P", "53", "--names", "--json=" + path, "--width", "1000"]) as run:
+            conns = open_connections(node, PAIR_IP, 53, "udp", count=2, first_sport=PAIR_UDP + 20,
+                                     endpoints=2)
+            time.sleep(settle)
+    assert run.returncode == 0 and conns and all(c.replies for c in conns), run.stderr
+    with open(path) as f:
+        services = [o for o in map(json.loads, f) if o.get("type") == "service"]
+    obj, = services
+    assert (obj["name"], obj["address"], obj["port"], obj["proto"]) == \
+        ("default/dns-pair:dns", PAIR_IP, 53, "udp"), obj
+    assert obj["connections"] == len(conns), obj
+    assert re.search(r"^SERVICE: default/dns-pair:dns U %s:53 -> " % re.escape(PAIR_IP), run.stderr,
+                     re.M), run.stderr
