@@ -392,6 +392,10 @@ static __always_inline int address_match(u8 family, u8 *saddr, u8 *daddr)
     return 1;
 }
 
+/* IPv6 extension headers fill_packet walks before it gives up on the upper
+ * protocol (then the last one's number is told) */
+#define IP6_EXT_HEADERS_MAX 4
+
 /* Where the addresses are in an IPv4 (20 bytes) or IPv6 (40) header */
 #define IP_SADDR(family, hdr) ((family) == 4 ? &(hdr)[12] : &(hdr)[8])
 #define IP_DADDR(family, hdr) ((family) == 4 ? &(hdr)[16] : &(hdr)[24])
@@ -620,9 +624,34 @@ static __always_inline void fill_packet(struct event_t *e, u8 family, u8 *hdr, v
         l4 = l3 + 40;
     }
 
-    if (!fragment) {
-        u8 l4hdr[16] = {};
+    u8 l4hdr[16] = {};
+    if (!fragment)
         bpf_probe_read_kernel(l4hdr, sizeof(l4hdr), l4);
+    /* IPv6 extension headers, walked to the upper protocol (an MLD report's
+     * hop-by-hop header, a fragment header): each read's first bytes are the
+     * next header's; one more read per extension header, none without. */
+#pragma unroll
+    for (int i = 0; i < IP6_EXT_HEADERS_MAX; i++) {
+        if (family != 6 || fragment)
+            break;
+        u8 next = e->l4proto;
+        u32 len;
+        if (next == 0 || next == 43 || next == 60)      /* hop-by-hop, routing, destination options */
+            len = (l4hdr[1] + 1) * 8;
+        else if (next == 51)                            /* authentication header */
+            len = (l4hdr[1] + 2) * 4;
+        else if (next == 44) {                          /* fragment: its offset's 13 bits */
+            len = 8;
+            fragment = (l4hdr[2] << 5) | (l4hdr[3] >> 3);
+        } else
+            break;
+        e->l4proto = l4hdr[0];
+        l4 += len;
+        if (!fragment)
+            bpf_probe_read_kernel(l4hdr, sizeof(l4hdr), l4);
+    }
+
+    if (!fragment) {
         if (e->l4proto == 6 || e->l4proto == 17) {  /* TCP, UDP */
             e->sport = *(u16 *)&l4hdr[0];
             e->dport = *(u16 *)&l4hdr[2];
