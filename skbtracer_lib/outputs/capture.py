@@ -44,6 +44,7 @@ STORY_PLACEHOLDER = ("skbtracer: the packets' story (DUPLICATE / DROPPED / VANIS
                      "written here when tracing ends")
 
 EPB_TYPE = struct.pack("<I", pcapng.PCAPNG_BT_EPB)
+IDB_TYPE = struct.pack("<I", pcapng.PCAPNG_BT_IDB)
 OPT_EPB_FLAGS = 2
 DIRECTION_IN, DIRECTION_OUT = 1, 2
 # epb_flags bits 2-4, for inbound packets, from skb->pkt_type
@@ -119,10 +120,18 @@ class PcapngWriter:
     """Writes the events of one session to an open file.
 
     label: netns inode -> the NETWORK_NS text of the rows; wall_ns: event
-    time (CLOCK_MONOTONIC ns) -> ns since the epoch."""
+    time (CLOCK_MONOTONIC ns) -> ns since the epoch; rotation: a
+    rotate.Rotation (--rotate): a file that would pass its size is put
+    aside between blocks, and the new one begins with its own section
+    header and the interfaces met so far (same ids, so the packet blocks
+    stay as they are)."""
 
-    def __init__(self, file, snaplen, probe_names, label=str, wall_ns=lambda ns: ns):
+    def __init__(self, file, snaplen, probe_names, label=str, wall_ns=lambda ns: ns,
+                 rotation=None):
         self.file = file
+        self.rotation = rotation
+        self.interface_blocks = []      # every IDB, by interface id
+        self.interfaces_written = 0     # of them, in the files so far
         self.fd = file.fileno()
         self.snaplen = snaplen
         self.label = label
@@ -133,17 +142,22 @@ class PcapngWriter:
         self.written = 0                # bytes in the file, all of them whole blocks
         self.packets = 0                # packet blocks in the file
         self.story_at = None            # file offset of the reserved section comment
+        self.head = 0                   # bytes of section and interfaces a new file begins with
 
     def start(self):
         """The section header, with the story's space reserved."""
-        shb = pcapng.SectionHeaderBlockLE(opts=self._story_options([STORY_PLACEHOLDER]) + [
-            _option(pcapng.PCAPNG_OPT_SHB_OS, ("%s %s" % (platform.system(),
-                                                          platform.release())).encode()),
-            _option(pcapng.PCAPNG_OPT_SHB_USERAPPL, b"skbtracer"),
-            _END])
         self.story_at = SHB_OPTIONS_AT
-        self.pending.append(bytes(shb))
+        self.pending.append(self._section_header())
         self.flush()
+        self.head = self.written
+
+    def _section_header(self):
+        return bytes(pcapng.SectionHeaderBlockLE(
+            opts=self._story_options([STORY_PLACEHOLDER]) + [
+                _option(pcapng.PCAPNG_OPT_SHB_OS, ("%s %s" % (platform.system(),
+                                                              platform.release())).encode()),
+                _option(pcapng.PCAPNG_OPT_SHB_USERAPPL, b"skbtracer"),
+                _END]))
 
     # -- per event (the perf callback)
 
@@ -183,7 +197,8 @@ class PcapngWriter:
             _option(pcapng.PCAPNG_OPT_IF_DESCRIPTION, description.encode()),
             _option(pcapng.PCAPNG_OPT_IF_TSRESOL, bytes([TSRESOL_NS])),
             _END])
-        self.pending.append(bytes(idb))
+        self.interface_blocks.append(bytes(idb))
+        self.pending.append(self.interface_blocks[-1])
         return iface
 
     # -- per poll batch, and at exit
@@ -194,6 +209,52 @@ class PcapngWriter:
         if not self.pending:
             return
         blocks, self.pending = self.pending, []
+        if self.rotation is not None:
+            blocks = self._rotate_as_needed(blocks)
+        self._write(blocks)
+
+    def _rotate_as_needed(self, blocks):
+        """Write the blocks that fit the file, put it aside and go on in a
+        new one, while they do not fit; the blocks left."""
+        limit = self.rotation.size
+        while blocks and self.written + sum(map(len, blocks)) > limit:
+            fit, size = 0, self.written
+            while fit < len(blocks) and size + len(blocks[fit]) <= limit:
+                size += len(blocks[fit])
+                fit += 1
+            if fit == 0 and not self._holds_packets:
+                fit = 1                 # a file holds a block past its head at least
+            self._write(blocks[:fit])
+            blocks = blocks[fit:]
+            if blocks:
+                self._next_file()
+        return blocks
+
+    def _next_file(self):
+        """The file put aside (its story space says where the story is),
+        a new one begun as a file of its own."""
+        self.write_story(["skbtracer: the packets' story is written in the newest file, "
+                          "%s, when tracing ends" % self.rotation.path])
+        try:
+            self.file = self.rotation.next_file()
+        except OSError as e:
+            raise CaptureError("cannot rotate: %s" % e.strerror) from None
+        except Exception as e:      # rotate's FileError: its one line
+            raise CaptureError("cannot rotate: %s" % e) from None
+        self.fd = self.file.fileno()
+        self.written = 0
+        known = self.interfaces_written
+        self._write([self._section_header()] + self.interface_blocks[:known])
+        self.interfaces_written = known      # not met again: written again
+        self.head = self.written
+
+    @property
+    def _holds_packets(self):
+        return self.written > self.head
+
+    def _write(self, blocks):
+        if not blocks:
+            return
         data = b"".join(blocks)
         view = memoryview(data)
         done = 0
@@ -204,7 +265,16 @@ class PcapngWriter:
             self._keep_whole_blocks(blocks, done)
             raise CaptureError(e.strerror) from None
         self.written += len(data)
-        self.packets += sum(1 for b in blocks if b[:4] == EPB_TYPE)
+        self._count(blocks)
+
+    def _count(self, blocks):
+        """Packets and interfaces in blocks, just written."""
+        for block in blocks:
+            kind = block[:4]
+            if kind == EPB_TYPE:
+                self.packets += 1
+            elif kind == IDB_TYPE:
+                self.interfaces_written += 1
 
     def _keep_whole_blocks(self, blocks, done):
         whole = 0
@@ -212,7 +282,7 @@ class PcapngWriter:
             if whole + len(block) > done:
                 break
             whole += len(block)
-            self.packets += block[:4] == EPB_TYPE
+            self._count([block])
         self.written += whole
         try:
             os.ftruncate(self.fd, self.written)
