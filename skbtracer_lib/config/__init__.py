@@ -407,6 +407,9 @@ def _rotation(ns, cfg):
              if path not in (None, "-")]
     if not named:
         raise UsageError("--rotate applies only with -o/--output FILE, --json=FILE or -w FILE")
+    if cfg.write and cfg.rotate < rotate.MIN_PCAPNG_ROTATE:
+        raise UsageError("--rotate with -w: at least %dk, not %s (a pcapng file begins with "
+                         "32k kept for the story)" % (rotate.MIN_PCAPNG_ROTATE >> 10, ns.rotate))
     for flag, path in named:
         if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
             raise UsageError("--rotate: %s %r is not a regular file" % (flag, path))

@@ -14,6 +14,7 @@ from .files import FileError, open_new_file
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 MAX_ROTATE_FILES = 10000
+MIN_PCAPNG_ROTATE = 64 << 10    # twice a section header's story space (capture.STORY_SPACE)
 
 
 def parse_size(text):

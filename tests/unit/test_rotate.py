@@ -45,6 +45,7 @@ def test_bad_sizes(text):
     (["-o", "{d}/rows", "--rotate", "1k", "--rotate-files", "0"], "--rotate-files must be"),
     (["-o", "{d}/rows", "--rotate", "1k", "--rotate-files", "x"], "--rotate-files must be"),
     (["-o", "/dev/null", "--rotate", "1M"], "not a regular file"),
+    (["-w", "{d}/t.pcapng", "--rotate", "63k"], "--rotate with -w: at least 64k, not 63k"),
     (["--interval", "0"], "--interval must be more than 0"),
     (["--interval", "5x"], "--interval must be a time"),
     (["-r", "{d}/a.jsonl", "--interval", "5"], "--interval applies only while tracing"),
@@ -175,6 +176,10 @@ def test_rotated_json_and_rows_read_back_as_one_file(tmp_path):
         json_set[0].rsplit(".", 1)[0], len(json_set) - 1, d) in rotated.stderr
     story_of = lambda text: text[text.index("the story"):text.rindex("\nskbtracer: ")]  # noqa
     assert story_of(rotated.stderr) == story_of(whole.stderr)
+
+
+def test_pcapng_rotation_size_holds_the_section_twice():
+    assert rotate.MIN_PCAPNG_ROTATE == 2 * capture.STORY_SPACE
 
 
 def test_rotated_pcapng_files_are_each_whole(tmp_path):
