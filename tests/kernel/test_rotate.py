@@ -50,7 +50,8 @@ def long_run(tmp_path_factory, settle):
             sent = 0
             # until the JSON set has passed its bound and the rows have rotated
             deadline = time.monotonic() + 180
-            while not (os.path.exists("%s.%d" % (jsonl, FILES - 1)) and os.path.exists(rows + ".1")):
+            past_bound = "%s.%d" % (jsonl, FILES - 1)
+            while not (os.path.exists(past_bound) and os.path.exists(rows + ".1")):
                 assert time.monotonic() < deadline, run.stderr
                 cluster.send_udp("client", dst_ip, dst_port, count=10, sport=SPORT)
                 sent += 10
