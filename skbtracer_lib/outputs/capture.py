@@ -29,6 +29,7 @@ from dpkt import pcapng
 
 from ..events.decode import EVENT_SIZE, KIND_DROP, KIND_IPTABLE, BoundedCache
 from .. import story
+from .files import fill
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101              # raw IPv4 or IPv6, by the version nibble
@@ -214,21 +215,19 @@ class PcapngWriter:
         self._write(blocks)
 
     def _rotate_as_needed(self, blocks):
-        """Write the blocks that fit the file, put it aside and go on in a
-        new one, while they do not fit; the blocks left."""
-        limit = self.rotation.size
-        while blocks and self.written + sum(map(len, blocks)) > limit:
-            fit, size = 0, self.written
-            while fit < len(blocks) and size + len(blocks[fit]) <= limit:
-                size += len(blocks[fit])
-                fit += 1
-            if fit == 0 and not self._holds_packets:
-                fit = 1                 # a file holds a block past its head at least
-            self._write(blocks[:fit])
-            blocks = blocks[fit:]
-            if blocks:
-                self._next_file()
-        return blocks
+        """The blocks that fit the file written, in as many files as they
+        take; what is left for the last one."""
+        return fill(blocks, lambda rest: self.written + sum(map(len, rest)) <= self.rotation.size,
+                    self._blocks_that_fit, self._write, self._next_file)
+
+    def _blocks_that_fit(self, blocks):
+        fit, size = 0, self.written
+        while fit < len(blocks) and size + len(blocks[fit]) <= self.rotation.size:
+            size += len(blocks[fit])
+            fit += 1
+        if fit == 0 and self.written == self.head:
+            fit = 1                 # a file holds a block past its head at least
+        return fit
 
     def _next_file(self):
         """The file put aside (its story space says where the story is),
@@ -247,10 +246,6 @@ class PcapngWriter:
         self._write([self._section_header()] + self.interface_blocks[:known])
         self.interfaces_written = known      # not met again: written again
         self.head = self.written
-
-    @property
-    def _holds_packets(self):
-        return self.written > self.head
 
     def _write(self, blocks):
         if not blocks:

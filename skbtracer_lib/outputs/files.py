@@ -73,18 +73,16 @@ class LineSink:
         self._write(data)
 
     def _rotate_as_needed(self, data):
-        """Write the lines of data that fit the file, put it aside and go
-        on in a new one, while data does not fit; what is left."""
-        limit = self.rotation.size
-        while data and self.file_bytes + len(data) > limit:
-            cut = data.rfind(b"\n", 0, max(0, limit - self.file_bytes)) + 1
-            if cut == 0 and self.file_bytes <= len(self.preamble):
-                cut = data.find(b"\n") + 1 or len(data)    # a file holds a row at least
-            self._write(data[:cut])
-            data = data[cut:]
-            if data:
-                self._next_file()
-        return data
+        """The lines of data that fit the file written, in as many files as
+        they take; what is left for the last one."""
+        return fill(data, lambda rest: self.file_bytes + len(rest) <= self.rotation.size,
+                    self._lines_that_fit, self._write, self._next_file)
+
+    def _lines_that_fit(self, data):
+        cut = data.rfind(b"\n", 0, max(0, self.rotation.size - self.file_bytes)) + 1
+        if cut == 0 and self.file_bytes <= len(self.preamble):
+            cut = data.find(b"\n") + 1 or len(data)    # a file holds a row at least
+        return cut
 
     def _next_file(self):
         try:
@@ -119,6 +117,20 @@ class LineSink:
                 os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR) - partial)
             except OSError:
                 pass
+
+
+def fill(data, fits, cut, write, next_file):
+    """--rotate's loop, for rows (bytes) and pcapng blocks (a list of them):
+    while data does not all fit the file (fits(data) false), write the
+    first cut(data) of it (what fits, or one row or block in a file that
+    holds none yet) and go on in next_file(); what is left for the file."""
+    while data and not fits(data):
+        end = cut(data)
+        write(data[:end])
+        data = data[end:]
+        if data:
+            next_file()
+    return data
 
 
 def line_sink(stream, what, rotation=None):
