@@ -175,7 +175,8 @@ class JsonLines(Sink):
         """The story and the end object go whole into the newest file,
         after the events (--rotate: whatever its size)."""
         self.out.flush()
-        self.out.rotation = None
+        if self.rotation is not None:
+            self.out.rotation = None
 
     def exit_line(self):
         return rotated_said(self.said, self.rotation)

@@ -17,7 +17,7 @@ from skbtracer_lib import config, story
 from skbtracer_lib.events.textrow import HEADER, Clock
 from skbtracer_lib.live import IntervalSummary, LiveEvents
 from skbtracer_lib.outputs import capture, rotate
-from skbtracer_lib.outputs.files import LineSink, open_new_file
+from skbtracer_lib.outputs.files import LineSink, OutputError, open_new_file
 from skbtracer_lib.outputs.sinks import make_sinks, open_outputs
 from skbtracer_lib.replay.session import read_paths
 from skbtracer_lib.session import Session
@@ -258,3 +258,21 @@ def test_read_rows_rotate_and_force_removes_an_older_set(tmp_path):
     assert names == [str(rows) + ".2", str(rows) + ".1", str(rows)]
     assert all(open(name).readline() == HEADER + "\n" for name in names)
     assert "rows written to %s (and 2 older files, " % rows in result.stderr
+
+
+def test_a_file_that_cannot_be_put_aside_ends_the_rows_whole(tmp_path):
+    """The oldest file cannot be removed (a directory stands in its name):
+    OutputError naming the output, the rows written so far whole."""
+    path = str(tmp_path / "rows")
+    (tmp_path / "rows.2").mkdir()
+    (tmp_path / "rows.2" / "x").write_text("")
+    first = open_new_file("-o", path, False)
+    sink = LineSink(first, "-o/--output: cannot write %r" % path,
+                    rotate.Rotation("-o", path, 100, 3, False, first))
+    with pytest.raises(OutputError, match=r"^-o/--output: cannot write '.*': cannot rotate: "):
+        for n in range(100):
+            sink.write("row %d %s\n" % (n, "x" * 20))
+        sink.flush()
+    sink.rotation.close()
+    text = open(path).read()
+    assert text.startswith("row 0 ") and text.endswith("\n") and len(text) <= 100
