@@ -29,7 +29,7 @@ from dpkt import pcapng
 
 from ..events.decode import EVENT_SIZE, KIND_DROP, KIND_IPTABLE, BoundedCache
 from .. import story
-from .files import fill
+from .files import FileError, fill
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101              # raw IPv4 or IPv6, by the version nibble
@@ -141,7 +141,7 @@ class PcapngWriter:
         self.interfaces = {}            # (netns, ifname, linktype) -> interface id
         self.pending = []               # whole blocks not yet written
         self.written = 0                # bytes in the file, all of them whole blocks
-        self.packets = 0                # packet blocks in the file
+        self.packets = 0                # packet blocks written (--rotate: in all the files)
         self.story_at = None            # file offset of the reserved section comment
         self.head = 0                   # bytes of section and interfaces a new file begins with
 
@@ -238,7 +238,7 @@ class PcapngWriter:
             self.file = self.rotation.next_file()
         except OSError as e:
             raise CaptureError("cannot rotate: %s" % e.strerror) from None
-        except Exception as e:      # rotate's FileError: its one line
+        except FileError as e:      # the new file cannot be opened: its one line
             raise CaptureError("cannot rotate: %s" % e) from None
         self.fd = self.file.fileno()
         self.written = 0
