@@ -79,9 +79,17 @@ class LineSink:
                     self._lines_that_fit, self._write, self._next_file)
 
     def _lines_that_fit(self, data):
+        """Where data is cut: after the last row that fits, with the stack
+        lines under it (they begin with a space); in a file that holds no
+        row yet, after the first row however long."""
         cut = data.rfind(b"\n", 0, max(0, self.rotation.size - self.file_bytes)) + 1
+        while cut and data[cut:cut + 1] == b" ":
+            cut = data.rfind(b"\n", 0, cut - 1) + 1
         if cut == 0 and self.file_bytes <= len(self.preamble):
-            cut = data.find(b"\n") + 1 or len(data)    # a file holds a row at least
+            cut = data.find(b"\n") + 1
+            while cut and data[cut:cut + 1] == b" ":
+                cut = data.find(b"\n", cut) + 1
+            return cut or len(data)
         return cut
 
     def _next_file(self):

@@ -134,3 +134,16 @@ def test_read_of_the_json_set_gives_the_rows_of_its_events(long_run):
     assert len(read_rows) == kept
     # the rows printed of the events kept (in time order, not the ring's: compared as sets)
     assert not Counter(read_rows) - Counter(text_rows)
+
+    # the same rows and story as the kept events in one file (one start object)
+    one = os.path.join(os.path.dirname(jsonl), "one.jsonl")
+    with open(one, "w") as f:
+        for n, name in enumerate(rotated_set(jsonl)):
+            lines = open(name).read().splitlines(True)
+            f.writelines(lines if n == 0 else lines[1:])
+    whole = subprocess.run([PYTHON, SKBTRACER, "-r", one], capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout == read.stdout
+    story = lambda text: text[text.index("skbtracer: the story of"):text.rindex("\nskbtracer: ")]  # noqa
+    assert story(whole.stderr) == story(read.stderr)

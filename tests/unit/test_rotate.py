@@ -276,3 +276,22 @@ def test_a_file_that_cannot_be_put_aside_ends_the_rows_whole(tmp_path):
     sink.rotation.close()
     text = open(path).read()
     assert text.startswith("row 0 ") and text.endswith("\n") and len(text) <= 100
+
+
+def test_a_row_and_its_stack_stay_in_one_file(tmp_path):
+    """--callstack: the stack lines under a row (indented) go with it."""
+    path = str(tmp_path / "rows")
+    first = open_new_file("-o", path, False)
+    sink = LineSink(first, "-o", rotate.Rotation("-o", path, 120, 1000, False, first))
+    rows = []
+    for n in range(60):
+        rows.append("row %d\n" % n + "".join("    frame_%d_%d+0x1f\n" % (n, k)
+                                             for k in range(n % 9)))
+        sink.write(rows[-1])
+        if n % 13 == 0:
+            sink.flush()
+    sink.flush()
+    sink.rotation.close()
+    files = [open(name).read() for name in rotate.rotated_set(path)]
+    assert len(files) > 10 and "".join(files) == "".join(rows)
+    assert all(text.startswith("row ") for text in files)
