@@ -26,6 +26,11 @@ ROTATE, FILES = "64k", 6
 TSHARK = shutil.which("tshark")
 
 
+def story_of(stderr):
+    """The story -r told, without the exit line naming the file read."""
+    return stderr[stderr.index("skbtracer: the story of"):stderr.rindex("\nskbtracer: ")]
+
+
 def rotated_set(path):
     """FILE.N ... FILE.1, FILE: what exists, oldest first (as the tracer names them)."""
     numbers = sorted((int(name.rsplit(".", 1)[1]) for name in os.listdir(os.path.dirname(path))
@@ -145,5 +150,4 @@ def test_read_of_the_json_set_gives_the_rows_of_its_events(long_run):
                            timeout=300)
     assert whole.returncode == 0, whole.stderr
     assert whole.stdout == read.stdout
-    story = lambda text: text[text.index("skbtracer: the story of"):text.rindex("\nskbtracer: ")]  # noqa
-    assert story(whole.stderr) == story(read.stderr)
+    assert story_of(whole.stderr) == story_of(read.stderr)
