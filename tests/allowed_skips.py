@@ -21,6 +21,8 @@ HOST_COVERS = {
     "host only: how -w ends involves no probes, and a tracer start costs a compile in the guest",
     "host only: how -c ends the story involves no probes, and a tracer start costs a compile "
     "in the guest",
+    "host only: rotating files and --interval involve no probes, and a tracer start costs a "
+    "compile in the guest",
 }
 
 ALLOWED_SKIPS = {

@@ -6,7 +6,8 @@ JSON start object, pcapng read by tshark), no set holds more than 6 files,
 -r over the JSON set gives the rows of the events it kept, and SIGTERM ends
 the run with exit 0, the story and the exit lines.
 
-Host stage only (SIGTERM and file rotation involve no probes): one tracer start."""
+Host stage: one tracer start; skipped in the guests (rotation, --interval and
+SIGTERM involve no probes, and a start costs a compile there)."""
 
 import json
 import os
@@ -18,12 +19,17 @@ from collections import Counter
 
 import pytest
 
+from conftest import BACKEND
 from testbed.topology import SeedCluster
 from testbed.tracer import HEADER_START, PYTHON, SKBTRACER, StderrReadyRun, parse_rows
 
 SPORT = 41301
 ROTATE, FILES = "64k", 6
 TSHARK = shutil.which("tshark")
+
+pytestmark = pytest.mark.skipif(BACKEND == "kprobe", reason="host only: rotating files and "
+                                "--interval involve no probes, and a tracer start costs a "
+                                "compile in the guest")
 
 
 def story_of(stderr):
