@@ -175,6 +175,42 @@ class Records:
             self.err.flush()
 
 
+class IntervalSummary:
+    """--interval: every so many seconds one line on stderr of what the
+    run has done so far, and since the last line."""
+
+    def __init__(self, interval, err):
+        self.interval = interval
+        self.err = err
+        self.due = time.monotonic() + interval
+        self.rows = self.lost = 0
+
+    def tick(self, source):
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due += self.interval
+        if self.due <= now:             # no burst of lines after a stall
+            self.due = now + self.interval
+        self.err.write("skbtracer: %s\n" % self.line(source))
+        self.err.flush()
+
+    def line(self, source):
+        rows = source.records.rows
+        lost = max(source.lost, source.loaded.lost_events())
+        parts = ["%s: %d rows printed (+%d in %g s)" % (
+                     time.strftime("%H:%M:%S"), rows, rows - self.rows, self.interval),
+                 "%d events lost (+%d)" % (lost, lost - self.lost)]
+        self.rows, self.lost = rows, lost
+        bad = source.records.bad_events
+        if bad:
+            parts.append("%d events could not be shown" % bad)
+        book = source.session.book
+        if book is not None and book.beyond:
+            parts.append("%d events past the story's limit of %d" % (book.beyond, book.limit))
+        return ", ".join(parts)
+
+
 class LiveEvents:
     """The events of a loaded program, read until the trace ends: the
     source of a live session (see session.py); records: what is made of
@@ -199,6 +235,7 @@ class LiveEvents:
         self.rows_on_terminal = rows_on_terminal  # say when tracing starts (the header comes late)
         self.ended_ns = None
         self.modules_checked = time.monotonic()
+        self.summary = IntervalSummary(cfg.interval, err) if cfg.interval else None
 
     def attach(self, session):
         """Hand the events to session (its sinks: JSON lines or not)."""
@@ -263,6 +300,8 @@ class LiveEvents:
         self.session.flush()
         self.names.retry()
         self._watch_modules()
+        if self.summary is not None:
+            self.summary.tick(self)
 
     def _watch_modules(self):
         now = time.monotonic()

@@ -23,6 +23,8 @@ HOST_COVERS = {
     "in the guest",
     "host only: Service names are read from the ruleset in user space, and a tracer start costs "
     "a compile in the guest",
+    "host only: rotating files and --interval involve no probes, and a tracer start costs a "
+    "compile in the guest",
 }
 
 ALLOWED_SKIPS = {

@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass, field
 
 from ..story.fit import MIN_WIDTH
-from .flags import BACKENDS, L4_PROTOCOLS, MAX_NETNS, PROG, SNAPLEN_DEFAULT, build_parser
+from .flags import (BACKENDS, L4_PROTOCOLS, MAX_NETNS, PROG, ROTATE_FILES_DEFAULT,
+                    SNAPLEN_DEFAULT, build_parser)
 
 # ioctl(2) on a namespace file (linux/nsfs.h) and its answer for a netns
 NS_GET_NSTYPE = 0xB703
@@ -71,6 +72,9 @@ class Config:
     write: str = None               # -w FILE: pcapng beside the rows
     snaplen: int = SNAPLEN_DEFAULT  # --snaplen: packet bytes per pcapng block
     force: bool = False
+    rotate: int = None              # --rotate: bytes a file holds before the next one
+    rotate_files: int = ROTATE_FILES_DEFAULT    # --rotate-files: files kept per output
+    interval: float = None          # --interval: seconds between summaries on stderr
     names: bool = False             # NETWORK_NS column shows names
     summary: bool = True            # the packets' story at exit
     expression: object = None       # pcapfilter.Expression: the positional filter words
@@ -107,6 +111,19 @@ def _number(text, what, low, high, hex_ok=False):
                              % (what, low, high, high, written))
         raise UsageError("%s must be between %d and %d, not %d" % (what, low, high, value))
     return value
+
+
+TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def _time(text, what, high):
+    """A time: seconds, or a number with s, m or h (60s, 5m, 1h)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([smh]?)\s*", text)
+    if not match:
+        raise UsageError("%s must be a time such as 60s, 5m or 1h, not %r" % (what, text))
+    return _seconds(match.group(1), what, high) * TIME_UNITS[match.group(2)]
 
 
 def _seconds(text, what, high):
@@ -366,13 +383,47 @@ def _outputs(ns, cfg):
         raise UsageError("--compact applies only to text rows, not to --json's lines")
     if cfg.force and not cfg.output and cfg.json in (None, "-") and not cfg.write:
         raise UsageError("--force applies only with -o/--output, --json=FILE or -w")
+    _rotation(ns, cfg)
+    cfg.interval = _time(ns.interval, "--interval", MAX_DURATION)
+
+
+def _rotation(ns, cfg):
+    """--rotate SIZE and --rotate-files N: the files they rotate must be
+    regular files (or new), and no older run's FILE.N may be taken for this
+    run's (--force removes them)."""
+    if ns.rotate is None:
+        if ns.rotate_files is not None:
+            raise UsageError("--rotate-files applies only with --rotate")
+        return
+    from ..outputs import rotate
+    try:
+        cfg.rotate = rotate.parse_size(ns.rotate)
+    except ValueError as e:
+        raise UsageError("--rotate %s" % e) from None
+    if ns.rotate_files is not None:
+        cfg.rotate_files = _number(ns.rotate_files, "--rotate-files", 1, rotate.MAX_ROTATE_FILES)
+    named = [(flag, path) for flag, path in (("-o/--output", cfg.output),
+                                             ("--json=FILE", cfg.json), ("-w/--write", cfg.write))
+             if path not in (None, "-")]
+    if not named:
+        raise UsageError("--rotate applies only with -o/--output FILE, --json=FILE or -w FILE")
+    if cfg.write and cfg.rotate < rotate.MIN_PCAPNG_ROTATE:
+        raise UsageError("--rotate with -w: at least %dk, not %s (a pcapng file begins with "
+                         "32k kept for the story)" % (rotate.MIN_PCAPNG_ROTATE >> 10, ns.rotate))
+    for flag, path in named:
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+            raise UsageError("--rotate: %s %r is not a regular file" % (flag, path))
+        older = rotate.rotated_siblings(path)
+        if older and not cfg.force:
+            raise UsageError("--rotate: %s: %r exists (an older run's); add --force to remove "
+                             "the old rotated files" % (flag, rotate.rotated_name(path, older[0])))
 
 
 def _read_only(cfg):
     """-r: the flags that apply only while tracing are refused."""
     live_only = [flag for flag, given in (
         ("-p/--pid", cfg.pid is not None), ("--duration", cfg.duration is not None),
-        ("--keep", cfg.keep), ("--ebpf", cfg.ebpf),
+        ("--keep", cfg.keep), ("--ebpf", cfg.ebpf), ("--interval", cfg.interval is not None),
         ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
         ("-w/--write", cfg.write is not None),
         ("--callstack/--dropstack", cfg.stacks is not None)) if given]

@@ -18,6 +18,7 @@ PROG = "skbtracer"
 L4_PROTOCOLS = dict(L4_NUMBERS, any=None)     # --proto's words
 BACKENDS = ("auto", "kprobe", "tracepoint")
 SNAPLEN_DEFAULT = 256
+ROTATE_FILES_DEFAULT = 10
 MAX_NETNS = 8       # -N namespaces compiled into the kernel filter
 
 # --help's examples: (the arguments, what they do), shown after the name the
@@ -40,6 +41,7 @@ EXAMPLES = (
     ("-H 10.244.0.3 --json=trace.jsonl", "text rows on stdout, JSON lines to a file"),
     ("-H 10.244.0.3 --drop -w t.pcapng", "rows, and every sighting as pcapng"),
     ("-H 10.244.0.3 -w t.pcapng --snaplen 1500", "whole packets (up to the linear data)"),
+    ("--drop --json=d.jsonl --rotate 100M --interval 1m", "for days: 10 files of 100 MiB at most"),
     ("'udp and host 10.244.1.2'", "a tcpdump filter expression (pcap-filter(7))"),
     ("--drop 'tcp[tcpflags] & tcp-syn != 0'", "dropped TCP SYNs"),
     ("-N server -- 'not port 22'", "expressions AND with the flags; -- ends them"),
@@ -168,6 +170,16 @@ FLAGS = (
               % SNAPLEN_DEFAULT),
     Flag("--force", action="store_true",
          help="let -o/--output, --json=FILE and -w overwrite an existing file"),
+    Flag("--rotate", metavar="SIZE",
+         help="-o/--output, --json=FILE and -w: once a file holds SIZE bytes (e.g. 100M, 10k, "
+              "1G) rename it FILE.1 (FILE.1 to FILE.2 ...) and go on in a new FILE; each file "
+              "whole and readable on its own"),
+    Flag("--rotate-files", metavar="N",
+         help="--rotate: keep at most N files of each output, FILE included, the oldest "
+              "removed (default %d)" % ROTATE_FILES_DEFAULT),
+    Flag("--interval", metavar="TIME",
+         help="every TIME (e.g. 60s, 5m, 1h; plain numbers are seconds) a one-line summary on "
+              "stderr: rows printed, events lost"),
     Flag("--ct", action="store_true",
          help="text rows: TRACE_INFO ends in the skb's conntrack state and NAT (ct=NEW, "
               "ct=EST,R dnat A=>B)"),
@@ -178,7 +190,7 @@ FLAGS = (
          help="no packet story (flows, paths, duplicates, drops) on stderr at exit"),
     Flag("-r", "--read", nargs="+", metavar="FILE", complete=FILE,
          help="read saved JSON lines (--json) instead of tracing; several files (nodes) make "
-              "one story; no root or bcc needed"),
+              "one story; FILE's rotated files (FILE.1 ...) too; no root or bcc needed"),
     Flag("--node", metavar="NAME",
          help="the node name written into the JSON objects (default: the host name)"),
     Flag("--latency", action="store_true",

@@ -29,6 +29,7 @@ from dpkt import pcapng
 
 from ..events.decode import EVENT_SIZE, KIND_DROP, KIND_IPTABLE, BoundedCache
 from .. import story
+from .files import FileError, fill
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101              # raw IPv4 or IPv6, by the version nibble
@@ -44,6 +45,7 @@ STORY_PLACEHOLDER = ("skbtracer: the packets' story (DUPLICATE / DROPPED / VANIS
                      "written here when tracing ends")
 
 EPB_TYPE = struct.pack("<I", pcapng.PCAPNG_BT_EPB)
+IDB_TYPE = struct.pack("<I", pcapng.PCAPNG_BT_IDB)
 OPT_EPB_FLAGS = 2
 DIRECTION_IN, DIRECTION_OUT = 1, 2
 # epb_flags bits 2-4, for inbound packets, from skb->pkt_type
@@ -119,10 +121,18 @@ class PcapngWriter:
     """Writes the events of one session to an open file.
 
     label: netns inode -> the NETWORK_NS text of the rows; wall_ns: event
-    time (CLOCK_MONOTONIC ns) -> ns since the epoch."""
+    time (CLOCK_MONOTONIC ns) -> ns since the epoch; rotation: a
+    rotate.Rotation (--rotate): a file that would pass its size is put
+    aside between blocks, and the new one begins with its own section
+    header and the interfaces met so far (same ids, so the packet blocks
+    stay as they are)."""
 
-    def __init__(self, file, snaplen, probe_names, label=str, wall_ns=lambda ns: ns):
+    def __init__(self, file, snaplen, probe_names, label=str, wall_ns=lambda ns: ns,
+                 rotation=None):
         self.file = file
+        self.rotation = rotation
+        self.interface_blocks = []      # every IDB, by interface id
+        self.interfaces_written = 0     # of them, in the files so far
         self.fd = file.fileno()
         self.snaplen = snaplen
         self.label = label
@@ -131,19 +141,24 @@ class PcapngWriter:
         self.interfaces = {}            # (netns, ifname, linktype) -> interface id
         self.pending = []               # whole blocks not yet written
         self.written = 0                # bytes in the file, all of them whole blocks
-        self.packets = 0                # packet blocks in the file
+        self.packets = 0                # packet blocks written (--rotate: in all the files)
         self.story_at = None            # file offset of the reserved section comment
+        self.head = 0                   # bytes of section and interfaces a new file begins with
 
     def start(self):
         """The section header, with the story's space reserved."""
-        shb = pcapng.SectionHeaderBlockLE(opts=self._story_options([STORY_PLACEHOLDER]) + [
-            _option(pcapng.PCAPNG_OPT_SHB_OS, ("%s %s" % (platform.system(),
-                                                          platform.release())).encode()),
-            _option(pcapng.PCAPNG_OPT_SHB_USERAPPL, b"skbtracer"),
-            _END])
         self.story_at = SHB_OPTIONS_AT
-        self.pending.append(bytes(shb))
+        self.pending.append(self._section_header())
         self.flush()
+        self.head = self.written
+
+    def _section_header(self):
+        return bytes(pcapng.SectionHeaderBlockLE(
+            opts=self._story_options([STORY_PLACEHOLDER]) + [
+                _option(pcapng.PCAPNG_OPT_SHB_OS, ("%s %s" % (platform.system(),
+                                                              platform.release())).encode()),
+                _option(pcapng.PCAPNG_OPT_SHB_USERAPPL, b"skbtracer"),
+                _END]))
 
     # -- per event (the perf callback)
 
@@ -183,7 +198,8 @@ class PcapngWriter:
             _option(pcapng.PCAPNG_OPT_IF_DESCRIPTION, description.encode()),
             _option(pcapng.PCAPNG_OPT_IF_TSRESOL, bytes([TSRESOL_NS])),
             _END])
-        self.pending.append(bytes(idb))
+        self.interface_blocks.append(bytes(idb))
+        self.pending.append(self.interface_blocks[-1])
         return iface
 
     # -- per poll batch, and at exit
@@ -194,6 +210,46 @@ class PcapngWriter:
         if not self.pending:
             return
         blocks, self.pending = self.pending, []
+        if self.rotation is not None:
+            blocks = self._rotate_as_needed(blocks)
+        self._write(blocks)
+
+    def _rotate_as_needed(self, blocks):
+        """The blocks that fit the file written, in as many files as they
+        take; what is left for the last one."""
+        return fill(blocks, lambda rest: self.written + sum(map(len, rest)) <= self.rotation.size,
+                    self._blocks_that_fit, self._write, self._next_file)
+
+    def _blocks_that_fit(self, blocks):
+        fit, size = 0, self.written
+        while fit < len(blocks) and size + len(blocks[fit]) <= self.rotation.size:
+            size += len(blocks[fit])
+            fit += 1
+        if fit == 0 and self.written == self.head:
+            fit = 1                 # a file holds a block past its head at least
+        return fit
+
+    def _next_file(self):
+        """The file put aside (its story space says where the story is),
+        a new one begun as a file of its own."""
+        self.write_story(["skbtracer: the packets' story is written in the newest file, "
+                          "%s, when tracing ends" % self.rotation.path])
+        try:
+            self.file = self.rotation.next_file()
+        except OSError as e:
+            raise CaptureError("cannot rotate: %s" % e.strerror) from None
+        except FileError as e:      # the new file cannot be opened: its one line
+            raise CaptureError("cannot rotate: %s" % e) from None
+        self.fd = self.file.fileno()
+        self.written = 0
+        known = self.interfaces_written
+        self._write([self._section_header()] + self.interface_blocks[:known])
+        self.interfaces_written = known      # not met again: written again
+        self.head = self.written
+
+    def _write(self, blocks):
+        if not blocks:
+            return
         data = b"".join(blocks)
         view = memoryview(data)
         done = 0
@@ -204,7 +260,16 @@ class PcapngWriter:
             self._keep_whole_blocks(blocks, done)
             raise CaptureError(e.strerror) from None
         self.written += len(data)
-        self.packets += sum(1 for b in blocks if b[:4] == EPB_TYPE)
+        self._count(blocks)
+
+    def _count(self, blocks):
+        """Packets and interfaces in blocks, just written."""
+        for block in blocks:
+            kind = block[:4]
+            if kind == EPB_TYPE:
+                self.packets += 1
+            elif kind == IDB_TYPE:
+                self.interfaces_written += 1
 
     def _keep_whole_blocks(self, blocks, done):
         whole = 0
@@ -212,7 +277,7 @@ class PcapngWriter:
             if whole + len(block) > done:
                 break
             whole += len(block)
-            self.packets += block[:4] == EPB_TYPE
+            self._count([block])
         self.written += whole
         try:
             os.ftruncate(self.fd, self.written)

@@ -21,11 +21,15 @@ class LineSink:
     line; when a write fails after part of a chunk reached a regular file,
     the file is cut back to its last complete line, so what was written
     before the failure stays intact. EPIPE stays BrokenPipeError (`| head`);
-    anything else becomes OutputError(what, strerror)."""
+    anything else becomes OutputError(what, strerror).
+
+    rotation: a rotate.Rotation (--rotate): a file that would pass its
+    size is cut at a line's end and the rest goes to a new file, after
+    preamble (bytes: the header row, the JSON start object)."""
 
     FLUSH_BYTES = 1 << 16
 
-    def __init__(self, stream, what):
+    def __init__(self, stream, what, rotation=None):
         stream.flush()              # whatever went through it before us
         self.stream = stream        # owns the descriptor
         self.fd = stream.fileno()
@@ -34,6 +38,9 @@ class LineSink:
         self.encoded = []           # bytes: pending's text encoded, and write_bytes()'
         self.size = 0
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        self.rotation = rotation
+        self.preamble = b""
+        self.file_bytes = 0         # in the file being written (--rotate)
 
     def write(self, text):
         self.pending.append(text)
@@ -61,6 +68,41 @@ class LineSink:
         data = b"".join(self.encoded) if len(self.encoded) > 1 else self.encoded[0]
         self.encoded = []
         self.size = 0
+        if self.rotation is not None:
+            data = self._rotate_as_needed(data)
+        self._write(data)
+
+    def _rotate_as_needed(self, data):
+        """The lines of data that fit the file written, in as many files as
+        they take; what is left for the last one."""
+        return fill(data, lambda rest: self.file_bytes + len(rest) <= self.rotation.size,
+                    self._lines_that_fit, self._write, self._next_file)
+
+    def _lines_that_fit(self, data):
+        """Where data is cut: after the last row that fits, with the stack
+        lines under it (they begin with a space); in a file that holds no
+        row yet, after the first row however long."""
+        cut = data.rfind(b"\n", 0, max(0, self.rotation.size - self.file_bytes)) + 1
+        while cut and data[cut:cut + 1] == b" ":
+            cut = data.rfind(b"\n", 0, cut - 1) + 1
+        if cut == 0 and self.file_bytes <= len(self.preamble):
+            cut = data.find(b"\n") + 1
+            while cut and data[cut:cut + 1] == b" ":
+                cut = data.find(b"\n", cut) + 1
+            return cut or len(data)
+        return cut
+
+    def _next_file(self):
+        try:
+            self.stream = self.rotation.next_file()
+        except (OSError, FileError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise OutputError("%s: cannot rotate: %s" % (self.what, why)) from None
+        self.fd = self.stream.fileno()
+        self.file_bytes = 0
+        self._write(self.preamble)
+
+    def _write(self, data):
         view = memoryview(data)
         done = 0
         try:
@@ -71,6 +113,8 @@ class LineSink:
         except OSError as e:
             self._cut_partial_line(data, done)
             raise OutputError("%s: %s" % (self.what, e.strerror)) from None
+        finally:
+            self.file_bytes += done
 
     def _cut_partial_line(self, data, done):
         if not self.regular or done == 0:
@@ -83,14 +127,28 @@ class LineSink:
                 pass
 
 
-def line_sink(stream, what):
+def fill(data, fits, cut, write, next_file):
+    """--rotate's loop, for rows (bytes) and pcapng blocks (a list of them):
+    while data does not all fit the file (fits(data) false), write the
+    first cut(data) of it (what fits, or one row or block in a file that
+    holds none yet) and go on in next_file(); what is left for the file."""
+    while data and not fits(data):
+        end = cut(data)
+        write(data[:end])
+        data = data[end:]
+        if data:
+            next_file()
+    return data
+
+
+def line_sink(stream, what, rotation=None):
     """A LineSink for a stream with a file descriptor; other streams (tests'
     StringIO) are written to as they are."""
     try:
         stream.fileno()
     except (AttributeError, OSError, ValueError):
         return stream
-    return LineSink(stream, what)
+    return LineSink(stream, what, rotation)
 
 
 def bytes_writer(sink):

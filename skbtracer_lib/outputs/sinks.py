@@ -32,7 +32,7 @@ from ..events import conntrack
 from ..events.compact import rows_layout
 from ..events.textrow import HEADER, RowFormatter
 from ..story import latency
-from . import jsonl
+from . import jsonl, rotate
 from .files import OutputError, bytes_writer, line_sink, open_new_file
 
 
@@ -92,15 +92,19 @@ class TextRows(Sink):
 
     needs = frozenset({"row"})
 
-    def __init__(self, stream, what, said=None, compact=None):
-        self.out = line_sink(stream, what)
+    def __init__(self, stream, what, said=None, compact=None, rotation=None):
+        self.out = line_sink(stream, what, rotation)
         self.write_text = self.out.write        # rows with their newlines
         self.write_bytes = bytes_writer(self.out)
         self.said = said
         self.compact = compact
+        self.rotation = rotation
 
     def start(self, start_object):
-        self.out.write((HEADER if self.compact is None else self.compact.header()) + "\n")
+        header = (HEADER if self.compact is None else self.compact.header()) + "\n"
+        if self.rotation is not None:
+            self.out.preamble = header.encode()     # each file begins with it
+        self.out.write(header)
 
     def event(self, event, raw, row, stack, line):
         if self.compact is not None:
@@ -114,7 +118,14 @@ class TextRows(Sink):
         self.out.flush()
 
     def exit_line(self):
-        return self.said
+        return rotated_said(self.said, self.rotation)
+
+
+def rotated_said(said, rotation):
+    """An exit line naming a file, and its older files (--rotate)."""
+    if said is None or rotation is None:
+        return said
+    return said + rotation.said()
 
 
 def wants_columns(sinks):
@@ -129,13 +140,18 @@ class JsonLines(Sink):
 
     needs = frozenset({"line"})
 
-    def __init__(self, stream, what, said=None):
-        self.out = line_sink(stream, what)
+    def __init__(self, stream, what, said=None, rotation=None):
+        self.out = line_sink(stream, what, rotation)
         self.said = said
+        self.rotation = rotation
 
     def start(self, start_object):
         if start_object is not None:
-            self.out.write(jsonl.dumps(start_object) + "\n")
+            line = jsonl.dumps(start_object) + "\n"
+            if self.rotation is not None:
+                # each file begins with it: -r reads any file of the set alone
+                self.out.preamble = line.encode()
+            self.out.write(line)
 
     def event(self, event, raw, row, stack, line):
         self.out.write(line + "\n")
@@ -144,17 +160,26 @@ class JsonLines(Sink):
         self.out.flush()
 
     def story(self, told, lines):
+        self._last_file()
         objects = [jsonl.dumps(latency.with_hops(obj, told)) for obj in story.story_objects(told)]
         self.out.write("\n".join(objects) + "\n")
         self.out.flush()
 
     def end(self, end_object):
+        self._last_file()
         if end_object is not None:
             self.out.write(jsonl.dumps(end_object) + "\n")
         self.out.flush()
 
+    def _last_file(self):
+        """The story and the end object go whole into the newest file,
+        after the events (--rotate: whatever its size)."""
+        self.out.flush()
+        if self.rotation is not None:
+            self.out.rotation = None
+
     def exit_line(self):
-        return self.said
+        return rotated_said(self.said, self.rotation)
 
 
 class Pcapng(Sink):
@@ -165,13 +190,15 @@ class Pcapng(Sink):
 
     needs = frozenset({"row"})
 
-    def __init__(self, file, path, snaplen, probe_names, label, wall_ns, ct_in_row=False):
+    def __init__(self, file, path, snaplen, probe_names, label, wall_ns, ct_in_row=False,
+                 rotation=None):
         from . import capture       # python3-dpkt: needed by -w only (config checks it is there)
         self.path = path
         self.ct_in_row = ct_in_row
+        self.rotation = rotation
         self.failed_with = capture.CaptureError
         self.writer = capture.PcapngWriter(file, snaplen, probe_names, label=label,
-                                           wall_ns=wall_ns)
+                                           wall_ns=wall_ns, rotation=rotation)
 
     def start(self, start_object):
         self._write(self.writer.start)
@@ -195,7 +222,8 @@ class Pcapng(Sink):
             raise SinkFailed(self.failure) from None
 
     def exit_line(self):
-        return self.failure or "%d packets written to %s" % (self.writer.packets, self.path)
+        return self.failure or rotated_said("%d packets written to %s" % (
+            self.writer.packets, self.path), self.rotation)
 
 
 # -- the outputs the flags name
@@ -203,18 +231,19 @@ class Pcapng(Sink):
 FileOutput = namedtuple("FileOutput", "attribute flag binary sink")
 FileOutput.__doc__ = """A file a flag names: the Config attribute holding its path
 ("-": stdout, not a file), the flag as errors name it, whether it takes
-bytes, and sink(cfg, file, source) -> its Sink (None: the rows' own file)."""
+bytes, and sink(cfg, file, source, rotation) -> its Sink (None: the rows' own
+file; rotation: its rotate.Rotation, or None)."""
 
 
-def _json_file(cfg, file, source):
+def _json_file(cfg, file, source, rotation):
     return JsonLines(file, "--json: cannot write %r" % cfg.json,
-                     said="JSON lines written to %s" % cfg.json)
+                     said="JSON lines written to %s" % cfg.json, rotation=rotation)
 
 
-def _pcapng_file(cfg, file, source):
+def _pcapng_file(cfg, file, source, rotation):
     info = source.loaded.info
     return Pcapng(file, cfg.write, info.capture_bytes, info.probe_names, source.names.label,
-                  source.clock.wall_ns, ct_in_row=cfg.ct)
+                  source.clock.wall_ns, ct_in_row=cfg.ct, rotation=rotation)
 
 
 FILE_OUTPUTS = (
@@ -230,17 +259,33 @@ def file_path(cfg, output):
     return path if path not in (None, "-") else None
 
 
+class Opened(dict):
+    """{Config attribute: file}; rotations: {Config attribute: rotate.Rotation}
+    of the files written under --rotate."""
+
+    def __init__(self):
+        super().__init__()
+        self.rotations = {}
+
+
 def open_outputs(cfg, files):
-    """{Config attribute: file} of the files the flags name (opened with
-    files.open_new_file: created, never through a symlink); every file
-    opened is appended to files. FileError when one cannot be."""
-    opened = {}
+    """Opened: the files the flags name (opened with files.open_new_file:
+    created, never through a symlink); every file opened (or its Rotation)
+    is appended to files, to be closed. FileError when one cannot be."""
+    opened = Opened()
     for output in FILE_OUTPUTS:
         path = file_path(cfg, output)
-        if path:
-            opened[output.attribute] = f = open_new_file(output.flag, path, cfg.force,
-                                                         binary=output.binary)
-            files.append(f)
+        if not path:
+            continue
+        if cfg.rotate and cfg.force:
+            rotate.remove_old_set(output.flag, path)
+        opened[output.attribute] = f = open_new_file(output.flag, path, cfg.force,
+                                                     binary=output.binary)
+        files.append(f)
+        if cfg.rotate:
+            opened.rotations[output.attribute] = rotation = rotate.Rotation(
+                output.flag, path, cfg.rotate, cfg.rotate_files, output.binary, f)
+            files.append(rotation)
     return opened
 
 
@@ -251,15 +296,18 @@ def make_sinks(cfg, out, err, files, source):
     open_outputs made it). source: the run's source of events (what a sink
     may read of the run: see session.py)."""
     sinks = [StoryText(err)] if cfg.summary else []
+    rotations = getattr(files, "rotations", {})
     what = ("-o/--output: cannot write %r" % cfg.output if cfg.output
             else "cannot write to stdout")
     said = "rows written to %s" % cfg.output if cfg.output else None
+    rotation = rotations.get("output") if cfg.output else None
     if cfg.json == "-":
-        sinks.append(JsonLines(out, what, said))
+        sinks.append(JsonLines(out, what, said, rotation=rotation))
     else:
-        sinks.append(TextRows(out, what, said, compact=rows_layout(cfg, out)))
+        sinks.append(TextRows(out, what, said, compact=rows_layout(cfg, out),
+                              rotation=rotation))
     for output in FILE_OUTPUTS:
         file = files.get(output.attribute)
         if file is not None and output.sink is not None:
-            sinks.append(output.sink(cfg, file, source))
+            sinks.append(output.sink(cfg, file, source, rotations.get(output.attribute)))
     return sinks

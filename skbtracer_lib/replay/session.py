@@ -1,13 +1,14 @@
 """-r: the saved runs told as the live run would tell them: a source of
 events for the run loop (session.Session), feeding the same sinks."""
 
+import os
 import sys
 
 from .. import story
 from ..events import conntrack
 from ..events.textrow import Clock, Row, full_row
 from ..events.vocabulary import ICMP, ICMPV6, L4_NUMBERS, PORTED
-from ..outputs import jsonl
+from ..outputs import jsonl, rotate
 from ..outputs.files import FileError
 from ..outputs.sinks import make_sinks, open_outputs, wants_columns
 from ..program.probes import DropReasons
@@ -244,6 +245,23 @@ class SavedEvents:
             self.rows, ", ".join(self.cfg.read), self.lost)
 
 
+def read_paths(paths, err):
+    """-r's files: each FILE with its rotated files (--rotate: FILE.N ...
+    FILE.1, oldest first, then FILE), said on err; a file named twice
+    (FILE and FILE.1 both given) read once."""
+    seen, files = set(), []
+    for path in paths:
+        rotated = rotate.rotated_set(path)
+        if len(rotated) > 1:
+            err.write("skbtracer: %s: reading its rotated set, %s ... %s\n"
+                      % (path, rotated[0], path))
+        for name in rotated:
+            if os.path.realpath(name) not in seen:
+                seen.add(os.path.realpath(name))
+                files.append(name)
+    return files
+
+
 def main(cfg):
     err = sys.stderr
 
@@ -251,7 +269,7 @@ def main(cfg):
         err.write("skbtracer: warning: %s\n" % text)
 
     try:
-        runs = read_files(cfg.read, warn)
+        runs = read_files(read_paths(cfg.read, err), warn)
     except ReadError as e:
         err.write("skbtracer: %s\n" % e)
         return 2
