@@ -29,7 +29,6 @@ RTN_NAMES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multica
 # (fib_props[type].error; -EAGAIN: no route in that table, nor in those before)
 ERR_RESULTS = {0: "unicast", -errno.EINVAL: "blackhole", -errno.EHOSTUNREACH: "unreachable",
                -errno.EACCES: "prohibit", -errno.EAGAIN: "no route"}
-ERROR_RESULTS = ("blackhole", "unreachable", "prohibit")
 
 
 def _read_table_names(paths):
@@ -91,7 +90,7 @@ def decision_words(table, outcome, gw, dev):
     if outcome == "unicast":
         return "routed by table %s%s%s" % (table, " via %s" % gw if gw else "",
                                            " dev %s" % dev if dev else "")
-    if outcome in ERROR_RESULTS or outcome == "local":
+    if outcome in RTN_NAMES.values():       # local, broadcast, blackhole, prohibit...
         return "%s route in table %s" % (outcome, table)
     return "%s in table %s" % (outcome, table)      # no route, error N
 

@@ -47,6 +47,8 @@ def routed(probe="net_dev_queue", table=254, err=0, rtn=RTN_UNICAST, dev="veth1"
     (100, 0, RTN_UNICAST, "eth0", "10.244.1.1", "routed by table 100 via 10.244.1.1 dev eth0",
      " route=100:unicast via=10.244.1.1 dev=eth0"),
     (255, 0, RTN_LOCAL, "lo", None, "local route in table local", " route=local:local dev=lo"),
+    (255, 0, 3, "eth0", None, "broadcast route in table local",
+     " route=local:broadcast dev=eth0"),
     # error routes have no next hop: the result from err
     (254, -errno.EINVAL, 0, "", None, "blackhole route in table main", " route=main:blackhole"),
     (100, -errno.EACCES, 0, "", None, "prohibit route in table 100", " route=100:prohibit"),
