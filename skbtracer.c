@@ -83,6 +83,21 @@ LAYOUT(CT_ZONE, struct nf_conn, zone.id)
 #define CT_READ_ZONE 1
 #endif
 #endif /* CONFIG_NF_CONNTRACK */
+#ifdef ROUTE_DECISIONS
+#include <net/ip_fib.h>
+LAYOUT(FLOW4_IIF, struct flowi4, flowi4_iif)
+LAYOUT(FLOW4_PROTO, struct flowi4, flowi4_proto)
+LAYOUT(FLOW4_SADDR, struct flowi4, saddr)
+LAYOUT(FLOW4_DADDR, struct flowi4, daddr)
+LAYOUT(FLOW4_SPORT, struct flowi4, fl4_sport)
+LAYOUT(FLOW4_DPORT, struct flowi4, fl4_dport)
+LAYOUT(NHC_DEV, struct fib_nh_common, nhc_dev)
+LAYOUT(NHC_OIF, struct fib_nh_common, nhc_oif)
+LAYOUT(NHC_GW_FAMILY, struct fib_nh_common, nhc_gw_family)
+LAYOUT(NHC_GW, struct fib_nh_common, nhc_gw)
+LAYOUT(NH_PARENT, struct fib_nh, nh_parent)
+LAYOUT(FIB_TYPE, struct fib_info, fib_type)
+#endif
 /* the sk_buff fields find_packet reads, in one read as with BTF's
  * L_SKB_SPAN_* (layout.SPAN_FIELDS); since 4.x they lie within 32 bytes */
 #define SKB_SPAN_END(F) (L_##F##_OFF + L_##F##_SIZE)
@@ -166,6 +181,14 @@ _Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
 #define KREAD_PTR(obj, F) ((void *)KREAD(obj, F))
 #define KREAD_BITS(obj, F) ((KREAD(obj, F) >> L_##F##_SHIFT) & ((1 << L_##F##_BITS) - 1))
 
+/* A cause seen without its skb (a conntrack failure, a route lookup) and
+ * tied to the packet's next row on the same CPU: older than this, it was
+ * another packet's. The call chain between the two takes microseconds, but
+ * the first time the code runs in an emulated guest it took over 1 ms (a
+ * conntrack insert failure went unnamed); what an old cause can still tie
+ * to is the same skb (conntrack) or the same flow on the same CPU (routes). */
+#define SAME_CHAIN_NS 1000000000
+
 #define KIND_ROUTE   1
 #define KIND_IPTABLE 2
 #define KIND_DROP    3
@@ -237,6 +260,16 @@ struct event_t {
     u8  why;            /* WHY_ICMP, WHY_RESET */
     u8  why_type;       /* ICMP: the error's type and code */
     u8  why_code;
+    /* --why: the routing decision this packet's next row took (take_route) */
+    u32 route_table;    /* the table the deciding lookup searched (RT_TABLE_MAIN 254...) */
+    s32 route_err;      /* its result: 0, or -EAGAIN (no match), -EINVAL (blackhole)... */
+    u32 route_oif;      /* the next hop's device (its ifindex, and name below) */
+    u32 route_iif;      /* the flow's input device (1, loopback, for output routes) */
+    u8  route_known;    /* 1: the fields above hold a decision */
+    u8  route_type;     /* the route's RTN_* type (its fib_info's); 0: not read */
+    u8  route_gw_family; /* AF_INET/AF_INET6: route_gw holds a gateway; 0: none */
+    char route_dev[16];
+    u8  route_gw[16];
 };
 #define CT_KNOWN_CONN 1     /* status, tuples */
 #define CT_KNOWN_MARK 2
@@ -1152,8 +1185,153 @@ static __always_inline int capture_submit(void *ctx, struct event_t *e)
 }
 #endif
 
+/* ------------------------------------------------------------------ */
+/* --why: the routing decision. fib:fib_table_lookup(tb_id, flp, nhc, err)
+ * fires once for each table an IPv4 lookup searches (local, then the
+ * rules' tables), with no skb. ip_route_input_noref and ip_route_output
+ * run in the packet's own call chain, so the lookups are kept per CPU
+ * (the last FIB_SEEN) and the first row submitted after them on that CPU
+ * whose packet has the lookup's addresses (a source of 0: an output
+ * route before its source was chosen) and its protocol and ports (where
+ * the lookup has them: TCP and UDP output routes; input routes have
+ * none) takes the newest: the table that decided, after the tables that
+ * had no match. A lookup the other way (rp_filter's, the reply's route
+ * of an ICMP error) has the addresses swapped and is no packet's; one
+ * without an input device (inet_addr_type's: is this address local?) is
+ * no routing decision. A normal free (consume_skb) takes one only when
+ * its skb had the row just before the lookup: else it is a clone freed
+ * on the way (neigh_probe's), not where the decision went. Older than
+ * SAME_CHAIN_NS: not this packet's. */
+#ifdef ROUTE_DECISIONS
+#define FIB_SEEN 8          /* a power of two; custom rules: 2 tables each way, and rp_filter's */
+struct fib_lookup_seen {
+    u64 ts_ns;          /* 0: taken, or unreadable */
+    u64 after;          /* the skb of the row submitted just before it on this CPU */
+    u64 dev;            /* the next hop's struct net_device: its name read when taken */
+    u64 info;           /* its struct fib_info: the route's type read when taken */
+    u32 saddr;
+    u32 daddr;
+    u16 sport;          /* network byte order; 0: the lookup had none */
+    u16 dport;
+    u32 table;
+    s32 err;
+    u32 oif;
+    u32 iif;
+    u8 proto;
+    u8 gw_family;
+    u8 gw[16];
+};
+struct fib_lookups {
+    struct fib_lookup_seen seen[FIB_SEEN];
+    u64 last_skb;       /* the skb of the last row submitted on this CPU */
+    u32 next;           /* where the next lookup goes (mod FIB_SEEN) */
+};
+BPF_PERCPU_ARRAY(fib_lookups, struct fib_lookups, 1);
+
+/* the struct flowi4 fields read at once */
+#define FLOW4_SPAN_OFF MIN_OF(MIN_OF(L_FLOW4_IIF_OFF, L_FLOW4_PROTO_OFF), \
+                              MIN_OF(MIN_OF(L_FLOW4_SADDR_OFF, L_FLOW4_DADDR_OFF), \
+                                     MIN_OF(L_FLOW4_SPORT_OFF, L_FLOW4_DPORT_OFF)))
+#define FLOW4_END(F) (L_##F##_OFF + L_##F##_SIZE)
+#define FLOW4_SPAN_LEN (MAX_OF(MAX_OF(FLOW4_END(FLOW4_IIF), FLOW4_END(FLOW4_PROTO)), \
+                               MAX_OF(MAX_OF(FLOW4_END(FLOW4_SADDR), FLOW4_END(FLOW4_DADDR)), \
+                                      MAX_OF(FLOW4_END(FLOW4_SPORT), FLOW4_END(FLOW4_DPORT)))) \
+                        - FLOW4_SPAN_OFF)
+/* struct fib_nh from its fib_nh_common (at 0: nhc_dev) to nh_parent; a
+ * nexthop object's (ip nexthop) has no nh_parent: the type is not read */
+#define NHC_SPAN_LEN MAX_OF(L_NHC_GW_OFF + 16, L_NH_PARENT_OFF + 8)
+_Static_assert(FLOW4_SPAN_LEN <= 128 && NHC_SPAN_LEN <= 160, "struct flowi4/fib_nh grew");
+#define SPAN_AT(span, start, F) ({ u64 __v = 0; \
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - (start), L_##F##_SIZE); __v; })
+
+/* two reads: the flow, and the next hop where there is one */
+int on_fib_lookup(struct bpf_raw_tracepoint_args *ctx)
+{
+    int zero = 0;
+    struct fib_lookups *l = fib_lookups.lookup(&zero);
+    if (!l)
+        return 0;
+    u8 flow[FLOW4_SPAN_LEN];
+    if (bpf_probe_read_kernel(flow, sizeof(flow), (void *)ctx->args[1] + FLOW4_SPAN_OFF))
+        return 0;
+    u32 iif = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_IIF);
+    if (!iif)
+        return 0;       /* inet_addr_type's question, not a route for a packet */
+    struct fib_lookup_seen *s = &l->seen[l->next & (FIB_SEEN - 1)];
+    l->next++;
+    s->saddr = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_SADDR);
+    s->daddr = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_DADDR);
+    s->proto = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_PROTO);
+    s->sport = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_SPORT);
+    s->dport = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_DPORT);
+    s->iif = iif;
+    s->after = l->last_skb;
+    s->table = ctx->args[0];
+    s->err = ctx->args[3];
+    u8 nh[NHC_SPAN_LEN] = {};
+    void *nhc = (void *)ctx->args[2];
+    if (nhc)
+        bpf_probe_read_kernel(nh, sizeof(nh), nhc);
+    s->dev = SPAN_AT(nh, 0, NHC_DEV);
+    s->oif = SPAN_AT(nh, 0, NHC_OIF);
+    s->info = SPAN_AT(nh, 0, NH_PARENT);
+    s->gw_family = SPAN_AT(nh, 0, NHC_GW_FAMILY);
+    __builtin_memcpy(s->gw, nh + L_NHC_GW_OFF, 16);
+    s->ts_ns = bpf_ktime_get_ns();
+    return 0;
+}
+
+/* The decision for the row e, if this CPU just made one for its packet:
+ * the newest matching lookup; all of them taken either way. */
+static __always_inline void take_route(struct event_t *e)
+{
+    if (e->family != 4)
+        return;
+    int zero = 0;
+    struct fib_lookups *l = fib_lookups.lookup(&zero);
+    if (!l)
+        return;
+    u64 now = bpf_ktime_get_ns();
+    l->last_skb = e->skb;
+    u32 saddr = *(u32 *)e->saddr, daddr = *(u32 *)e->daddr;
+    u32 newest = l->next - 1;
+#pragma unroll
+    for (int k = 0; k < FIB_SEEN; k++) {
+        struct fib_lookup_seen *s = &l->seen[(newest - k) & (FIB_SEEN - 1)];
+        int ported = s->proto == 6 || s->proto == 17;   /* else uli holds no ports */
+        if (!s->ts_ns || now - s->ts_ns > SAME_CHAIN_NS || s->daddr != daddr ||
+            (s->saddr && s->saddr != saddr) || (s->proto && s->proto != e->l4proto) ||
+            (ported && s->sport && s->sport != e->sport) ||
+            (ported && s->dport && s->dport != e->dport))
+            continue;
+#ifdef CONSUME_PROBE_ID
+        if (e->probe == CONSUME_PROBE_ID && s->after != e->skb)
+            continue;
+#endif
+        s->ts_ns = 0;
+        if (e->route_known)
+            continue;
+        e->route_known = 1;
+        e->route_table = s->table;
+        e->route_err = s->err;
+        e->route_oif = s->oif;
+        e->route_iif = s->iif;
+        e->route_gw_family = s->gw_family;
+        __builtin_memcpy(e->route_gw, s->gw, 16);
+        if (s->dev)
+            bpf_probe_read_kernel(e->route_dev, sizeof(e->route_dev),
+                                  (void *)s->dev + L_DEV_NAME_OFF);
+        if (s->info)
+            bpf_probe_read_kernel(&e->route_type, 1, (void *)s->info + L_FIB_TYPE_OFF);
+    }
+}
+#endif /* ROUTE_DECISIONS */
+
 static __always_inline void submit(void *ctx, struct event_t *e)
 {
+#ifdef ROUTE_DECISIONS
+    take_route(e);
+#endif
 #ifdef STACK_ALL
     e->stack_id = stacks.get_stackid(ctx, 0);
 #elif defined(STACK_DROPS)
@@ -1373,11 +1551,9 @@ int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
  *   (the table is full, or memory ran out). It has no skb: its original
  *   tuple and the CPU tie it to the netfilter drop that follows at once.
  * Each drop follows its cause in the same call chain, on the same CPU: a
- * cause from another CPU or older than CT_FAULT_WINDOW_NS is not the drop's
- * (the skb's address was reused). The window is wide: the first time the
- * code runs in an emulated guest, cause and drop were seen 1 ms apart. */
+ * cause from another CPU or older than SAME_CHAIN_NS is not the drop's (the
+ * skb's address was reused). */
 #ifdef CT_FAULTS
-#define CT_FAULT_WINDOW_NS 1000000000
 struct ct_fault_seen {
     u64 ts_ns;
     u32 cpu;
@@ -1476,7 +1652,7 @@ static __always_inline int ct_alloc_failed_for(struct event_t *e)
 {
     int zero = 0;
     struct ct_alloc_failure *f = ct_alloc_failed.lookup(&zero);
-    if (!f || !f->ts_ns || e->ct || bpf_ktime_get_ns() - f->ts_ns > CT_FAULT_WINDOW_NS)
+    if (!f || !f->ts_ns || e->ct || bpf_ktime_get_ns() - f->ts_ns > SAME_CHAIN_NS)
         return 0;
     /* both sides hold an IPv4 address in their first 4 bytes, zeros after */
     struct ct_tuple *t = &f->tuple;
@@ -1498,7 +1674,7 @@ static __always_inline u8 ct_fault_take(void *skb)
     struct ct_fault_seen *found = ct_refused.lookup(&key);
     if (!found)
         return 0;
-    u8 fault = bpf_ktime_get_ns() - found->ts_ns <= CT_FAULT_WINDOW_NS
+    u8 fault = bpf_ktime_get_ns() - found->ts_ns <= SAME_CHAIN_NS
                && found->cpu == bpf_get_smp_processor_id() ? found->fault : 0;
     ct_refused.delete(&key);
     return fault;

@@ -119,6 +119,16 @@ FIELDS = (
     Field("why",         "u8",   1,     NUMBER,      HAND),     # vocabulary.WHY_*
     Field("why_type",    "u8",   1,     NUMBER,      HAND),
     Field("why_code",    "u8",   1,     NUMBER,      HAND),
+    # --why: the routing decision a row took (events/routing.py): JSON's "route"
+    Field("route_table", "u32",  1,     NUMBER,      HAND),     # the table's id
+    Field("route_err",   "s32",  1,     NUMBER,      HAND),     # 0 or -errno
+    Field("route_oif",   "u32",  1,     NUMBER,      HAND),
+    Field("route_iif",   "u32",  1,     NUMBER,      HAND),
+    Field("route_known", "u8",   1,     NUMBER,      HAND),     # 1: a decision
+    Field("route_type",  "u8",   1,     NUMBER,      HAND),     # RTN_*; 0: not read
+    Field("route_gw_family", "u8", 1,   NUMBER,      HAND),     # 2, 10; 0: no gateway
+    Field("route_dev",   "char", 16,    TEXT,        HAND),
+    Field("route_gw",    "u8",   16,    BYTES,       HAND),
 )
 
 

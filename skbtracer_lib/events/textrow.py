@@ -9,7 +9,7 @@ import re
 import time
 from collections import namedtuple
 
-from . import conntrack, fields, reader
+from . import conntrack, fields, reader, routing
 from .decode import EVENT_SIZE, Event, c_string
 from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, KIND_WHY, PORTED, TCP,
                          TCP_FLAGS, UDP, icmp_kind, is_icmp, probe_name, why_mtu,
@@ -139,7 +139,9 @@ class Clock:
 # tcp_seq, len, ttl, pid and the like are left out: no row shows them).
 # tests/unit/test_event_fields.py checks that no other field changes a row.
 TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "drop_reason",
-                "location", "why", "why_type", "why_code", "why_info")
+                "location", "why", "why_type", "why_code", "why_info", "route_known",
+                "route_table", "route_err", "route_type", "route_gw_family", "route_gw",
+                "route_dev")
 ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
               "sport", "daddr", "dport") + TRACE_FIELDS
 _ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
@@ -246,7 +248,12 @@ class RowFormatter:
         return "%x" % e.skb + self.trace_after_skb(e)
 
     def trace_after_skb(self, e):
-        """TRACE_INFO after the skb address."""
+        """TRACE_INFO after the skb address; --why: the routing decision the
+        row took after it (routing.row_suffix)."""
+        text = self._trace_after_skb(e)
+        return text + routing.row_suffix(e) if e.route_known else text
+
+    def _trace_after_skb(self, e):
         prefix = ".%d:" % e.pkt_type
         if e.kind == KIND_IPTABLE:
             return verdict_info(prefix, e.pf, e.table, e.hook_name, e.verdict_name)

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from .. import __version__
-from ..events import conntrack, fields
+from ..events import conntrack, fields, routing
 from ..events.fields import JSON_FIELDS
 from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KIND_WHY, KINDS, L4_NAMES,
@@ -157,6 +157,8 @@ class JsonFormatter:
                            "conntrack": conntrack.fault_name(e.ct_fault)}
         elif e.kind == KIND_WHY:    # only these rows have the key: the others are as before
             obj["why"] = why_object(e)
+        if e.route_known:           # --why: only rows that took a routing decision
+            obj["route"] = routing.json_object(e)
         if stack is not None:
             obj["stack"] = list(stack)
         return obj
@@ -165,7 +167,7 @@ class JsonFormatter:
         """dumps(self.event(e, stack)), written out by hand: the per-event path
         of --json. Text that is not ours (names, functions, tables) goes
         through json's own string encoder."""
-        if e.kind != KIND_ROUTE or stack is not None:
+        if e.kind != KIND_ROUTE or stack is not None or e.route_known:
             return _dumps(self.event(e, stack))
         wall = self.clock.wall_ns(e.ts_ns)
         l4 = e.l4proto
@@ -249,6 +251,13 @@ class _SavedHeader:
         self.icmp_type = obj.get("icmp_type")
 
 
+class SavedRoute:
+    """A saved "route" as routing.row_suffix reads an event's route_* fields."""
+
+    def __init__(self, route):
+        self.__dict__.update(routing.fields_of(route))
+
+
 def text_row(obj, time_column, netns_column=None):
     """The text row an event object stands for (e.g. to turn saved JSON lines
     back into the classic rows), with the live rows' column builders;
@@ -271,6 +280,8 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
             WHY_NUMBERS.get(why["sent"], 0), why["icmp_type"], why["icmp_code"], why["mtu"])
     else:
         trace = prefix + obj["func"]
+    if obj.get("route"):
+        trace += routing.row_suffix(SavedRoute(obj["route"]))
     netns = obj["netns"] if netns_column is None else netns_column
     return RowColumns(time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
                       pkt_info(_SavedHeader(obj)), obj["skb"], trace + trace_suffix)

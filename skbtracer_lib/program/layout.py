@@ -65,11 +65,28 @@ CT_CONN_FIELDS = {
 }
 CT_MARK_FIELDS = {"CT_MARK": ("nf_conn", "mark")}             # CONFIG_NF_CONNTRACK_MARK
 CT_ZONE_FIELDS = {"CT_ZONE": ("nf_conn", "zone.id")}          # CONFIG_NF_CONNTRACK_ZONES
+# --why: the routing decision (skbtracer.c on_fib_lookup): fib:fib_table_lookup's
+# flow and next hop, and the type of the route it belongs to
+FIB_FIELDS = {
+    "FLOW4_IIF": ("flowi4", "__fl_common.flowic_iif"),
+    "FLOW4_PROTO": ("flowi4", "__fl_common.flowic_proto"),
+    "FLOW4_SADDR": ("flowi4", "saddr"),
+    "FLOW4_DADDR": ("flowi4", "daddr"),
+    "FLOW4_SPORT": ("flowi4", "uli.ports.sport"),
+    "FLOW4_DPORT": ("flowi4", "uli.ports.dport"),
+    "NHC_DEV": ("fib_nh_common", "nhc_dev"),
+    "NHC_OIF": ("fib_nh_common", "nhc_oif"),
+    "NHC_GW_FAMILY": ("fib_nh_common", "nhc_gw_family"),
+    "NHC_GW": ("fib_nh_common", "nhc_gw"),
+    "NH_PARENT": ("fib_nh", "nh_parent"),       # the route's struct fib_info
+    "FIB_TYPE": ("fib_info", "fib_type"),       # RTN_*
+}
 CT_MODULE = "nf_conntrack"
 CT_SPAN_MAX = 256       # skbtracer.c's _Static_assert: the nf_conn bytes read at once
 # all of them (tests/unit/test_macros.py checks skbtracer.c against these)
 FIELD_TABLES = (CORE_FIELDS, PCAP_VLAN_FIELDS, PCAP_VLAN_PRESENT, NF_STATE_FIELDS, XT_FIELDS,
-                NFT_FIELDS, CT_SKB_FIELDS, CT_CONN_FIELDS, CT_MARK_FIELDS, CT_ZONE_FIELDS)
+                NFT_FIELDS, CT_SKB_FIELDS, CT_CONN_FIELDS, CT_MARK_FIELDS, CT_ZONE_FIELDS,
+                FIB_FIELDS)
 
 
 class Layouts:
@@ -228,6 +245,15 @@ class Layouts:
             if self._widen_span(vlan, MAX_SPAN):
                 self.defines[macros.L_SKB_SPAN_HAS_VLAN] = 1
         return []
+
+    def fib(self):
+        """Can the routing decision be read (struct flowi4, fib_nh_common)? (ok, reason)"""
+        if self.source == "btf":
+            try:
+                self._add_fields(FIB_FIELDS, None)
+            except BTFError as e:
+                return False, "no layout in BTF: %s" % e
+        return True, ""
 
     def netfilter(self, module, is_nft):
         """Can the netfilter probes of module be built? (ok, reason)"""

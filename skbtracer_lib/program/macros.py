@@ -60,6 +60,8 @@ HAVE_CT_ZONE = _macro("HAVE_CT_ZONE", FLAG,
 MODE_IPTABLE = _macro("MODE_IPTABLE", FLAG, "--iptable: the netfilter verdict probes")
 MODE_DROP = _macro("MODE_DROP", FLAG, "--drop: kfree_skb makes rows")
 MODE_WHY = _macro("MODE_WHY", FLAG, "--why: ICMP errors and TCP resets sent because of a packet")
+ROUTE_DECISIONS = _macro("ROUTE_DECISIONS", FLAG,
+                         "--why: fib:fib_table_lookup is kept per CPU, rows take their decision")
 KEEP = _macro("KEEP", FLAG, "--keep: an skb that matched once is followed until freed")
 KEEP_ENTRIES = _macro("KEEP_ENTRIES", NUMBER, "--keep: skbs followed at once at most")
 STACK_ALL = _macro("STACK_ALL", FLAG, "--callstack: a kernel stack under every row")
@@ -187,8 +189,10 @@ ON_CT_CONFIRM_RETURN = "on_ct_confirm_return"
 ON_CT_HELPER_LOG = "on_ct_helper_log"
 ON_CT_ALLOC = "on_ct_alloc"
 ON_CT_ALLOC_RETURN = "on_ct_alloc_return"
+ON_FIB_LOOKUP = "on_fib_lookup"
 C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN, ON_CT_CONFIRM,
-               ON_CT_CONFIRM_RETURN, ON_CT_HELPER_LOG, ON_CT_ALLOC, ON_CT_ALLOC_RETURN)
+               ON_CT_CONFIRM_RETURN, ON_CT_HELPER_LOG, ON_CT_ALLOC, ON_CT_ALLOC_RETURN,
+               ON_FIB_LOOKUP)
 
 # maps skbtracer.c declares that Python reads by name
 MAP_EVENTS = "events"

@@ -82,6 +82,8 @@ RESET_TP = ("tcp", "tcp_send_reset")
 # (function, info in network byte order, the skb's position when no BTF says)
 ICMP_FUNCTIONS = (("__icmp_send", 1, 1), ("icmp6_send", 0, 1))
 RESET_FUNCTIONS = (("tcp_v4_send_reset", 2), ("tcp_v6_send_reset", 2))
+# and the routing decision: each IPv4 table lookup, tied to the packet's next row
+FIB_LOOKUP_TP = ("fib", "fib_table_lookup")
 
 
 @dataclass
@@ -360,6 +362,25 @@ def _plan_why_tracepoint(plan, event, instantiator, note):
     probe.attach = [(tp_btf.RAW, event, program)]
 
 
+def _plan_route_decisions(plan, layouts):
+    """--why: the IPv4 routing decision on the packet's rows (skbtracer.c
+    on_fib_lookup, take_route), the same tracepoint on both backends."""
+    if tracepoint_params(*FIB_LOOKUP_TP) is None:
+        plan.notes.append("--why: no routing decisions: this kernel has no "
+                          "fib:fib_table_lookup tracepoint")
+        return
+    ok, why = layouts.fib()
+    if not ok:
+        plan.notes.append("--why: no routing decisions: %s" % why)
+        return
+    plan.defines[macros.ROUTE_DECISIONS] = 1
+    plan.add(FIB_LOOKUP_TP[1], "helper",
+             note="IPv4 route lookups, tied to the packet's next row on the same CPU",
+             attach=[(tp_btf.RAW, FIB_LOOKUP_TP[1], macros.ON_FIB_LOOKUP)])
+    plan.notes.append("--why: no IPv6 routing decisions yet (fib6:fib6_table_lookup is "
+                      "not traced)")
+
+
 def _plan_why(plan, backend):
     """--why: rows for the ICMP errors and TCP resets the stack sends
     because of a packet, on the packet that caused them."""
@@ -444,6 +465,7 @@ def plan_probes(cfg, backend, layouts):
             _plan_route_tracepoints(plan, ROUTE_TRACEPOINTS + [DELIVERY_TRACEPOINT])
     if "why" in cfg.modes:
         _plan_why(plan, backend)        # before --all, which leaves out what is planned
+        _plan_route_decisions(plan, layouts)
     if chosen:
         _plan_functions(plan, cfg)
     if backend == "kprobe" and (builtin_route or chosen):

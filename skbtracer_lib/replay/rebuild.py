@@ -1,7 +1,7 @@
 """Saved event objects rebuilt as the live decoder's Event objects, with
 the names, symbols and probes the saved run had."""
 
-from ..events import conntrack, fields
+from ..events import conntrack, fields, routing
 from ..events.decode import Event
 from ..events.vocabulary import (KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, WHY_NUMBERS,
                                  hook_number)
@@ -119,6 +119,8 @@ class Rebuilder:
             e.why_type = why.get("icmp_type") or 0
             e.why_code = why.get("icmp_code") or 0
             e.why_info = why.get("mtu") or 0
+        for name, value in routing.fields_of(obj.get("route")).items():
+            setattr(e, name, value)
         if "ct" in obj:
             self.conntrack_saved = True
         for name, value in conntrack.fields_of(obj.get("ct")).items():

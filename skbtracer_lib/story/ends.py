@@ -2,6 +2,7 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
+from ..events import routing
 from ..events.vocabulary import KIND_IPTABLE, KIND_WHY, sent_back_words
 from .model import OPEN_ENDS, End, EndKind, Place, SocketPlace
 from .points import (CUT_WINDOW_NS, FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS,
@@ -20,11 +21,17 @@ def last_interface(copy):
 
 
 def end_of(copy, after_receive=True):
-    """How the copy ended, with what the stack sent back because of it (--why)."""
+    """How the copy ended, with the routing decisions it took and what the
+    stack sent back because of it (--why)."""
     end = _end_of(copy, after_receive)
     sent = [sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)
             for e in copy.events if e.kind == KIND_WHY]
-    return end._replace(sent_back=", ".join(dict.fromkeys(sent))) if sent else end
+    routed = [routing.words(e) for e in copy.events if e.route_known]
+    if sent:
+        end = end._replace(sent_back=", ".join(dict.fromkeys(sent)))
+    if routed:
+        end = end._replace(routed=", ".join(dict.fromkeys(routed)))
+    return end
 
 
 def _end_of(copy, after_receive):

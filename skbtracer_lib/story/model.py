@@ -126,6 +126,9 @@ class End(NamedTuple):
     # --why: what the stack sent back because of the copy, in words
     # ("ICMP port unreachable sent back"; "": nothing seen)
     sent_back: str = ""
+    # --why: the routing decisions the copy's rows took, in words ("routed
+    # by table main dev veth1"; "": none seen)
+    routed: str = ""
 
     @property
     def place(self):

@@ -37,6 +37,8 @@ def _end(story, end):
         obj["conntrack"] = story.conntrack_text(end, obj["reason"]) or None
     if end.sent_back:       # --why: the key only where something was sent back
         obj["sent_back"] = end.sent_back
+    if end.routed:          # --why: only where a routing decision was seen
+        obj["routed"] = end.routed
     return obj
 
 
