@@ -347,11 +347,12 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
 
 # kernels without icmp:icmp_send (5.10), or whose tcp:tcp_send_reset has no
 # reason and misses resets without a socket (5.10, 6.1): (tracepoint -> its
-# argument count, or None), and the kprobes --why then plans
+# argument count, or None), and the kprobes --why then plans; both have
+# fib:fib_table_lookup(tb_id, flp, nhc, err) for the routing decisions
 WHY_KERNELS = {
-    "5.10": ({"icmp_send": None, "tcp_send_reset": 2},
+    "5.10": ({"icmp_send": None, "tcp_send_reset": 2, "fib_table_lookup": 4},
              {"__icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset"}),
-    "6.1": ({"icmp_send": 3, "tcp_send_reset": 2},
+    "6.1": ({"icmp_send": 3, "tcp_send_reset": 2, "fib_table_lookup": 4},
             {"icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset"}),
 }
 
