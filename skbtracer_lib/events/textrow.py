@@ -154,7 +154,7 @@ ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly miss
 # built it: a ring buffer's batch in one call. SKBTRACER_PYTHON_ROWS=1 makes
 # them in Python all the same (how the tests compare the two).
 PYTHON_ROWS_ENV = "SKBTRACER_PYTHON_ROWS"
-ROWS_ABI = 2                # _rows.c's ROWS_ABI: a stale build is not used
+ROWS_ABI = 3                # _rows.c's ROWS_ABI: a stale build is not used
 
 
 def rows_in_c():

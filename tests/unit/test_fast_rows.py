@@ -342,3 +342,17 @@ def test_a_stack_the_kernel_did_not_store_says_why():
     assert symbols.stack(-17) == ["[stack unavailable: -17, its slot in the stack map holds another stack]"]
     assert symbols.stack(-12) == ["[stack unavailable: -12, the stack map is full]"]
     assert symbols.stack(-22) == ["[stack unavailable: -22]"]
+
+
+def test_the_trace_info_key_fits_the_c_rows_limits():
+    """Checked without the build (a work tree without _rows would skip the tests above): the
+    TRACE_INFO fields fit _rows.h's TRACE_FIELDS_MAX and TAIL_KEY_SIZE, which _rows_spec.c
+    enforces by refusing the spec (the tracer would not start)."""
+    import re
+    header = os.path.join(os.path.dirname(textrow.__file__), "_rows.h")
+    with open(header) as f:
+        limits = dict(re.findall(r"^#define (TRACE_FIELDS_MAX|TAIL_KEY_SIZE|ROWS_ABI) (\d+)",
+                                 f.read(), re.M))
+    assert len(textrow.TRACE_FIELDS) <= int(limits["TRACE_FIELDS_MAX"])
+    assert sum(fields.at(n).size for n in textrow.TRACE_FIELDS) <= int(limits["TAIL_KEY_SIZE"])
+    assert textrow.ROWS_ABI == int(limits["ROWS_ABI"])
