@@ -18,7 +18,6 @@ HAVE_CT_* is defined). Figures: the kernel's run_time_ns / run_cnt over the trac
 Prints a table and one JSON line. No assertions: measurement only.
 """
 
-import argparse
 import json
 import os
 import runpy
@@ -69,10 +68,7 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == WITHOUT_CT:
         return tracer_without_ct(sys.argv[2:])
     import node
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--rounds", type=int, default=3)
-    opts = p.parse_args()
+    opts = node.rounds_options(__doc__)
     results = {}
     with node.VethPair() as pair:
         # conntrack in the sender's namespace: its skbs carry an entry

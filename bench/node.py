@@ -59,6 +59,15 @@ SENDER_CPU = 0     # sender.py pins itself there; the tracer is not pinned
 
 # ---------------------------------------------------------------- the veth pair
 
+def rounds_options(doc):
+    """--seconds and --rounds, as the side-by-side cost benches take them."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--rounds", type=int, default=3)
+    return p.parse_args()
+
+
 def _ip(*args):
     p = subprocess.run(["ip"] + list(args), capture_output=True, text=True)
     if p.returncode != 0:

@@ -13,7 +13,6 @@ included), the median of the rounds, variants alternating.
 Prints a table and one JSON line. No assertions: measurement only.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -37,10 +36,7 @@ def measure(pair, args, seconds):
 
 def main():
     import node
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--rounds", type=int, default=3)
-    opts = p.parse_args()
+    opts = node.rounds_options(__doc__)
     results = {}
     with node.VethPair() as pair:
         for n in range(opts.rounds):
