@@ -73,6 +73,10 @@ class RoutingLab(Shape):
         for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv6.conf.all.forwarding", 1),
                            (f"net.ipv4.conf.{self.pods['pod-c'].host_ifname}.rp_filter", 1)):
             self.sysctl("router", key, value)
+        # every scenario's ICMP error comes back: the per-peer limit (1/s after a burst) let a
+        # 6.12 guest's router send no "net unreachable" after four other errors to pod-a
+        for role in ("router", "pod-b"):
+            self.sysctl(role, "net.ipv4.icmp_ratelimit", 0)
         for family in ("ipv4", "ipv6"):
             self.sysctl("pod-a", f"net.{family}.neigh.eth0.retrans_time_ms", NEIGH_RETRANS_MS)
         self.netlink("router", self._routes)

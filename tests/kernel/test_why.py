@@ -27,6 +27,7 @@ import json
 import subprocess
 
 import pytest
+from conftest import BACKEND
 
 from testbed.routing import RoutingLab
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun
@@ -189,9 +190,15 @@ def test_the_routing_decision_is_the_one_ip_route_get_gives(traced, name):
     sc = lab.scenario(name)
     rows = router_rows(lab, events_of(path), saddr=lab.pods[sc.src].ip4, sport=ROUTED[name],
                        dport=sc.port)
+    if BACKEND == "kprobe":
+        # a kprobe on __icmp_send fires at its entry: ICMP's own lookups of the flow after it
+        # (icmp_route_lookup's) go to the packet's next row, its drop (5.10: a prohibit's drop
+        # row took one with err -EAGAIN); the packet's decision is on the rows before
+        rows = [r for r in rows if r["kind"] != "drop"]
     assert rows, "no decision in the router"
     route = rows[0]["route"]
-    assert all(decision(r["route"]) == decision(route) for r in rows), rows
+    assert all(decision(r["route"]) == decision(route) for r in rows), \
+        [(r["func"], r["kind"], r["route"]) for r in rows]
     result = judged["type"]
     assert route["result"] == result, (route, judged)
     if result == "unicast":
