@@ -362,9 +362,17 @@ def _plan_why_tracepoint(plan, event, instantiator, note):
     probe.attach = [(tp_btf.RAW, event, program)]
 
 
-def _plan_route_decisions(plan, layouts):
+def _plan_route_decisions(plan, layouts, backend):
     """--why: the IPv4 routing decision on the packet's rows (skbtracer.c
-    on_fib_lookup, take_route), the same tracepoint on both backends."""
+    on_fib_lookup, take_route), on the tracepoint backend. With kprobes the
+    guests showed ICMP's own lookups of a flow (after the kprobe at
+    __icmp_send's entry made the packet's row) told as the packet's: not
+    planned there until they are told apart."""
+    if backend == "kprobe":
+        plan.notes.append("--why: no routing decisions with kprobes yet (ICMP's own route "
+                          "lookups would be told as the packet's); the tracepoint backend "
+                          "has them")
+        return
     if tracepoint_params(*FIB_LOOKUP_TP) is None:
         plan.notes.append("--why: no routing decisions: this kernel has no "
                           "fib:fib_table_lookup tracepoint")
@@ -465,7 +473,7 @@ def plan_probes(cfg, backend, layouts):
             _plan_route_tracepoints(plan, ROUTE_TRACEPOINTS + [DELIVERY_TRACEPOINT])
     if "why" in cfg.modes:
         _plan_why(plan, backend)        # before --all, which leaves out what is planned
-        _plan_route_decisions(plan, layouts)
+        _plan_route_decisions(plan, layouts, backend)
     if chosen:
         _plan_functions(plan, cfg)
     if backend == "kprobe" and (builtin_route or chosen):

@@ -130,15 +130,16 @@ class FibLayouts:
         return (True, "") if self.ok else (False, "no layout in BTF: flowi4")
 
 
-@pytest.mark.parametrize("params, layouts_ok, planned, note", [
-    (4, True, True, "no IPv6 routing decisions"),
-    (None, True, False, "no fib:fib_table_lookup tracepoint"),
-    (4, False, False, "no layout in BTF"),
+@pytest.mark.parametrize("params, layouts_ok, backend, planned, note", [
+    (4, True, "tracepoint", True, "no IPv6 routing decisions"),
+    (None, True, "tracepoint", False, "no fib:fib_table_lookup tracepoint"),
+    (4, False, "tracepoint", False, "no layout in BTF"),
+    (4, True, "kprobe", False, "no routing decisions with kprobes yet"),
 ])
-def test_the_plan(monkeypatch, params, layouts_ok, planned, note):
+def test_the_plan(monkeypatch, params, layouts_ok, backend, planned, note):
     monkeypatch.setattr(probes, "tracepoint_params", lambda _category, _event: params)
-    plan = probes.ProbePlan("tracepoint")
-    probes._plan_route_decisions(plan, FibLayouts(layouts_ok))
+    plan = probes.ProbePlan(backend)
+    probes._plan_route_decisions(plan, FibLayouts(layouts_ok), backend)
     assert (macros.ROUTE_DECISIONS in plan.defines) == planned
     assert [p.name for p in plan.probes] == (["fib_table_lookup"] if planned else [])
     assert any(note in n for n in plan.notes), plan.notes
