@@ -50,8 +50,10 @@ def tcp_drop(entry):
     """A DROPPED line, or the row of a dropped packet, of a segment TCP itself
     dropped (a retransmission already acknowledged: TCP_OLD_SEQUENCE ...)."""
     text = " ".join(entry)
+    # its DROPPED line, its row (#N), or its flow's group of dropped packets ("2 packets T ...")
     return ("dropped at" in text and re.search(r": TCP_[A-Z_]+ ", text) is not None
-            and (entry[0].startswith("DROPPED: T ") or re.match(r"#\d+ T ", entry[0])))
+            and (entry[0].startswith("DROPPED: T ")
+                 or re.match(r"(#\d+|[\d,]+ packets?) T ", entry[0]) is not None))
 
 
 def transfer(cluster, size=TRANSFER):
