@@ -852,6 +852,13 @@ static __always_inline int read_tuple(void *tuple, struct ct_tuple *t)
 }
 #endif
 
+/* Are the address pair a -> b (two words each: an IPv4 address in the
+ * first 4 bytes, zeros after) the pair s -> d? */
+static __always_inline int same_addresses(u64 *a, u64 *b, u64 *s, u64 *d)
+{
+    return a[0] == s[0] && a[1] == s[1] && b[0] == d[0] && b[1] == d[1];
+}
+
 /* --proto and -P, of a packet's headers or a connection's tuple (sport and
  * dport 0 where the protocol has no ports) */
 static __always_inline int proto_port_match(u8 family, u8 l4proto, u16 sport, u16 dport)
@@ -939,8 +946,7 @@ static __always_inline int learned_addresses(u8 family, u8 *saddr, u8 *daddr)
         struct learned_tuple *t = &set->t[i];
         if (t->family != family)
             continue;
-        if ((t->saddr[0] == s[0] && t->saddr[1] == s[1] && t->daddr[0] == d[0] && t->daddr[1] == d[1]) ||
-            (t->saddr[0] == d[0] && t->saddr[1] == d[1] && t->daddr[0] == s[0] && t->daddr[1] == s[1]))
+        if (same_addresses(t->saddr, t->daddr, s, d) || same_addresses(t->saddr, t->daddr, d, s))
             return 1;
     }
     return 0;
@@ -961,11 +967,9 @@ static __always_inline int learned_match(struct event_t *e)
         struct learned_tuple *t = &set->t[i];
         if (t->family != e->family || t->l4proto != e->l4proto)
             continue;
-        if (t->saddr[0] == s[0] && t->saddr[1] == s[1] && t->daddr[0] == d[0] && t->daddr[1] == d[1] &&
-            t->sport == e->sport && t->dport == e->dport)
+        if (same_addresses(t->saddr, t->daddr, s, d) && t->sport == e->sport && t->dport == e->dport)
             return 1;
-        if (t->saddr[0] == d[0] && t->saddr[1] == d[1] && t->daddr[0] == s[0] && t->daddr[1] == s[1] &&
-            t->sport == e->dport && t->dport == e->sport)
+        if (same_addresses(t->saddr, t->daddr, d, s) && t->sport == e->dport && t->dport == e->sport)
             return 1;
     }
     return 0;
@@ -1660,7 +1664,7 @@ static __always_inline int ct_alloc_failed_for(struct event_t *e)
     __builtin_memcpy(s, e->saddr, 16);
     __builtin_memcpy(d, e->daddr, 16);
     if (t->l4proto != e->l4proto || t->sport != e->sport || t->dport != e->dport ||
-        t->saddr[0] != s[0] || t->saddr[1] != s[1] || t->daddr[0] != d[0] || t->daddr[1] != d[1])
+        !same_addresses(t->saddr, t->daddr, s, d))
         return 0;
     f->ts_ns = 0;
     return 1;
