@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -154,6 +155,23 @@ def _try_lock(lock):
         return False
 
 
+def prefetch_kernels(flavours):
+    """Download and unpack the guest kernels in the background while the
+    local stages run: on a fresh machine that is minutes of waiting on the
+    network the tests can overlap. run_guest's own prepare() waits for it
+    (the cache's per-flavour lock) and reports any failure."""
+    def fetch():
+        from testbed import qemu
+        for flavour in flavours:
+            try:
+                qemu.prepare(flavour)
+            except Exception:       # run_guest tries again and fails the stage
+                pass
+    thread = threading.Thread(target=fetch, name="prefetch-kernels", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_guest(stage, flavour):
     """Prepare the flavour's kernel and run its tests in one boot. Any
     exception (a download, a missing tool or a bug in testbed/qemu) fails
@@ -228,6 +246,8 @@ def main(argv=None):
         wanted.discard("guest")
     flavours = args.flavour or GUEST_FLAVOURS
     stages = [Stage(name) for name in STAGES]
+    if "guest" in wanted:
+        prefetch_kernels(flavours)
     for stage in stages:
         flavour = stage.name[len("guest-"):] if stage.name.startswith("guest-") else None
         if flavour is None and stage.name in wanted:

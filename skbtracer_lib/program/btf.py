@@ -11,10 +11,17 @@ string offsets continue after those of vmlinux, so a module is always read
 on top of its base.
 """
 
+import atexit
+import contextlib
+import functools
+import hashlib
 import os
+import pickle
+import stat
 import struct
 
 BTF_DIR = "/sys/kernel/btf"
+CACHE_DIR = "/run/skbtracer"       # AnswerCache; None: no cache
 BTF_MAGIC = 0xEB9F
 
 # BTF kinds (include/uapi/linux/btf.h)
@@ -52,6 +59,87 @@ class Member:
         return "Member(off=%d, size=%d)" % (self.byte_offset, self.size)
 
 
+def remembered(question):
+    """A BTF question whose answers (errors included) the blob's AnswerCache
+    keeps: a tracer start after the first parses no BTF."""
+    name = question.__name__
+
+    @functools.wraps(question)
+    def ask(self, *args):
+        key = (name,) + args
+        found = self._answers.get(key)
+        if found is None:
+            try:
+                found = ("answer", question(self, *args))
+            except BTFError as e:
+                found = ("error", str(e))
+            self._answers.put(key, found)
+        kind, value = found
+        if kind == "error":
+            raise BTFError(value)
+        return value
+    return ask
+
+
+class AnswerCache:
+    """The answers one BTF blob gave, in CACHE_DIR under the blob's digest.
+
+    Parsing vmlinux's BTF costs ~0.2 s natively and ~5 s in a TCG guest, and
+    a start asks it only a few hundred questions. CACHE_DIR is a tmpfs (gone
+    at reboot); a file is named by the SHA-256 of the blob (and its base's),
+    so it cannot answer for another kernel or module; it is read only from a
+    directory and file of our own user that nobody else may write."""
+
+    def __init__(self, data, base_digest=""):
+        self.digest = hashlib.sha256(base_digest.encode() + data).hexdigest()
+        self._answers = {}
+        self._new = False
+        self._path = None
+        if CACHE_DIR and _private(CACHE_DIR, make=True):
+            self._path = os.path.join(CACHE_DIR, "btf-%s.pickle" % self.digest[:32])
+            if _private(self._path):
+                try:
+                    with open(self._path, "rb") as f:
+                        self._answers = pickle.load(f)
+                except (OSError, pickle.PickleError, EOFError, ValueError, TypeError,
+                        AttributeError):
+                    self._answers = {}
+
+    def get(self, key):
+        return self._answers.get(key)
+
+    def put(self, key, found):
+        self._answers[key] = found
+        if self._path and not self._new:
+            atexit.register(self.save)
+        self._new = True
+
+    def save(self):
+        """Write the answers (atomically: two tracers may end at once)."""
+        if not self._new or not self._path:
+            return
+        temporary = "%s.%d" % (self._path, os.getpid())
+        try:
+            with open(temporary, "wb") as f:
+                pickle.dump(self._answers, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(temporary, self._path)
+            self._new = False
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+def _private(path, make=False):
+    """Is path ours and writable by nobody else (made 0700 if make and absent)?"""
+    try:
+        if make and not os.path.lexists(path):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)
+
+
 class BTF:
     """Types of one BTF blob, optionally stacked on a base (vmlinux)."""
 
@@ -64,17 +152,29 @@ class BTF:
         self._data = data
         self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
         self._str_base = len(base._strings) + base._str_base if base else 0
-        self._first_id = base.next_id if base else 1
-        # per type: (kind, kind_flag, vlen, name_off, size_or_type, extra_pos)
-        self._types = []
-        self._by_name = {}
-        self._scan(hdr_len + type_off, hdr_len + type_off + type_len)
-        self.next_id = self._first_id + len(self._types)
+        self._type_span = (hdr_len + type_off, hdr_len + type_off + type_len)
+        # per type: (kind, kind_flag, vlen, name_off, size_or_type, extra_pos);
+        # None until a question the answers kept do not hold needs them
+        self._types = None
+        self._by_name = None
+        self._answers = AnswerCache(data, base._answers.digest if base else "")
 
     @classmethod
     def load(cls, path, base=None):
         with open(path, "rb") as f:
             return cls(f.read(), base)
+
+    def _scanned(self):
+        if self._types is None:
+            self._first_id = self.base.next_id if self.base else 1
+            self._types, self._by_name = [], {}
+            self._scan(*self._type_span)
+        return self._types
+
+    @property
+    def next_id(self):
+        types = self._scanned()
+        return self._first_id + len(types)
 
     def _scan(self, pos, end):
         data, unpack = self._data, struct.unpack_from
@@ -100,15 +200,19 @@ class BTF:
         return self._strings[offset: self._strings.index(b"\0", offset)].decode()
 
     def _type(self, type_id):
+        self._scanned()
         if type_id < self._first_id:
             return self.base._type(type_id)
         return self._types[type_id - self._first_id]
 
     def _owner(self, type_id):
+        self._scanned()
         return self.base._owner(type_id) if type_id < self._first_id else self
 
+    @remembered
     def find(self, name, kinds):
         """Type id of the first type called name with one of kinds, or None."""
+        self._scanned()
         for type_id in self._by_name.get(name, ()):
             if self._type(type_id)[0] in kinds:
                 return type_id
@@ -142,6 +246,7 @@ class BTF:
 
     # --- what skbtracer asks ----------------------------------------------
 
+    @remembered
     def struct_id(self, name):
         type_id = self.find(name, (STRUCT, UNION, TYPEDEF))
         type_id = self.resolve(type_id) if type_id else None
@@ -163,6 +268,7 @@ class BTF:
                         return found[0] + bit_off, found[1], found[2]
         return None
 
+    @remembered
     def member(self, struct_name, path):
         """Layout of struct_name.path, where path may cross nested structs
         ("nd_net.net", "ns.inum")."""
@@ -195,6 +301,7 @@ class BTF:
             params.append((self.string(name_off), param_type))
         return params
 
+    @remembered
     def func_params(self, func_name):
         """[(name, type_id)] of a function's parameters, or None."""
         type_id = self.find(func_name, (FUNC,))
@@ -202,6 +309,7 @@ class BTF:
             return None
         return self._proto_params(self._type(type_id)[4])
 
+    @remembered
     def typedef_func_params(self, typedef_name):
         """Parameters of a typedef'd function pointer (btf_trace_<event>)."""
         type_id = self.find(typedef_name, (TYPEDEF,))
@@ -218,15 +326,17 @@ class BTF:
     def functions(self):
         """(name, [(param name, type_id)]) of every function this blob itself
         describes (a module's own, not its base's)."""
-        for offset, (kind, _kf, _vlen, name_off, proto, _pos) in enumerate(self._types):
+        for kind, _kf, _vlen, name_off, proto, _pos in self._scanned():
             if kind == FUNC and name_off:
                 yield self.string(name_off), self._proto_params(proto)
 
+    @remembered
     def type_name(self, type_id):
         """Name of a type after skipping typedefs/qualifiers ('' if anonymous)."""
         type_id = self.resolve(type_id)
         return self.string(self._type(type_id)[3]) if type_id else ""
 
+    @remembered
     def pointee_struct(self, type_id):
         """For a parameter type: (struct name, pointer depth) it points to,
         e.g. ("sk_buff", 2) for struct sk_buff **; (None, depth) otherwise."""
@@ -239,6 +349,7 @@ class BTF:
             return self.string(self._type(type_id)[3]), depth
         return None, depth
 
+    @remembered
     def enum_values(self, enum_name):
         """{value: enumerator name} of an enum, or None when absent."""
         type_id = self.find(enum_name, (ENUM, ENUM64))

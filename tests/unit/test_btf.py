@@ -136,7 +136,10 @@ def ref():
 
 @pytest.fixture(scope="module")
 def kbtf():
-    return btf_mod.KernelBTF()
+    # the parser itself answers here, not answers kept by an earlier start
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(btf_mod, "CACHE_DIR", None)
+        yield btf_mod.KernelBTF()
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +331,38 @@ def test_other_enums_match_bpftool(vmlinux, ref):
         expected = ref.enum(name)
         if expected is not None:
             assert vmlinux.enum_values(name) == expected, name
+
+
+def test_kept_answers_are_the_parsers_and_spare_the_parse(tmp_path, monkeypatch, vmlinux):
+    """A second KernelBTF answers from the first one's AnswerCache, errors
+    included, without scanning the blob; a cache file others may write is
+    not read."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(btf_mod, "CACHE_DIR", str(cache))
+
+    def ask(k):
+        params = k.vmlinux.func_params("ip_rcv")
+        try:
+            k.member("sk_buff", "no_such_member")
+            missing = None
+        except btf_mod.BTFError as e:
+            missing = str(e)
+        return (as_tuple(k.member("sk_buff", "len")), params,
+                [k.vmlinux.pointee_struct(t) for _n, t in params],
+                k.vmlinux.enum_values("skb_drop_reason"), missing)
+
+    first = btf_mod.KernelBTF()
+    answers = ask(first)
+    assert answers[0] == as_tuple(vmlinux.member("sk_buff", "len"))
+    assert answers[1] == vmlinux.func_params("ip_rcv") and answers[4]
+    first.vmlinux._answers.save()
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+
+    second = btf_mod.KernelBTF()
+    assert ask(second) == answers
+    assert second.vmlinux._types is None, "the blob was parsed although every answer was kept"
+
+    (kept,) = cache.iterdir()
+    kept.chmod(0o666)
+    third = btf_mod.KernelBTF()
+    assert ask(third) == answers and third.vmlinux._types is not None
