@@ -196,6 +196,9 @@ _Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
 /* --why rows (KIND_WHY): what the packet made the stack send back */
 #define WHY_ICMP 1
 #define WHY_RESET 2
+/* IPVS decisions (ipvs_known) */
+#define IPVS_CHOSE 1        /* a real server, for a new connection */
+#define IPVS_NO_DEST 2      /* none: the scheduler found no real server */
 
 #define ETH_HLEN        14
 #define MAC_UNSET       0xffff  /* (u16)~0U: mac/network header not set */
@@ -270,6 +273,13 @@ struct event_t {
     u8  route_gw_family; /* AF_INET/AF_INET6: route_gw holds a gateway; 0: none */
     char route_dev[16];
     u8  route_gw[16];
+    /* --iptable: the IPVS decision a row carries (on_ipvs_schedule_return) */
+    u8  ipvs_raddr[16]; /* the real server chosen */
+    u16 ipvs_rport;     /* network byte order */
+    u8  ipvs_known;     /* IPVS_CHOSE, IPVS_NO_DEST; 0: no decision on this row */
+    u8  ipvs_fwd;       /* the connection's forwarding method (flags & IP_VS_CONN_F_FWD_MASK) */
+    u8  ipvs_daf;       /* the real server's family (AF_INET, AF_INET6) */
+    char ipvs_sched[16]; /* the virtual service's scheduler: rr, wlc, ... */
 };
 #define CT_KNOWN_CONN 1     /* status, tuples */
 #define CT_KNOWN_MARK 2
@@ -1540,6 +1550,77 @@ int nf_enter_##id(struct pt_regs *ctx) \
                   (void *)PT_REGS_PARM2(ctx), id, 1); } \
 int nf_return_##id(struct pt_regs *ctx) { return nf_return(ctx, id); }
 #endif /* MODE_IPTABLE */
+
+/* ------------------------------------------------------------------ */
+/* IPVS (kube-proxy's IPVS mode): the scheduler's choice for a new
+ * connection, as a row on the packet that asked for it, before IPVS
+ * rewrites it. ip_vs_schedule(svc, skb, ...) returns the new struct
+ * ip_vs_conn, NULL when no real server was found; a return probe sees no
+ * arguments, so the entry probe keeps svc and skb per thread. Only new
+ * connections pass here: three reads each, never on a connection's later
+ * packets. */
+#ifdef IPVS_DECISIONS
+struct ipvs_call {
+    u64 skb;
+    u64 svc;
+};
+BPF_HASH(ipvs_calls, u64, struct ipvs_call, 1024);
+
+int on_ipvs_schedule(struct pt_regs *ctx)
+{
+    u64 key = bpf_get_current_pid_tgid();
+    struct ipvs_call call = { .skb = PT_REGS_PARM2(ctx), .svc = PT_REGS_PARM1(ctx) };
+    ipvs_calls.update(&key, &call);
+    return 0;
+}
+
+/* struct ip_vs_conn from its dport to its daf, read at once */
+#define IPVS_END(F) (L_##F##_OFF + L_##F##_SIZE)
+#define IPVS_CONN_SPAN_OFF MIN_OF(MIN_OF(L_IPVS_CONN_DPORT_OFF, L_IPVS_CONN_DADDR_OFF), \
+                                  MIN_OF(L_IPVS_CONN_FLAGS_OFF, L_IPVS_CONN_DAF_OFF))
+#define IPVS_CONN_SPAN_LEN (MAX_OF(MAX_OF(IPVS_END(IPVS_CONN_DPORT), IPVS_END(IPVS_CONN_DADDR)), \
+                                   MAX_OF(IPVS_END(IPVS_CONN_FLAGS), IPVS_END(IPVS_CONN_DAF))) \
+                            - IPVS_CONN_SPAN_OFF)
+_Static_assert(IPVS_CONN_SPAN_LEN <= 96 && L_IPVS_CONN_DADDR_SIZE == 16, "struct ip_vs_conn grew");
+#define IPVS_AT(span, F) ({ u64 __v = 0; \
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - IPVS_CONN_SPAN_OFF, L_##F##_SIZE); __v; })
+#define IP_VS_CONN_F_FWD_MASK 0x0007
+
+int on_ipvs_schedule_return(struct pt_regs *ctx)
+{
+    u64 key = bpf_get_current_pid_tgid();
+    struct ipvs_call *call = ipvs_calls.lookup(&key);
+    if (!call)
+        return 0;
+    void *skb = (void *)call->skb, *svc = (void *)call->svc;
+    ipvs_calls.delete(&key);
+    struct event_t *e = prepare(skb, IPVS_PROBE_ID, KIND_ROUTE, 0, 0);
+    if (!e)
+        return 0;
+    void *cp = (void *)PT_REGS_RC(ctx);
+    e->ipvs_known = IPVS_NO_DEST;
+    if (cp) {
+        u8 conn[IPVS_CONN_SPAN_LEN];
+        if (!bpf_probe_read_kernel(conn, sizeof(conn), cp + IPVS_CONN_SPAN_OFF)) {
+            e->ipvs_known = IPVS_CHOSE;
+            e->ipvs_rport = IPVS_AT(conn, IPVS_CONN_DPORT);
+            e->ipvs_fwd = IPVS_AT(conn, IPVS_CONN_FLAGS) & IP_VS_CONN_F_FWD_MASK;
+            e->ipvs_daf = IPVS_AT(conn, IPVS_CONN_DAF);
+            __builtin_memcpy(e->ipvs_raddr, conn + L_IPVS_CONN_DADDR_OFF - IPVS_CONN_SPAN_OFF, 16);
+        }
+    }
+    /* svc->scheduler->name: what picked it (the service's, also for none) */
+    void *sched = 0;
+    char *name = 0;
+    bpf_probe_read_kernel(&sched, sizeof(sched), svc + L_IPVS_SVC_SCHED_OFF);
+    if (sched)
+        bpf_probe_read_kernel(&name, sizeof(name), sched + L_IPVS_SCHED_NAME_OFF);
+    if (name)
+        bpf_probe_read_kernel_str(e->ipvs_sched, sizeof(e->ipvs_sched), name);
+    submit(ctx, e);
+    return 0;
+}
+#endif /* IPVS_DECISIONS */
 
 /* ------------------------------------------------------------------ */
 /* Drops conntrack itself decides, seen where it decides them (kprobes on

@@ -129,6 +129,13 @@ FIELDS = (
     Field("route_gw_family", "u8", 1,   NUMBER,      HAND),     # 2, 10; 0: no gateway
     Field("route_dev",   "char", 16,    TEXT,        HAND),
     Field("route_gw",    "u8",   16,    BYTES,       HAND),
+    # --iptable: IPVS's choice for a new connection (events/ipvs.py): JSON's "ipvs"
+    Field("ipvs_raddr",  "u8",   16,    BYTES,       HAND),     # the real server
+    Field("ipvs_rport",  "u16",  1,     NETWORK,     HAND),
+    Field("ipvs_known",  "u8",   1,     NUMBER,      HAND),     # ipvs.CHOSE, ipvs.NO_DEST
+    Field("ipvs_fwd",    "u8",   1,     NUMBER,      HAND),     # IP_VS_CONN_F_* method
+    Field("ipvs_daf",    "u8",   1,     NUMBER,      HAND),     # the real server's family
+    Field("ipvs_sched",  "char", 16,    TEXT,        HAND),     # rr, wlc, ...
 )
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from .. import __version__
-from ..events import conntrack, fields, routing
+from ..events import conntrack, fields, ipvs, routing
 from ..events.fields import JSON_FIELDS
 from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KIND_WHY, KINDS, L4_NAMES,
@@ -159,6 +159,8 @@ class JsonFormatter:
             obj["why"] = why_object(e)
         if e.route_known:           # --why: only rows that took a routing decision
             obj["route"] = routing.json_object(e)
+        if e.ipvs_known:            # --iptable: only rows with IPVS's choice
+            obj["ipvs"] = ipvs.json_object(e)
         if stack is not None:
             obj["stack"] = list(stack)
         return obj
@@ -167,7 +169,7 @@ class JsonFormatter:
         """dumps(self.event(e, stack)), written out by hand: the per-event path
         of --json. Text that is not ours (names, functions, tables) goes
         through json's own string encoder."""
-        if e.kind != KIND_ROUTE or stack is not None or e.route_known:
+        if e.kind != KIND_ROUTE or stack is not None or e.route_known or e.ipvs_known:
             return _dumps(self.event(e, stack))
         wall = self.clock.wall_ns(e.ts_ns)
         l4 = e.l4proto
@@ -251,11 +253,12 @@ class _SavedHeader:
         self.icmp_type = obj.get("icmp_type")
 
 
-class SavedRoute:
-    """A saved "route" as routing.row_suffix reads an event's route_* fields."""
+class SavedFields:
+    """Saved fields (routing.fields_of, ipvs.fields_of) as the row suffixes
+    read an event's."""
 
-    def __init__(self, route):
-        self.__dict__.update(routing.fields_of(route))
+    def __init__(self, fields):
+        self.__dict__.update(fields)
 
 
 def text_row(obj, time_column, netns_column=None):
@@ -280,8 +283,10 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
             WHY_NUMBERS.get(why["sent"], 0), why["icmp_type"], why["icmp_code"], why["mtu"])
     else:
         trace = prefix + obj["func"]
+    if obj.get("ipvs"):
+        trace += ipvs.row_suffix(SavedFields(ipvs.fields_of(obj["ipvs"])))
     if obj.get("route"):
-        trace += routing.row_suffix(SavedRoute(obj["route"]))
+        trace += routing.row_suffix(SavedFields(routing.fields_of(obj["route"])))
     netns = obj["netns"] if netns_column is None else netns_column
     return RowColumns(time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
                       pkt_info(_SavedHeader(obj)), obj["skb"], trace + trace_suffix)

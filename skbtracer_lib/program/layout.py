@@ -81,12 +81,22 @@ FIB_FIELDS = {
     "NH_PARENT": ("fib_nh", "nh_parent"),       # the route's struct fib_info
     "FIB_TYPE": ("fib_info", "fib_type"),       # RTN_*
 }
+# --iptable with kube-proxy's IPVS: the scheduler's choice (skbtracer.c
+# on_ipvs_schedule_return), from the ip_vs module's BTF
+IPVS_FIELDS = {
+    "IPVS_CONN_DPORT": ("ip_vs_conn", "dport"),
+    "IPVS_CONN_DADDR": ("ip_vs_conn", "daddr"),
+    "IPVS_CONN_FLAGS": ("ip_vs_conn", "flags"),
+    "IPVS_CONN_DAF": ("ip_vs_conn", "daf"),
+    "IPVS_SVC_SCHED": ("ip_vs_service", "scheduler"),
+    "IPVS_SCHED_NAME": ("ip_vs_scheduler", "name"),
+}
 CT_MODULE = "nf_conntrack"
 CT_SPAN_MAX = 256       # skbtracer.c's _Static_assert: the nf_conn bytes read at once
 # all of them (tests/unit/test_macros.py checks skbtracer.c against these)
 FIELD_TABLES = (CORE_FIELDS, PCAP_VLAN_FIELDS, PCAP_VLAN_PRESENT, NF_STATE_FIELDS, XT_FIELDS,
                 NFT_FIELDS, CT_SKB_FIELDS, CT_CONN_FIELDS, CT_MARK_FIELDS, CT_ZONE_FIELDS,
-                FIB_FIELDS)
+                FIB_FIELDS, IPVS_FIELDS)
 
 
 class Layouts:
@@ -253,6 +263,16 @@ class Layouts:
                 self._add_fields(FIB_FIELDS, None)
             except BTFError as e:
                 return False, "no layout in BTF: %s" % e
+        return True, ""
+
+    def ipvs(self, module):
+        """Can IPVS's choice be read (struct ip_vs_conn, ip_vs_service)? (ok, reason)"""
+        if self.source != "btf":
+            return False, "struct ip_vs_conn's layout is read from BTF only"
+        try:
+            self._add_fields(IPVS_FIELDS, module)
+        except BTFError as e:
+            return False, "no layout in BTF: %s" % e
         return True, ""
 
     def netfilter(self, module, is_nft):

@@ -117,6 +117,9 @@ DROP_REASON_ARG = _macro("DROP_REASON_ARG", NUMBER,
 DROP_REASON_CONSUMED = _macro("DROP_REASON_CONSUMED", NUMBER,
                               "SKB_CONSUMED's value: a normal free, not a drop")
 CONSUME_PROBE_ID = _macro("CONSUME_PROBE_ID", NUMBER, "--route: consume_skb's probe id")
+IPVS_DECISIONS = _macro("IPVS_DECISIONS", FLAG,
+                        "--iptable with ip_vs loaded: ip_vs_schedule's choice on the packet's row")
+IPVS_PROBE_ID = _macro("IPVS_PROBE_ID", NUMBER, "--iptable: ip_vs_schedule's probe id")
 TP_BTF = _macro("TP_BTF", FLAG, "the tracepoint programs are loaded as tp_btf (tp_btf.py): "
                 "they read the skb's fields by plain loads")
 
@@ -190,9 +193,11 @@ ON_CT_HELPER_LOG = "on_ct_helper_log"
 ON_CT_ALLOC = "on_ct_alloc"
 ON_CT_ALLOC_RETURN = "on_ct_alloc_return"
 ON_FIB_LOOKUP = "on_fib_lookup"
+ON_IPVS_SCHEDULE = "on_ipvs_schedule"
+ON_IPVS_SCHEDULE_RETURN = "on_ipvs_schedule_return"
 C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN, ON_CT_CONFIRM,
                ON_CT_CONFIRM_RETURN, ON_CT_HELPER_LOG, ON_CT_ALLOC, ON_CT_ALLOC_RETURN,
-               ON_FIB_LOOKUP)
+               ON_FIB_LOOKUP, ON_IPVS_SCHEDULE, ON_IPVS_SCHEDULE_RETURN)
 
 # maps skbtracer.c declares that Python reads by name
 MAP_EVENTS = "events"

@@ -67,6 +67,10 @@ DELIVERY_TRACEPOINT = ("skb", "skb_copy_datagram_iovec", 0)
 # --iptable: legacy x_tables and nf_tables
 XT_FUNCTIONS = ["ipt_do_table", "ip6t_do_table"]
 NFT_FUNCTION = "nft_do_chain"
+# --iptable with kube-proxy's IPVS mode: the scheduler's choice for a new
+# connection, ip_vs_schedule(svc, skb, ...) -> struct ip_vs_conn *
+IPVS_SCHEDULE = "ip_vs_schedule"
+IPVS_SKB_ARG, IPVS_SVC_ARG = 2, 1
 
 # --drop: where conntrack decides its own drops (skbtracer.c CT_FAULTS)
 CT_CONFIRM = "__nf_conntrack_confirm"
@@ -151,7 +155,7 @@ def skb_argument(function, module, default):
 def known_symbols():
     """/proc/kallsyms entries of every function skbtracer may kprobe."""
     names = (tuple(f for f, _ in ROUTE_FUNCTIONS) + tuple(XT_FUNCTIONS) +
-             (NFT_FUNCTION, "skb_clone", CT_CONFIRM, CT_HELPER_LOG, CT_ALLOC) +
+             (NFT_FUNCTION, IPVS_SCHEDULE, "skb_clone", CT_CONFIRM, CT_HELPER_LOG, CT_ALLOC) +
              tuple(f for f, _b, _p in ICMP_FUNCTIONS) + tuple(f for f, _p in RESET_FUNCTIONS))
     return kernel.symbols(names)
 
@@ -280,6 +284,31 @@ def _plan_iptable(plan, layouts):
         probe.c_line = instantiator.line(*args)
         enter, ret = instantiator.function_names(*args)
         probe.attach = [("kprobe", function, enter), ("kretprobe", function, ret)]
+
+
+def _plan_ipvs(plan, layouts):
+    """--iptable: IPVS's choice of real server (skbtracer.c IPVS_DECISIONS),
+    where the ip_vs module is loaded (kube-proxy's IPVS mode loads it)."""
+    missing = _function_missing(IPVS_SCHEDULE)
+    if missing:
+        plan.notes.append("--iptable: no IPVS decisions: %s %s" % (IPVS_SCHEDULE, missing))
+        return
+    module = symbol_module(IPVS_SCHEDULE)
+    position, _deref, how = skb_argument(IPVS_SCHEDULE, module, IPVS_SKB_ARG)
+    if position != IPVS_SKB_ARG:
+        plan.skip(IPVS_SCHEDULE, "skb is arg %s, not %d (%s)" % (position, IPVS_SKB_ARG, how))
+        return
+    ok, why = layouts.ipvs(module)
+    if not ok:
+        plan.skip(IPVS_SCHEDULE, why)
+        return
+    probe = plan.add(IPVS_SCHEDULE, "ipvs", module=module,
+                     note="the real server chosen for a new connection: svc arg %d, skb arg "
+                          "%d (%s), the connection returned" % (IPVS_SVC_ARG, position, how),
+                     attach=[("kprobe", IPVS_SCHEDULE, macros.ON_IPVS_SCHEDULE),
+                             ("kretprobe", IPVS_SCHEDULE, macros.ON_IPVS_SCHEDULE_RETURN)])
+    plan.defines[macros.IPVS_DECISIONS] = 1
+    plan.defines[macros.IPVS_PROBE_ID] = probe.id
 
 
 def _plan_ct_faults(plan, layouts):
@@ -481,6 +510,7 @@ def plan_probes(cfg, backend, layouts):
     if "iptable" in cfg.modes:
         if backend == "kprobe":
             _plan_iptable(plan, layouts)
+            _plan_ipvs(plan, layouts)
         else:
             plan.unavailable.append(Unavailable(
                 "iptable", "netfilter verdict rows need kprobes (ipt_do_table, nft_do_chain); "

@@ -2,8 +2,8 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
-from ..events import routing
-from ..events.vocabulary import KIND_IPTABLE, KIND_WHY, sent_back_words
+from ..events import ipvs, routing
+from ..events.vocabulary import KIND_IPTABLE, KIND_WHY, PORTED, endpoint_text, sent_back_words
 from .model import OPEN_ENDS, End, EndKind, Place, SocketPlace
 from .points import (CUT_WINDOW_NS, FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS,
                      STOP_WINDOW_NS, TX_POINTS)
@@ -21,12 +21,17 @@ def last_interface(copy):
 
 
 def end_of(copy, after_receive=True):
-    """How the copy ended, with the routing decisions it took and what the
-    stack sent back because of it (--why)."""
+    """How the copy ended, with IPVS's choice for it (--iptable), the
+    routing decisions it took and what the stack sent back because of it
+    (--why)."""
     end = _end_of(copy, after_receive)
     sent = [sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)
             for e in copy.events if e.kind == KIND_WHY]
     routed = [routing.words(e) for e in copy.events if e.route_known]
+    balanced = [ipvs.words(e, endpoint_text(e.daddr, e.dport, e.l4proto in PORTED, e.family))
+                for e in copy.events if e.ipvs_known]
+    if balanced:
+        end = end._replace(balanced=", ".join(dict.fromkeys(balanced)))
     if sent:
         end = end._replace(sent_back=", ".join(dict.fromkeys(sent)))
     if routed:

@@ -129,6 +129,9 @@ class End(NamedTuple):
     # --why: the routing decisions the copy's rows took, in words ("routed
     # by table main dev veth1"; "": none seen)
     routed: str = ""
+    # --iptable: IPVS's choices for the copy's connection, in words ("IPVS
+    # 10.96.0.10:53/udp rr -> 10.244.1.3:5353 (masq)"; "": none seen)
+    balanced: str = ""
 
     @property
     def place(self):

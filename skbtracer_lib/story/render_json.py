@@ -39,6 +39,8 @@ def _end(story, end):
         obj["sent_back"] = end.sent_back
     if end.routed:          # --why: only where a routing decision was seen
         obj["routed"] = end.routed
+    if end.balanced:        # --iptable: only where IPVS chose (or found no real server)
+        obj["ipvs"] = end.balanced
     return obj
 
 

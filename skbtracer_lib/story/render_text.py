@@ -43,9 +43,10 @@ class Story(StoryModel):
         return self.reasons.name(end.reason_code)
 
     def end_text(self, end):
-        """Where and how the copy ended; --why: its routing decisions and
-        what was sent back because of it."""
-        return ", ".join(t for t in (self._end_place_text(end), end.routed, end.sent_back) if t)
+        """Where and how the copy ended; --iptable: IPVS's choice; --why:
+        its routing decisions and what was sent back because of it."""
+        return ", ".join(t for t in (self._end_place_text(end), end.balanced, end.routed,
+                                     end.sent_back) if t)
 
     def _end_place_text(self, end):
         kind = end.kind
