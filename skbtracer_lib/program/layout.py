@@ -269,6 +269,8 @@ class Layouts:
         """Can IPVS's choice be read (struct ip_vs_conn, ip_vs_service)? (ok, reason)"""
         if self.source != "btf":
             return False, "struct ip_vs_conn's layout is read from BTF only"
+        if module and self.btf.module(module) is None:
+            return False, "this kernel has no BTF for the %s module (5.10 and older)" % module
         try:
             self._add_fields(IPVS_FIELDS, module)
         except BTFError as e:
