@@ -203,8 +203,8 @@ class IntervalSummary:
                      time.strftime("%H:%M:%S"), rows, rows - self.rows, self.interval),
                  "%d events lost (+%d)" % (lost, lost - self.lost)]
         self.rows, self.lost = rows, lost
-        recorded = source.loaded.recorder_counts()
-        if recorded is not None:
+        if source.cfg.on_trouble:
+            recorded = source.loaded.recorder_counts()
             parts.append(recorder.summary(recorded, self.recorded or dict.fromkeys(recorded, 0)))
             self.recorded = recorded
         bad = source.records.bad_events
@@ -376,6 +376,5 @@ class LiveEvents:
     def exit_line(self):
         bad = self.records.bad_events
         unshown = ", %d events could not be shown" % bad if bad else ""
-        recorded = self.loaded.recorder_counts()
-        told = ", " + recorder.summary(recorded) if recorded is not None else ""
+        told = ", " + recorder.summary(self.loaded.recorder_counts()) if self.cfg.on_trouble else ""
         return "%d rows printed, %d events lost%s%s" % (self.records.rows, self.lost, told, unshown)

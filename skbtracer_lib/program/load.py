@@ -166,9 +166,7 @@ class Loaded:
                                   handle, on_lost, batch)
 
     def recorder_counts(self):
-        """--on-trouble: recorder.Counts.read() (troubles told, skbs forgotten); None without."""
-        if not self.program.cfg.on_trouble:
-            return None
+        """--on-trouble: recorder.Counts.read(), troubles told and skbs forgotten."""
         return recorder.Counts(self.bpf).read()
 
     def lost_events(self):
