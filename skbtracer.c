@@ -1492,26 +1492,25 @@ static __always_inline struct flight *flight_of(struct event_t *e, u64 payload)
     return flights.lookup(&key);
 }
 
-static __always_inline void note_sighting(struct sighting *s, struct event_t *e)
+/* The fields a sighting keeps of its row, copied both ways by these lists */
+#define SIGHTING_SCALARS(X) X(ts_ns) X(ct) X(netns) X(ifindex) X(len) X(pid) X(ct_status) \
+                            X(probe) X(sport) X(dport) X(ttl) X(kind) X(pkt_type)
+#define SIGHTING_ARRAYS(X) X(dmac) X(smac) X(ifname) X(saddr) X(daddr)
+#define COPY_SCALAR(f) to->f = from->f;
+#define COPY_ARRAY(f) __builtin_memcpy(to->f, from->f, sizeof(to->f));
+
+/* The row from as a sighting */
+static __always_inline void note_sighting(struct sighting *to, struct event_t *from)
 {
-    s->ts_ns = e->ts_ns;
-    s->ct = e->ct;
-    s->netns = e->netns;
-    s->ifindex = e->ifindex;
-    s->len = e->len;
-    s->pid = e->pid;
-    s->ct_status = e->ct_status;
-    s->probe = e->probe;
-    s->sport = e->sport;
-    s->dport = e->dport;
-    s->ttl = e->ttl;
-    s->kind = e->kind;
-    s->pkt_type = e->pkt_type;
-    __builtin_memcpy(s->dmac, e->dmac, 6);
-    __builtin_memcpy(s->smac, e->smac, 6);
-    __builtin_memcpy(s->ifname, e->ifname, 16);
-    __builtin_memcpy(s->saddr, e->saddr, 16);
-    __builtin_memcpy(s->daddr, e->daddr, 16);
+    SIGHTING_SCALARS(COPY_SCALAR)
+    SIGHTING_ARRAYS(COPY_ARRAY)
+}
+
+/* A recorded row as an event: what its sighting kept, over the trouble row copied into to */
+static __always_inline void rebuild_row(struct event_t *to, struct sighting *from)
+{
+    SIGHTING_SCALARS(COPY_SCALAR)
+    SIGHTING_ARRAYS(COPY_ARRAY)
 }
 
 /* Send f's recorded rows from the first not yet sent up to (not including)
@@ -1533,32 +1532,15 @@ static __always_inline void tell_recorded(void *ctx, struct event_t *e, struct f
             break;
         struct sighting *s = &f->s[n & (RECORDER_SIGHTINGS - 1)];
         bpf_probe_read_kernel(t, sizeof(*t), e);
-        t->ts_ns = s->ts_ns;
+        if (s->ct != e->ct)
+            t->ct_known = 0;        /* another entry: its state only (ct's low bits) */
+        rebuild_row(t, s);
         t->skb = skb;
         t->location = 0;
-        t->netns = s->netns;
-        t->ifindex = s->ifindex;
-        t->pid = s->pid;
         t->drop_reason = 0;
         t->verdict = 0;
         t->stack_id = -1;
-        t->len = s->len;
-        t->probe = s->probe;
-        t->sport = s->sport;
-        t->dport = s->dport;
-        t->kind = s->kind;
-        t->pkt_type = s->pkt_type;
-        t->ttl = s->ttl;
         t->ct_fault = 0;
-        __builtin_memcpy(t->ifname, s->ifname, 16);
-        __builtin_memcpy(t->dmac, s->dmac, 6);
-        __builtin_memcpy(t->smac, s->smac, 6);
-        __builtin_memcpy(t->saddr, s->saddr, 16);
-        __builtin_memcpy(t->daddr, s->daddr, 16);
-        if (s->ct != e->ct)
-            t->ct_known = 0;        /* another entry: its state only (ct's low bits) */
-        t->ct = s->ct;
-        t->ct_status = s->ct_status;
         t->why = 0;
         t->route_known = 0;
         emit(ctx, t);
