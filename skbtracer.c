@@ -193,6 +193,10 @@ _Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
 #define KIND_IPTABLE 2
 #define KIND_DROP    3
 #define KIND_WHY     4
+/* --on-trouble: what made a record be told (bits of struct flight's troubled) */
+#define TROUBLE_DROP      1
+#define TROUBLE_DUPLICATE 2
+#define TROUBLE_SLOW      4
 /* --why rows (KIND_WHY): what the packet made the stack send back */
 #define WHY_ICMP 1
 #define WHY_RESET 2
@@ -285,7 +289,13 @@ struct event_t {
 #define CT_KNOWN_MARK 2
 #define CT_KNOWN_ZONE 4
 
-BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
+/* the event prepare() builds; payload: what --on-trouble tells copies of
+ * one packet by (fill_packet), kept beside the event, not in it */
+struct scratch_slot {
+    struct event_t e;
+    u64 payload;
+};
+BPF_PERCPU_ARRAY(scratch, struct scratch_slot, 1);
 #ifdef RING_BUFFER_PAGES
 /* 5.8+: one ring for all CPUs, which skbtracer_lib/reader.py reads in
  * batches straight from its mmapped pages */
@@ -644,7 +654,8 @@ static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int
 
 /* The packet fields of e, from the IP header find_packet read (hdr) and
  * the transport header after it. */
-static __always_inline void fill_packet(struct event_t *e, u8 family, u8 *hdr, void *l3)
+static __always_inline void fill_packet(struct event_t *e, u8 family, u8 *hdr, void *l3,
+                                        u64 *payload)
 {
     __builtin_memset(e, 0, sizeof(*e));
     e->family = family;
@@ -694,6 +705,11 @@ static __always_inline void fill_packet(struct event_t *e, u8 family, u8 *hdr, v
             bpf_probe_read_kernel(l4hdr, sizeof(l4hdr), l4);
     }
 
+    /* the transport header's bytes 8-15: a UDP datagram's first payload
+     * bytes, an echo's, a TCP segment's ack, flags and window; with the
+     * headers' fields they tell two datagrams of one socket apart (whose
+     * IP ids are 0 with DF) */
+    *payload = *(u64 *)&l4hdr[8];
     if (!fragment) {
         if (e->l4proto == 6 || e->l4proto == 17) {  /* TCP, UDP */
             e->sport = *(u16 *)&l4hdr[0];
@@ -1108,10 +1124,11 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 #endif
     /* the packet is wanted (or may be): only now is the event slot used */
     int zero = 0;
-    struct event_t *e = scratch.lookup(&zero);
-    if (!e)
+    struct scratch_slot *slot = scratch.lookup(&zero);
+    if (!slot)
         return 0;
-    fill_packet(e, family, hdr, at.l3);
+    struct event_t *e = &slot->e;
+    fill_packet(e, family, hdr, at.l3, &slot->payload);
 #ifdef FILTER_PID
     e->pid = pid;
 #endif
@@ -1341,17 +1358,9 @@ static __always_inline void take_route(struct event_t *e)
 }
 #endif /* ROUTE_DECISIONS */
 
-static __always_inline void submit(void *ctx, struct event_t *e)
+/* The event into the ring (-w: with its packet bytes); counted when it has no room. */
+static __always_inline void emit(void *ctx, struct event_t *e)
 {
-#ifdef ROUTE_DECISIONS
-    take_route(e);
-#endif
-#ifdef STACK_ALL
-    e->stack_id = stacks.get_stackid(ctx, 0);
-#elif defined(STACK_DROPS)
-    if (e->kind == KIND_DROP)
-        e->stack_id = stacks.get_stackid(ctx, 0);
-#endif
 #ifdef CAPTURE_BYTES
     if (capture_submit(ctx, e) < 0) {
 #elif defined(RING_BUFFER_PAGES)
@@ -1364,6 +1373,276 @@ static __always_inline void submit(void *ctx, struct event_t *e)
         if (lost)
             (*lost)++;
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* --on-trouble, the flight recorder: each wanted skb's last
+ * RECORDER_SIGHTINGS rows are kept in kernel memory (flights, an LRU hash
+ * by skb address, RECORDER_ENTRIES skbs) as sightings, the fields that
+ * change on the way; nothing is sent for it until trouble: a drop, a copy of
+ * the packet reaching a receive point (RECORDER_PLACE) where another copy,
+ * or the skb itself, already arrived (the story's duplicate: one packet
+ * ending at one place twice), or an skb seen RECORDER_SLOW_NS after its first
+ * row (not where it is freed or read from its socket: a reader's delay is not
+ * the network's). Then the skb's recorded rows are sent as ordinary
+ * events, rebuilt on the trouble row (the packet's fields that do not change
+ * come from it), and every later row of the skb as it happens. A freed skb's
+ * record stays (marked freed) until evicted or its address is reused: a
+ * duplicate's first copy is often freed before the second arrives.
+ * recorder_counts (RECORDER_COUNT_*, per CPU): records started and ended
+ * (the skb freed); userspace counts the records still in flight, and the
+ * rest of started - ended is what the LRU evicted: skbs forgotten. */
+#ifdef RECORDER
+struct sighting {
+    u64 ts_ns;
+    u64 ct;             /* skb->_nfct */
+    u32 netns;
+    u32 ifindex;
+    u32 len;
+    u32 pid;
+    u32 ct_status;
+    u16 probe;
+    u16 sport;
+    u16 dport;
+    u8  ttl;
+    u8  kind;
+    u8  pkt_type;
+    u8  dmac[6];
+    u8  smac[6];
+    char ifname[16];
+    u8  saddr[16];
+    u8  daddr[16];
+};
+struct flight {
+    u64 first_ns;       /* the record's first row */
+    u64 freed_ns;       /* 0: in flight */
+    u64 payload;        /* what tells the packet from another at the address (same_packet) */
+    u32 tcp_seq;
+    u32 seen;           /* rows recorded; the ring's next slot is seen % RECORDER_SIGHTINGS */
+    u32 told;           /* rows sent */
+    u16 ip_id;
+    u16 icmp_id;
+    u8  family;
+    u8  l4proto;
+    u8  troubled;       /* TROUBLE_*: its rows are sent as they happen */
+    struct sighting s[RECORDER_SIGHTINGS];
+};
+_Static_assert((RECORDER_SIGHTINGS & (RECORDER_SIGHTINGS - 1)) == 0,
+               "RECORDER_SIGHTINGS must be a power of two");
+BPF_TABLE("lru_hash", u64, struct flight, flights, RECORDER_ENTRIES);
+/* a new record's value, built here (too big for the stack) */
+BPF_PERCPU_ARRAY(flight_new, struct flight, 1);
+/* a recorded row rebuilt as an event (too big for the stack with the trouble row's) */
+BPF_PERCPU_ARRAY(told_event, struct event_t, 1);
+BPF_PERCPU_ARRAY(recorder_counts, u64, RECORDER_COUNTS);
+
+/* one packet at one receive point of one device: its first skb there */
+struct place_key {
+    u8  saddr[16];
+    u8  daddr[16];
+    u64 payload;
+    u32 netns;
+    u32 ifindex;
+    u32 tcp_seq;
+    u16 sport;
+    u16 dport;
+    u16 ip_id;
+    u16 icmp_id;
+    u16 probe;
+    u8  family;
+    u8  l4proto;
+};
+struct place_seen {
+    u64 skb;
+    u64 ts_ns;
+};
+BPF_TABLE("lru_hash", struct place_key, struct place_seen, places, RECORDER_ENTRIES);
+
+static __always_inline void recorder_count(u32 which)
+{
+    u64 *n = recorder_counts.lookup(&which);
+    if (n)
+        (*n)++;
+}
+
+static __always_inline int same_packet(struct flight *f, struct event_t *e, u64 payload)
+{
+    return f->family == e->family && f->l4proto == e->l4proto && f->ip_id == e->ip_id &&
+           f->tcp_seq == e->tcp_seq && f->icmp_id == e->icmp_id && f->payload == payload;
+}
+
+/* skb's record for the row e: its own, or a new one (counted started) where
+ * there is none, or the one at the address is a freed skb's or another
+ * packet's (whose free no probe saw: counted ended) */
+static __always_inline struct flight *flight_of(struct event_t *e, u64 payload)
+{
+    u64 key = e->skb;
+    struct flight *f = flights.lookup(&key);
+    if (f && !f->freed_ns && same_packet(f, e, payload))
+        return f;
+    if (f && !f->freed_ns)
+        recorder_count(RECORDER_COUNT_ENDED);
+    int zero = 0;
+    struct flight *n = flight_new.lookup(&zero);
+    if (!n)
+        return 0;
+    n->first_ns = e->ts_ns;
+    n->freed_ns = 0;
+    n->payload = payload;
+    n->tcp_seq = e->tcp_seq;
+    n->seen = n->told = 0;
+    n->ip_id = e->ip_id;
+    n->icmp_id = e->icmp_id;
+    n->family = e->family;
+    n->l4proto = e->l4proto;
+    n->troubled = 0;
+    if (flights.update(&key, n))
+        return 0;
+    recorder_count(RECORDER_COUNT_STARTED);
+    return flights.lookup(&key);
+}
+
+/* The fields a sighting keeps of its row, copied both ways by these lists */
+#define SIGHTING_SCALARS(X) X(ts_ns) X(ct) X(netns) X(ifindex) X(len) X(pid) X(ct_status) \
+                            X(probe) X(sport) X(dport) X(ttl) X(kind) X(pkt_type)
+#define SIGHTING_ARRAYS(X) X(dmac) X(smac) X(ifname) X(saddr) X(daddr)
+#define COPY_SCALAR(f) to->f = from->f;
+#define COPY_ARRAY(f) __builtin_memcpy(to->f, from->f, sizeof(to->f));
+
+/* The row from as a sighting */
+static __always_inline void note_sighting(struct sighting *to, struct event_t *from)
+{
+    SIGHTING_SCALARS(COPY_SCALAR)
+    SIGHTING_ARRAYS(COPY_ARRAY)
+}
+
+/* A recorded row as an event: what its sighting kept, over the trouble row copied into to */
+static __always_inline void rebuild_row(struct event_t *to, struct sighting *from)
+{
+    SIGHTING_SCALARS(COPY_SCALAR)
+    SIGHTING_ARRAYS(COPY_ARRAY)
+}
+
+/* Send f's recorded rows from the first not yet sent up to (not including)
+ * upto, as events of skb rebuilt on the row e (the packet's fields that do
+ * not change, its conntrack entry's where it is the same one). */
+static __always_inline void tell_recorded(void *ctx, struct event_t *e, struct flight *f,
+                                          u64 skb, u32 upto)
+{
+    int zero = 0;
+    struct event_t *t = told_event.lookup(&zero);
+    if (!t)
+        return;
+    u32 from = f->told;
+    if (upto > RECORDER_SIGHTINGS && from < upto - RECORDER_SIGHTINGS)
+        from = upto - RECORDER_SIGHTINGS;      /* older rows were overwritten */
+    for (int k = 0; k < RECORDER_SIGHTINGS; k++) {
+        u32 n = from + k;
+        if (n >= upto)
+            break;
+        struct sighting *s = &f->s[n & (RECORDER_SIGHTINGS - 1)];
+        bpf_probe_read_kernel(t, sizeof(*t), e);
+        if (s->ct != e->ct)
+            t->ct_known = 0;        /* another entry: its state only (ct's low bits) */
+        rebuild_row(t, s);
+        t->skb = skb;
+        t->location = 0;
+        t->drop_reason = 0;
+        t->verdict = 0;
+        t->stack_id = -1;
+        t->ct_fault = 0;
+        t->why = 0;
+        t->route_known = 0;
+        emit(ctx, t);
+    }
+    if (upto > f->told)
+        f->told = upto;
+}
+
+/* Has this packet (another copy of it, or the skb itself) reached e's place
+ * before, just now? The first skb there, else 0 (and e's is noted). */
+static __always_inline u64 arrived_before(struct event_t *e, u64 payload)
+{
+    struct place_key k;
+    __builtin_memset(&k, 0, sizeof(k));
+    __builtin_memcpy(k.saddr, e->saddr, 16);
+    __builtin_memcpy(k.daddr, e->daddr, 16);
+    k.payload = payload;
+    k.netns = e->netns;
+    k.ifindex = e->ifindex;
+    k.tcp_seq = e->tcp_seq;
+    k.sport = e->sport;
+    k.dport = e->dport;
+    k.ip_id = e->ip_id;
+    k.icmp_id = e->icmp_id;
+    k.probe = e->probe;
+    k.family = e->family;
+    k.l4proto = e->l4proto;
+    struct place_seen *p = places.lookup(&k);
+    if (p && e->ts_ns - p->ts_ns <= RECORDER_DUPLICATE_NS)
+        return p->skb;
+    struct place_seen here = { .skb = e->skb, .ts_ns = e->ts_ns };
+    places.update(&k, &here);
+    return 0;
+}
+
+/* The row e of a wanted skb: recorded; with its record sent when it is trouble. */
+static __always_inline void record(void *ctx, struct event_t *e)
+{
+    u64 payload = ((struct scratch_slot *)e)->payload;    /* e is prepare()'s scratch event */
+    struct flight *f = flight_of(e, payload);
+    if (!f)
+        return;
+    u32 seen = f->seen;
+    note_sighting(&f->s[seen & (RECORDER_SIGHTINGS - 1)], e);
+    f->seen = seen + 1;
+    u8 trouble = 0;
+    u64 first = 0;      /* a duplicate's first copy */
+    if (e->kind == KIND_DROP)
+        trouble = TROUBLE_DROP;
+    else if (RECORDER_PLACE(e->probe) && (first = arrived_before(e, payload)))
+        trouble = TROUBLE_DUPLICATE;
+#ifdef RECORDER_SLOW_NS
+    else if (!RECORDER_UNTIMED(e->probe) && e->ts_ns - f->first_ns > RECORDER_SLOW_NS)
+        trouble = TROUBLE_SLOW;
+#endif
+    if (!trouble && !f->troubled)
+        return;
+    if (trouble && !(f->troubled & trouble)) {
+        f->troubled |= trouble;
+        recorder_count(trouble == TROUBLE_DROP ? RECORDER_COUNT_DROPS :
+                       trouble == TROUBLE_DUPLICATE ? RECORDER_COUNT_DUPLICATES :
+                       RECORDER_COUNT_SLOW);
+    }
+    if (first && first != e->skb) {
+        struct flight *other = flights.lookup(&first);
+        if (other && other->seen) {
+            other->troubled |= TROUBLE_DUPLICATE;
+            tell_recorded(ctx, e, other, first, other->seen);
+        }
+    }
+    tell_recorded(ctx, e, f, e->skb, seen);
+    f->told = seen + 1;
+    emit(ctx, e);
+}
+#endif /* RECORDER */
+
+static __always_inline void submit(void *ctx, struct event_t *e)
+{
+#ifdef ROUTE_DECISIONS
+    take_route(e);
+#endif
+#ifdef STACK_ALL
+    e->stack_id = stacks.get_stackid(ctx, 0);
+#elif defined(STACK_DROPS)
+    if (e->kind == KIND_DROP)
+        e->stack_id = stacks.get_stackid(ctx, 0);
+#endif
+#ifdef RECORDER
+    record(ctx, e);
+#else
+    emit(ctx, e);
+#endif
 }
 
 static __always_inline int on_route(void *ctx, void *skb, u16 probe, int direct)
@@ -1773,9 +2052,18 @@ static __always_inline u8 ct_fault_take(void *skb)
  * a normal free is a row of its own (consume_skb). */
 static __always_inline void forget_skb(void *skb)
 {
-#ifdef KEEP
+#if defined(KEEP) || defined(RECORDER)
     u64 key = (u64)skb;
+#endif
+#ifdef KEEP
     keep_skbs.delete(&key);
+#endif
+#ifdef RECORDER
+    struct flight *f = flights.lookup(&key);
+    if (f && !f->freed_ns) {
+        f->freed_ns = bpf_ktime_get_ns();
+        recorder_count(RECORDER_COUNT_ENDED);
+    }
 #endif
 }
 

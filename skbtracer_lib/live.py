@@ -22,7 +22,7 @@ from .events.reader import STOP_COUNT, STOP_SLOW
 from .events.textrow import Clock, RowFormatter
 from .outputs import jsonl, names as netns_names, services
 from .outputs.sinks import SINK_ERRORS, TextRows, make_sinks, wants_columns
-from .program import probes
+from .program import probes, recorder
 from .session import Session
 from .story.points import DURATION_STOP
 from .story.fit import is_terminal
@@ -184,6 +184,7 @@ class IntervalSummary:
         self.err = err
         self.due = time.monotonic() + interval
         self.rows = self.lost = 0
+        self.recorded = None        # --on-trouble: the recorder's counts at the last line
 
     def tick(self, source):
         now = time.monotonic()
@@ -202,6 +203,10 @@ class IntervalSummary:
                      time.strftime("%H:%M:%S"), rows, rows - self.rows, self.interval),
                  "%d events lost (+%d)" % (lost, lost - self.lost)]
         self.rows, self.lost = rows, lost
+        if source.cfg.on_trouble:
+            recorded = source.loaded.recorder_counts()
+            parts.append(recorder.summary(recorded, self.recorded or dict.fromkeys(recorded, 0)))
+            self.recorded = recorded
         bad = source.records.bad_events
         if bad:
             parts.append("%d events could not be shown" % bad)
@@ -371,4 +376,5 @@ class LiveEvents:
     def exit_line(self):
         bad = self.records.bad_events
         unshown = ", %d events could not be shown" % bad if bad else ""
-        return "%d rows printed, %d events lost%s" % (self.records.rows, self.lost, unshown)
+        told = ", " + recorder.summary(self.loaded.recorder_counts()) if self.cfg.on_trouble else ""
+        return "%d rows printed, %d events lost%s%s" % (self.records.rows, self.lost, told, unshown)

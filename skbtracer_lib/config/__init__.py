@@ -84,6 +84,9 @@ class Config:
     width: int = None               # --width: columns of the story and compact rows
     compact: bool = False           # --compact: compact rows to a pipe or file too
     story_per_packet: bool = False  # --story-per-packet: a table row per packet
+    on_trouble: bool = False        # --on-trouble: the flight recorder (program/recorder.py)
+    slow_ns: int = None             # --slow: in flight longer is trouble (nanoseconds)
+    recorder_size: int = None       # --recorder-size: skbs recorded at once
     all_functions: bool = False     # --all: every function taking an skb
     functions: list = field(default_factory=list)   # --func patterns
 
@@ -347,12 +350,41 @@ def _shown(ns, cfg):
     elif ns.dropstack:
         cfg.stacks = "drops"
     cfg.keep, cfg.ebpf, cfg.verbose = ns.keep, ns.ebpf, ns.verbose
+    _recorder(ns, cfg)
     cfg.backend = ns.backend.strip().lower()
     if cfg.backend not in BACKENDS:
         raise UsageError("--backend must be auto, kprobe or tracepoint; not %r" % ns.backend)
     cfg.layout = ns.layout.strip().lower()
     if cfg.layout not in ("auto", "btf", "headers"):
         raise UsageError("--layout must be auto, btf or headers; not %r" % ns.layout)
+
+
+def _recorder(ns, cfg):
+    """--on-trouble, --slow, --recorder-size: the recorder keeps route and
+    drop rows (modes route and drop); what it cannot keep is refused."""
+    from ..program import recorder
+    if not ns.on_trouble:
+        for flag, given in (("--slow", ns.slow), ("--recorder-size", ns.recorder_size)):
+            if given is not None:
+                raise UsageError("%s applies only with --on-trouble" % flag)
+        return
+    refused = [flag for flag, given in (
+        ("--iptable", ns.iptable), ("--why", ns.why or ns.all_functions), ("--keep", ns.keep),
+        ("--callstack", ns.callstack), ("-w/--write", ns.write is not None)) if given]
+    if refused:
+        raise UsageError("--on-trouble records path and drop rows only; not with %s"
+                         % ", ".join(refused))
+    cfg.on_trouble = True
+    cfg.modes |= {"route", "drop"}
+    if ns.slow is not None:
+        try:
+            cfg.slow_ns = recorder.parse_slow(ns.slow)
+        except ValueError as e:
+            raise UsageError("--slow %s" % e) from None
+    cfg.recorder_size = _number(ns.recorder_size, "--recorder-size", recorder.MIN_ENTRIES,
+                                recorder.MAX_ENTRIES)
+    if cfg.recorder_size is None:
+        cfg.recorder_size = recorder.DEFAULT_ENTRIES
 
 
 def _outputs(ns, cfg):
@@ -423,7 +455,7 @@ def _read_only(cfg):
     """-r: the flags that apply only while tracing are refused."""
     live_only = [flag for flag, given in (
         ("-p/--pid", cfg.pid is not None), ("--duration", cfg.duration is not None),
-        ("--keep", cfg.keep), ("--ebpf", cfg.ebpf), ("--interval", cfg.interval is not None),
+        ("--keep", cfg.keep), ("--on-trouble", cfg.on_trouble), ("--ebpf", cfg.ebpf), ("--interval", cfg.interval is not None),
         ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
         ("-w/--write", cfg.write is not None),
         ("--callstack/--dropstack", cfg.stacks is not None)) if given]

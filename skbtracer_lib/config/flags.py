@@ -11,6 +11,9 @@ from .. import __version__
 from ..events.compact import WIDTH as COMPACT_WIDTH
 from ..events.conntrack import CT_STATES
 from ..events.vocabulary import L4_NUMBERS
+from ..program.recorder import DEFAULT_ENTRIES as RECORDER_DEFAULT
+from ..program.recorder import MAX_ENTRIES as RECORDER_MAX
+from ..program.recorder import MIN_ENTRIES as RECORDER_MIN
 from ..story.fit import DEFAULT_WIDTH
 
 PROG = "skbtracer"
@@ -30,6 +33,7 @@ EXAMPLES = (
     ("--proto tcp -H 1.2.3.4 -P 22", "TCP to or from 1.2.3.4 port 22"),
     ("-H fd00::2 --proto icmp", "ICMPv6 of one IPv6 address"),
     ("-N server --drop --dropstack", 'drops in netns "server", with stacks'),
+    ("--proto udp --on-trouble --slow 100ms", "only drops, duplicates and slow packets"),
     ("-H 10.96.0.10 -P 53", "a Service's connections, both directions, past DNAT"),
     ("-H 10.96.0.10 --keep", "follow a service IP's packets past DNAT"),
     ("-H 10.96.0.10 --ct-state new --ct", "new connections: first packets, NAT chosen"),
@@ -147,6 +151,17 @@ FLAGS = (
     Flag("--keep", action="store_true",
          help="keep following a matched skb (and its clones) after NAT changes its "
               "addresses, until it is freed"),
+    Flag("--on-trouble", action="store_true",
+         help="flight recorder: each packet's path is kept in kernel memory and printed only "
+              "when it is dropped, a copy of it reaches a place twice (a duplicate) or it is "
+              "in flight longer than --slow; no row for normal packets"),
+    Flag("--slow", metavar="DURATION",
+         help="--on-trouble: a packet still in flight DURATION (e.g. 100ms, 2s, 500us) after "
+              "its first row is trouble, told at its next row"),
+    Flag("--recorder-size", metavar="N",
+         help="--on-trouble: packets recorded at once (default %d, %d-%d; ~3.6 KiB each); "
+              "beyond, the oldest are forgotten, and counted" % (
+                  RECORDER_DEFAULT, RECORDER_MIN, RECORDER_MAX)),
     Flag("--backend", default="auto", metavar="B", complete=BACKENDS,
          help="auto (default), kprobe or tracepoint"),
     Flag("-v", "--verbose", action="store_true",

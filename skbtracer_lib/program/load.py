@@ -4,7 +4,7 @@ probed module comes back), its maps read."""
 import errno
 import os
 
-from . import kernel, macros, probes, tp_btf
+from . import kernel, macros, probes, recorder, tp_btf
 from .attach import FunctionProbes
 from ..events import reader
 from ..events.decode import BoundedCache
@@ -164,6 +164,10 @@ class Loaded:
         program = self.program
         return reader.open_reader(self.bpf, program.ring_buffer_pages, program.perf_pages,
                                   handle, on_lost, batch)
+
+    def recorder_counts(self):
+        """--on-trouble: recorder.Counts.read(), troubles told and skbs forgotten."""
+        return recorder.Counts(self.bpf).read()
 
     def lost_events(self):
         """Events the kernel could not put into the ring, all CPUs."""

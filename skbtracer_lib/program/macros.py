@@ -67,6 +67,24 @@ KEEP_ENTRIES = _macro("KEEP_ENTRIES", NUMBER, "--keep: skbs followed at once at 
 STACK_ALL = _macro("STACK_ALL", FLAG, "--callstack: a kernel stack under every row")
 STACK_DROPS = _macro("STACK_DROPS", FLAG, "--dropstack: a kernel stack under drop rows")
 STACK_ENTRIES = _macro("STACK_ENTRIES", NUMBER, "stacks kept in the stack map at most")
+RECORDER = _macro("RECORDER", FLAG, "--on-trouble: rows are recorded, sent on trouble (recorder.py)")
+RECORDER_ENTRIES = _macro("RECORDER_ENTRIES", NUMBER, "--recorder-size: skbs recorded at most")
+RECORDER_SIGHTINGS = _macro("RECORDER_SIGHTINGS", NUMBER,
+                            "--on-trouble: an skb's last rows kept (a power of two)")
+RECORDER_COUNTS = _macro("RECORDER_COUNTS", NUMBER, "--on-trouble: the counters' number")
+RECORDER_COUNT_STARTED = _macro("RECORDER_COUNT_STARTED", NUMBER, "counter: records started")
+RECORDER_COUNT_ENDED = _macro("RECORDER_COUNT_ENDED", NUMBER, "counter: records ended (freed)")
+RECORDER_COUNT_DROPS = _macro("RECORDER_COUNT_DROPS", NUMBER, "counter: drops told")
+RECORDER_COUNT_DUPLICATES = _macro("RECORDER_COUNT_DUPLICATES", NUMBER,
+                                   "counter: duplicates told")
+RECORDER_COUNT_SLOW = _macro("RECORDER_COUNT_SLOW", NUMBER, "counter: slow skbs told")
+RECORDER_SLOW_NS = _macro("RECORDER_SLOW_NS", NUMBER, "--slow: in flight longer is trouble")
+RECORDER_DUPLICATE_NS = _macro("RECORDER_DUPLICATE_NS", NUMBER,
+                               "a copy arriving where one arrived this long ago is a duplicate")
+RECORDER_PLACE = _macro("RECORDER_PLACE", TEXT,
+                        "RECORDER_PLACE(p): is probe p a receive point (story.points.RX_POINTS)")
+RECORDER_UNTIMED = _macro("RECORDER_UNTIMED", TEXT,
+                          "RECORDER_UNTIMED(p): probe p frees or reads from a socket: not --slow's")
 CAPTURE_BYTES = _macro("CAPTURE_BYTES", NUMBER, "-w: packet bytes copied per row at most")
 CT_FAULTS = _macro("CT_FAULTS", FLAG,
                    "--drop on kprobes: drops conntrack decides are named (__nf_conntrack_confirm)")
@@ -204,7 +222,9 @@ MAP_EVENTS = "events"
 MAP_LOST_EVENTS = "lost_events"
 MAP_STACKS = "stacks"
 MAP_PROBE_IDS = "probe_ids"
-MAPS = (MAP_EVENTS, MAP_LOST_EVENTS, MAP_STACKS, MAP_PROBE_IDS)
+MAP_FLIGHTS = "flights"
+MAP_RECORDER_COUNTS = "recorder_counts"
+MAPS = (MAP_EVENTS, MAP_LOST_EVENTS, MAP_STACKS, MAP_PROBE_IDS, MAP_FLIGHTS, MAP_RECORDER_COUNTS)
 
 # where skbtracer.c takes the translated filter expression, which defines
 # pcap_match(view) for each of pcapfilter.VIEWS; skbtracer.c calls them

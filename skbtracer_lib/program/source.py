@@ -4,7 +4,7 @@ probe lines after it, for the flags and the running kernel."""
 import os
 import sys
 
-from . import kernel, layout, macros, probes, tp_btf
+from . import kernel, layout, macros, probes, recorder, tp_btf
 from ..events import reader
 from ..events.conntrack import CT_STATES
 from ..events.decode import EVENT_SIZE, swap16
@@ -168,6 +168,12 @@ class Program:
         defines.update(mode_defines(cfg))
         defines.update(filter_defines(cfg))
         defines.update(self.plan.defines)
+        if cfg.on_trouble:
+            defines.update(recorder.defines(cfg, self.plan.probes))
+            self.plan.notes.append(
+                "--on-trouble: the last %d rows of up to %d skbs kept, %.1f MiB of kernel memory"
+                % (recorder.SIGHTINGS, cfg.recorder_size,
+                   recorder.memory_bytes(cfg.recorder_size) / 2**20))
         if self.tracepoints == tp_btf.TP_BTF:
             defines[macros.TP_BTF] = 1
         # events through the BPF ring buffer where the kernel has one (5.8+)

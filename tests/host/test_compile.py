@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root
 
 from skbtracer_lib import config
 from skbtracer_lib.events import decode, fields
-from skbtracer_lib.program import kernel, layout, macros, tp_btf  # noqa: E402
+from skbtracer_lib.program import kernel, layout, macros, recorder, tp_btf  # noqa: E402
 from skbtracer_lib.program.source import Program  # noqa: E402
 
 bcc = pytest.importorskip("bcc", reason="bcc is not importable: run with /usr/bin/python3 "
@@ -90,6 +90,11 @@ CONFIGS = [
     ("all-modes+why+keep+v4+udp-port",
      ["--route", "--iptable", "--drop", "--why", "--keep", "-H", "10.0.0.1", "--proto", "udp",
       "-P", "53"]),
+    # --on-trouble: the flight recorder in submit(), with --slow and every filter it keeps
+    ("on-trouble", ["--on-trouble"]),
+    ("on-trouble+slow+dropstack+v4+udp-port+expression",
+     ["--on-trouble", "--slow", "100ms", "--dropstack", "-H", "10.0.0.1", "--proto", "udp",
+      "-P", "53", "--recorder-size", "16", "udp and port 53"]),
     ("route+keep+capture-max-snaplen", ["--route", "--keep", "-H", "10.0.0.1", "-w", CAPTURE_PATH,
                                         "--snaplen", "65535"]),
 ]
@@ -119,14 +124,16 @@ def header_tree():
 # --- struct event_t as bcc compiled it vs the field table (events/fields.py) ---
 
 def event_struct(bpf):
-    """The ctypes struct bcc generated from struct event_t (the leaf of the
-    per-CPU 'scratch' array; Leaf is then an array of it, one per CPU)."""
+    """The ctypes struct bcc generated from struct event_t (the first member,
+    e, of the per-CPU 'scratch' array's struct scratch_slot; Leaf is then an
+    array of it, one per CPU)."""
     table = bpf["scratch"]
     leaf = getattr(table, "sLeaf", None) or table.Leaf
     if not hasattr(leaf, "_fields_"):
         leaf = leaf._type_
     assert table.Leaf is leaf or getattr(table.Leaf, "_type_", None) is leaf
-    return leaf
+    assert leaf._fields_[0][0] == "e" and leaf.e.offset == 0
+    return leaf._fields_[0][1]
 
 
 _CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "s32": ctypes.c_int32,
@@ -169,11 +176,21 @@ def load_all(bpf, program):
     return loaded
 
 
+def check_recorder_layout(bpf):
+    """--on-trouble: struct flight as compiled is what recorder.memory_bytes counts."""
+    flight = bpf[macros.MAP_FLIGHTS].Leaf
+    assert ctypes.sizeof(flight) == recorder.FLIGHT_HEAD_BYTES + recorder.SIGHTINGS * \
+        recorder.SIGHTING_BYTES
+    assert flight.s.offset == recorder.FLIGHT_HEAD_BYTES
+
+
 def compile_and_load(program):
     bpf = BPF(text=program.text)
     try:
         loaded = load_all(bpf, program)
         check_event_layout(bpf)
+        if program.cfg.on_trouble:
+            check_recorder_layout(bpf)
         return loaded
     finally:
         bpf.cleanup()

@@ -112,7 +112,8 @@ class CNames:
         return set(re.findall(r"^int (\w+)\(", text, re.M))
 
     def maps(self, text):
-        return set(re.findall(r"\bBPF_\w+\((\w+)[,)]", text))
+        return (set(re.findall(r"\bBPF_\w+\((\w+)[,)]", text))
+                | set(re.findall(r"\bBPF_TABLE\(\"\w+\",[^,]+,[^,]+,\s*(\w+),", text)))
 
 
 def layout_fields():
