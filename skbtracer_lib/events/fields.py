@@ -129,6 +129,13 @@ FIELDS = (
     Field("route_gw_family", "u8", 1,   NUMBER,      HAND),     # 2, 10; 0: no gateway
     Field("route_dev",   "char", 16,    TEXT,        HAND),
     Field("route_gw",    "u8",   16,    BYTES,       HAND),
+    # an encapsulated packet's outer header: JSON's "tunnel" object (events/tunnel.py)
+    Field("tunnel_id",   "u32",  1,     NUMBER,      HAND),     # VXLAN, Geneve: the VNI
+    Field("tunnel_sport", "u16", 1,     NETWORK,     HAND),
+    Field("tunnel_dport", "u16", 1,     NETWORK,     HAND),
+    Field("tunnel_saddr", "u8",  4,     BYTES,       HAND),     # IPv4
+    Field("tunnel_daddr", "u8",  4,     BYTES,       HAND),
+    Field("tunnel",      "u8",   1,     NUMBER,      HAND),     # tunnel.VXLAN...; 0: none
 )
 
 
