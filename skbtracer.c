@@ -284,6 +284,14 @@ struct event_t {
     u8  ipvs_fwd;       /* the connection's forwarding method (flags & IP_VS_CONN_F_FWD_MASK) */
     u8  ipvs_daf;       /* the real server's family (AF_INET, AF_INET6) */
     char ipvs_sched[16]; /* the virtual service's scheduler: rr, wlc, ... */
+    /* an encapsulated packet (find_inner): the row's packet fields are the
+     * inner packet's, these the outer (IPv4) header's */
+    u32 tunnel_id;      /* VXLAN, Geneve: the VNI */
+    u16 tunnel_sport;   /* network byte order; VXLAN, Geneve: the outer UDP ports */
+    u16 tunnel_dport;
+    u8  tunnel_saddr[4];
+    u8  tunnel_daddr[4];
+    u8  tunnel;         /* TUNNEL_*; 0: not encapsulated */
 };
 #define CT_KNOWN_CONN 1     /* status, tuples */
 #define CT_KNOWN_MARK 2
@@ -350,8 +358,8 @@ static __always_inline void *find_l3(void *head, void *data, u16 nh, void *after
         void *p = candidates[i];
         if (!p)
             continue;
-        int err = family == 4 ? bpf_probe_read_kernel(hdr, 20, p)
-                              : bpf_probe_read_kernel(hdr, 40, p);
+        /* IPv4 too: 40 bytes, so that a tunnel's UDP and VXLAN headers come with it */
+        int err = bpf_probe_read_kernel(hdr, 40, p);
         if (!err && (hdr[0] >> 4) == family)
             return p;
     }
@@ -650,6 +658,71 @@ static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int
     at->data = data;
     at->l3 = l3;
     return family;
+}
+
+/* An encapsulated packet's outer header, as find_inner saw it */
+struct tunnel_outer {
+    u32 id;
+    u16 sport;
+    u16 dport;
+    u8 saddr[4];
+    u8 daddr[4];
+    u8 type;            /* TUNNEL_*, 0: none */
+};
+#define VXLAN_HLEN 8
+#define UDP_HLEN   8
+#define ETH_P_TEB_BE 0x5865     /* htons(ETH_P_TEB): Geneve carrying Ethernet */
+
+/* Is the IP header find_packet read (hdr) an IPv4 tunnel's outer one: UDP
+ * to a VXLAN_PORT or GENEVE_PORT, IPIP or SIT, not a non-first fragment,
+ * without options (then hdr holds the UDP, VXLAN/Geneve headers too)? Then
+ * one more read: the inner IP header replaces the outer in hdr, t keeps
+ * the outer, *l3 is the inner header's address; the inner family. Else 0
+ * and nothing read: a few compares on what hdr holds. */
+static __always_inline u8 find_inner(u8 family, u8 *hdr, void **l3, struct tunnel_outer *t)
+{
+    u8 proto = hdr[9];
+    if (proto != 17 && proto != 4 && proto != 41)
+        return 0;
+    if (family != 4 || hdr[0] != 0x45 || ((hdr[6] & 0x1f) | hdr[7]))
+        return 0;
+    u16 dport = *(u16 *)&hdr[22];
+    u32 skip;           /* from the outer IP header to the inner one */
+    u8 type, ethernet = 1;
+    if (proto == 4 || proto == 41) {
+        type = proto == 4 ? TUNNEL_IPIP : TUNNEL_SIT;
+        skip = 20;
+        ethernet = 0;
+    } else if (VXLAN_PORT(dport)) {
+        type = TUNNEL_VXLAN;
+        skip = 20 + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+    } else if (GENEVE_PORT(dport) && *(u16 *)&hdr[30] == ETH_P_TEB_BE) {
+        type = TUNNEL_GENEVE;
+        skip = 20 + UDP_HLEN + 8 + (hdr[28] & 0x3f) * 4;  /* + its options */
+        skip += ETH_HLEN;
+    } else
+        return 0;
+    /* from 4 bytes before the inner header: the inner Ethernet type, then
+     * the inner header 4-aligned (address_match loads words) */
+    u8 buf[44];
+    void *inner = *l3 + skip;
+    if (bpf_probe_read_kernel(buf, sizeof(buf), inner - 4))
+        return 0;
+    u8 inner_family = buf[4] >> 4;
+    u16 ethertype = *(u16 *)&buf[2];
+    if (inner_family == 4 ? (ethernet ? ethertype != PROTO_IPV4_BE : type != TUNNEL_IPIP)
+        : inner_family == 6 ? (ethernet ? ethertype != PROTO_IPV6_BE : type != TUNNEL_SIT) : 1)
+        return 0;
+    t->type = type;
+    t->id = type == TUNNEL_VXLAN || type == TUNNEL_GENEVE ?
+            (u32)hdr[32] << 16 | (u32)hdr[33] << 8 | hdr[34] : 0;
+    t->sport = type == TUNNEL_VXLAN || type == TUNNEL_GENEVE ? *(u16 *)&hdr[20] : 0;
+    t->dport = type == TUNNEL_VXLAN || type == TUNNEL_GENEVE ? dport : 0;
+    __builtin_memcpy(t->saddr, &hdr[12], 4);
+    __builtin_memcpy(t->daddr, &hdr[16], 4);
+    __builtin_memcpy(hdr, &buf[4], 40);
+    *l3 = inner;
+    return inner_family;
 }
 
 /* The packet fields of e, from the IP header find_packet read (hdr) and
@@ -1024,17 +1097,32 @@ static __always_inline void learn_tuple(struct event_t *e)
 }
 #endif
 
-/* -H (with --keep: prepare left it to here), --proto and -P asked of the
- * packet's own headers. */
-static __always_inline int header_match(struct event_t *e)
+/* -H (with --keep: prepare left it to here), --proto and -P asked of one
+ * of the packet's headers. */
+static __always_inline int one_header_match(u8 family, u8 l4proto, u8 *saddr, u8 *daddr,
+                                            u16 sport, u16 dport)
 {
-    if (!proto_port_match(e->family, e->l4proto, e->sport, e->dport))
+    if (!proto_port_match(family, l4proto, sport, dport))
         return 0;
 #ifdef KEEP
-    return address_match(e->family, e->saddr, e->daddr);
+    return address_match(family, saddr, daddr);
 #else
     return 1;
 #endif
+}
+
+/* ... of the packet's own headers: an encapsulated packet's inner ones or
+ * its outer ones (UDP to the tunnel's port, IPIP, SIT) */
+static __always_inline int header_match(struct event_t *e)
+{
+    if (one_header_match(e->family, e->l4proto, e->saddr, e->daddr, e->sport, e->dport))
+        return 1;
+    u8 tunnel = e->tunnel;
+    if (!tunnel)
+        return 0;
+    u8 outer_l4 = tunnel == TUNNEL_IPIP ? 4 : tunnel == TUNNEL_SIT ? 41 : 17;
+    return one_header_match(4, outer_l4, e->tunnel_saddr, e->tunnel_daddr,
+                            e->tunnel_sport, e->tunnel_dport);
 }
 
 /* How -H, --proto and -P matched a packet */
@@ -1105,8 +1193,17 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     u8 family = find_packet(skb, &at, hdr, direct);
     if (!family)
         return 0;
+    /* encapsulated: the row shows the inner packet (hdr, family, l3 now
+     * its), -H matches it or the outer header; at keeps the outer one (the
+     * expression, the capture, the MAC addresses) */
+    struct tunnel_outer tun = {};
+    void *l3 = at.l3;
+    u8 inner_family = find_inner(family, hdr, &l3, &tun);
+    if (inner_family)
+        family = inner_family;
     int matched = 0;            /* MATCHED_*: how -H matched, where not by the headers */
-    if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr))) {
+    if (check_address && !address_match(family, IP_SADDR(family, hdr), IP_DADDR(family, hdr))
+        && !(tun.type && address_match(4, tun.saddr, tun.daddr))) {
 #ifdef CT_MATCHING
         if (conn_match(skb, &at, family))
             matched = MATCHED_CONN;
@@ -1128,7 +1225,15 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
     if (!slot)
         return 0;
     struct event_t *e = &slot->e;
-    fill_packet(e, family, hdr, at.l3, &slot->payload);
+    fill_packet(e, family, hdr, l3, &slot->payload);
+    if (tun.type) {
+        e->tunnel = tun.type;
+        e->tunnel_id = tun.id;
+        e->tunnel_sport = tun.sport;
+        e->tunnel_dport = tun.dport;
+        __builtin_memcpy(e->tunnel_saddr, tun.saddr, 4);
+        __builtin_memcpy(e->tunnel_daddr, tun.daddr, 4);
+    }
 #ifdef FILTER_PID
     e->pid = pid;
 #endif

@@ -25,6 +25,8 @@ HOST_COVERS = {
     "a compile in the guest",
     "host only: rotating files and --interval involve no probes, and a tracer start costs a "
     "compile in the guest",
+    "host only: merging two nodes' files involves no probes, and a tracer start costs a compile "
+    "in the guest",
     # not planned with kprobes yet (skbtracer_lib/program/probes.py _plan_route_decisions)
     "host only: routing decisions are told on the tracepoint backend only, for now",
 }

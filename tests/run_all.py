@@ -56,6 +56,8 @@ GUEST_FLAVOURS = ["6.1", "5.10", "6.12"]
 # 6.12 (kprobe-multi links) --all/--func too.
 SCENARIOS_AND_DROPS = ["tests/kernel/test_scenarios.py", "tests/kernel/test_drops.py",
                        "tests/kernel/test_conntrack_drops.py"]
+# tests/kernel/test_tunnels.py passes in 5.10 and 6.12 but took 406 s and 290 s there (two
+# tracer starts; a loaded host): 6.1 runs it, with the rest of tests/kernel.
 GUEST_TESTS = {"6.1": ["tests/kernel"],
                "5.10": SCENARIOS_AND_DROPS,
                "6.12": SCENARIOS_AND_DROPS + ["tests/kernel/test_allfuncs.py"]}

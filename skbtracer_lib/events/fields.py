@@ -136,6 +136,13 @@ FIELDS = (
     Field("ipvs_fwd",    "u8",   1,     NUMBER,      HAND),     # IP_VS_CONN_F_* method
     Field("ipvs_daf",    "u8",   1,     NUMBER,      HAND),     # the real server's family
     Field("ipvs_sched",  "char", 16,    TEXT,        HAND),     # rr, wlc, ...
+    # an encapsulated packet's outer header: JSON's "tunnel" object (events/tunnel.py)
+    Field("tunnel_id",   "u32",  1,     NUMBER,      HAND),     # VXLAN, Geneve: the VNI
+    Field("tunnel_sport", "u16", 1,     NETWORK,     HAND),
+    Field("tunnel_dport", "u16", 1,     NETWORK,     HAND),
+    Field("tunnel_saddr", "u8",  4,     BYTES,       HAND),     # IPv4
+    Field("tunnel_daddr", "u8",  4,     BYTES,       HAND),
+    Field("tunnel",      "u8",   1,     NUMBER,      HAND),     # tunnel.VXLAN...; 0: none
 )
 
 

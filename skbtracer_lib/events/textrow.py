@@ -9,7 +9,7 @@ import re
 import time
 from collections import namedtuple
 
-from . import conntrack, fields, ipvs, reader, routing
+from . import conntrack, fields, ipvs, reader, routing, tunnel
 from .decode import EVENT_SIZE, Event, c_string
 from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, KIND_WHY, PORTED, TCP,
                          TCP_FLAGS, UDP, icmp_kind, is_icmp, probe_name, why_mtu,
@@ -142,7 +142,7 @@ TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "
                 "location", "why", "why_type", "why_code", "why_info", "route_known",
                 "route_table", "route_err", "route_type", "route_gw_family", "route_gw",
                 "route_dev", "ipvs_known", "ipvs_fwd", "ipvs_daf", "ipvs_rport", "ipvs_raddr",
-                "ipvs_sched")
+                "ipvs_sched", "tunnel", "tunnel_id", "tunnel_saddr", "tunnel_daddr")
 ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
               "sport", "daddr", "dport") + TRACE_FIELDS
 _ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
@@ -250,12 +250,15 @@ class RowFormatter:
 
     def trace_after_skb(self, e):
         """TRACE_INFO after the skb address; --iptable: IPVS's choice
-        (ipvs.row_suffix), --why: the routing decision the row took after it
-        (routing.row_suffix)."""
+        (ipvs.row_suffix); --why: the routing decision the row took after it
+        (routing.row_suffix); an encapsulated packet's ends in its tunnel
+        (tunnel.row_suffix)."""
         text = self._trace_after_skb(e)
         if e.ipvs_known:
             text += ipvs.row_suffix(e)
-        return text + routing.row_suffix(e) if e.route_known else text
+        if e.route_known:
+            text += routing.row_suffix(e)
+        return text + tunnel.row_suffix(e) if e.tunnel else text
 
     def _trace_after_skb(self, e):
         prefix = ".%d:" % e.pkt_type

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from .. import __version__
-from ..events import conntrack, fields, ipvs, routing
+from ..events import conntrack, fields, ipvs, routing, tunnel
 from ..events.fields import JSON_FIELDS
 from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KIND_WHY, KINDS, L4_NAMES,
@@ -161,6 +161,8 @@ class JsonFormatter:
             obj["route"] = routing.json_object(e)
         if e.ipvs_known:            # --iptable: only rows with IPVS's choice
             obj["ipvs"] = ipvs.json_object(e)
+        if e.tunnel:                # only an encapsulated packet's rows have the key
+            obj["tunnel"] = tunnel.json_object(e)
         if stack is not None:
             obj["stack"] = list(stack)
         return obj
@@ -169,7 +171,8 @@ class JsonFormatter:
         """dumps(self.event(e, stack)), written out by hand: the per-event path
         of --json. Text that is not ours (names, functions, tables) goes
         through json's own string encoder."""
-        if e.kind != KIND_ROUTE or stack is not None or e.route_known or e.ipvs_known:
+        if (e.kind != KIND_ROUTE or stack is not None or e.route_known or e.ipvs_known
+                or e.tunnel):
             return _dumps(self.event(e, stack))
         wall = self.clock.wall_ns(e.ts_ns)
         l4 = e.l4proto
@@ -289,4 +292,5 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
         trace += routing.row_suffix(SavedFields(routing.fields_of(obj["route"])))
     netns = obj["netns"] if netns_column is None else netns_column
     return RowColumns(time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
-                      pkt_info(_SavedHeader(obj)), obj["skb"], trace + trace_suffix)
+                      pkt_info(_SavedHeader(obj)), obj["skb"],
+                      trace + tunnel.saved_row_suffix(obj.get("tunnel")) + trace_suffix)

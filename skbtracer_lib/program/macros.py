@@ -115,6 +115,14 @@ FILTER_CT_ZONE = _macro("FILTER_CT_ZONE", NUMBER, "--ct-zone: the conntrack zone
 FILTER_NETNS = _macro("FILTER_NETNS", TEXT,
                       "-N: FILTER_NETNS(n), is namespace inode n one of those given")
 
+# encapsulated packets (events/tunnel.py): find_inner's types and ports
+TUNNEL_VXLAN = _macro("TUNNEL_VXLAN", NUMBER, "event tunnel: VXLAN (tunnel.VXLAN)")
+TUNNEL_GENEVE = _macro("TUNNEL_GENEVE", NUMBER, "event tunnel: Geneve (tunnel.GENEVE)")
+TUNNEL_IPIP = _macro("TUNNEL_IPIP", NUMBER, "event tunnel: IPIP (tunnel.IPIP)")
+TUNNEL_SIT = _macro("TUNNEL_SIT", NUMBER, "event tunnel: SIT, IPv6 in IPv4 (tunnel.SIT)")
+VXLAN_PORT = _macro("VXLAN_PORT", TEXT, "VXLAN_PORT(p): is UDP port p a VXLAN port")
+GENEVE_PORT = _macro("GENEVE_PORT", TEXT, "GENEVE_PORT(p): is UDP port p a Geneve port")
+
 # a tcpdump expression (pcapfilter.py)
 PCAP_FILTER = _macro("PCAP_FILTER", FLAG, "an expression: pcap_match_l2/l3 are in the text")
 PCAP_CHUNK = _macro("PCAP_CHUNK", NUMBER, "packet bytes read at once for the expression")

@@ -6,6 +6,7 @@ import sys
 
 from . import kernel, layout, macros, probes, recorder, tp_btf
 from ..events import reader
+from ..events import tunnel
 from ..events.conntrack import CT_STATES
 from ..events.decode import EVENT_SIZE, swap16
 from ..events.vocabulary import L4_NUMBERS
@@ -165,6 +166,7 @@ class Program:
         if conn_match:
             defines[macros.CT_MATCH] = 1
         defines.update(self.layouts.defines)
+        defines.update(tunnel.defines())
         defines.update(mode_defines(cfg))
         defines.update(filter_defines(cfg))
         defines.update(self.plan.defines)

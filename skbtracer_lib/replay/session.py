@@ -5,7 +5,7 @@ import os
 import sys
 
 from .. import story
-from ..events import conntrack
+from ..events import conntrack, tunnel
 from ..events.textrow import Clock, Row, full_row
 from ..events.vocabulary import ICMP, ICMPV6, L4_NUMBERS, PORTED
 from ..outputs import jsonl, rotate
@@ -38,8 +38,13 @@ def event_filter(cfg):
     (no --header-only) of the connection's original tuple (its "ct" object's
     "orig")."""
     tests = []
-    on_headers = connection_test(cfg, lambda o: (o["saddr"], o["daddr"], o["l4proto"],
-                                                 (o.get("sport"), o.get("dport"))))
+    on_inner = connection_test(cfg, lambda o: (o["saddr"], o["daddr"], o["l4proto"],
+                                               (o.get("sport"), o.get("dport"))))
+    on_outer = connection_test(cfg, tunnel.outer_tuple)
+    on_headers = on_inner
+    if on_inner is not None:    # an encapsulated packet's inner or outer header, as live
+        def on_headers(o):
+            return on_inner(o) or (bool(o.get("tunnel")) and on_outer(o))
     on_conn = connection_test(cfg, _orig_tuple) if cfg.matches_connection else None
     if on_headers is not None:
         tests.append(on_headers if on_conn is None else ConnectionMatch(on_headers, on_conn))
