@@ -2,6 +2,7 @@
 the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
 from ..events import conntrack
+from ..nftrace.decisions import Unknown, rule_words
 from ..events.vocabulary import KIND_IPTABLE, endpoint_text, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
@@ -84,6 +85,10 @@ class Story(StoryModel):
         ct = self.conntrack_text(end, reason)
         if ct:
             text += ": %s" % ct
+        decision = self.rules.decision_at(end.skb, end.ts_ns) if self.rules else None
+        if decision is not None:        # --nftrace
+            words = rule_words(decision)
+            text += (", " if isinstance(decision, Unknown) else " by ") + words
         return text
 
     def conntrack_text(self, end, reason):
@@ -126,7 +131,8 @@ class Story(StoryModel):
         for header in headers[1:]:
             change = _nat_change(previous, header)
             if change:
-                text += " (%s)" % change
+                by = self.rules.nat_words(None, previous) if self.rules else None
+                text += " (%s)" % (change + " " + by if by else change)
                 previous = header
         return text
 
