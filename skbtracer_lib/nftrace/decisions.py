@@ -80,8 +80,14 @@ def rule_words(decision):
     if rule is not None and rule.iptables:
         text += " #%d" % rule.position
     if rule is not None and rule.comment:
-        text += ' "%s"' % printable(rule.comment).replace('"', '\\"')
+        text += " " + quoted(rule.comment)
     return text
+
+
+def quoted(comment):
+    """A comment in double quotes, escaped as names are (one line, no
+    controls) but for its spaces: a kube-proxy comment reads as one."""
+    return '"%s"' % printable(comment).replace("\\x20", " ").replace('"', '\\"')
 
 
 def row_suffix(decision):

@@ -10,6 +10,8 @@ from .ruleset import Ruleset
 from .trace import TraceSocket
 
 NETFILTER_DROP = "NETFILTER_DROP"
+NAT_UNKNOWN = ("no nftables NAT rule traced for this packet (conntrack NATs a connection's "
+               "later packets without a rule; or iptables-legacy, IPVS, a namespace not watched)")
 ROWS_KEPT = 1 << 17             # rows' decisions kept for the story (its events are fewer)
 NETFILTER_PLACES = ("nf_hook_slow", "nft_do_chain", "ipt_do_table", "ip6t_do_table")
 PF_FAMILY = {2: 4, 10: 6, 7: None}
@@ -160,8 +162,12 @@ class Nftrace:
         return None
 
     def nat_words(self, netns, before):
+        """What follows 'DNAT ->A:P': ' by nat/KUBE-SEP-X handle 12 ...',
+        or ', rule unknown: ...'."""
         found = self.nat_decision(netns, before)
-        return "by " + rule_words(found) if found is not None else None
+        if found is None:
+            return ", " + rule_words(Unknown(NAT_UNKNOWN))
+        return " by " + rule_words(found)
 
     def close(self):
         errors = []

@@ -48,8 +48,8 @@ def commands(rule_matches, owner=True):
         lines.append("add chain %s %s %s { type filter hook %s priority %d; policy accept; }"
                      % (FAMILY, NAME, hook, hook, PRIORITY, ))
         for match in rule_matches:
-            lines.append("add rule %s %s %s %s meta nftrace set 1"
-                         % (FAMILY, NAME, hook, match + " " if match else ""))
+            lines.append(" ".join(w for w in ("add rule", FAMILY, NAME, hook, match,
+                                              "meta nftrace set 1") if w))
     return lines
 
 

@@ -131,8 +131,8 @@ class Story(StoryModel):
         for header in headers[1:]:
             change = _nat_change(previous, header)
             if change:
-                by = self.rules.nat_words(None, previous) if self.rules else None
-                text += " (%s)" % (change + " " + by if by else change)
+                by = self.rules.nat_words(None, previous) if self.rules else ""
+                text += " (%s%s)" % (change, by)
                 previous = header
         return text
 
