@@ -136,3 +136,25 @@ def test_table_gone_after(cluster, ending):
     while TABLE in tables(cluster) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert TABLE not in tables(cluster)
+
+
+def test_a_table_left_behind_is_removed_and_a_second_run_refused(cluster):
+    """A table without the owner flag (what a killed run leaves on a kernel
+    before 5.12) is removed at the next start, said in one line; while a
+    run traces, another --nftrace in its namespace exits 1 in one line."""
+    cluster.exec("node1", ["nft", "add", "table", "inet", "skbtracer_trace"])
+    args = ["-N", cluster.ns["node1"], "-H", IP["client"], "--proto", "udp", "--drop",
+            "--nftrace"]
+    with TracerRun(args) as run:
+        listing = cluster.exec("node1", ["nft", "list", "table", "inet", "skbtracer_trace"])
+        assert "flags owner" in listing.stdout
+        second = TracerRun(args)
+        second.launch()
+        assert second.wait() == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            "skbtracer: --nftrace: table inet skbtracer_trace exists and belongs to a running "
+            "skbtracer --nftrace (one per namespace)"), second.stderr
+        assert TABLE in tables(cluster)
+    assert "skbtracer: removed table inet skbtracer_trace a killed skbtracer left behind in " \
+        "/run/netns/%s\n" % cluster.ns["node1"] in run.stderr
+    assert TABLE not in tables(cluster)
