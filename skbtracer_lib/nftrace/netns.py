@@ -40,21 +40,3 @@ def inside(path):
             _setns(home, "this process's network namespace")
     finally:
         os.close(home)
-
-
-def path_of(inode):
-    """A file of the network namespace with this inode: /run/netns/NAME or
-    /proc/PID/ns/net; None when none is found (it is gone)."""
-    candidates = []
-    try:
-        candidates += [os.path.join("/run/netns", n) for n in sorted(os.listdir("/run/netns"))]
-    except OSError:
-        pass
-    candidates += ["/proc/%s/ns/net" % pid for pid in os.listdir("/proc") if pid.isdigit()]
-    for path in candidates:
-        try:
-            if os.stat(path).st_ino == inode:
-                return path
-        except OSError:
-            continue
-    return None

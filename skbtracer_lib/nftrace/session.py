@@ -5,7 +5,8 @@ decisions; the decision of a row (drop, verdict) and of a NAT change."""
 from ..events.vocabulary import KIND_DROP, KIND_IPTABLE
 from . import table
 from .decisions import Decisions, Unknown, rule_words
-from .netns import NetnsError, inside, path_of
+from ..outputs.names import NetnsNames
+from .netns import NetnsError, inside
 from .ruleset import Ruleset
 from .trace import TraceSocket
 
@@ -14,7 +15,6 @@ NAT_UNKNOWN = ("no nftables NAT rule traced for this packet (conntrack NATs a co
                "later packets without a rule; or iptables-legacy, IPVS, a namespace not watched)")
 ROWS_KEPT = 1 << 17             # rows' decisions kept for the story (its events are fewer)
 NETFILTER_PLACES = ("nf_hook_slow", "nft_do_chain", "ipt_do_table", "ip6t_do_table")
-PF_FAMILY = {2: 4, 10: 6, 7: None}
 HOOK_NAMES = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward",
               "OUTPUT": "output", "POSTROUTING": "postrouting"}
 
@@ -65,7 +65,8 @@ class Nftrace:
         except ImportError:
             raise NftraceError("--nftrace needs python3-nftables (apt install python3-nftables)")
         rule_matches = table.matches(cfg.addr, cfg.proto, cfg.port)
-        places = [(inode, path_of(inode)) for inode in cfg.netns_all] or [(None, None)]
+        netns = NetnsNames()
+        places = [(inode, netns.path(inode)) for inode in cfg.netns_all] or [(None, None)]
         try:
             for inode, path in places:
                 if inode is not None and path is None:

@@ -11,7 +11,7 @@ import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
 from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, Event, encode
 from skbtracer_lib.nftrace import decisions, ruleset, table, trace
-from skbtracer_lib.nftrace.decisions import Decision, Decisions, Unknown, rule_words, row_suffix
+from skbtracer_lib.nftrace.decisions import Decisions, Unknown, rule_words, row_suffix
 from skbtracer_lib.nftrace.session import Nftrace, packet_key
 from skbtracer_lib.nftrace.trace import PacketHeader, TraceMessage
 
