@@ -149,4 +149,7 @@ class Decisions:
 
     def take(self, decision):
         self.taken.add(decision.sequence)
+        if len(self.taken) > 2 * KEPT:      # forget what has left the kept window
+            oldest = self.kept[0].sequence
+            self.taken = {s for s in self.taken if s >= oldest}
         return decision

@@ -20,6 +20,7 @@ SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFNLGRP_NFTRACE = 9
 NFT_MSG_TRACE = (10 << 8) | 17          # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_TRACE
+SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20                # bursts of traced packets: 4-10 messages each
 
 # enum nft_trace_attributes
@@ -154,7 +155,11 @@ class TraceSocket:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
                                   | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            # root may pass net.core.rmem_max (SO_RCVBUFFORCE); else what it allows
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             self.sock.bind((0, 0))
             self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTRACE)
         except OSError:

@@ -158,3 +158,25 @@ def test_a_table_left_behind_is_removed_and_a_second_run_refused(cluster):
     assert "skbtracer: removed table inet skbtracer_trace a killed skbtracer left behind in " \
         "/run/netns/%s\n" % cluster.ns["node1"] in run.stderr
     assert TABLE not in tables(cluster)
+
+
+ROUNDS = 25
+
+
+def test_interleaved_drops_each_get_their_own_rule(cluster):
+    """How reliable the tie is: datagrams of one flow dropped by a rule and
+    of another by a policy, sent in bursts (the traces of several packets on
+    the socket before their rows are read): every drop row names its own."""
+    args = ["-N", cluster.ns["node1"], "-H", IP["client"], "--proto", "udp", "--drop",
+            "--nftrace"]
+    with TracerRun(args) as run:
+        for _ in range(ROUNDS):
+            cluster.send_udp("client", IP["server"], DROP_PORT, count=2, sport=41511)
+            cluster.send_udp("client", "10.244.1.1", POLICY_PORT, count=2, sport=41512)
+    handle = handle_of(cluster, "ip", "filter", "FORWARD", "dport %d" % DROP_PORT)
+    drops = [line for line in run.stdout.splitlines() if "reason=NETFILTER_DROP" in line]
+    by_rule = [line for line in drops if ":41511->" in line]
+    by_policy = [line for line in drops if ":41512->" in line]
+    assert len(by_rule) == len(by_policy) == 2 * ROUNDS, run.stdout
+    assert all(line.endswith(" rule=filter/FORWARD#%d" % handle) for line in by_rule), by_rule
+    assert all(line.endswith(" rule=policy:filter/INPUT") for line in by_policy), by_policy

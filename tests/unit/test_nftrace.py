@@ -299,3 +299,6 @@ def test_kept_decisions_are_bounded():
         made.feed([_msg("filter", "INPUT", None, trace.TYPE_POLICY, "drop", trace_id=n,
                         packet=DROPPED)])
     assert len(made.kept) == decisions.KEPT and made.kept[0].sequence == 11
+    for decision in list(made.kept) * 2:
+        made.take(decision)
+    assert len(made.taken) <= 2 * decisions.KEPT
