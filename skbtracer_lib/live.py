@@ -363,6 +363,7 @@ class LiveEvents:
             info.backend, node=self.json.node, run_id=self.json.run_id,
             probes=list(info.probe_names), attached=sorted(info.attached_names),
             modes=sorted(self.cfg.modes), iptable_traced=info.iptable_traced,
+            **({"nftrace": True} if self.rules is not None else {}),   # -r: rules saved
             # --all/--func: which probes are extra functions, so that -r tells
             # their rows as this run does (absent without them)
             **({"functions": info.extra_names} if info.extra_names else {}))

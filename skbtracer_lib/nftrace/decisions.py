@@ -17,10 +17,20 @@ import collections
 from typing import NamedTuple
 
 from ..events.decode import printable
+from ..events.vocabulary import PORTED
 from .trace import FINAL, TYPE_POLICY, TYPE_RULE, PacketHeader
 
 KEPT = 4096                     # decisions kept for rows not yet seen (and the story)
 NAT_WORDS = ("dnat", "snat", "masquerade", "redirect")
+# (the other causes, iptables-legacy, IPVS, a namespace not watched: in the man page)
+NAT_UNKNOWN = "no NAT rule traced for it (conntrack NATs a connection's later packets without one)"
+
+
+def packet_key(e):
+    """PacketHeader.key() of an event, a story Header or a saved header."""
+    ported = e.l4proto in PORTED
+    return (e.family, e.saddr, e.daddr, e.l4proto, e.ip_id if e.family == 4 else 0,
+            e.sport if ported else 0, e.dport if ported else 0)
 
 
 class Decision(NamedTuple):
@@ -59,6 +69,34 @@ class Unknown(NamedTuple):
 
     def json(self):
         return {"unknown": self.reason}
+
+
+def decision_of_json(obj):
+    """A saved "rule" object (Decision.json, Unknown.json) as a decision
+    again, for -r; one it cannot read is an Unknown saying so."""
+    from .ruleset import Rule
+    if "unknown" in obj:
+        return Unknown(str(obj["unknown"]))
+    try:
+        family, table, chain = (str(obj[k]) for k in ("family", "table", "chain"))
+        policy, handle = bool(obj["policy"]), obj["handle"]
+        rule = None
+        if not policy:
+            handle = int(handle)
+            rule = Rule(family, table, chain, handle, obj.get("position") or 0,
+                        obj.get("text") or "", obj.get("comment"), obj.get("iptables"))
+        return Decision(family, table, chain, str(obj.get("base_chain") or chain),
+                        obj.get("hook"), str(obj["verdict"]), policy, handle, rule, None, 0)
+    except (KeyError, TypeError, ValueError):
+        return Unknown("the saved rule object is unreadable")
+
+
+def nat_words(decision):
+    """What follows 'DNAT ->A:P' in the story: ' by nat/KUBE-SEP-X handle 12
+    ...', or ', rule unknown: ...' (decision None: none was traced)."""
+    if decision is None:
+        return ", " + rule_words(Unknown(NAT_UNKNOWN))
+    return " by " + rule_words(decision)
 
 
 def _where(family, table, chain):

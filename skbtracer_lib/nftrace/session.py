@@ -4,15 +4,13 @@ decisions; the decision of a row (drop, verdict) and of a NAT change."""
 
 from ..events.vocabulary import KIND_DROP, KIND_IPTABLE
 from . import table
-from .decisions import Decisions, Unknown, rule_words
+from .decisions import Decisions, Unknown, nat_words, packet_key
 from ..outputs.names import NetnsNames
 from .netns import NetnsError, inside
 from .ruleset import Ruleset
 from .trace import TraceSocket
 
 NETFILTER_DROP = "NETFILTER_DROP"
-NAT_UNKNOWN = ("no nftables NAT rule traced for this packet (conntrack NATs a connection's "
-               "later packets without a rule; or iptables-legacy, IPVS, a namespace not watched)")
 ROWS_KEPT = 1 << 17             # rows' decisions kept for the story (its events are fewer)
 NETFILTER_PLACES = ("nf_hook_slow", "nft_do_chain", "ipt_do_table", "ip6t_do_table")
 HOOK_NAMES = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward",
@@ -47,13 +45,6 @@ class Watched:
         finally:
             self.socket.close()
             del self.nft        # frees the context: its socket, the owner of the table
-
-
-def packet_key(e):
-    """The PacketHeader key of an event (or a story Header)."""
-    ported = e.l4proto in (6, 17, 132, 136)
-    return (e.family, e.saddr, e.daddr, e.l4proto, e.ip_id if e.family == 4 else 0,
-            e.sport if ported else 0, e.dport if ported else 0)
 
 
 class Nftrace:
@@ -163,12 +154,7 @@ class Nftrace:
         return None
 
     def nat_words(self, netns, before):
-        """What follows 'DNAT ->A:P': ' by nat/KUBE-SEP-X handle 12 ...',
-        or ', rule unknown: ...'."""
-        found = self.nat_decision(netns, before)
-        if found is None:
-            return ", " + rule_words(Unknown(NAT_UNKNOWN))
-        return " by " + rule_words(found)
+        return nat_words(self.nat_decision(netns, before))
 
     def close(self):
         errors = []

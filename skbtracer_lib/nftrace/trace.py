@@ -15,6 +15,8 @@ import socket
 import struct
 from typing import NamedTuple
 
+from ..events.vocabulary import PORTED      # ports as the rows have them (TCP, UDP)
+
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
@@ -45,7 +47,7 @@ class PacketHeader(NamedTuple):
     daddr: str
     l4proto: int
     ip_id: int              # IPv4; 0 for IPv6
-    sport: int              # TCP/UDP; 0 otherwise
+    sport: int              # PORTED protocols'; 0 otherwise
     dport: int
 
     def key(self):
@@ -104,7 +106,7 @@ def packet_header(network, transport):
     else:
         return None
     sport = dport = 0
-    if l4proto in (6, 17, 132, 136) and transport and len(transport) >= 4:
+    if l4proto in PORTED and transport and len(transport) >= 4:
         sport, dport = struct.unpack_from(">HH", transport, 0)
     return PacketHeader(family, str(ipaddress.ip_address(bytes(saddr))),
                         str(ipaddress.ip_address(bytes(daddr))), l4proto, ip_id, sport, dport)

@@ -124,17 +124,25 @@ class Story(StoryModel):
 
     def flow_text(self, packet):
         """'U 10.0.0.1:5->10.96.0.10:53 (DNAT ->10.0.0.3:9000)'."""
-        headers = packet.headers
-        first = headers[0]
+        first = packet.headers[0]
         text = "%s %s" % (proto_letter(first.family, first.l4proto), _endpoints(first))
-        previous = first
+        for before, change in self.nat_steps(packet):
+            by = self.rules.nat_words(None, before) if self.rules else ""
+            text += " (%s%s)" % (change, by)
+        return text
+
+    @staticmethod
+    def nat_steps(packet):
+        """[(the header before, 'DNAT ->A:P')] of each NAT change the packet's
+        headers show, in order."""
+        headers = packet.headers
+        steps, previous = [], headers[0]
         for header in headers[1:]:
             change = _nat_change(previous, header)
             if change:
-                by = self.rules.nat_words(None, previous) if self.rules else ""
-                text += " (%s%s)" % (change, by)
+                steps.append((previous, change))
                 previous = header
-        return text
+        return steps
 
     def final_flow(self, copy):
         last = copy.last_header

@@ -7,6 +7,8 @@ flag). Handles are read from `nft -a list` in node1, never assumed."""
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -14,7 +16,7 @@ import pytest
 
 from conftest import BACKEND
 from testbed.topology import IP, SeedCluster
-from testbed.tracer import TracerRun
+from testbed.tracer import SKBTRACER, TracerRun
 
 pytestmark = pytest.mark.skipif(BACKEND == "kprobe", reason="host only: --nftrace reads the "
                                 "kernel's nftables trace over netlink in user space, the same "
@@ -73,12 +75,15 @@ def traced(cluster):
         time.sleep(0.5)
     with open(jsonl) as f:
         events = [json.loads(line) for line in f if line.startswith('{"type": "event"')]
+    replay = subprocess.run([sys.executable, SKBTRACER, "-r", jsonl], capture_output=True,
+                            text=True, timeout=60)
     os.unlink(jsonl)
-    return run, present, events, " ".join(run.stdout.split()), " ".join(run.stderr.split())
+    return run, present, events, " ".join(run.stdout.split()), " ".join(run.stderr.split()), \
+        replay
 
 
 def test_says_the_ruleset_changed_and_removes_the_table(cluster, traced):
-    run, present, _events, _out, err = traced
+    run, present, _events, _out, err, _replay = traced
     assert run.returncode == 0, run.stderr
     assert TABLE in present
     assert "--nftrace changed the ruleset: added table inet skbtracer_trace" in err
@@ -87,14 +92,14 @@ def test_says_the_ruleset_changed_and_removes_the_table(cluster, traced):
 
 
 def test_dnat_named_by_its_rule_and_comment(cluster, traced):
-    _run, _present, _events, _rows, out = traced
+    _run, _present, _events, _rows, out, _replay = traced
     handle = handle_of(cluster, "ip", "nat", "KUBE-SEP-T", "dnat to")
     assert ('(DNAT ->%s:9000 by nat/KUBE-SEP-T handle %d #1 "%s")'
             % (IP["server"], handle, SEP_COMMENT)) in out, out
 
 
 def test_drop_rule_named(cluster, traced):
-    _run, _present, events, _rows, out = traced
+    _run, _present, events, _rows, out, _replay = traced
     handle = handle_of(cluster, "ip", "filter", "FORWARD", "dport %d" % DROP_PORT)
     words = 'NETFILTER_DROP (nft_do_chain+0x'
     assert re.search(r'DROPPED: U %s:41502->%s:%d .*%s[0-9a-f]+\) by filter/FORWARD handle %d '
@@ -110,8 +115,23 @@ def test_drop_rule_named(cluster, traced):
     assert row and row[0].endswith(" rule=filter/FORWARD#%d" % handle), row
 
 
+def test_replay_tells_the_same_rules(cluster, traced):
+    """-r of the run's JSON lines: the same DNAT, DROPPED lines and row suffixes."""
+    _run, _present, _events, rows, out, replay = traced
+    assert replay.returncode == 0, replay.stderr
+    told = " ".join(replay.stderr.split())
+    sep = handle_of(cluster, "ip", "nat", "KUBE-SEP-T", "dnat to")
+    drop = handle_of(cluster, "ip", "filter", "FORWARD", "dport %d" % DROP_PORT)
+    for words in ('by nat/KUBE-SEP-T handle %d #1 "%s")' % (sep, SEP_COMMENT),
+                  'by filter/FORWARD handle %d #1 "%s"' % (drop, DROP_COMMENT),
+                  "by policy DROP of filter/INPUT"):
+        assert told.count(words) == out.count(words) > 0, (words, told)
+    suffixes = re.findall(r"rule=\S+", replay.stdout)
+    assert suffixes == re.findall(r"rule=\S+", rows) and suffixes
+
+
 def test_policy_drop_named(traced):
-    _run, _present, events, _rows, out = traced
+    _run, _present, events, _rows, out, _replay = traced
     assert re.search(r"DROPPED: U %s:41503->10\.244\.1\.1:%d .*by policy DROP of filter/INPUT"
                      % (re.escape(IP["client"]), POLICY_PORT), out), out
     rules = [e["rule"] for e in events if e.get("rule") and e["sport"] == 41503]

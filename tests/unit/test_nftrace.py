@@ -12,7 +12,9 @@ import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, Event, encode
 from skbtracer_lib.nftrace import decisions, ruleset, table, trace
 from skbtracer_lib.nftrace.decisions import Decisions, Unknown, rule_words, row_suffix
-from skbtracer_lib.nftrace.session import Nftrace, packet_key
+from skbtracer_lib.nftrace.decisions import decision_of_json, packet_key
+from skbtracer_lib.nftrace.saved import SavedRules
+from skbtracer_lib.nftrace.session import Nftrace
 from skbtracer_lib.nftrace.trace import PacketHeader, TraceMessage
 
 CLIENT, SERVICE, SERVER = "10.244.1.2", "10.96.0.10", "10.244.1.3"
@@ -290,7 +292,7 @@ def test_nat_words_by_the_header_before_the_change():
     assert packet_key(before) == PACKET.key()
     assert rules.nat_words(None, before) == ' by nat/KUBE-SEP-T handle 12 #1 "default/svc:dns"'
     assert rules.nat_words(None, _event(KIND_DROP, DROPPED)).startswith(
-        ", rule unknown: no nftables NAT rule traced for this packet (conntrack NATs")
+        ", rule unknown: no NAT rule traced for it (conntrack NATs")
 
 
 def test_kept_decisions_are_bounded():
@@ -302,3 +304,21 @@ def test_kept_decisions_are_bounded():
     for decision in list(made.kept) * 2:
         made.take(decision)
     assert len(made.taken) <= 2 * decisions.KEPT
+
+
+def test_saved_rules_tell_the_same_words():
+    """-r: a decision saved as JSON reads as it did; garbage is an Unknown."""
+    dnat, drop, policy, _gone = fed().kept
+    for decision in (dnat, drop, policy, Unknown("why")):
+        assert rule_words(decision_of_json(decision.json())) == rule_words(decision)
+    assert decision_of_json({"family": "ip"}) == Unknown("the saved rule object is unreadable")
+    header = {"family": 4, "l4proto": 17, "saddr": CLIENT, "daddr": SERVICE, "sport": 41001,
+              "dport": 53, "ip_id": 0xABCD}
+    saved = SavedRules([{"type": "nat_rule", "header": header, "rule": dnat.json()},
+                        {"type": "nat_rule", "header": {"family": 4}, "rule": dnat.json()}])
+    before = _event(KIND_DROP, PACKET)
+    assert saved.nat_words(None, before) == OneNamespace(fed()).nat_words(None, before)
+    row = _event(KIND_DROP, DROPPED, ts_ns=7)
+    assert saved.keep_row(row, {"rule": drop.json()}) == decision_of_json(drop.json())
+    assert saved.decision_at(row.skb, 7).handle == 3
+    assert saved.keep_row(row, {}) is None
