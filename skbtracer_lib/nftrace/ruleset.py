@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from typing import NamedTuple
 
 from .netns import inside
@@ -23,6 +24,7 @@ XT_SAVE = {"ip": "iptables-nft-save", "ip6": "ip6tables-nft-save"}
 _TABLE_LINE = re.compile(r'^table (\S+) ("(?:[^"\\]|\\.)*"|\S+) \{')
 _CHAIN_LINE = re.compile(r'^\tchain ("(?:[^"\\]|\\.)*"|\S+) \{')
 _RULE_LINE = re.compile(r'^\t\t(.*?)\s*# handle (\d+)$')
+REREAD_SECONDS = 5.0
 _COMMENT = re.compile(r'--comment ("(?:[^"\\]|\\.)*"|\S+)')
 
 
@@ -120,7 +122,9 @@ def xt_managed(document):
 
 class Ruleset:
     """One namespace's ruleset, read again when a trace names a rule or
-    chain it does not have (a rule added since: handles are never reused)."""
+    chain it does not have (a rule added since: handles are never reused),
+    at most every REREAD_SECONDS: kube-proxy's 10,000 rules take 2 s to read
+    (iptables-nft-save included), and the rows wait for it."""
 
     def __init__(self, nft, netns_path, skip):
         self.nft = nft                  # an nftables.Nftables made in that namespace
@@ -128,6 +132,7 @@ class Ruleset:
         self.netns_path = netns_path
         self.rules, self.chains = {}, {}
         self.reads = 0
+        self.read_at = None             # time.monotonic() of the last read
 
     def read(self):
         nft = self.nft
@@ -158,6 +163,7 @@ class Ruleset:
                 xt_rules[(family, table)] = parse_xt_save(saved, table)
         self.rules, self.chains = parse_json(document, parse_text(text), xt_rules)
         self.reads += 1
+        self.read_at = time.monotonic()
 
     def _cmd(self, command):
         rc, out, err = self.nft.cmd(command)
@@ -175,7 +181,8 @@ class Ruleset:
 
     def rule(self, family, table, chain, handle):
         key = (family, table, chain, handle)
-        if key not in self.rules:
+        if key not in self.rules and (self.read_at is None
+                                      or time.monotonic() - self.read_at >= REREAD_SECONDS):
             self.read()
         return self.rules.get(key)
 
