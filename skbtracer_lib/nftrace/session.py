@@ -3,9 +3,9 @@ skbtracer's own): the trace table, the trace socket, the ruleset and the
 decisions; the decision of a row (drop, verdict) and of a NAT change."""
 
 from ..events.vocabulary import KIND_DROP, KIND_IPTABLE
+from ..outputs.names import NetnsNames
 from . import table
 from .decisions import Decisions, Unknown, nat_words, packet_key
-from ..outputs.names import NetnsNames
 from .netns import NetnsError, inside
 from .ruleset import Ruleset
 from .trace import TraceSocket
@@ -28,12 +28,17 @@ class Watched:
     def __init__(self, inode, path, rule_matches):
         import nftables
         self.inode, self.path = inode, path
+        self.owner = None           # once the table is made: whether it has the owner flag
         with inside(path):
             self.nft = nftables.Nftables()
             self.socket = TraceSocket()
-        self.owner, self.removed_stale = table.install(self.nft, rule_matches)
-        self.ruleset = Ruleset(self.nft, path, (table.FAMILY, table.NAME))
-        self.ruleset.read()
+        try:
+            self.owner, self.removed_stale = table.install(self.nft, rule_matches)
+            self.ruleset = Ruleset(self.nft, path, (table.FAMILY, table.NAME))
+            self.ruleset.read()
+        except BaseException:   # a table made is removed (without the owner flag too)
+            self.close()
+            raise
         self.decisions = Decisions(self.ruleset, (table.FAMILY, table.NAME))
 
     def drain(self):
@@ -41,7 +46,8 @@ class Watched:
 
     def close(self):
         try:
-            table.remove(self.nft)
+            if self.owner is not None:      # ours: another run's is not touched
+                table.remove(self.nft)
         finally:
             self.socket.close()
             del self.nft        # frees the context: its socket, the owner of the table
