@@ -14,6 +14,7 @@ of several, the latest not yet taken by a row. Time is the order of the
 messages, not a timestamp: the trace has none."""
 
 import collections
+import re
 from typing import NamedTuple
 
 from ..events.decode import printable
@@ -21,7 +22,12 @@ from ..events.vocabulary import PORTED
 from .trace import FINAL, TYPE_POLICY, TYPE_RULE, PacketHeader
 
 KEPT = 4096                     # decisions kept for rows not yet seen (and the story)
-NAT_WORDS = ("dnat", "snat", "masquerade", "redirect")
+# a NAT statement in `nft list` text, a NAT target in `iptables -S` text; comments left out
+_NFT_NAT = re.compile(r"\b(?:dnat|snat)(?: ip6?)? to\b|\bmasquerade\b|\bredirect\b|"
+                      r"xt target \"(?:DNAT|SNAT|MASQUERADE|REDIRECT)\"")
+_NFT_COMMENT = re.compile(r'comment "(?:[^"\\]|\\.)*"')
+_XT_NAT = re.compile(r"(?:^| )-j (?:DNAT|SNAT|MASQUERADE|REDIRECT)\b")
+_XT_COMMENT = re.compile(r'--comment (?:"(?:[^"\\]|\\.)*"|\S+)')
 # (the other causes, iptables-legacy, IPVS, a namespace not watched: in the man page)
 NAT_UNKNOWN = "no NAT rule traced for it (conntrack NATs a connection's later packets without one)"
 
@@ -48,9 +54,13 @@ class Decision(NamedTuple):
 
     @property
     def is_nat(self):
-        text = (self.rule.text if self.rule else "") + " " + (
-            self.rule.iptables or "" if self.rule else "")
-        return not self.policy and any(w in text.lower() for w in NAT_WORDS)
+        """Did a NAT statement or target decide (not words in a comment)?"""
+        rule = self.rule
+        if self.policy or rule is None:
+            return False
+        if rule.iptables:
+            return bool(_XT_NAT.search(_XT_COMMENT.sub("", rule.iptables)))
+        return bool(_NFT_NAT.search(_NFT_COMMENT.sub("", rule.text)))
 
     def json(self):
         rule = self.rule

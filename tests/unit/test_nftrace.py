@@ -11,7 +11,7 @@ import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 
 from skbtracer_lib.events.decode import KIND_DROP, KIND_IPTABLE, Event, encode
 from skbtracer_lib.nftrace import decisions, ruleset, table, trace
-from skbtracer_lib.nftrace.decisions import Decisions, Unknown, rule_words, row_suffix
+from skbtracer_lib.nftrace.decisions import Decision, Decisions, Unknown, rule_words, row_suffix
 from skbtracer_lib.nftrace.decisions import decision_of_json, packet_key
 from skbtracer_lib.nftrace.saved import SavedRules
 from skbtracer_lib.nftrace.session import Nftrace
@@ -322,3 +322,20 @@ def test_saved_rules_tell_the_same_words():
     assert saved.keep_row(row, {"rule": drop.json()}) == decision_of_json(drop.json())
     assert saved.decision_at(row.skb, 7).handle == 3
     assert saved.keep_row(row, {}) is None
+
+
+@pytest.mark.parametrize("text, iptables, nat", [
+    ("meta l4proto udp counter dnat to 10.244.1.3:9000", None, True),
+    ("oifname \"eth0\" masquerade", None, True),
+    ('counter accept comment "no dnat to here"', None, False),
+    ("ct status dnat accept", None, False),
+    ("dnat ip to 10.0.0.1", None, True),
+    ('xt target "DNAT"', None, True),
+    ("counter accept", '-A X -m comment --comment "skip -j DNAT" -j ACCEPT', False),
+    ("", "-A KUBE-SEP-X -p tcp -j DNAT --to-destination 10.0.0.1:80", True),
+])
+def test_a_nat_decision_is_its_statement_not_its_comment(text, iptables, nat):
+    rule = ruleset.Rule("ip", "nat", "X", 5, 1, text, None, iptables)
+    decision = Decision("ip", "nat", "X", "PREROUTING", "prerouting", "accept", False, 5, rule,
+                        PACKET, 1)
+    assert decision.is_nat is nat
