@@ -183,7 +183,10 @@ class Ruleset:
         key = (family, table, chain, handle)
         if key not in self.rules and (self.read_at is None
                                       or time.monotonic() - self.read_at >= REREAD_SECONDS):
-            self.read()
+            try:
+                self.read()
+            except (OSError, ValueError, KeyError, TypeError):
+                self.read_at = time.monotonic()     # the rule is unknown; tracing goes on
         return self.rules.get(key)
 
     def base_chain(self, family, table, chain):

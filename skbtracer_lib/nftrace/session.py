@@ -72,6 +72,10 @@ class Nftrace:
         except (table.TableError, NetnsError, OSError) as e:
             self.close()
             raise NftraceError("--nftrace: %s" % e) from None
+        except (ValueError, KeyError, TypeError) as e:     # a listing not of nft's shape
+            self.close()
+            raise NftraceError("--nftrace: cannot read the ruleset: %s: %s"
+                               % (type(e).__name__, e)) from None
         except BaseException:
             self.close()
             raise
