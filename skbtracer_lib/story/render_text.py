@@ -198,6 +198,11 @@ class Story(StoryModel):
             if e.kind == KIND_IPTABLE:
                 text = "%s%s %s %s" % (pf_prefix(e.pf), e.table or "?", e.hook_name,
                                        e.verdict_name)
+                decision = (self.rules.decision_at(e.skb, e.ts_ns)
+                            if self.rules is not None and e.verdict_name == "DROP" else None)
+                if decision is not None:    # --nftrace: the rule of a DROP, or why unknown
+                    text += (" by " if not isinstance(decision, Unknown) else ", ") + \
+                        rule_words(decision)
                 if not seen or seen[-1] != text:
                     seen.append(text)
         return ", ".join(seen) if seen else "-"

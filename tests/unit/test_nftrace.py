@@ -339,3 +339,27 @@ def test_a_nat_decision_is_its_statement_not_its_comment(text, iptables, nat):
     decision = Decision("ip", "nat", "X", "PREROUTING", "prerouting", "accept", False, 5, rule,
                         PACKET, 1)
     assert decision.is_nat is nat
+
+
+def test_the_story_names_the_rule_of_a_drop_verdict_and_of_the_dnat():
+    """Kprobe kernels' verdict rows: the NETFILTER column's DROP names its
+    rule; the DNAT in the flow its NAT rule."""
+    from test_story_unit import KPROBES, Trace, flow
+    rules = OneNamespace(fed())
+    trace = Trace(KPROBES)
+    before = dict(flow(41001, dst=SERVICE, dport=53, ip_id=0xABCD))
+    trace.add(0xA00, "__netif_receive_skb", "node1/cbr0", before)
+    trace.add(0xA00, "__netif_receive_skb", "node1/cbr0", dict(flow(41001, dport=9000,
+                                                                    ip_id=0xABCD)))
+    dropped = dict(flow(41002, dport=9100, ip_id=0x1234))
+    trace.add(0xB00, "__netif_receive_skb", "node1/cbr0", dropped)
+    trace.add(0xB00, "nft_do_chain", "node1/cbr0", dropped, kind=KIND_IPTABLE, pf=2, hook=2,
+              table="filter", chain="FORWARD", verdict=0)
+    for e in trace.events:
+        rules.of_row(e, None, None)
+    told = trace.story(iptable_traced=True, rules=rules)
+    first, second = told.packets
+    assert told.flow_text(first).endswith(
+        '(DNAT ->10.244.1.3:9000 by nat/KUBE-SEP-T handle 12 #1 "default/svc:dns")')
+    assert told.netfilter_text(second) == (
+        'filter FORWARD DROP by filter/FORWARD handle 3 "own \\"nft\\"\\x0acomment"')
