@@ -205,8 +205,9 @@ def trace(program):
     from skbtracer_lib.outputs.sinks import open_outputs
     from skbtracer_lib.program import kernel, layout
     from skbtracer_lib.program.load import Loaded
+    from skbtracer_lib.nftrace.session import NftraceError
     cfg = program.cfg
-    headers = loaded = session = None
+    headers = loaded = session = nftrace = None
     files = []
     try:
         headers = kernel.find_header_tree()
@@ -219,9 +220,15 @@ def trace(program):
         else:
             say_skipped(loaded)
         opened = open_outputs(cfg, files)
-        session = live_session(cfg, loaded, out=opened.get("output"), files=opened)
+        if cfg.nftrace:     # after the compile: a failed one leaves the ruleset alone
+            from skbtracer_lib.nftrace import Nftrace
+            nftrace = Nftrace(cfg, lambda line: sys.stderr.write("skbtracer: %s\n" % line))
+        session = live_session(cfg, loaded, out=opened.get("output"), files=opened,
+                               rules=nftrace)
         return session.run()
     except (kernel.KernelError, FileError) as e:
+        return fail(e)
+    except NftraceError as e:
         return fail(e)
     except Exception as e:  # bcc raises plain Exception for compile/load errors
         return fail("cannot load the BPF program: %s" % str(e).strip())
@@ -234,6 +241,11 @@ def trace(program):
             signal.signal(sig, signal.SIG_IGN)
         for f in files:
             f.close()
+        if nftrace is not None:     # --nftrace's table out of the ruleset
+            try:
+                nftrace.close()
+            except NftraceError as e:
+                fail(e)
         if loaded:
             loaded.close()
         if headers:

@@ -3,7 +3,8 @@
 # the checkout needs, and build the text rows' C module in place:
 #   deps.sh trace     tracing: bcc, kernel headers, libpcap (filter
 #                     expressions), python3-dpkt (-w), python3-tqdm (the
-#                     --all/--func bar); the C rows only where a compiler
+#                     --all/--func bar), python3-nftables (--nftrace);
+#                     the C rows only where a compiler
 #                     and python3-dev are already there
 #   deps.sh demo      trace, and the test bed's node (scripts/demo.sh):
 #                     pyroute2, iproute2, iptables, ebtables, kmod
@@ -14,7 +15,7 @@
 #   deps.sh           the same as test (scripts/test.sh, make deps)
 # Runs as root; uses no sudo.
 set -eu
-TRACE="python3-bpfcc linux-headers-amd64 libpcap0.8 python3-dpkt python3-tqdm"
+TRACE="python3-bpfcc linux-headers-amd64 libpcap0.8 python3-dpkt python3-tqdm python3-nftables"
 DEMO="$TRACE python3-pyroute2 iproute2 iptables ebtables kmod"
 PACKAGE="git make build-essential python3-dev debhelper dh-python lintian man-db python3-venv"
 TEST="$DEMO $PACKAGE bpfcc-tools python3-tabulate python3-pytest bpftool qemu-system-x86

@@ -31,12 +31,13 @@ POLL_TIMEOUT_MS = 200    # how often the loop looks at the stop flag
 MODULE_CHECK_SECONDS = 1.0  # how often probed modules are looked for (unloaded, back)
 
 
-def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reasons=None):
+def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reasons=None,
+                 rules=None):
     """The run loop over a loaded program (program.Loaded, or what runinfo
     describes). out: the rows' stream (stdout); files: {Config attribute:
     file} of the other outputs (sinks.open_outputs); names: the namespace
     names (default: this machine's); reasons: the drop reason names
-    (default: the running kernel's)."""
+    (default: the running kernel's); rules: --nftrace's Nftrace."""
     err = err or sys.stderr
     if names is None:
         names = netns_names.NetnsNames()     # looks nothing up until asked
@@ -44,7 +45,7 @@ def live_session(cfg, loaded, out=None, err=None, files=None, names=None, reason
         reasons = probes.drop_reasons()
     out = out or sys.stdout
     source = LiveEvents(cfg, loaded, err, names, reasons, Clock(relative=cfg.timestamp),
-                        rows_on_terminal=is_terminal(out))
+                        rows_on_terminal=is_terminal(out), rules=rules)
     sinks = make_sinks(cfg, out, err, files or {}, source)
     book = story.StoryBook(names) if cfg.summary else None
     return Session(cfg, source, sinks, book, err)
@@ -84,7 +85,7 @@ class Records:
         self.rows_sink = self.rows_in_c = None
         self.raw_rows = False
         if (len(writers) != 1 or not isinstance(writers[0], TextRows) or self.cfg.names
-                or columns):
+                or columns or self.cfg.nftrace):   # --nftrace: a rule suffix made in Python
             return
         self.rows_sink = writers[0]
         self.write_text, self.write_bytes = self.rows_sink.write_text, self.rows_sink.write_bytes
@@ -223,7 +224,8 @@ class LiveEvents:
 
     failure_note = "; tracing stopped, the complete rows before it are kept"
 
-    def __init__(self, cfg, loaded, err, names, reasons, clock, rows_on_terminal=False):
+    def __init__(self, cfg, loaded, err, names, reasons, clock, rows_on_terminal=False,
+                 rules=None):
         self.cfg = cfg
         self.loaded = loaded
         self.err = err
@@ -231,7 +233,8 @@ class LiveEvents:
         self.reasons = reasons
         self.clock = clock
         formatter = RowFormatter(loaded.info.probe_names, reasons, loaded.symbolize, clock,
-                                 names=names if cfg.names else None, ct=cfg.ct)
+                                 names=names if cfg.names else None, ct=cfg.ct, rules=rules)
+        self.rules = rules
         self.records = Records(cfg, loaded, err, formatter)
         self.session = self.json = None
         self.lost = 0
@@ -247,7 +250,7 @@ class LiveEvents:
         self.session = session
         if any("line" in sink.needs for sink in session.writers):
             self.json = jsonl.JsonFormatter(self.records.formatter, self.names,
-                                            node=self.cfg.node)
+                                            node=self.cfg.node, rules=self.rules)
         self.records.attach(session, self.json)
 
     def on_lost(self, count):
@@ -345,10 +348,12 @@ class LiveEvents:
         return self.loaded.info.unseen(self.cfg, self.lost, book.beyond, book.limit)
 
     def story_extras(self):
-        """--names: the Services' names from kube-proxy's rules (read at exit)."""
-        if not self.cfg.names:
-            return {}
-        return {"service_name": services.ServiceNames(self.names.path, self._verbose_note)}
+        """--names: the Services' names from kube-proxy's rules (read at exit);
+        --nftrace: the rules that decided (nftrace.Nftrace)."""
+        extras = {} if self.rules is None else {"rules": self.rules}
+        if self.cfg.names:
+            extras["service_name"] = services.ServiceNames(self.names.path, self._verbose_note)
+        return extras
 
     def _verbose_note(self, text):
         if self.cfg.verbose:
@@ -363,6 +368,7 @@ class LiveEvents:
             info.backend, node=self.json.node, run_id=self.json.run_id,
             probes=list(info.probe_names), attached=sorted(info.attached_names),
             modes=sorted(self.cfg.modes), iptable_traced=info.iptable_traced,
+            **({"nftrace": True} if self.rules is not None else {}),   # -r: rules saved
             # --all/--func: which probes are extra functions, so that -r tells
             # their rows as this run does (absent without them)
             **({"functions": info.extra_names} if info.extra_names else {}))

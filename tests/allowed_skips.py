@@ -27,6 +27,10 @@ HOST_COVERS = {
     "compile in the guest",
     "host only: merging two nodes' files involves no probes, and a tracer start costs a compile "
     "in the guest",
+    # --nftrace is user space and netlink (the kernel's nftables trace, the ruleset): the rows it
+    # names are the drop rows both backends make alike
+    "host only: --nftrace reads the kernel's nftables trace over netlink in user space, the same "
+    "with every probe backend, and a tracer start costs a compile in the guest",
     # not planned with kprobes yet (skbtracer_lib/program/probes.py _plan_route_decisions)
     "host only: routing decisions are told on the tracepoint backend only, for now",
 }

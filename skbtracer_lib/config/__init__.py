@@ -52,6 +52,7 @@ class Config:
     ct_mark: tuple = None           # --ct-mark: (mark, mask), mark having no bit outside mask
     ct_zone: int = None             # --ct-zone: the conntrack zone id
     ct: bool = False                # --ct: conntrack in the text rows
+    nftrace: bool = False           # --nftrace: the deciding nftables rules (a trace table)
     header_only: bool = False       # --header-only: -H/-P/--proto never match the connection
     netns: int = None               # inode (the first -N)
     netns_all: list = field(default_factory=list)   # every -N inode (at most MAX_NETNS)
@@ -393,6 +394,7 @@ def _outputs(ns, cfg):
     cfg.compact = ns.compact
     cfg.names = ns.names
     cfg.ct = ns.ct
+    cfg.nftrace = ns.nftrace
     cfg.summary = not ns.no_summary
     if ns.output not in (None, "-"):
         if not ns.output.strip():
@@ -457,7 +459,7 @@ def _read_only(cfg):
         ("-p/--pid", cfg.pid is not None), ("--duration", cfg.duration is not None),
         ("--keep", cfg.keep), ("--on-trouble", cfg.on_trouble), ("--ebpf", cfg.ebpf), ("--interval", cfg.interval is not None),
         ("--backend", cfg.backend != "auto"), ("--json=FILE", cfg.json not in (None, "-")),
-        ("-w/--write", cfg.write is not None),
+        ("-w/--write", cfg.write is not None), ("--nftrace", cfg.nftrace),
         ("--callstack/--dropstack", cfg.stacks is not None)) if given]
     if live_only:
         raise UsageError("-r reads saved events; %s applies only while tracing"

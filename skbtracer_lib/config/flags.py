@@ -36,6 +36,7 @@ EXAMPLES = (
     ("--proto udp --on-trouble --slow 100ms", "only drops, duplicates and slow packets"),
     ("-H 10.96.0.10 -P 53", "a Service's connections, both directions, past DNAT"),
     ("-H 10.96.0.10 --keep", "follow a service IP's packets past DNAT"),
+    ("-N node1 -H 10.244.1.2 --drop --nftrace", "the nftables rule of each DNAT and drop"),
     ("-H 10.96.0.10 --ct-state new --ct", "new connections: first packets, NAT chosen"),
     ("--ct-mark 0x2a/0xff --ct", "connections whose CONNMARK's low byte is 42"),
     ("--ct-zone 7 -w zone7.pcapng", "one conntrack zone's packets, to a pcapng file"),
@@ -199,6 +200,10 @@ FLAGS = (
     Flag("--ct", action="store_true",
          help="text rows: TRACE_INFO ends in the skb's conntrack state and NAT (ct=NEW, "
               "ct=EST,R dnat A=>B)"),
+    Flag("--nftrace", action="store_true",
+         help="which nftables/iptables-nft rule DNATed or dropped a packet, from the kernel's "
+              "nftables trace: ADDS a table (inet skbtracer_trace) to the ruleset of -N's "
+              "namespaces (else this one) while tracing, removed at exit"),
     Flag("--names", action="store_true",
          help="NETWORK_NS column: the namespace's 'ip netns' name, pod or container instead "
               "of its inode; the story's SERVICE lines: kube-proxy's Service name"),

@@ -10,6 +10,7 @@ import time
 from collections import namedtuple
 
 from . import conntrack, fields, ipvs, reader, routing, tunnel
+from ..nftrace.decisions import row_suffix as nftrace_suffix
 from .decode import EVENT_SIZE, Event, c_string
 from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, KIND_WHY, PORTED, TCP,
                          TCP_FLAGS, UDP, icmp_kind, is_icmp, probe_name, why_mtu,
@@ -181,7 +182,8 @@ class RowFormatter:
     ct: --ct, TRACE_INFO ends in the skb's conntrack state (conntrack.row_suffix)
     """
 
-    def __init__(self, probe_names, reasons, symbolize, clock, names=None, ct=False):
+    def __init__(self, probe_names, reasons, symbolize, clock, names=None, ct=False,
+                 rules=None):
         self.probe_names = probe_names
         self.reasons = reasons
         self.symbolize = symbolize
@@ -195,6 +197,11 @@ class RowFormatter:
         self._uncached = 0      # rows to make without the cache
         if ct:      # the ct fields are no part of row_of_raw's key nor of the rows in C
             self.trace_after_skb = self._trace_after_skb_with_ct
+            self._uncached = float("inf")
+        self.rules = rules      # --nftrace: verdict and netfilter drop rows end in ' rule=...'
+        if rules is not None:
+            self._without_rule = self.trace_after_skb
+            self.trace_after_skb = self._trace_after_skb_with_rule
             self._uncached = float("inf")
 
     def row_of_raw(self, raw):
@@ -275,6 +282,18 @@ class RowFormatter:
                 e.why, e.why_type, e.why_code,
                 why_mtu(e.family, e.why, e.why_type, e.why_code, e.why_info))
         return prefix + self.probe_name(e.probe)
+
+    def rule_of(self, e):
+        """--nftrace: the decision of a verdict or netfilter drop row, or
+        None (nftrace.Nftrace.of_row)."""
+        reasons = self.reasons
+        reason = (reasons.name(e.drop_reason) if reasons is not None and reasons.names
+                  else None)
+        location = self.symbolize(e.location) if e.location else None
+        return self.rules.of_row(e, reason, location)
+
+    def _trace_after_skb_with_rule(self, e):
+        return self._without_rule(e) + nftrace_suffix(self.rule_of(e))
 
     def _trace_after_skb_with_ct(self, e):
         return RowFormatter.trace_after_skb(self, e) + conntrack.row_suffix(e)

@@ -85,7 +85,7 @@ class JsonFormatter:
     symbolizer and clock come from it); names: names.NetnsNames or None.
     """
 
-    def __init__(self, rows, names=None, node=None, run_id=None):
+    def __init__(self, rows, names=None, node=None, run_id=None, rules=None):
         self.node = node if node is not None else os.uname().nodename
         self.run_id = run_id or new_run_id()
         self.probe_names = rows.probe_names
@@ -95,6 +95,7 @@ class JsonFormatter:
         self.clock = rows.clock
         self.names = names
         self.iso = IsoClock()
+        self.rule_of = rows.rule_of if rules is not None else None    # --nftrace
 
     def event(self, e, stack=None):
         """The dict for one event; stack: list of symbols or None."""
@@ -163,6 +164,10 @@ class JsonFormatter:
             obj["ipvs"] = ipvs.json_object(e)
         if e.tunnel:                # only an encapsulated packet's rows have the key
             obj["tunnel"] = tunnel.json_object(e)
+        if self.rule_of is not None and e.kind in (KIND_IPTABLE, KIND_DROP):
+            decision = self.rule_of(e)      # --nftrace: verdict and netfilter drop rows
+            if decision is not None:
+                obj["rule"] = decision.json()
         if stack is not None:
             obj["stack"] = list(stack)
         return obj

@@ -26,6 +26,7 @@ class SavedRun:
         self.end = None
         self.objects = []         # event objects, in file order
         self.service_names = {}   # (proto, address, port) -> the saved story's Service name
+        self.nat_rules = []       # --nftrace: the saved story's "nat_rule" objects
         self.wall_minus_ktime = None
 
 
@@ -92,6 +93,8 @@ def _read_file(path, warn):
             run.end = obj
         elif kind == "service":
             _keep_service_name(run, obj)
+        elif kind == "nat_rule":
+            run.nat_rules.append(obj)
     if not runs:
         raise ReadError("%s: not skbtracer JSON lines (no start object)" % path)
     return runs

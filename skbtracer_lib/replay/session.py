@@ -7,6 +7,8 @@ import sys
 from .. import story
 from ..events import conntrack, tunnel
 from ..events.textrow import Clock, Row, full_row
+from ..nftrace.decisions import row_suffix as nftrace_suffix
+from ..nftrace.saved import SavedRules
 from ..events.vocabulary import ICMP, ICMPV6, L4_NUMBERS, PORTED
 from ..outputs import jsonl, rotate
 from ..outputs.files import FileError
@@ -150,6 +152,10 @@ class SavedEvents:
         self.stopped_by = next((s for s in stops if isinstance(s, str) and s), None)
         self.rows = 0
         self.ended_ns = None
+        # --nftrace runs: the rules they saved (rows' "rule", the story's "nat_rule")
+        self.rules = None
+        if any(r.start.get("nftrace") for r in runs):
+            self.rules = SavedRules([o for r in runs for o in r.nat_rules])
 
     def attach(self, session):
         """Hand the events to session, with the texts its sinks need."""
@@ -185,10 +191,12 @@ class SavedEvents:
         take them: the rebuilt Event, no raw bytes, the saved object's row
         and JSON line where a sink needs them."""
         event = self.rebuilder.event(run, obj, ts)
+        decision = self.rules.keep_row(event, obj) if self.rules is not None else None
         row = line = None
         if self.make_row:
             netns = self.names.label(event.netns) if self.cfg.names else None
             suffix = conntrack.row_suffix(event) if self.cfg.ct else ""
+            suffix += nftrace_suffix(decision)
             columns = jsonl.row_columns(obj, self.clock.column(wall), netns, suffix)
             row = Row(columns) if self.columns else full_row(columns)
         if self.make_line:
@@ -235,6 +243,8 @@ class SavedEvents:
 
     def story_extras(self):
         extras = {"conntrack_read": self.rebuilder.conntrack_saved}
+        if self.rules is not None:
+            extras["rules"] = self.rules
         names = {key: name for run in self.runs for key, name in run.service_names.items()}
         if names:
             extras["service_name"] = lambda service: names.get(service_key(service))

@@ -77,7 +77,7 @@ def _dropped(copy):
     verdicts = [v for v in copy.events if v.kind == KIND_IPTABLE and v.verdict & 0xFF == NF_DROP]
     return End(EndKind.DROPPED, netns or last_interface(copy).netns, ifname, copy.names[-1],
                reason_code=e.drop_reason, location=e.location, ts_ns=e.ts_ns,
-               ct_fault=e.ct_fault, nfct=e.ct,
+               ct_fault=e.ct_fault, nfct=e.ct, skb=e.skb,
                nf_table=(verdicts[-1].table or "") if verdicts else None)
 
 

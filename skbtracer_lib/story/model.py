@@ -132,6 +132,7 @@ class End(NamedTuple):
     # --iptable: IPVS's choices for the copy's connection, in words ("IPVS
     # 10.96.0.10:53/udp rr -> 10.244.1.3:5353 (masq)"; "": none seen)
     balanced: str = ""
+    skb: int = 0                # drops: the drop row's skb (with ts_ns: its --nftrace rule)
 
     @property
     def place(self):
@@ -274,12 +275,14 @@ class StoryModel:
     events come from several nodes; stopped_by: what ended the trace ("-c",
     "a signal", "--duration" ...; None: not said), for the copies it cut off;
     service_name(conntrack.Service) -> its name ('default/dns-pair:dns') or
-    None (--names: outputs/services.py; -r: the saved service objects').
+    None (--names: outputs/services.py; -r: the saved service objects');
+    rules: --nftrace's nftrace.Nftrace (the rules behind drops and NAT), or None.
     """
 
     def __init__(self, packets, duplicates, label=str, symbolize=None, reasons=None,
                  caveats=(), routes_traced=True, iptable_traced=False, ended_ns=None,
-                 node_of=None, stopped_by=None, conntrack_read=True, service_name=None):
+                 node_of=None, stopped_by=None, conntrack_read=True, service_name=None,
+                 rules=None):
         self.packets = packets
         self.duplicates = duplicates
         self.node_of = node_of
@@ -295,6 +298,7 @@ class StoryModel:
         self.stopped_by = stopped_by
         self.conntrack_read = conntrack_read
         self.service_name = service_name or (lambda service: None)
+        self.rules = rules
 
     def ends(self, packet):
         return packet.ends()

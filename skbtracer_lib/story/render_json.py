@@ -1,5 +1,6 @@
 """The story as JSON-ready dicts: per packet a "summary", per flow, path and
-end a "flow" (the text table's rows), per Service a "service", then the
+end a "flow" (the text table's rows), per Service a "service", --nftrace:
+per NAT change whose rule is known a "nat_rule", then the
 "duplicate", "dropped" and "vanished" flags (README.md "JSON output").
 Structure comes from the model; the "text", "flow", "path" and "end"
 fields are the text renderer's words for the same things."""
@@ -14,6 +15,11 @@ def story_objects(story):
     objects = [_summary(story, packet) for packet in story.packets]
     objects += [_flow(group) for group in group_flows(story)]
     objects += [_service(story, service, name) for service, name in story.services]
+    if story.rules is not None:     # --nftrace: the NAT rules, for -r to tell again
+        objects += [{"type": "nat_rule", "packet": packet.number, "header": _header(before),
+                     "rule": decision.json()}
+                    for packet in story.packets for before, _change in story.nat_steps(packet)
+                    for decision in [story.rules.nat_decision(None, before)] if decision]
     objects += [_duplicate(story, dup) for dup in story.duplicates]
     for packet, text in story.drop_flags():
         objects.append({"type": "dropped", "packet": packet.number, "text": text})

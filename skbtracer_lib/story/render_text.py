@@ -2,6 +2,7 @@
 the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
 from ..events import conntrack
+from ..nftrace.decisions import Unknown, rule_words
 from ..events.vocabulary import KIND_IPTABLE, endpoint_text, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
@@ -85,6 +86,10 @@ class Story(StoryModel):
         ct = self.conntrack_text(end, reason)
         if ct:
             text += ": %s" % ct
+        decision = self.rules.decision_at(end.skb, end.ts_ns) if self.rules else None
+        if decision is not None:        # --nftrace
+            words = rule_words(decision)
+            text += (", " if isinstance(decision, Unknown) else " by ") + words
         return text
 
     def conntrack_text(self, end, reason):
@@ -120,16 +125,25 @@ class Story(StoryModel):
 
     def flow_text(self, packet):
         """'U 10.0.0.1:5->10.96.0.10:53 (DNAT ->10.0.0.3:9000)'."""
-        headers = packet.headers
-        first = headers[0]
+        first = packet.headers[0]
         text = "%s %s" % (proto_letter(first.family, first.l4proto), _endpoints(first))
-        previous = first
+        for before, change in self.nat_steps(packet):
+            by = self.rules.nat_words(None, before) if self.rules else ""
+            text += " (%s%s)" % (change, by)
+        return text
+
+    @staticmethod
+    def nat_steps(packet):
+        """[(the header before, 'DNAT ->A:P')] of each NAT change the packet's
+        headers show, in order."""
+        headers = packet.headers
+        steps, previous = [], headers[0]
         for header in headers[1:]:
             change = _nat_change(previous, header)
             if change:
-                text += " (%s)" % change
+                steps.append((previous, change))
                 previous = header
-        return text
+        return steps
 
     def final_flow(self, copy):
         last = copy.last_header
@@ -185,6 +199,11 @@ class Story(StoryModel):
             if e.kind == KIND_IPTABLE:
                 text = "%s%s %s %s" % (pf_prefix(e.pf), e.table or "?", e.hook_name,
                                        e.verdict_name)
+                decision = (self.rules.decision_at(e.skb, e.ts_ns)
+                            if self.rules is not None and e.verdict_name == "DROP" else None)
+                if decision is not None:    # --nftrace: the rule of a DROP, or why unknown
+                    text += (" by " if not isinstance(decision, Unknown) else ", ") + \
+                        rule_words(decision)
                 if not seen or seen[-1] != text:
                     seen.append(text)
         return ", ".join(seen) if seen else "-"

@@ -101,7 +101,7 @@ def test_completion_of_files(tmp_path):
 # The Debian package of each module the tracer imports from outside the
 # standard library (the test bed's pyroute2 is not the tracer's).
 DEBIAN_PACKAGES = {"bcc": "python3-bpfcc", "tabulate": "python3-tabulate", "dpkt": "python3-dpkt",
-                   "tqdm": "python3-tqdm"}
+                   "tqdm": "python3-tqdm", "nftables": "python3-nftables"}
 
 
 def imported_modules(paths):
