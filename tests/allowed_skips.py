@@ -27,6 +27,8 @@ HOST_COVERS = {
     "compile in the guest",
     # not planned with kprobes yet (skbtracer_lib/program/probes.py _plan_route_decisions)
     "host only: routing decisions are told on the tracepoint backend only, for now",
+    "host only: neighbour waits and IPv6 routing decisions are told on the tracepoint backend "
+    "only, for now",
 }
 
 ALLOWED_SKIPS = {

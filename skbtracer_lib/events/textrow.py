@@ -9,7 +9,7 @@ import re
 import time
 from collections import namedtuple
 
-from . import conntrack, fields, reader, routing
+from . import conntrack, fields, neighbours, reader, routing
 from .decode import EVENT_SIZE, Event, c_string
 from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, KIND_WHY, PORTED, TCP,
                          TCP_FLAGS, UDP, icmp_kind, is_icmp, probe_name, why_mtu,
@@ -141,7 +141,8 @@ class Clock:
 TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "drop_reason",
                 "location", "why", "why_type", "why_code", "why_info", "route_known",
                 "route_table", "route_err", "route_type", "route_gw_family", "route_gw",
-                "route_dev")
+                "route_dev", "route_prefix_len", "route_prefix", "neigh_family", "neigh_state",
+                "neigh_addr", "neigh_waited_us")
 ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
               "sport", "daddr", "dport") + TRACE_FIELDS
 _ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
@@ -154,7 +155,7 @@ ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly miss
 # built it: a ring buffer's batch in one call. SKBTRACER_PYTHON_ROWS=1 makes
 # them in Python all the same (how the tests compare the two).
 PYTHON_ROWS_ENV = "SKBTRACER_PYTHON_ROWS"
-ROWS_ABI = 3                # _rows.c's ROWS_ABI: a stale build is not used
+ROWS_ABI = 4                # _rows.c's ROWS_ABI: a stale build is not used
 
 
 def rows_in_c():
@@ -248,9 +249,11 @@ class RowFormatter:
         return "%x" % e.skb + self.trace_after_skb(e)
 
     def trace_after_skb(self, e):
-        """TRACE_INFO after the skb address; --why: the routing decision the
-        row took after it (routing.row_suffix)."""
+        """TRACE_INFO after the skb address; --why: the neighbour it waited
+        for and the routing decision the row took after it."""
         text = self._trace_after_skb(e)
+        if e.neigh_family:
+            text += neighbours.row_suffix(e)
         return text + routing.row_suffix(e) if e.route_known else text
 
     def _trace_after_skb(self, e):

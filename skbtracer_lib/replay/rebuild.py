@@ -1,7 +1,7 @@
 """Saved event objects rebuilt as the live decoder's Event objects, with
 the names, symbols and probes the saved run had."""
 
-from ..events import conntrack, fields, routing
+from ..events import conntrack, fields, neighbours, routing
 from ..events.decode import Event
 from ..events.vocabulary import (KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, WHY_NUMBERS,
                                  hook_number)
@@ -120,6 +120,8 @@ class Rebuilder:
             e.why_code = why.get("icmp_code") or 0
             e.why_info = why.get("mtu") or 0
         for name, value in routing.fields_of(obj.get("route")).items():
+            setattr(e, name, value)
+        for name, value in neighbours.fields_of(obj.get("neigh")).items():
             setattr(e, name, value)
         if "ct" in obj:
             self.conntrack_saved = True

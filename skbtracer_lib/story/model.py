@@ -129,6 +129,9 @@ class End(NamedTuple):
     # --why: the routing decisions the copy's rows took, in words ("routed
     # by table main dev veth1"; "": none seen)
     routed: str = ""
+    # --why: the neighbour the copy waited for ("waited 3.0 s for ARP
+    # 10.244.1.9 on cbr0: FAILED"; "": none seen)
+    neighbour: str = ""
 
     @property
     def place(self):

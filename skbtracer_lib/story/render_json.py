@@ -39,6 +39,8 @@ def _end(story, end):
         obj["sent_back"] = end.sent_back
     if end.routed:          # --why: only where a routing decision was seen
         obj["routed"] = end.routed
+    if end.neighbour:       # --why: only where the copy waited for a neighbour
+        obj["neighbour"] = end.neighbour
     return obj
 
 

@@ -45,7 +45,8 @@ class Story(StoryModel):
     def end_text(self, end):
         """Where and how the copy ended; --why: its routing decisions and
         what was sent back because of it."""
-        return ", ".join(t for t in (self._end_place_text(end), end.routed, end.sent_back) if t)
+        return ", ".join(t for t in (self._end_place_text(end), end.routed, end.neighbour,
+                                     end.sent_back) if t)
 
     def _end_place_text(self, end):
         kind = end.kind

@@ -25,7 +25,8 @@ FUZZ_INPUTS = 100_000
 # a text row: time, netns, ifname (may be empty), dmac, PKT_INFO, TRACE_INFO
 ROW = re.compile(r"^\[[0-9:]{8}\]\[\S+ *\] +\S* +[0-9a-f]{12} \S+ +[0-9a-f]+\.\d+:\S+"
                  r"( reason=\S+)?( location=\S+)?( type=\d+ code=\d+( mtu=\d+)?)?"
-                 r"( route=\S+:\S+( via=\S+)?( dev=\S+)?)?$")
+                 r"( neigh=\S+:\S+( waited=\S+)?)?"
+                 r"( route=\S+:\S+( dst=\S+)?( via=\S+)?( dev=\S+)?)?$")
 IFNAME = fields.at("ifname").span
 
 
