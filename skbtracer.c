@@ -309,6 +309,7 @@ struct event_t {
 };
 #define ROUTE_KNOWN      1
 #define ROUTE_HAS_PREFIX 2
+#define ROUTE_REVERSE    4  /* rp_filter's lookup of the way back to the source (IP_RPFILTER drops) */
 #define CT_KNOWN_CONN 1     /* status, tuples */
 #define CT_KNOWN_MARK 2
 #define CT_KNOWN_ZONE 4
@@ -1437,15 +1438,15 @@ int on_fib6_lookup(struct bpf_raw_tracepoint_args *ctx)
 /* Is s a lookup for the row e's packet (newer than SAME_CHAIN_NS)? Then it
  * is taken (used up), and the row's decision if it has none yet. */
 static __always_inline void take_seen(struct event_t *e, struct fib_lookup_seen *s, u64 now,
-                                      u64 *saddr, u64 *daddr)
+                                      u64 *saddr, u64 *daddr, u16 sport, u16 dport)
 {
     int ported = s->proto == 6 || s->proto == 17;   /* else uli holds no ports */
     if (!s->ts_ns || now - s->ts_ns > SAME_CHAIN_NS || s->family != e->family ||
         s->daddr[0] != daddr[0] || s->daddr[1] != daddr[1] ||
         ((s->saddr[0] | s->saddr[1]) && (s->saddr[0] != saddr[0] || s->saddr[1] != saddr[1])) ||
         (s->proto && s->proto != e->l4proto) ||
-        (ported && s->sport && s->sport != e->sport) ||
-        (ported && s->dport && s->dport != e->dport))
+        (ported && s->sport && s->sport != sport) ||
+        (ported && s->dport && s->dport != dport))
         return;
 #ifdef CONSUME_PROBE_ID
     if (e->probe == CONSUME_PROBE_ID && s->after != e->skb)
@@ -1493,10 +1494,22 @@ static __always_inline void take_route(struct event_t *e)
     l->last_daddr[0] = daddr[0];
     l->last_daddr[1] = daddr[1];
     u32 newest = l->next - 1;
+#if defined(DROP_REASON_RPFILTER) && defined(ROUTE_DECISIONS)
+    /* dropped by the reverse path check: its lookup, the addresses swapped, says why */
+    if (e->kind == KIND_DROP && e->drop_reason == DROP_REASON_RPFILTER) {
+#pragma unroll
+        for (int k = 0; k < FIB_SEEN; k++)
+            take_seen(e, &l->seen[(newest - k) & (FIB_SEEN - 1)], now, daddr, saddr,
+                      e->dport, e->sport);
+        if (e->route_known)
+            e->route_known |= ROUTE_REVERSE;
+    }
+#endif
 #pragma unroll
     for (int k = 0; k < FIB_SEEN; k++)
-        take_seen(e, &l->seen[(newest - k) & (FIB_SEEN - 1)], now, saddr, daddr);
-    take_seen(e, &l->error, now, saddr, daddr);
+        take_seen(e, &l->seen[(newest - k) & (FIB_SEEN - 1)], now, saddr, daddr,
+                  e->sport, e->dport);
+    take_seen(e, &l->error, now, saddr, daddr, e->sport, e->dport);
 }
 #endif /* ROUTE_DECISIONS || ROUTE6_DECISIONS */
 

@@ -21,8 +21,10 @@ RT_TABLES_FILES = ("/etc/iproute2/rt_tables", "/usr/share/iproute2/rt_tables",
                    "/usr/lib/iproute2/rt_tables")
 RT_TABLES_DIRS = ("/etc/iproute2/rt_tables.d", "/usr/share/iproute2/rt_tables.d")
 AF_INET, AF_INET6 = 2, 10
-# route_known's bits (skbtracer.c ROUTE_KNOWN, ROUTE_HAS_PREFIX)
-KNOWN, HAS_PREFIX = 1, 2
+# route_known's bits (skbtracer.c ROUTE_KNOWN, ROUTE_HAS_PREFIX, ROUTE_REVERSE):
+# REVERSE on an IP_RPFILTER drop row: the decision is rp_filter's lookup of the
+# way back to the packet's source, not the packet's own
+KNOWN, HAS_PREFIX, REVERSE = 1, 2, 4
 
 # a route's type (include/uapi/linux/rtnetlink.h RTN_*), read from its fib_info
 RTN_NAMES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
@@ -120,13 +122,18 @@ def json_object(e):
             "result": outcome, "err": e.route_err, "gateway": gw, "dev": dev,
             "oif": e.route_oif or None, "iif": e.route_iif or None,
             "rtn": e.route_type or None, "prefix": prefix(e),
-            "text": decision_words(table_name(e.route_table), outcome, gw, dev, prefix(e))}
+            "reverse": bool(e.route_known & REVERSE), "text": words(e)}
 
 
 def words(e):
-    """decision_words of a row's decision."""
-    return decision_words(table_name(e.route_table), result(e.route_err, e.route_type),
+    """decision_words of a row's decision; rp_filter's: 'rp_filter: the way
+    back to 10.244.1.77 is routed by table main dev cni0, not veth1'."""
+    text = decision_words(table_name(e.route_table), result(e.route_err, e.route_type),
                           gateway(e), e.route_dev, prefix(e))
+    if e.route_known & REVERSE:
+        return "rp_filter: the way back to %s is %s%s" % (
+            e.saddr, text, ", not %s" % e.ifname if e.ifname and e.ifname != e.route_dev else "")
+    return text
 
 
 def row_suffix(e):
@@ -134,7 +141,8 @@ def row_suffix(e):
     ' route=main:unicast via=10.244.1.1 dev=eth0', ' route=100:prohibit',
     ' route=main:no_route', ' route=main:unicast dst=fd00:244:2::/64 dev=eth0'."""
     outcome = result(e.route_err, e.route_type).replace(" ", "_")   # one word: no_route
-    text = " route=%s:%s" % (table_name(e.route_table), outcome)
+    text = " %s=%s:%s" % ("rpf_route" if e.route_known & REVERSE else "route",
+                          table_name(e.route_table), outcome)
     if e.route_known & HAS_PREFIX:
         text += " dst=" + prefix(e)
     gw = gateway(e)
@@ -160,11 +168,11 @@ def fields_of(obj):
         packed = socket.inet_pton(socket.AF_INET6 if family == AF_INET6 else socket.AF_INET,
                                   obj["gateway"])
         gw = packed + bytes(16 - len(packed))
-    known, plen, dst = KNOWN, 0, bytes(16)
+    known, plen, dst = KNOWN | (REVERSE if obj.get("reverse") else 0), 0, bytes(16)
     if obj.get("prefix"):
         text, plen = obj["prefix"].rsplit("/", 1)
         packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-        known, plen, dst = KNOWN | HAS_PREFIX, int(plen), packed + bytes(16 - len(packed))
+        known, plen, dst = known | HAS_PREFIX, int(plen), packed + bytes(16 - len(packed))
     return {"route_known": known, "route_table": obj.get("table_id") or 0,
             "route_err": obj.get("err") or 0, "route_oif": obj.get("oif") or 0,
             "route_iif": obj.get("iif") or 0, "route_type": obj.get("rtn") or 0,

@@ -126,6 +126,9 @@ DROP_REASON_NEIGH_QUEUEFULL = _macro("DROP_REASON_NEIGH_QUEUEFULL", NUMBER,
                                      "NEIGH_QUEUEFULL's value: pushed out of a full ARP/ND queue")
 DROP_REASON_NEIGH_DEAD = _macro("DROP_REASON_NEIGH_DEAD", NUMBER,
                                 "NEIGH_DEAD's value: its neighbour entry was being removed")
+DROP_REASON_RPFILTER = _macro("DROP_REASON_RPFILTER", NUMBER,
+                              "IP_RPFILTER's value: the reverse path check dropped it (--why "
+                              "tells its lookup)")
 CONSUME_PROBE_ID = _macro("CONSUME_PROBE_ID", NUMBER, "--route: consume_skb's probe id")
 TP_BTF = _macro("TP_BTF", FLAG, "the tracepoint programs are loaded as tp_btf (tp_btf.py): "
                 "they read the skb's fields by plain loads")

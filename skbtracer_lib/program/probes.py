@@ -392,6 +392,9 @@ def _plan_route_decisions(plan, layouts, backend):
             plan.notes.append("--why: no %s routing decisions: %s" % (family, why))
             continue
         plan.defines[macro] = 1
+        rpfilter = drop_reasons().get_value("IP_RPFILTER")
+        if macro == macros.ROUTE_DECISIONS and rpfilter is not None:
+            plan.defines[macros.DROP_REASON_RPFILTER] = rpfilter
         plan.add(event, "helper",
                  note="%s route lookups, tied to the packet's next row on the same CPU" % family,
                  attach=[(tp_btf.RAW, event, c_function)])

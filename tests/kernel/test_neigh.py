@@ -16,6 +16,9 @@ namespaces, `udp port 9000`) over the routing lab's scenarios
 - route-main after the router's neighbours towards pod-c were flushed: the
   router queues pod-a's datagram until pod-c answers ARP; the story tells
   the wait up to the packet's next row.
+- rp-filter: pod-c sends from 10.244.1.77, which the router routes back via
+  cni0, not pod-c's veth (rp_filter=1): the IP_RPFILTER drop row tells
+  rp_filter's own lookup, judged against `ip route get fibmatch`.
 
 Runs on: the host (tracepoints). Neighbour waits and IPv6 decisions are
 planned on the tracepoint backend only (probes.py), so the guests skip."""
@@ -27,7 +30,7 @@ import subprocess
 import pytest
 from conftest import BACKEND
 
-from testbed.routing import NEIGH_RETRANS_MS, SUBNET6, RoutingLab
+from testbed.routing import NEIGH_RETRANS_MS, SPOOFED, SUBNET6, RoutingLab
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun
 
 pytestmark = pytest.mark.skipif(
@@ -37,6 +40,7 @@ pytestmark = pytest.mark.skipif(
 NEIGHBOURS = ("neigh-failed", "neigh-failed6", "neigh-queuefull")
 ROUTED6 = ("route6-main", "blackhole6", "prohibit6")
 RESOLVED = "route-main"
+RPF = "rp-filter"
 PROTOCOL = {"neigh-failed": "ARP", "neigh-failed6": "ND", "neigh-queuefull": "ARP"}
 
 
@@ -56,10 +60,16 @@ def traced(tmp_path_factory):
             # waits for ARP in the router's softirq, and goes on when pod-c answers
             lab.exec("router", ["ip", "neigh", "flush", "dev", lab.pods["pod-c"].host_ifname])
             outcomes[RESOLVED], _caps = lab.run(lab.scenario(RESOLVED))
+            outcomes[RPF], _caps = lab.run(lab.scenario(RPF))
         for name in ROUTED6:
             dst = lab.scenario(name).dst
             judged[name] = {role: route_get(lab, role, dst, lab.pods["pod-a"].ip6)
                             for role in ("pod-a", "router")}
+        # rp_filter's lookup: the way to the source, as the router's own output route
+        back = json.loads(lab.exec("router", ["ip", "-j", "route", "get", "fibmatch",
+                                              SPOOFED]).stdout)[0]
+        judged[RPF] = {"table": back.get("table", "main"), "type": back.get("type", "unicast"),
+                       "oif": back.get("dev")}
         solicit = int(lab.exec("pod-a", ["sysctl", "-n", "net.ipv4.neigh.eth0.mcast_solicit"])
                       .stdout)
         events = [e for e in map(json.loads, json_path.read_text().splitlines())
@@ -194,3 +204,20 @@ def test_a_resolved_wait_is_told_until_the_packet_went_on(traced):
         story = [line for line in run.stderr.splitlines() if port in line
                  and words.search(line)]
         assert story, (e["neigh"], [line for line in run.stderr.splitlines() if port in line])
+
+
+def test_an_rp_filter_drop_names_the_way_back(traced):
+    lab, outcomes, run, events, _path = traced
+    assert outcomes[RPF].mismatches() == [], outcomes[RPF].mismatches()
+    veth = lab.pods["pod-c"].host_ifname
+    drops = [e for e in events if e["kind"] == "drop" and e["saddr"] == SPOOFED
+             and e["netns"] == lab.ns_inode["router"]]
+    assert [e["drop"]["reason"] for e in drops] == ["IP_RPFILTER"], drops
+    route, judged = drops[0].get("route"), outcomes["judged"][RPF]
+    assert route and route["reverse"], drops[0]
+    assert (route["table"], route["result"], route["dev"]) == (
+        judged["table"], judged["type"], judged["oif"]), (route, judged)
+    assert judged["oif"] != veth
+    words = "rp_filter: the way back to %s is routed by table %s dev %s, not %s" % (
+        SPOOFED, judged["table"], judged["oif"], veth)
+    assert any(words in line for line in run.stderr.splitlines()), run.stderr

@@ -26,7 +26,7 @@ FUZZ_INPUTS = 100_000
 ROW = re.compile(r"^\[[0-9:]{8}\]\[\S+ *\] +\S* +[0-9a-f]{12} \S+ +[0-9a-f]+\.\d+:\S+"
                  r"( reason=\S+)?( location=\S+)?( type=\d+ code=\d+( mtu=\d+)?)?"
                  r"( neigh=\S+:\S+( waited=\S+)?)?"
-                 r"( route=\S+:\S+( dst=\S+)?( via=\S+)?( dev=\S+)?)?$")
+                 r"( (rpf_)?route=\S+:\S+( dst=\S+)?( via=\S+)?( dev=\S+)?)?$")
 IFNAME = fields.at("ifname").span
 
 

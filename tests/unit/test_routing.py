@@ -95,7 +95,7 @@ def test_json_route_on_rows_with_a_decision_only_and_r_rebuilds_it():
     obj = json.loads(out.line(routed(table=100, gw="10.244.1.1", dev="eth0")))
     assert obj["route"] == {"table": "100", "table_id": 100, "result": "unicast", "err": 0,
                             "rtn": RTN_UNICAST, "gateway": "10.244.1.1", "dev": "eth0",
-                            "oif": 7, "iif": 3, "prefix": None,
+                            "oif": 7, "iif": 3, "prefix": None, "reverse": False,
                             "text": "routed by table 100 via 10.244.1.1 dev eth0"}
     plain = Event(encode(ts_ns=1000, skb=SKB, probe=0, kind=KIND_ROUTE, **UDP))
     assert "route" not in json.loads(out.line(plain))
@@ -188,6 +188,26 @@ def test_ipv6_decisions_name_the_prefix(rtn, dev, words, suffix):
     obj = json.loads(out.line(e))
     assert obj["route"]["prefix"] == "fd00:245::/64"
     assert jsonl.text_row(obj, "12:34:56").endswith("net_dev_queue" + suffix)
+
+    class Run:
+        node = "n"
+    again = Rebuilder(False).event(Run(), obj, obj["ktime_ns"])
+    assert routing.json_object(again) == obj["route"]
+
+
+def test_an_rp_filter_drop_names_the_way_back():
+    """An IP_RPFILTER drop row takes rp_filter's own lookup (the addresses swapped, flagged
+    REVERSE): where the way back to the source goes instead of the packet's device."""
+    e = Event(encode(ts_ns=2000, skb=SKB, probe=2, kind=KIND_DROP, drop_reason=16,
+                     route_known=routing.KNOWN | routing.REVERSE, route_table=254, route_type=1,
+                     route_dev="cni0", route_oif=5, route_iif=1,
+                     **dict(UDP, saddr="10.244.1.77", daddr="10.244.1.2", ifname="veth9")))
+    assert routing.words(e) == ("rp_filter: the way back to 10.244.1.77 is routed by table main "
+                                "dev cni0, not veth9")
+    assert routing.row_suffix(e) == " rpf_route=main:unicast dev=cni0"
+    out = jsonl.JsonFormatter(formatter(), node="n", run_id="r")
+    obj = json.loads(out.line(e))
+    assert obj["route"]["reverse"] is True
 
     class Run:
         node = "n"
