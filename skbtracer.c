@@ -83,20 +83,48 @@ LAYOUT(CT_ZONE, struct nf_conn, zone.id)
 #define CT_READ_ZONE 1
 #endif
 #endif /* CONFIG_NF_CONNTRACK */
-#ifdef ROUTE_DECISIONS
+#if defined(ROUTE_DECISIONS) || defined(ROUTE6_DECISIONS)
 #include <net/ip_fib.h>
+LAYOUT(NHC_DEV, struct fib_nh_common, nhc_dev)
+LAYOUT(NHC_OIF, struct fib_nh_common, nhc_oif)
+LAYOUT(NHC_GW_FAMILY, struct fib_nh_common, nhc_gw_family)
+LAYOUT(NHC_GW, struct fib_nh_common, nhc_gw)
+#endif
+#ifdef ROUTE_DECISIONS
 LAYOUT(FLOW4_IIF, struct flowi4, flowi4_iif)
 LAYOUT(FLOW4_PROTO, struct flowi4, flowi4_proto)
 LAYOUT(FLOW4_SADDR, struct flowi4, saddr)
 LAYOUT(FLOW4_DADDR, struct flowi4, daddr)
 LAYOUT(FLOW4_SPORT, struct flowi4, fl4_sport)
 LAYOUT(FLOW4_DPORT, struct flowi4, fl4_dport)
-LAYOUT(NHC_DEV, struct fib_nh_common, nhc_dev)
-LAYOUT(NHC_OIF, struct fib_nh_common, nhc_oif)
-LAYOUT(NHC_GW_FAMILY, struct fib_nh_common, nhc_gw_family)
-LAYOUT(NHC_GW, struct fib_nh_common, nhc_gw)
 LAYOUT(NH_PARENT, struct fib_nh, nh_parent)
 LAYOUT(FIB_TYPE, struct fib_info, fib_type)
+#endif
+#ifdef ROUTE6_DECISIONS
+#include <net/ip6_fib.h>
+LAYOUT(FLOW6_IIF, struct flowi6, flowi6_iif)
+LAYOUT(FLOW6_PROTO, struct flowi6, flowi6_proto)
+LAYOUT(FLOW6_SADDR, struct flowi6, saddr)
+LAYOUT(FLOW6_DADDR, struct flowi6, daddr)
+LAYOUT(FLOW6_SPORT, struct flowi6, fl6_sport)
+LAYOUT(FLOW6_DPORT, struct flowi6, fl6_dport)
+LAYOUT(RES6_NH, struct fib6_result, nh)
+LAYOUT(RES6_F6I, struct fib6_result, f6i)
+LAYOUT(RES6_TYPE, struct fib6_result, fib6_type)
+LAYOUT(TABLE6_ID, struct fib6_table, tb6_id)
+LAYOUT(F6I_DST, struct fib6_info, fib6_dst.addr)
+LAYOUT(F6I_PLEN, struct fib6_info, fib6_dst.plen)
+LAYOUT(NET_FIB6_NULL, struct net, ipv6.fib6_null_entry)
+#endif
+#ifdef NEIGH_WAITS
+#include <net/neighbour.h>
+LAYOUT(NEIGH_STATE, struct neighbour, nud_state)
+LAYOUT(NEIGH_QUEUE, struct neighbour, arp_queue)
+LAYOUT(NEIGH_QUEUE_TAIL, struct neighbour, arp_queue.prev)
+LAYOUT(NEIGH_TBL, struct neighbour, tbl)
+LAYOUT(NEIGH_TBL_FAMILY, struct neigh_table, family)
+/* a flexible array: no size */
+enum { L_NEIGH_KEY_OFF = offsetof(struct neighbour, primary_key), L_NEIGH_KEY_SIZE = 0 };
 #endif
 /* the sk_buff fields find_packet reads, in one read as with BTF's
  * L_SKB_SPAN_* (layout.SPAN_FIELDS); since 4.x they lie within 32 bytes */
@@ -200,6 +228,7 @@ _Static_assert(CT_SPAN_LEN <= 256, "struct nf_conn's fields are too far apart");
 /* --why rows (KIND_WHY): what the packet made the stack send back */
 #define WHY_ICMP 1
 #define WHY_RESET 2
+#define WHY_NEIGH 3         /* queued, waiting for its neighbour (ARP/ND) to resolve */
 /* IPVS decisions (ipvs_known) */
 #define IPVS_CHOSE 1        /* a real server, for a new connection */
 #define IPVS_NO_DEST 2      /* none: the scheduler found no real server */
@@ -272,11 +301,13 @@ struct event_t {
     s32 route_err;      /* its result: 0, or -EAGAIN (no match), -EINVAL (blackhole)... */
     u32 route_oif;      /* the next hop's device (its ifindex, and name below) */
     u32 route_iif;      /* the flow's input device (1, loopback, for output routes) */
-    u8  route_known;    /* 1: the fields above hold a decision */
+    u8  route_known;    /* ROUTE_KNOWN: the fields above hold a decision; | ROUTE_HAS_PREFIX */
     u8  route_type;     /* the route's RTN_* type (its fib_info's); 0: not read */
     u8  route_gw_family; /* AF_INET/AF_INET6: route_gw holds a gateway; 0: none */
+    u8  route_prefix_len; /* IPv6: the route's prefix (fib6_dst); IPv4's lookups do not tell it */
     char route_dev[16];
     u8  route_gw[16];
+    u8  route_prefix[16];
     /* --iptable: the IPVS decision a row carries (on_ipvs_schedule_return) */
     u8  ipvs_raddr[16]; /* the real server chosen */
     u16 ipvs_rport;     /* network byte order */
@@ -292,7 +323,15 @@ struct event_t {
     u8  tunnel_saddr[4];
     u8  tunnel_daddr[4];
     u8  tunnel;         /* TUNNEL_*; 0: not encapsulated */
+    /* --why: the neighbour the packet waited for (neigh_take, WHY_NEIGH rows) */
+    u32 neigh_waited_us; /* drop rows: from its queueing to the drop */
+    u8  neigh_family;   /* AF_INET (ARP), AF_INET6 (ND); 0: no neighbour told */
+    u8  neigh_state;    /* NUD_* at the row: INCOMPLETE queued, FAILED dropped... */
+    u8  neigh_addr[16];
 };
+#define ROUTE_KNOWN      1
+#define ROUTE_HAS_PREFIX 2
+#define ROUTE_REVERSE    4  /* rp_filter's lookup of the way back to the source (IP_RPFILTER drops) */
 #define CT_KNOWN_CONN 1     /* status, tuples */
 #define CT_KNOWN_MARK 2
 #define CT_KNOWN_ZONE 4
@@ -1324,46 +1363,105 @@ static __always_inline int capture_submit(void *ctx, struct event_t *e)
 /* ------------------------------------------------------------------ */
 /* --why: the routing decision. fib:fib_table_lookup(tb_id, flp, nhc, err)
  * fires once for each table an IPv4 lookup searches (local, then the
- * rules' tables), with no skb. ip_route_input_noref and ip_route_output
- * run in the packet's own call chain, so the lookups are kept per CPU
- * (the last FIB_SEEN) and the first row submitted after them on that CPU
- * whose packet has the lookup's addresses (a source of 0: an output
- * route before its source was chosen) and its protocol and ports (where
- * the lookup has them: TCP and UDP output routes; input routes have
- * none) takes the newest: the table that decided, after the tables that
- * had no match. A lookup the other way (rp_filter's, the reply's route
- * of an ICMP error) has the addresses swapped and is no packet's; one
- * without an input device (inet_addr_type's: is this address local?) is
- * no routing decision. A normal free (consume_skb) takes one only when
- * its skb had the row just before the lookup: else it is a clone freed
- * on the way (neigh_probe's), not where the decision went. Older than
+ * rules' tables), fib6:fib6_table_lookup(net, res, table, flp) once for each
+ * table an IPv6 lookup searches, with no skb. ip_route_input_noref,
+ * ip_route_output and their IPv6 peers run in the packet's own call chain,
+ * so the lookups are kept per CPU (the last FIB_SEEN, both families) and
+ * the first row submitted after them on that CPU whose packet has the
+ * lookup's addresses (a source of 0: an output route before its source was
+ * chosen) and its protocol and ports (where the lookup has them: TCP and
+ * UDP output routes; input routes have none) takes the newest: the table
+ * that decided, after the tables that had no match. A lookup the other way
+ * (rp_filter's, the reply's route of an ICMP error) has the addresses
+ * swapped and is no packet's; one without an input device
+ * (inet_addr_type's: is this address local?) is no routing decision. A
+ * normal free (consume_skb) takes one only when its skb had the row just
+ * before the lookup, of a packet to the same destination: else it is a
+ * clone freed on the way (neigh_probe's, perhaps at the address of a
+ * packet's skb freed before), not where the decision went. Older than
  * SAME_CHAIN_NS: not this packet's. */
-#ifdef ROUTE_DECISIONS
+#if defined(ROUTE_DECISIONS) || defined(ROUTE6_DECISIONS)
 #define FIB_SEEN 8          /* a power of two; custom rules: 2 tables each way, and rp_filter's */
 struct fib_lookup_seen {
     u64 ts_ns;          /* 0: taken, or unreadable */
-    u64 after;          /* the skb of the row submitted just before it on this CPU */
+    u64 after;          /* the skb of the row submitted just before it on this CPU, if
+                         * that row's packet has the lookup's destination; else 0 */
     u64 dev;            /* the next hop's struct net_device: its name read when taken */
-    u64 info;           /* its struct fib_info: the route's type read when taken */
-    u32 saddr;
-    u32 daddr;
+    u64 info;           /* IPv4: its struct fib_info: the route's type read when taken */
+    u64 saddr[2];       /* an IPv4 address in the first 4 bytes, zeros after */
+    u64 daddr[2];
     u16 sport;          /* network byte order; 0: the lookup had none */
     u16 dport;
     u32 table;
     s32 err;
     u32 oif;
     u32 iif;
+    u8 family;          /* 4 or 6 */
     u8 proto;
     u8 gw_family;
+    u8 rtn;             /* IPv6: the route's type (fib6_result's); IPv4 reads it from info */
+    u8 prefix_len;      /* IPv6: the route's prefix; 0xff: not known */
     u8 gw[16];
+    u8 prefix[16];
 };
 struct fib_lookups {
     struct fib_lookup_seen seen[FIB_SEEN];
+    /* the last lookup that found an error route (blackhole, unreachable,
+     * prohibit), kept apart: the ICMP error sent before the drop makes
+     * lookups of its own (IPv6: 8 and more) that push it out of seen */
+    struct fib_lookup_seen error;
     u64 last_skb;       /* the skb of the last row submitted on this CPU */
+    u64 last_daddr[2];  /* and its packet's destination */
     u32 next;           /* where the next lookup goes (mod FIB_SEEN) */
 };
 BPF_PERCPU_ARRAY(fib_lookups, struct fib_lookups, 1);
 
+#define SPAN_AT(span, start, F) ({ u64 __v = 0; \
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - (start), L_##F##_SIZE); __v; })
+/* struct fib_nh_common from its start (nhc_dev) to the gateway's end, and
+ * for IPv4's struct fib_nh on to nh_parent; a nexthop object's (ip
+ * nexthop) has no nh_parent: the type is not read */
+#ifdef ROUTE_DECISIONS
+#define NHC_SPAN_LEN MAX_OF(L_NHC_GW_OFF + 16, L_NH_PARENT_OFF + 8)
+#else
+#define NHC_SPAN_LEN (L_NHC_GW_OFF + 16)
+#endif
+_Static_assert(NHC_SPAN_LEN <= 160, "struct fib_nh grew");
+
+/* A slot for a lookup with an input device, its next hop (nhc) read */
+static __always_inline struct fib_lookup_seen *fib_seen_slot(struct fib_lookups *l, void *nhc)
+{
+    struct fib_lookup_seen *s = &l->seen[l->next & (FIB_SEEN - 1)];
+    l->next++;
+    u8 nh[NHC_SPAN_LEN] = {};
+    if (nhc)
+        bpf_probe_read_kernel(nh, sizeof(nh), nhc);
+    s->dev = SPAN_AT(nh, 0, NHC_DEV);
+    s->oif = SPAN_AT(nh, 0, NHC_OIF);
+    s->gw_family = SPAN_AT(nh, 0, NHC_GW_FAMILY);
+    __builtin_memcpy(s->gw, nh + L_NHC_GW_OFF, 16);
+#ifdef ROUTE_DECISIONS
+    s->info = SPAN_AT(nh, 0, NH_PARENT);
+#endif
+    s->rtn = 0;
+    s->prefix_len = 0xff;
+    return s;
+}
+
+/* The slot is filled: the row before it is this packet's when it has its
+ * destination (a clone freed later at that row's reused address is not) */
+static __always_inline void fib_seen_done(struct fib_lookups *l, struct fib_lookup_seen *s)
+{
+    s->after = l->last_daddr[0] == s->daddr[0] && l->last_daddr[1] == s->daddr[1] ?
+               l->last_skb : 0;
+    s->ts_ns = bpf_ktime_get_ns();
+    /* IPv4: the error's errno (-EAGAIN: no match in this table); IPv6: the type */
+    if (s->family == 4 ? s->err && s->err != -11 : s->rtn >= 6 && s->rtn <= 8)
+        __builtin_memcpy(&l->error, s, sizeof(*s));
+}
+#endif
+
+#ifdef ROUTE_DECISIONS
 /* the struct flowi4 fields read at once */
 #define FLOW4_SPAN_OFF MIN_OF(MIN_OF(L_FLOW4_IIF_OFF, L_FLOW4_PROTO_OFF), \
                               MIN_OF(MIN_OF(L_FLOW4_SADDR_OFF, L_FLOW4_DADDR_OFF), \
@@ -1373,12 +1471,7 @@ BPF_PERCPU_ARRAY(fib_lookups, struct fib_lookups, 1);
                                MAX_OF(MAX_OF(FLOW4_END(FLOW4_SADDR), FLOW4_END(FLOW4_DADDR)), \
                                       MAX_OF(FLOW4_END(FLOW4_SPORT), FLOW4_END(FLOW4_DPORT)))) \
                         - FLOW4_SPAN_OFF)
-/* struct fib_nh from its fib_nh_common (at 0: nhc_dev) to nh_parent; a
- * nexthop object's (ip nexthop) has no nh_parent: the type is not read */
-#define NHC_SPAN_LEN MAX_OF(L_NHC_GW_OFF + 16, L_NH_PARENT_OFF + 8)
-_Static_assert(FLOW4_SPAN_LEN <= 128 && NHC_SPAN_LEN <= 160, "struct flowi4/fib_nh grew");
-#define SPAN_AT(span, start, F) ({ u64 __v = 0; \
-    __builtin_memcpy(&__v, (span) + L_##F##_OFF - (start), L_##F##_SIZE); __v; })
+_Static_assert(FLOW4_SPAN_LEN <= 128, "struct flowi4 grew");
 
 /* two reads: the flow, and the next hop where there is one */
 int on_fib_lookup(struct bpf_raw_tracepoint_args *ctx)
@@ -1393,75 +1486,165 @@ int on_fib_lookup(struct bpf_raw_tracepoint_args *ctx)
     u32 iif = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_IIF);
     if (!iif)
         return 0;       /* inet_addr_type's question, not a route for a packet */
-    struct fib_lookup_seen *s = &l->seen[l->next & (FIB_SEEN - 1)];
-    l->next++;
-    s->saddr = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_SADDR);
-    s->daddr = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_DADDR);
+    struct fib_lookup_seen *s = fib_seen_slot(l, (void *)ctx->args[2]);
+    s->family = 4;
+    s->saddr[0] = (u32)SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_SADDR);
+    s->daddr[0] = (u32)SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_DADDR);
+    s->saddr[1] = s->daddr[1] = 0;
     s->proto = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_PROTO);
     s->sport = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_SPORT);
     s->dport = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_DPORT);
     s->iif = iif;
-    s->after = l->last_skb;
     s->table = ctx->args[0];
     s->err = ctx->args[3];
-    u8 nh[NHC_SPAN_LEN] = {};
-    void *nhc = (void *)ctx->args[2];
-    if (nhc)
-        bpf_probe_read_kernel(nh, sizeof(nh), nhc);
-    s->dev = SPAN_AT(nh, 0, NHC_DEV);
-    s->oif = SPAN_AT(nh, 0, NHC_OIF);
-    s->info = SPAN_AT(nh, 0, NH_PARENT);
-    s->gw_family = SPAN_AT(nh, 0, NHC_GW_FAMILY);
-    __builtin_memcpy(s->gw, nh + L_NHC_GW_OFF, 16);
-    s->ts_ns = bpf_ktime_get_ns();
+    fib_seen_done(l, s);
     return 0;
+}
+#endif /* ROUTE_DECISIONS */
+
+#ifdef ROUTE6_DECISIONS
+/* the struct flowi6 fields read at once: the common part to the ports */
+#define FLOW6_SPAN_OFF MIN_OF(MIN_OF(L_FLOW6_IIF_OFF, L_FLOW6_PROTO_OFF), \
+                              MIN_OF(L_FLOW6_SADDR_OFF, L_FLOW6_DADDR_OFF))
+#define FLOW6_END(F) (L_##F##_OFF + L_##F##_SIZE)
+#define FLOW6_SPAN_LEN (MAX_OF(MAX_OF(FLOW6_END(FLOW6_SPORT), FLOW6_END(FLOW6_DPORT)), \
+                               MAX_OF(FLOW6_END(FLOW6_SADDR), FLOW6_END(FLOW6_DADDR))) \
+                        - FLOW6_SPAN_OFF)
+/* struct fib6_result: the next hop, the route, its type */
+#define RES6_SPAN_LEN MAX_OF(MAX_OF(L_RES6_NH_OFF + 8, L_RES6_F6I_OFF + 8), L_RES6_TYPE_OFF + 1)
+#define F6I_DST_SPAN_LEN (L_F6I_PLEN_OFF + L_F6I_PLEN_SIZE - L_F6I_DST_OFF)
+_Static_assert(FLOW6_SPAN_LEN <= 128 && RES6_SPAN_LEN <= 64 && F6I_DST_SPAN_LEN <= 32,
+               "struct flowi6/fib6_result/fib6_info grew");
+
+/* fib6:fib6_table_lookup(net, res, table, flp): the flow, the result, the
+ * table's id, the next hop, the route's prefix and the namespace's null
+ * entry (no route in this table): six reads */
+int on_fib6_lookup(struct bpf_raw_tracepoint_args *ctx)
+{
+    int zero = 0;
+    struct fib_lookups *l = fib_lookups.lookup(&zero);
+    if (!l)
+        return 0;
+    u8 flow[FLOW6_SPAN_LEN];
+    if (bpf_probe_read_kernel(flow, sizeof(flow), (void *)ctx->args[3] + FLOW6_SPAN_OFF))
+        return 0;
+    u32 iif = SPAN_AT(flow, FLOW6_SPAN_OFF, FLOW6_IIF);
+    if (!iif)
+        return 0;       /* no packet's: output routes have the loopback's */
+    u8 res[RES6_SPAN_LEN];
+    if (bpf_probe_read_kernel(res, sizeof(res), (void *)ctx->args[1]))
+        return 0;
+    void *f6i = (void *)SPAN_AT(res, 0, RES6_F6I);
+    struct fib_lookup_seen *s = fib_seen_slot(l, (void *)SPAN_AT(res, 0, RES6_NH));
+    s->family = 6;
+    __builtin_memcpy(s->saddr, flow + L_FLOW6_SADDR_OFF - FLOW6_SPAN_OFF, 16);
+    __builtin_memcpy(s->daddr, flow + L_FLOW6_DADDR_OFF - FLOW6_SPAN_OFF, 16);
+    s->proto = SPAN_AT(flow, FLOW6_SPAN_OFF, FLOW6_PROTO);
+    s->sport = SPAN_AT(flow, FLOW6_SPAN_OFF, FLOW6_SPORT);
+    s->dport = SPAN_AT(flow, FLOW6_SPAN_OFF, FLOW6_DPORT);
+    s->iif = iif;
+    s->table = KREAD(ctx->args[2], TABLE6_ID);
+    s->rtn = SPAN_AT(res, 0, RES6_TYPE);
+    s->err = 0;
+    void *null_entry = KREAD_PTR(ctx->args[0], NET_FIB6_NULL);
+    if (!f6i || f6i == null_entry) {
+        s->err = -11;   /* -EAGAIN, as IPv4's lookups say no route in this table */
+        s->rtn = 0;
+        s->dev = 0;
+        s->gw_family = 0;
+    } else {
+        u8 dst[F6I_DST_SPAN_LEN];
+        if (!bpf_probe_read_kernel(dst, sizeof(dst), f6i + L_F6I_DST_OFF)) {
+            __builtin_memcpy(s->prefix, dst, 16);
+            s->prefix_len = SPAN_AT(dst, L_F6I_DST_OFF, F6I_PLEN);
+        }
+        if (s->gw_family == 0 && (s->gw[0] | s->gw[1]))
+            s->gw_family = 10;  /* fib6_nh's gateway without nhc_gw_family (older kernels) */
+    }
+    fib_seen_done(l, s);
+    return 0;
+}
+#endif /* ROUTE6_DECISIONS */
+
+#if defined(ROUTE_DECISIONS) || defined(ROUTE6_DECISIONS)
+/* Is s a lookup for the row e's packet (newer than SAME_CHAIN_NS)? Then it
+ * is taken (used up), and the row's decision if it has none yet. */
+static __always_inline void take_seen(struct event_t *e, struct fib_lookup_seen *s, u64 now,
+                                      u64 *saddr, u64 *daddr, u16 sport, u16 dport)
+{
+    int ported = s->proto == 6 || s->proto == 17;   /* else uli holds no ports */
+    if (!s->ts_ns || now - s->ts_ns > SAME_CHAIN_NS || s->family != e->family ||
+        s->daddr[0] != daddr[0] || s->daddr[1] != daddr[1] ||
+        ((s->saddr[0] | s->saddr[1]) && (s->saddr[0] != saddr[0] || s->saddr[1] != saddr[1])) ||
+        (s->proto && s->proto != e->l4proto) ||
+        (ported && s->sport && s->sport != sport) ||
+        (ported && s->dport && s->dport != dport))
+        return;
+#ifdef CONSUME_PROBE_ID
+    if (e->probe == CONSUME_PROBE_ID && s->after != e->skb)
+        return;
+#endif
+    s->ts_ns = 0;
+    if (e->route_known)
+        return;
+    e->route_known = ROUTE_KNOWN;
+    e->route_table = s->table;
+    e->route_err = s->err;
+    e->route_oif = s->oif;
+    e->route_iif = s->iif;
+    e->route_gw_family = s->gw_family;
+    __builtin_memcpy(e->route_gw, s->gw, 16);
+    if (s->dev)
+        bpf_probe_read_kernel(e->route_dev, sizeof(e->route_dev),
+                              (void *)s->dev + L_DEV_NAME_OFF);
+    e->route_type = s->rtn;
+#ifdef ROUTE_DECISIONS
+    if (s->info && s->family == 4)
+        bpf_probe_read_kernel(&e->route_type, 1, (void *)s->info + L_FIB_TYPE_OFF);
+#endif
+    if (s->prefix_len <= 128) {
+        e->route_known |= ROUTE_HAS_PREFIX;
+        e->route_prefix_len = s->prefix_len;
+        __builtin_memcpy(e->route_prefix, s->prefix, 16);
+    }
 }
 
 /* The decision for the row e, if this CPU just made one for its packet:
- * the newest matching lookup; all of them taken either way. */
+ * the newest matching lookup, else the last error route's; all of them
+ * taken either way. */
 static __always_inline void take_route(struct event_t *e)
 {
-    if (e->family != 4)
-        return;
     int zero = 0;
     struct fib_lookups *l = fib_lookups.lookup(&zero);
     if (!l)
         return;
     u64 now = bpf_ktime_get_ns();
     l->last_skb = e->skb;
-    u32 saddr = *(u32 *)e->saddr, daddr = *(u32 *)e->daddr;
+    u64 saddr[2], daddr[2];
+    __builtin_memcpy(saddr, e->saddr, 16);
+    __builtin_memcpy(daddr, e->daddr, 16);
+    l->last_daddr[0] = daddr[0];
+    l->last_daddr[1] = daddr[1];
     u32 newest = l->next - 1;
+#if defined(DROP_REASON_RPFILTER) && defined(ROUTE_DECISIONS)
+    /* dropped by the reverse path check: its lookup, the addresses swapped, says why */
+    if (e->kind == KIND_DROP && e->drop_reason == DROP_REASON_RPFILTER) {
 #pragma unroll
-    for (int k = 0; k < FIB_SEEN; k++) {
-        struct fib_lookup_seen *s = &l->seen[(newest - k) & (FIB_SEEN - 1)];
-        int ported = s->proto == 6 || s->proto == 17;   /* else uli holds no ports */
-        if (!s->ts_ns || now - s->ts_ns > SAME_CHAIN_NS || s->daddr != daddr ||
-            (s->saddr && s->saddr != saddr) || (s->proto && s->proto != e->l4proto) ||
-            (ported && s->sport && s->sport != e->sport) ||
-            (ported && s->dport && s->dport != e->dport))
-            continue;
-#ifdef CONSUME_PROBE_ID
-        if (e->probe == CONSUME_PROBE_ID && s->after != e->skb)
-            continue;
-#endif
-        s->ts_ns = 0;
+        for (int k = 0; k < FIB_SEEN; k++)
+            take_seen(e, &l->seen[(newest - k) & (FIB_SEEN - 1)], now, daddr, saddr,
+                      e->dport, e->sport);
         if (e->route_known)
-            continue;
-        e->route_known = 1;
-        e->route_table = s->table;
-        e->route_err = s->err;
-        e->route_oif = s->oif;
-        e->route_iif = s->iif;
-        e->route_gw_family = s->gw_family;
-        __builtin_memcpy(e->route_gw, s->gw, 16);
-        if (s->dev)
-            bpf_probe_read_kernel(e->route_dev, sizeof(e->route_dev),
-                                  (void *)s->dev + L_DEV_NAME_OFF);
-        if (s->info)
-            bpf_probe_read_kernel(&e->route_type, 1, (void *)s->info + L_FIB_TYPE_OFF);
+            e->route_known |= ROUTE_REVERSE;
     }
+#endif
+#pragma unroll
+    for (int k = 0; k < FIB_SEEN; k++)
+        take_seen(e, &l->seen[(newest - k) & (FIB_SEEN - 1)], now, saddr, daddr,
+                  e->sport, e->dport);
+    take_seen(e, &l->error, now, saddr, daddr, e->sport, e->dport);
 }
-#endif /* ROUTE_DECISIONS */
+#endif /* ROUTE_DECISIONS || ROUTE6_DECISIONS */
+
 
 /* The event into the ring (-w: with its packet bytes); counted when it has no room. */
 static __always_inline void emit(void *ctx, struct event_t *e)
@@ -1734,7 +1917,7 @@ static __always_inline void record(void *ctx, struct event_t *e)
 
 static __always_inline void submit(void *ctx, struct event_t *e)
 {
-#ifdef ROUTE_DECISIONS
+#if defined(ROUTE_DECISIONS) || defined(ROUTE6_DECISIONS)
     take_route(e);
 #endif
 #ifdef STACK_ALL
@@ -1859,6 +2042,110 @@ int why_icmp_##id(struct pt_regs *ctx) \
 int why_reset_##id(struct pt_regs *ctx) \
 { return on_why(ctx, (void *)PT_REGS_PARM##skb_arg(ctx), id, WHY_RESET, 0, 0, 0, 0); }
 #endif /* MODE_WHY */
+
+/* ------------------------------------------------------------------ */
+/* --why: a packet queued for its neighbour's resolution (ARP, ND), its wait
+ * and how it ended. neigh:neigh_event_send_done(n, rc) fires after
+ * __neigh_event_send in the packet's own call chain; rc 1 with the entry
+ * INCOMPLETE: it queued the skb at the tail of n->arp_queue, which is read:
+ * the skb is the queue's tail, no guess (another CPU queueing on the same
+ * entry between the unlock and the tracepoint makes this row the other
+ * skb's, with the same neighbour). Its row (WHY_NEIGH) takes the routing
+ * decision like any row; the skb is kept (neigh_waits) with its neighbour,
+ * when, and its header, until its drop row: a drop with reason NEIGH_* (or,
+ * IPv6's ndisc_error_report frees it with no reason, while the entry is
+ * FAILED) of the same skb and header tells the neighbour, its state then
+ * and the wait. Without --drop nothing takes them: the LRU ages them out. */
+#ifdef NEIGH_WAITS
+#define NUD_INCOMPLETE 0x01
+#define NUD_FAILED     0x20
+struct neigh_wait {
+    u64 neigh;          /* struct neighbour *: its state read at the drop */
+    u64 ts_ns;          /* when the skb was queued */
+    u64 daddr[2];       /* the packet's: a reused skb address is another packet */
+    u16 ip_id;
+    u16 sport;
+    u16 dport;
+    u8 l4proto;
+    u8 family;          /* the neighbour's: AF_INET, AF_INET6 */
+    u8 addr[16];
+};
+BPF_TABLE("lru_hash", u64, struct neigh_wait, neigh_waits, 1024);
+
+static __always_inline int why_neigh(void *ctx, void *n, int rc, u16 probe)
+{
+    if (rc != 1)
+        return 0;
+    if ((u8)KREAD(n, NEIGH_STATE) != NUD_INCOMPLETE)
+        return 0;
+    u64 skb = KREAD(n, NEIGH_QUEUE_TAIL);
+    if (!skb || skb == (u64)n + L_NEIGH_QUEUE_OFF)
+        return 0;       /* an empty queue points at itself: called without an skb */
+    struct neigh_wait *told = neigh_waits.lookup(&skb);
+    if (told && told->neigh == (u64)n)
+        return 0;       /* its row is out already (a later call without an skb) */
+    struct event_t *e = prepare((void *)skb, probe, KIND_WHY, 0, 0);
+    if (!e)
+        return 0;
+    struct neigh_wait w = { .neigh = (u64)n, .ts_ns = bpf_ktime_get_ns(), .ip_id = e->ip_id,
+                            .sport = e->sport, .dport = e->dport, .l4proto = e->l4proto };
+    __builtin_memcpy(w.daddr, e->daddr, 16);
+    void *tbl = KREAD_PTR(n, NEIGH_TBL);
+    u32 family = KREAD(tbl, NEIGH_TBL_FAMILY);
+    w.family = family;
+    bpf_probe_read_kernel(w.addr, family == 10 ? 16 : 4, n + L_NEIGH_KEY_OFF);
+    e->why = WHY_NEIGH;
+    e->neigh_family = w.family;
+    e->neigh_state = NUD_INCOMPLETE;
+    __builtin_memcpy(e->neigh_addr, w.addr, 16);
+    submit(ctx, e);
+    neigh_waits.update(&skb, &w);
+    return 0;
+}
+
+/* neigh:neigh_event_send_done(n, rc) */
+#define WHY_NEIGH_TP(id) \
+int why_neigh_##id(struct bpf_raw_tracepoint_args *ctx) \
+{ return why_neigh(ctx, (void *)ctx->args[0], (int)ctx->args[1], id); }
+
+static __always_inline int neigh_drop_reason(u32 reason)
+{
+#ifdef DROP_REASON_NEIGH_FAILED
+    if (reason == DROP_REASON_NEIGH_FAILED)
+        return 1;
+#endif
+#ifdef DROP_REASON_NEIGH_QUEUEFULL
+    if (reason == DROP_REASON_NEIGH_QUEUEFULL)
+        return 1;
+#endif
+#ifdef DROP_REASON_NEIGH_DEAD
+    if (reason == DROP_REASON_NEIGH_DEAD)
+        return 1;
+#endif
+    return 0;
+}
+
+/* The drop row e of skb: the neighbour it waited for, if it was queued */
+static __always_inline void neigh_take(struct event_t *e, u64 skb, u32 reason)
+{
+    struct neigh_wait *w = neigh_waits.lookup(&skb);
+    if (!w)
+        return;
+    u64 daddr[2];
+    __builtin_memcpy(daddr, e->daddr, 16);
+    if (w->daddr[0] != daddr[0] || w->daddr[1] != daddr[1] || w->ip_id != e->ip_id ||
+        w->sport != e->sport || w->dport != e->dport || w->l4proto != e->l4proto)
+        return;
+    u8 state = KREAD(w->neigh, NEIGH_STATE);
+    if (!neigh_drop_reason(reason) && state != NUD_FAILED)
+        return;
+    e->neigh_family = w->family;
+    e->neigh_state = state;
+    __builtin_memcpy(e->neigh_addr, w->addr, 16);
+    e->neigh_waited_us = (bpf_ktime_get_ns() - w->ts_ns) / 1000;
+    neigh_waits.delete(&skb);
+}
+#endif /* NEIGH_WAITS */
 
 /* ------------------------------------------------------------------ */
 /* Netfilter verdicts: the entry probe remembers the call, the return
@@ -2190,6 +2477,13 @@ int on_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
         e->location = ctx->args[1];
 #ifdef DROP_REASON_ARG
         e->drop_reason = reason;
+#endif
+#ifdef NEIGH_WAITS
+#ifdef DROP_REASON_ARG
+        neigh_take(e, (u64)skb, reason);
+#else
+        neigh_take(e, (u64)skb, 0);
+#endif
 #endif
 #ifdef CT_FAULTS
         e->ct_fault = ct_fault_take(skb);

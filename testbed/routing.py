@@ -32,6 +32,7 @@ SUBNET, SUBNET6, FAR_SUBNET = "10.244.1.0/24", "fd00:244:1::/64", "10.245.0.0/24
 FAR_MTU = 1280
 POLICY_TABLE, POLICY_PREF = 100, 100
 BLACKHOLE, PROHIBIT, UNREACHABLE, NO_ROUTE = "10.96.66.0/24", "10.96.67.0/24", "10.96.68.0/24", "10.96.69.0/24"
+BLACKHOLE6, PROHIBIT6 = "fd00:96:66::/64", "fd00:96:67::/64"  # the router's IPv6 error routes (main)
 SPOOFED = "10.244.1.77"  # pod-c's second address: in pod-a's subnet, so its reverse path is cni0
 NOBODY, NOBODY6, NOBODY_QUEUED = "10.244.1.99", "fd00:244:1::99", "10.244.1.98"  # addresses nobody has
 NEIGH_RETRANS_MS = 200  # ARP/ND probe interval in pod-a: failure after 3 probes, 0.6 s (default 3 s)
@@ -80,6 +81,8 @@ class RoutingLab(Shape):
         for family in ("ipv4", "ipv6"):
             self.sysctl("pod-a", f"net.{family}.neigh.eth0.retrans_time_ms", NEIGH_RETRANS_MS)
         self.netlink("router", self._routes)
+        for kind, prefix in (("blackhole", BLACKHOLE6), ("prohibit", PROHIBIT6)):
+            self.exec("router", ["ip", "-6", "route", "add", kind, prefix])
         self.netlink("pod-c", lambda ipr: ipr.addr("add", index=1, address=SPOOFED, prefixlen=32))
         for key in ("all", "eth0"):  # pod-b accepts a segment routing header (the one routing header Linux sends)
             self.sysctl("pod-b", f"net.ipv6.conf.{key}.seg6_enabled", 1)
@@ -94,8 +97,8 @@ class RoutingLab(Shape):
         ipr.route("add", dst=UNREACHABLE, type="unreachable")
 
     def _scenarios(self) -> list[Scenario]:
-        return self._route_scenarios() + self._neighbour_scenarios() + self._error_scenarios() + \
-            self._ipv6_scenarios()
+        return self._route_scenarios() + self._route6_scenarios() + self._neighbour_scenarios() + \
+            self._error_scenarios() + self._ipv6_scenarios()
 
     def _route_scenarios(self) -> list[Scenario]:
         """The routing decision: main, a policy rule's table, error routes, no route, rp_filter."""
@@ -132,6 +135,21 @@ class RoutingLab(Shape):
                      facts={"routes": {a.ip4: "main", b.ip4: str(POLICY_TABLE)}},
                      kernel="pod-a and pod-b send to pod-c at once from one CPU: each datagram its own "
                             f"decision (pod-a's by main, pod-b's by table {POLICY_TABLE})"),
+        ]
+
+    def _route6_scenarios(self) -> list[Scenario]:
+        """IPv6 routing decisions: pod-a's own (its subnet, its default route) and the router's error routes."""
+        b6 = self.pods["pod-b"].ip6
+        return [
+            Scenario("route6-main", "pod-a", b6, "udp", PORT, reply=("icmp6", 1, 4),
+                     facts={"route": {"table": "main", "type": "unicast", "prefix": SUBNET6, "oif": "eth0"}},
+                     kernel=f"pod-a routes {b6} by its subnet's route {SUBNET6} dev eth0 (table main)"),
+            Scenario("blackhole6", "pod-a", _host6(BLACKHOLE6), "udp", PORT,
+                     facts={"route": {"type": "blackhole", "prefix": BLACKHOLE6}, "table": "main"},
+                     kernel=f"pod-a's default route to the router, whose blackhole route {BLACKHOLE6} drops it"),
+            Scenario("prohibit6", "pod-a", _host6(PROHIBIT6), "udp", PORT, reply=("icmp6", 1, 1),
+                     facts={"route": {"type": "prohibit", "prefix": PROHIBIT6}, "table": "main"},
+                     kernel=f"the router's prohibit route {PROHIBIT6}: ICMPv6 admin prohibited"),
         ]
 
     def _neighbour_scenarios(self) -> list[Scenario]:
@@ -253,6 +271,10 @@ class RoutingLab(Shape):
 
 def _host(subnet: str) -> str:
     return subnet.rsplit(".", 1)[0] + ".1"
+
+
+def _host6(prefix: str) -> str:
+    return prefix.split("/")[0] + "1"
 
 
 def _dstopts() -> bytes:

@@ -33,6 +33,8 @@ HOST_COVERS = {
     "with every probe backend, and a tracer start costs a compile in the guest",
     # not planned with kprobes yet (skbtracer_lib/program/probes.py _plan_route_decisions)
     "host only: routing decisions are told on the tracepoint backend only, for now",
+    "host only: neighbour waits and IPv6 routing decisions are told on the tracepoint backend "
+    "only, for now",
 }
 
 ALLOWED_SKIPS = {

@@ -144,8 +144,8 @@ FLAGS = (
          help="rows for packets freed as drops, with reason and location"),
     Flag("--why", action="store_true",
          help="rows for the ICMP errors and TCP resets the stack sends back because of a "
-              "packet, on that packet, and each IPv4 packet's routing decision on its rows "
-              "(also with --all)"),
+              "packet, on that packet, each packet's routing decision on its rows, and a "
+              "packet's wait for ARP/ND (also with --all)"),
     Flag("--dropstack", action="store_true",
          help="kernel stack under every drop row (implies --drop)"),
     Flag("--callstack", action="store_true", help="kernel stack under every row"),

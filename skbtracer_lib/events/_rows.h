@@ -15,11 +15,11 @@
 #include <stdint.h>
 
 /* Bumped when what Python passes or expects changes: a stale build is not used. */
-#define ROWS_ABI 4
+#define ROWS_ABI 5
 
 #define ROW_COLUMNS 5            /* padded columns: time, netns, ifname, dmac, PKT_INFO */
-#define TRACE_FIELDS_MAX 32
-#define TAIL_KEY_SIZE 192        /* the bytes of the TRACE_INFO fields, at most */
+#define TRACE_FIELDS_MAX 48
+#define TAIL_KEY_SIZE 256        /* the bytes of the TRACE_INFO fields, at most */
 #define TAIL_SLOTS 8192          /* a power of two; emptied when half full */
 #define STACK_CACHE_LIMIT 16384
 #define INFO_SIZE 512            /* PKT_INFO's buffer: the spec's longest must fit */

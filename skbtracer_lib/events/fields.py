@@ -124,11 +124,13 @@ FIELDS = (
     Field("route_err",   "s32",  1,     NUMBER,      HAND),     # 0 or -errno
     Field("route_oif",   "u32",  1,     NUMBER,      HAND),
     Field("route_iif",   "u32",  1,     NUMBER,      HAND),
-    Field("route_known", "u8",   1,     NUMBER,      HAND),     # 1: a decision
+    Field("route_known", "u8",   1,     NUMBER,      HAND),     # routing.KNOWN | HAS_PREFIX
     Field("route_type",  "u8",   1,     NUMBER,      HAND),     # RTN_*; 0: not read
     Field("route_gw_family", "u8", 1,   NUMBER,      HAND),     # 2, 10; 0: no gateway
+    Field("route_prefix_len", "u8", 1,  NUMBER,      HAND),     # with HAS_PREFIX (IPv6)
     Field("route_dev",   "char", 16,    TEXT,        HAND),
     Field("route_gw",    "u8",   16,    BYTES,       HAND),
+    Field("route_prefix", "u8",  16,    BYTES,       HAND),
     # --iptable: IPVS's choice for a new connection (events/ipvs.py): JSON's "ipvs"
     Field("ipvs_raddr",  "u8",   16,    BYTES,       HAND),     # the real server
     Field("ipvs_rport",  "u16",  1,     NETWORK,     HAND),
@@ -143,6 +145,11 @@ FIELDS = (
     Field("tunnel_saddr", "u8",  4,     BYTES,       HAND),     # IPv4
     Field("tunnel_daddr", "u8",  4,     BYTES,       HAND),
     Field("tunnel",      "u8",   1,     NUMBER,      HAND),     # tunnel.VXLAN...; 0: none
+    # --why: the neighbour a packet waited for (events/neighbours.py): JSON's "neigh"
+    Field("neigh_waited_us", "u32", 1,  NUMBER,      HAND),     # drop rows: queued to dropped
+    Field("neigh_family", "u8",  1,     NUMBER,      HAND),     # 2 (ARP), 10 (ND); 0: none
+    Field("neigh_state", "u8",   1,     NUMBER,      HAND),     # NUD_* at the row
+    Field("neigh_addr",  "u8",   16,    BYTES,       HAND),
 )
 
 

@@ -9,7 +9,7 @@ import re
 import time
 from collections import namedtuple
 
-from . import conntrack, fields, ipvs, reader, routing, tunnel
+from . import conntrack, fields, ipvs, neighbours, reader, routing, tunnel
 from ..nftrace.decisions import row_suffix as nftrace_suffix
 from .decode import EVENT_SIZE, Event, c_string
 from .vocabulary import (ICMP_PROTOCOLS, KIND_DROP, KIND_IPTABLE, KIND_WHY, PORTED, TCP,
@@ -142,8 +142,9 @@ class Clock:
 TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "drop_reason",
                 "location", "why", "why_type", "why_code", "why_info", "route_known",
                 "route_table", "route_err", "route_type", "route_gw_family", "route_gw",
-                "route_dev", "ipvs_known", "ipvs_fwd", "ipvs_daf", "ipvs_rport", "ipvs_raddr",
-                "ipvs_sched", "tunnel", "tunnel_id", "tunnel_saddr", "tunnel_daddr")
+                "route_dev", "route_prefix_len", "route_prefix", "neigh_family", "neigh_state",
+                "neigh_addr", "neigh_waited_us", "ipvs_known", "ipvs_fwd", "ipvs_daf", "ipvs_rport",
+                "ipvs_raddr", "ipvs_sched", "tunnel", "tunnel_id", "tunnel_saddr", "tunnel_daddr")
 ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
               "sport", "daddr", "dport") + TRACE_FIELDS
 _ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
@@ -156,7 +157,7 @@ ROW_CACHE_PAUSE = 65536     # rows made without it after a window of mostly miss
 # built it: a ring buffer's batch in one call. SKBTRACER_PYTHON_ROWS=1 makes
 # them in Python all the same (how the tests compare the two).
 PYTHON_ROWS_ENV = "SKBTRACER_PYTHON_ROWS"
-ROWS_ABI = 4                # _rows.c's ROWS_ABI: a stale build is not used
+ROWS_ABI = 5                # _rows.c's ROWS_ABI: a stale build is not used
 
 
 def rows_in_c():
@@ -257,12 +258,14 @@ class RowFormatter:
 
     def trace_after_skb(self, e):
         """TRACE_INFO after the skb address; --iptable: IPVS's choice
-        (ipvs.row_suffix); --why: the routing decision the row took after it
-        (routing.row_suffix); an encapsulated packet's ends in its tunnel
-        (tunnel.row_suffix)."""
+        (ipvs.row_suffix); --why: the neighbour it waited for and the routing
+        decision the row took after it; an encapsulated packet's ends in its
+        tunnel (tunnel.row_suffix)."""
         text = self._trace_after_skb(e)
         if e.ipvs_known:
             text += ipvs.row_suffix(e)
+        if e.neigh_family:
+            text += neighbours.row_suffix(e)
         if e.route_known:
             text += routing.row_suffix(e)
         return text + tunnel.row_suffix(e) if e.tunnel else text

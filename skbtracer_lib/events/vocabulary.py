@@ -82,9 +82,10 @@ def probe_name(probe_names, index):
     return probe_names[index] if 0 <= index < len(probe_names) else "probe%d" % index
 
 
-# --why rows (skbtracer.c WHY_*): what the stack sent back because of a packet
-WHY_ICMP, WHY_RESET = 1, 2
-WHY_NAMES = {WHY_ICMP: "icmp", WHY_RESET: "tcp_reset"}
+# --why rows (skbtracer.c WHY_*): what the stack sent back because of a
+# packet, or that it was queued waiting for its neighbour (events/neighbours.py)
+WHY_ICMP, WHY_RESET, WHY_NEIGH = 1, 2, 3
+WHY_NAMES = {WHY_ICMP: "icmp", WHY_RESET: "tcp_reset", WHY_NEIGH: "neigh_queued"}
 WHY_NUMBERS = {name: number for number, name in WHY_NAMES.items()}
 # ICMP errors by (family, type, code), code None: any code of the type; in
 # the story's words ("ICMP port unreachable sent back")

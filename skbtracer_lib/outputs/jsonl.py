@@ -14,12 +14,12 @@ import time
 import uuid
 
 from .. import __version__
-from ..events import conntrack, fields, ipvs, routing, tunnel
+from ..events import conntrack, fields, ipvs, neighbours, routing, tunnel
 from ..events.fields import JSON_FIELDS
 from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KIND_WHY, KINDS, L4_NAMES,
                                  NF_PROTOCOLS, PKT_TYPES, PORTED, TCP, TCP_FLAG_BITS, TCP_FLAGS,
-                                 WHY_ICMP, WHY_NAMES, WHY_NUMBERS, sent_back_words, why_mtu,
+                                 WHY_ICMP, WHY_NAMES, WHY_NEIGH, WHY_NUMBERS, sent_back_words, why_mtu,
                                  why_trace_info)
 
 FORMAT = 1          # the JSON lines' format version; -r refuses newer ones
@@ -60,7 +60,8 @@ def why_object(e):
             "icmp_type": e.why_type if e.why == WHY_ICMP else None,
             "icmp_code": e.why_code if e.why == WHY_ICMP else None,
             "mtu": why_mtu(e.family, e.why, e.why_type, e.why_code, e.why_info),
-            "text": sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)}
+            "text": neighbours.words(e) if e.why == WHY_NEIGH else
+            sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)}
 
 
 class IsoClock:
@@ -168,6 +169,8 @@ class JsonFormatter:
             decision = self.rule_of(e)      # --nftrace: verdict and netfilter drop rows
             if decision is not None:
                 obj["rule"] = decision.json()
+        if e.neigh_family:          # --why: only rows that tell a neighbour
+            obj["neigh"] = neighbours.json_object(e)
         if stack is not None:
             obj["stack"] = list(stack)
         return obj
@@ -177,7 +180,7 @@ class JsonFormatter:
         of --json. Text that is not ours (names, functions, tables) goes
         through json's own string encoder."""
         if (e.kind != KIND_ROUTE or stack is not None or e.route_known or e.ipvs_known
-                or e.tunnel):
+                or e.tunnel or e.neigh_family):
             return _dumps(self.event(e, stack))
         wall = self.clock.wall_ns(e.ts_ns)
         l4 = e.l4proto
@@ -267,6 +270,14 @@ class SavedFields:
 
     def __init__(self, fields):
         self.__dict__.update(fields)
+class SavedRoute:
+    """A saved "route" and "neigh" as routing.row_suffix and
+    neighbours.row_suffix read an event's route_* and neigh_* fields."""
+
+    def __init__(self, obj):
+        self.__dict__.update(routing.fields_of(obj.get("route")))
+        self.__dict__.update(neighbours.fields_of(obj.get("neigh")))
+        self.family, self.ifname = obj.get("family"), obj.get("ifname")
 
 
 def text_row(obj, time_column, netns_column=None):
@@ -293,8 +304,10 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
         trace = prefix + obj["func"]
     if obj.get("ipvs"):
         trace += ipvs.row_suffix(SavedFields(ipvs.fields_of(obj["ipvs"])))
-    if obj.get("route"):
-        trace += routing.row_suffix(SavedFields(routing.fields_of(obj["route"])))
+    if obj.get("neigh") or obj.get("route"):
+        saved = SavedRoute(obj)
+        trace += neighbours.row_suffix(saved) if obj.get("neigh") else ""
+        trace += routing.row_suffix(saved) if obj.get("route") else ""
     netns = obj["netns"] if netns_column is None else netns_column
     return RowColumns(time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
                       pkt_info(_SavedHeader(obj)), obj["skb"],

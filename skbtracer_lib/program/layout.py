@@ -74,12 +74,41 @@ FIB_FIELDS = {
     "FLOW4_DADDR": ("flowi4", "daddr"),
     "FLOW4_SPORT": ("flowi4", "uli.ports.sport"),
     "FLOW4_DPORT": ("flowi4", "uli.ports.dport"),
+    "NH_PARENT": ("fib_nh", "nh_parent"),       # the route's struct fib_info
+    "FIB_TYPE": ("fib_info", "fib_type"),       # RTN_*
+}
+# the next hop's fields, both families (struct fib6_nh starts with its fib_nh_common)
+NHC_FIELDS = {
     "NHC_DEV": ("fib_nh_common", "nhc_dev"),
     "NHC_OIF": ("fib_nh_common", "nhc_oif"),
     "NHC_GW_FAMILY": ("fib_nh_common", "nhc_gw_family"),
     "NHC_GW": ("fib_nh_common", "nhc_gw"),
-    "NH_PARENT": ("fib_nh", "nh_parent"),       # the route's struct fib_info
-    "FIB_TYPE": ("fib_info", "fib_type"),       # RTN_*
+}
+# IPv6 (skbtracer.c on_fib6_lookup): fib6:fib6_table_lookup's flow, result,
+# table, the route's prefix, and the namespace's null entry (no route)
+FIB6_FIELDS = {
+    "FLOW6_IIF": ("flowi6", "__fl_common.flowic_iif"),
+    "FLOW6_PROTO": ("flowi6", "__fl_common.flowic_proto"),
+    "FLOW6_SADDR": ("flowi6", "saddr"),
+    "FLOW6_DADDR": ("flowi6", "daddr"),
+    "FLOW6_SPORT": ("flowi6", "uli.ports.sport"),
+    "FLOW6_DPORT": ("flowi6", "uli.ports.dport"),
+    "RES6_NH": ("fib6_result", "nh"),
+    "RES6_F6I": ("fib6_result", "f6i"),
+    "RES6_TYPE": ("fib6_result", "fib6_type"),
+    "TABLE6_ID": ("fib6_table", "tb6_id"),
+    "F6I_DST": ("fib6_info", "fib6_dst.addr"),
+    "F6I_PLEN": ("fib6_info", "fib6_dst.plen"),
+    "NET_FIB6_NULL": ("net", "ipv6.fib6_null_entry"),
+}
+# --why: a packet queued for its neighbour (skbtracer.c why_neigh, neigh_take)
+NEIGH_FIELDS = {
+    "NEIGH_STATE": ("neighbour", "nud_state"),
+    "NEIGH_QUEUE": ("neighbour", "arp_queue"),
+    "NEIGH_QUEUE_TAIL": ("neighbour", "arp_queue.prev"),
+    "NEIGH_TBL": ("neighbour", "tbl"),
+    "NEIGH_KEY": ("neighbour", "primary_key"),
+    "NEIGH_TBL_FAMILY": ("neigh_table", "family"),
 }
 # --iptable with kube-proxy's IPVS: the scheduler's choice (skbtracer.c
 # on_ipvs_schedule_return), from the ip_vs module's BTF
@@ -96,7 +125,7 @@ CT_SPAN_MAX = 256       # skbtracer.c's _Static_assert: the nf_conn bytes read a
 # all of them (tests/unit/test_macros.py checks skbtracer.c against these)
 FIELD_TABLES = (CORE_FIELDS, PCAP_VLAN_FIELDS, PCAP_VLAN_PRESENT, NF_STATE_FIELDS, XT_FIELDS,
                 NFT_FIELDS, CT_SKB_FIELDS, CT_CONN_FIELDS, CT_MARK_FIELDS, CT_ZONE_FIELDS,
-                FIB_FIELDS, IPVS_FIELDS)
+                FIB_FIELDS, NHC_FIELDS, FIB6_FIELDS, NEIGH_FIELDS, IPVS_FIELDS)
 
 
 class Layouts:
@@ -257,10 +286,23 @@ class Layouts:
         return []
 
     def fib(self):
-        """Can the routing decision be read (struct flowi4, fib_nh_common)? (ok, reason)"""
+        """Can the IPv4 routing decision be read (struct flowi4, fib_nh)? (ok, reason)"""
+        return self._optional(FIB_FIELDS, NHC_FIELDS)
+
+    def fib6(self):
+        """Can the IPv6 routing decision be read (struct flowi6, fib6_result)? (ok, reason)"""
+        return self._optional(FIB6_FIELDS, NHC_FIELDS)
+
+    def neigh(self):
+        """Can a packet's neighbour be read (struct neighbour)? (ok, reason)"""
+        return self._optional(NEIGH_FIELDS)
+
+    def _optional(self, *tables):
+        """Add the fields of tables where BTF has them all: (ok, reason)."""
         if self.source == "btf":
             try:
-                self._add_fields(FIB_FIELDS, None)
+                for table in tables:
+                    self._add_fields(table, None)
             except BTFError as e:
                 return False, "no layout in BTF: %s" % e
         return True, ""

@@ -62,6 +62,10 @@ MODE_DROP = _macro("MODE_DROP", FLAG, "--drop: kfree_skb makes rows")
 MODE_WHY = _macro("MODE_WHY", FLAG, "--why: ICMP errors and TCP resets sent because of a packet")
 ROUTE_DECISIONS = _macro("ROUTE_DECISIONS", FLAG,
                          "--why: fib:fib_table_lookup is kept per CPU, rows take their decision")
+ROUTE6_DECISIONS = _macro("ROUTE6_DECISIONS", FLAG,
+                          "--why: fib6:fib6_table_lookup is kept per CPU, rows take their decision")
+NEIGH_WAITS = _macro("NEIGH_WAITS", FLAG, "--why: a packet queued for ARP/ND resolution is a row, "
+                     "and its drop row tells the neighbour and the wait")
 KEEP = _macro("KEEP", FLAG, "--keep: an skb that matched once is followed until freed")
 KEEP_ENTRIES = _macro("KEEP_ENTRIES", NUMBER, "--keep: skbs followed at once at most")
 STACK_ALL = _macro("STACK_ALL", FLAG, "--callstack: a kernel stack under every row")
@@ -142,6 +146,15 @@ DROP_REASON_ARG = _macro("DROP_REASON_ARG", NUMBER,
                          "5.17+: the drop reason's index in kfree_skb's arguments")
 DROP_REASON_CONSUMED = _macro("DROP_REASON_CONSUMED", NUMBER,
                               "SKB_CONSUMED's value: a normal free, not a drop")
+DROP_REASON_NEIGH_FAILED = _macro("DROP_REASON_NEIGH_FAILED", NUMBER,
+                                  "NEIGH_FAILED's value: a packet its neighbour's failure dropped")
+DROP_REASON_NEIGH_QUEUEFULL = _macro("DROP_REASON_NEIGH_QUEUEFULL", NUMBER,
+                                     "NEIGH_QUEUEFULL's value: pushed out of a full ARP/ND queue")
+DROP_REASON_NEIGH_DEAD = _macro("DROP_REASON_NEIGH_DEAD", NUMBER,
+                                "NEIGH_DEAD's value: its neighbour entry was being removed")
+DROP_REASON_RPFILTER = _macro("DROP_REASON_RPFILTER", NUMBER,
+                              "IP_RPFILTER's value: the reverse path check dropped it (--why "
+                              "tells its lookup)")
 CONSUME_PROBE_ID = _macro("CONSUME_PROBE_ID", NUMBER, "--route: consume_skb's probe id")
 IPVS_DECISIONS = _macro("IPVS_DECISIONS", FLAG,
                         "--iptable with ip_vs loaded: ip_vs_schedule's choice on the packet's row")
@@ -205,8 +218,10 @@ WHY_ICMP_TP = Instantiator("WHY_ICMP_TP", ("id",), ("why_icmp_{id}",))
 WHY_RESET_TP = Instantiator("WHY_RESET_TP", ("id",), ("why_reset_{id}",))
 WHY_ICMP_KPROBE = Instantiator("WHY_ICMP_KPROBE", ("id", "info_be"), ("why_icmp_{id}",))
 WHY_RESET_KPROBE = Instantiator("WHY_RESET_KPROBE", ("id", "skb_arg"), ("why_reset_{id}",))
+# --why: a packet queued for its neighbour (neigh:neigh_event_send_done)
+WHY_NEIGH_TP = Instantiator("WHY_NEIGH_TP", ("id",), ("why_neigh_{id}",))
 INSTANTIATORS = (ROUTE_KPROBE, ROUTE_KPROBE_DEREF, ROUTE_RAW_TP, XT_KPROBES, NFT_KPROBES,
-                 WHY_ICMP_TP, WHY_RESET_TP, WHY_ICMP_KPROBE, WHY_RESET_KPROBE)
+                 WHY_ICMP_TP, WHY_RESET_TP, WHY_ICMP_KPROBE, WHY_RESET_KPROBE, WHY_NEIGH_TP)
 
 # functions skbtracer.c defines that Python attaches by name
 ON_KFREE_SKB = "on_kfree_skb"
@@ -219,11 +234,12 @@ ON_CT_HELPER_LOG = "on_ct_helper_log"
 ON_CT_ALLOC = "on_ct_alloc"
 ON_CT_ALLOC_RETURN = "on_ct_alloc_return"
 ON_FIB_LOOKUP = "on_fib_lookup"
+ON_FIB6_LOOKUP = "on_fib6_lookup"
 ON_IPVS_SCHEDULE = "on_ipvs_schedule"
 ON_IPVS_SCHEDULE_RETURN = "on_ipvs_schedule_return"
 C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN, ON_CT_CONFIRM,
                ON_CT_CONFIRM_RETURN, ON_CT_HELPER_LOG, ON_CT_ALLOC, ON_CT_ALLOC_RETURN,
-               ON_FIB_LOOKUP, ON_IPVS_SCHEDULE, ON_IPVS_SCHEDULE_RETURN)
+               ON_FIB_LOOKUP, ON_FIB6_LOOKUP, ON_IPVS_SCHEDULE, ON_IPVS_SCHEDULE_RETURN)
 
 # maps skbtracer.c declares that Python reads by name
 MAP_EVENTS = "events"

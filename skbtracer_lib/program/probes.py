@@ -88,6 +88,12 @@ ICMP_FUNCTIONS = (("__icmp_send", 1, 1), ("icmp6_send", 0, 1))
 RESET_FUNCTIONS = (("tcp_v4_send_reset", 2), ("tcp_v6_send_reset", 2))
 # and the routing decision: each IPv4 table lookup, tied to the packet's next row
 FIB_LOOKUP_TP = ("fib", "fib_table_lookup")
+FIB6_LOOKUP_TP = ("fib6", "fib6_table_lookup")
+# and a packet queued for its neighbour: its row, its drop's neighbour and wait
+NEIGH_QUEUED_TP = ("neigh", "neigh_event_send_done")
+NEIGH_DROP_REASONS = {"NEIGH_FAILED": macros.DROP_REASON_NEIGH_FAILED,
+                      "NEIGH_QUEUEFULL": macros.DROP_REASON_NEIGH_QUEUEFULL,
+                      "NEIGH_DEAD": macros.DROP_REASON_NEIGH_DEAD}
 
 
 @dataclass
@@ -392,30 +398,64 @@ def _plan_why_tracepoint(plan, event, instantiator, note):
 
 
 def _plan_route_decisions(plan, layouts, backend):
-    """--why: the IPv4 routing decision on the packet's rows (skbtracer.c
-    on_fib_lookup, take_route), on the tracepoint backend. With kprobes the
-    guests showed ICMP's own lookups of a flow (after the kprobe at
-    __icmp_send's entry made the packet's row) told as the packet's: not
-    planned there until they are told apart."""
+    """--why: the routing decision on the packet's rows (skbtracer.c
+    on_fib_lookup, on_fib6_lookup, take_route), on the tracepoint backend.
+    With kprobes the guests showed ICMP's own lookups of a flow (after the
+    kprobe at __icmp_send's entry made the packet's row) told as the
+    packet's: not planned there until they are told apart."""
     if backend == "kprobe":
         plan.notes.append("--why: no routing decisions with kprobes yet (ICMP's own route "
                           "lookups would be told as the packet's); the tracepoint backend "
                           "has them")
         return
-    if tracepoint_params(*FIB_LOOKUP_TP) is None:
-        plan.notes.append("--why: no routing decisions: this kernel has no "
-                          "fib:fib_table_lookup tracepoint")
+    for (category, event), macro, layout, c_function, family in (
+            (FIB_LOOKUP_TP, macros.ROUTE_DECISIONS, layouts.fib, macros.ON_FIB_LOOKUP, "IPv4"),
+            (FIB6_LOOKUP_TP, macros.ROUTE6_DECISIONS, layouts.fib6, macros.ON_FIB6_LOOKUP,
+             "IPv6")):
+        if tracepoint_params(category, event) is None:
+            plan.notes.append("--why: no %s routing decisions: this kernel has no %s:%s "
+                              "tracepoint" % (family, category, event))
+            continue
+        ok, why = layout()
+        if not ok:
+            plan.notes.append("--why: no %s routing decisions: %s" % (family, why))
+            continue
+        plan.defines[macro] = 1
+        rpfilter = drop_reasons().get_value("IP_RPFILTER")
+        if macro == macros.ROUTE_DECISIONS and rpfilter is not None:
+            plan.defines[macros.DROP_REASON_RPFILTER] = rpfilter
+        plan.add(event, "helper",
+                 note="%s route lookups, tied to the packet's next row on the same CPU" % family,
+                 attach=[(tp_btf.RAW, event, c_function)])
+
+
+def _plan_neighbours(plan, layouts, backend, cfg):
+    """--why: a packet queued for ARP/ND resolution as a row (skbtracer.c
+    why_neigh), and on its drop row the neighbour, its state and the wait
+    (neigh_take), on the tracepoint backend (not tried with kprobes yet)."""
+    if backend == "kprobe":
+        plan.notes.append("--why: no neighbour waits with kprobes yet; the tracepoint "
+                          "backend has them")
         return
-    ok, why = layouts.fib()
+    if tracepoint_params(*NEIGH_QUEUED_TP) is None:
+        plan.notes.append("--why: no neighbour waits: this kernel has no %s:%s tracepoint"
+                          % NEIGH_QUEUED_TP)
+        return
+    ok, why = layouts.neigh()
     if not ok:
-        plan.notes.append("--why: no routing decisions: %s" % why)
+        plan.notes.append("--why: no neighbour waits: %s" % why)
         return
-    plan.defines[macros.ROUTE_DECISIONS] = 1
-    plan.add(FIB_LOOKUP_TP[1], "helper",
-             note="IPv4 route lookups, tied to the packet's next row on the same CPU",
-             attach=[(tp_btf.RAW, FIB_LOOKUP_TP[1], macros.ON_FIB_LOOKUP)])
-    plan.notes.append("--why: no IPv6 routing decisions yet (fib6:fib6_table_lookup is "
-                      "not traced)")
+    plan.defines[macros.NEIGH_WAITS] = 1
+    for name, macro in NEIGH_DROP_REASONS.items():
+        value = drop_reasons().get_value(name)
+        if value is not None:
+            plan.defines[macro] = value
+    _plan_why_tracepoint(plan, NEIGH_QUEUED_TP[1], macros.WHY_NEIGH_TP,
+                         "tracepoint neigh:neigh_event_send_done: the skb it queued "
+                         "(the neighbour's queue's tail)")
+    if "drop" not in cfg.modes:
+        plan.notes.append("--why without --drop: packets queued for their neighbour are "
+                          "told, not how their wait ended")
 
 
 def _plan_why(plan, backend):
@@ -503,6 +543,7 @@ def plan_probes(cfg, backend, layouts):
     if "why" in cfg.modes:
         _plan_why(plan, backend)        # before --all, which leaves out what is planned
         _plan_route_decisions(plan, layouts, backend)
+        _plan_neighbours(plan, layouts, backend, cfg)
     if chosen:
         _plan_functions(plan, cfg)
     if backend == "kprobe" and (builtin_route or chosen):

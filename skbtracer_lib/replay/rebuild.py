@@ -1,7 +1,7 @@
 """Saved event objects rebuilt as the live decoder's Event objects, with
 the names, symbols and probes the saved run had."""
 
-from ..events import conntrack, fields, ipvs, routing, tunnel
+from ..events import conntrack, fields, ipvs, neighbours, routing, tunnel
 from ..events.decode import Event
 from ..events.vocabulary import (KIND_NUMBERS, KIND_ROUTE, TCP_FLAG_BITS, WHY_NUMBERS,
                                  hook_number)
@@ -124,6 +124,8 @@ class Rebuilder:
         for name, value in ipvs.fields_of(obj.get("ipvs")).items():
             setattr(e, name, value)
         for name, value in tunnel.fields_of(obj.get("tunnel")).items():
+            setattr(e, name, value)
+        for name, value in neighbours.fields_of(obj.get("neigh")).items():
             setattr(e, name, value)
         if "ct" in obj:
             self.conntrack_saved = True

@@ -2,8 +2,9 @@
 left through a device, dropped, or last seen somewhere (arrived where the
 run cannot see further, or vanished)."""
 
-from ..events import ipvs, routing
-from ..events.vocabulary import KIND_IPTABLE, KIND_WHY, PORTED, endpoint_text, sent_back_words
+from ..events import ipvs, neighbours, routing
+from ..events.vocabulary import (KIND_IPTABLE, KIND_WHY, PORTED, WHY_NEIGH, endpoint_text,
+                                 sent_back_words)
 from .model import OPEN_ENDS, End, EndKind, Place, SocketPlace
 from .points import (CUT_WINDOW_NS, FREE_POINTS, LOCAL_POINTS, RX_POINTS, SOCKET_POINTS,
                      STOP_WINDOW_NS, TX_POINTS)
@@ -22,11 +23,11 @@ def last_interface(copy):
 
 def end_of(copy, after_receive=True):
     """How the copy ended, with IPVS's choice for it (--iptable), the
-    routing decisions it took and what the stack sent back because of it
-    (--why)."""
+    routing decisions it took, the neighbour it waited for and what the
+    stack sent back because of it (--why)."""
     end = _end_of(copy, after_receive)
     sent = [sent_back_words(e.family, e.why, e.why_type, e.why_code, e.why_info)
-            for e in copy.events if e.kind == KIND_WHY]
+            for e in copy.events if e.kind == KIND_WHY and e.why != WHY_NEIGH]
     routed = [routing.words(e) for e in copy.events if e.route_known]
     balanced = [ipvs.words(e, endpoint_text(e.daddr, e.dport, e.l4proto in PORTED, e.family))
                 for e in copy.events if e.ipvs_known]
@@ -36,7 +37,29 @@ def end_of(copy, after_receive=True):
         end = end._replace(sent_back=", ".join(dict.fromkeys(sent)))
     if routed:
         end = end._replace(routed=", ".join(dict.fromkeys(routed)))
+    waited = neighbour_waits(copy.events)
+    if waited:
+        end = end._replace(neighbour=", ".join(dict.fromkeys(waited)))
     return end
+
+
+def neighbour_waits(events):
+    """The words of each wait for a neighbour among a copy's events (in time
+    order): a drop row's (its wait measured in the kernel, the state then),
+    else a queueing row's, waited until the copy's next row (resolved), or
+    'queued for ...' when nothing came after it."""
+    waits = []
+    for i, e in enumerate(events):
+        if not e.neigh_family:
+            continue
+        if e.kind != KIND_WHY:
+            waits.append(neighbours.words(e))
+            continue
+        later = [a for a in events[i + 1:] if a.kind != KIND_WHY]   # not an ICMP error's row
+        if any(a.neigh_family for a in later):
+            continue        # the drop row tells this wait
+        waits.append(neighbours.words(e, (later[0].ts_ns - e.ts_ns) // 1000 if later else None))
+    return waits
 
 
 def _end_of(copy, after_receive):

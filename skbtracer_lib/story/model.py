@@ -133,6 +133,9 @@ class End(NamedTuple):
     # 10.96.0.10:53/udp rr -> 10.244.1.3:5353 (masq)"; "": none seen)
     balanced: str = ""
     skb: int = 0                # drops: the drop row's skb (with ts_ns: its --nftrace rule)
+    # --why: the neighbour the copy waited for ("waited 3.0 s for ARP
+    # 10.244.1.9 on cbr0: FAILED"; "": none seen)
+    neighbour: str = ""
 
     @property
     def place(self):

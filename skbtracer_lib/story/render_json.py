@@ -47,6 +47,8 @@ def _end(story, end):
         obj["routed"] = end.routed
     if end.balanced:        # --iptable: only where IPVS chose (or found no real server)
         obj["ipvs"] = end.balanced
+    if end.neighbour:       # --why: only where the copy waited for a neighbour
+        obj["neighbour"] = end.neighbour
     return obj
 
 

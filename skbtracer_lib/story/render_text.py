@@ -45,8 +45,10 @@ class Story(StoryModel):
 
     def end_text(self, end):
         """Where and how the copy ended; --iptable: IPVS's choice; --why:
-        its routing decisions and what was sent back because of it."""
+        its routing decisions, the neighbour it waited for and what was sent
+        back because of it."""
         return ", ".join(t for t in (self._end_place_text(end), end.balanced, end.routed,
+                                     end.neighbour,
                                      end.sent_back) if t)
 
     def _end_place_text(self, end):

@@ -25,7 +25,8 @@ FUZZ_INPUTS = 100_000
 # a text row: time, netns, ifname (may be empty), dmac, PKT_INFO, TRACE_INFO
 ROW = re.compile(r"^\[[0-9:]{8}\]\[\S+ *\] +\S* +[0-9a-f]{12} \S+ +[0-9a-f]+\.\d+:\S+"
                  r"( reason=\S+)?( location=\S+)?( type=\d+ code=\d+( mtu=\d+)?)?"
-                 r"( ipvs=\S+)?( route=\S+:\S+( via=\S+)?( dev=\S+)?)?"
+                 r"( ipvs=\S+)?( neigh=\S+:\S+( waited=\S+)?)?"
+                 r"( (rpf_)?route=\S+:\S+( dst=\S+)?( via=\S+)?( dev=\S+)?)?"
                  r"( \S+( vni \d+)? [0-9.]+->[0-9.]+)?$")   # a tunnel's outer header
 IFNAME = fields.at("ifname").span
 

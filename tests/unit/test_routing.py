@@ -95,7 +95,7 @@ def test_json_route_on_rows_with_a_decision_only_and_r_rebuilds_it():
     obj = json.loads(out.line(routed(table=100, gw="10.244.1.1", dev="eth0")))
     assert obj["route"] == {"table": "100", "table_id": 100, "result": "unicast", "err": 0,
                             "rtn": RTN_UNICAST, "gateway": "10.244.1.1", "dev": "eth0",
-                            "oif": 7, "iif": 3,
+                            "oif": 7, "iif": 3, "prefix": None, "reverse": False,
                             "text": "routed by table 100 via 10.244.1.1 dev eth0"}
     plain = Event(encode(ts_ns=1000, skb=SKB, probe=0, kind=KIND_ROUTE, **UDP))
     assert "route" not in json.loads(out.line(plain))
@@ -129,9 +129,12 @@ class FibLayouts:
     def fib(self):
         return (True, "") if self.ok else (False, "no layout in BTF: flowi4")
 
+    def fib6(self):
+        return (True, "") if self.ok else (False, "no layout in BTF: flowi6")
+
 
 @pytest.mark.parametrize("params, layouts_ok, backend, planned, note", [
-    (4, True, "tracepoint", True, "no IPv6 routing decisions"),
+    (4, True, "tracepoint", True, None),
     (None, True, "tracepoint", False, "no fib:fib_table_lookup tracepoint"),
     (4, False, "tracepoint", False, "no layout in BTF"),
     (4, True, "kprobe", False, "no routing decisions with kprobes yet"),
@@ -141,5 +144,72 @@ def test_the_plan(monkeypatch, params, layouts_ok, backend, planned, note):
     plan = probes.ProbePlan(backend)
     probes._plan_route_decisions(plan, FibLayouts(layouts_ok), backend)
     assert (macros.ROUTE_DECISIONS in plan.defines) == planned
-    assert [p.name for p in plan.probes] == (["fib_table_lookup"] if planned else [])
-    assert any(note in n for n in plan.notes), plan.notes
+    assert (macros.ROUTE6_DECISIONS in plan.defines) == planned
+    assert [p.name for p in plan.probes] == (["fib_table_lookup", "fib6_table_lookup"]
+                                             if planned else [])
+    assert note is None or any(note in n for n in plan.notes), plan.notes
+
+
+def test_the_plan_without_fib6(monkeypatch):
+    """A kernel with IPv4's tracepoint only: IPv4's decisions, a note for IPv6."""
+    monkeypatch.setattr(probes, "tracepoint_params",
+                        lambda category, _event: None if category == "fib6" else 4)
+    plan = probes.ProbePlan("tracepoint")
+    probes._plan_route_decisions(plan, FibLayouts(), "tracepoint")
+    assert [p.name for p in plan.probes] == ["fib_table_lookup"]
+    assert any("no IPv6 routing decisions" in n for n in plan.notes), plan.notes
+
+
+V6 = dict(saddr="fd00:244:1::2", sport=42631, daddr="fd00:245::2", dport=9000, l4proto=17,
+          netns=4026532001, ifname="cni0", family=6)
+
+
+def routed6(prefix="fd00:245::", plen=64, rtn=RTN_UNICAST, dev="veth1", err=0, table=254):
+    return Event(encode(ts_ns=2000, skb=SKB, probe=1, kind=KIND_ROUTE,
+                        route_known=routing.KNOWN | routing.HAS_PREFIX, route_table=table,
+                        route_err=err, route_type=rtn, route_dev=dev, route_oif=7, route_iif=3,
+                        route_prefix=socket.inet_pton(socket.AF_INET6, prefix),
+                        route_prefix_len=plen, **V6))
+
+
+@pytest.mark.parametrize("rtn, dev, words, suffix", [
+    (RTN_UNICAST, "veth1", "routed by table main fd00:245::/64 dev veth1",
+     " route=main:unicast dst=fd00:245::/64 dev=veth1"),
+    (6, "lo", "blackhole route fd00:245::/64 in table main",
+     " route=main:blackhole dst=fd00:245::/64 dev=lo"),
+    (8, "lo", "prohibit route fd00:245::/64 in table main",
+     " route=main:prohibit dst=fd00:245::/64 dev=lo"),
+])
+def test_ipv6_decisions_name_the_prefix(rtn, dev, words, suffix):
+    e = routed6(rtn=rtn, dev=dev)
+    assert routing.words(e) == words
+    assert routing.row_suffix(e) == suffix
+    out = jsonl.JsonFormatter(formatter(), node="n", run_id="r")
+    obj = json.loads(out.line(e))
+    assert obj["route"]["prefix"] == "fd00:245::/64"
+    assert jsonl.text_row(obj, "12:34:56").endswith("net_dev_queue" + suffix)
+
+    class Run:
+        node = "n"
+    again = Rebuilder(False).event(Run(), obj, obj["ktime_ns"])
+    assert routing.json_object(again) == obj["route"]
+
+
+def test_an_rp_filter_drop_names_the_way_back():
+    """An IP_RPFILTER drop row takes rp_filter's own lookup (the addresses swapped, flagged
+    REVERSE): where the way back to the source goes instead of the packet's device."""
+    e = Event(encode(ts_ns=2000, skb=SKB, probe=2, kind=KIND_DROP, drop_reason=16,
+                     route_known=routing.KNOWN | routing.REVERSE, route_table=254, route_type=1,
+                     route_dev="cni0", route_oif=5, route_iif=1,
+                     **dict(UDP, saddr="10.244.1.77", daddr="10.244.1.2", ifname="veth9")))
+    assert routing.words(e) == ("rp_filter: the way back to 10.244.1.77 is routed by table main "
+                                "dev cni0, not veth9")
+    assert routing.row_suffix(e) == " rpf_route=main:unicast dev=cni0"
+    out = jsonl.JsonFormatter(formatter(), node="n", run_id="r")
+    obj = json.loads(out.line(e))
+    assert obj["route"]["reverse"] is True
+
+    class Run:
+        node = "n"
+    again = Rebuilder(False).event(Run(), obj, obj["ktime_ns"])
+    assert routing.json_object(again) == obj["route"]
