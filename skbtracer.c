@@ -484,7 +484,12 @@ static __always_inline int address_match(u8 family, u8 *saddr, u8 *daddr)
 #ifdef FILTER_ADDR6_0
     if (family != 6)
         return 0;
-    u64 *s = (u64 *)saddr, *d = (u64 *)daddr;
+    /* copied, not loaded through u64 pointers: after find_inner the
+     * verifier may follow this path with an IPv4 header's 4-aligned
+     * addresses, and refuses misaligned 8-byte stack loads (6.1) */
+    u64 s[2], d[2];
+    __builtin_memcpy(s, saddr, 16);
+    __builtin_memcpy(d, daddr, 16);
     if (!(s[0] == FILTER_ADDR6_0 && s[1] == FILTER_ADDR6_1) &&
         !(d[0] == FILTER_ADDR6_0 && d[1] == FILTER_ADDR6_1))
         return 0;
