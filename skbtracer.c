@@ -17,6 +17,10 @@
 /* compile-time bounds of struct spans (the layouts' offsets are constants) */
 #define MIN_OF(a, b) ((a) < (b) ? (a) : (b))
 #define MAX_OF(a, b) ((a) > (b) ? (a) : (b))
+/* where a layout's field ends; a field out of bytes read from start at once */
+#define L_END(F) (L_##F##_OFF + L_##F##_SIZE)
+#define SPAN_AT(span, start, F) ({ u64 __v = 0; \
+    __builtin_memcpy(&__v, (span) + L_##F##_OFF - (start), L_##F##_SIZE); __v; })
 
 #ifdef SKBT_LAYOUT_HEADERS
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
@@ -128,12 +132,11 @@ enum { L_NEIGH_KEY_OFF = offsetof(struct neighbour, primary_key), L_NEIGH_KEY_SI
 #endif
 /* the sk_buff fields find_packet reads, in one read as with BTF's
  * L_SKB_SPAN_* (layout.SPAN_FIELDS); since 4.x they lie within 32 bytes */
-#define SKB_SPAN_END(F) (L_##F##_OFF + L_##F##_SIZE)
 #define SKB_SPAN_OFF MIN_OF(MIN_OF(L_SKB_PROTOCOL_OFF, L_SKB_NETWORK_HEADER_OFF), \
                             MIN_OF(L_SKB_MAC_HEADER_OFF, MIN_OF(L_SKB_HEAD_OFF, L_SKB_DATA_OFF)))
-#define SKB_SPAN_LEN (MAX_OF(MAX_OF(SKB_SPAN_END(SKB_PROTOCOL), SKB_SPAN_END(SKB_NETWORK_HEADER)), \
-                             MAX_OF(SKB_SPAN_END(SKB_MAC_HEADER), \
-                                    MAX_OF(SKB_SPAN_END(SKB_HEAD), SKB_SPAN_END(SKB_DATA)))) \
+#define SKB_SPAN_LEN (MAX_OF(MAX_OF(L_END(SKB_PROTOCOL), L_END(SKB_NETWORK_HEADER)), \
+                             MAX_OF(L_END(SKB_MAC_HEADER), \
+                                    MAX_OF(L_END(SKB_HEAD), L_END(SKB_DATA)))) \
                       - SKB_SPAN_OFF)
 _Static_assert(SKB_SPAN_LEN <= 64, "struct sk_buff's header fields are too far apart");
 /* pkt_type is a 3-bit field right after the __pkt_type_offset marker */
@@ -1437,8 +1440,6 @@ struct fib_lookups {
 };
 BPF_PERCPU_ARRAY(fib_lookups, struct fib_lookups, 1);
 
-#define SPAN_AT(span, start, F) ({ u64 __v = 0; \
-    __builtin_memcpy(&__v, (span) + L_##F##_OFF - (start), L_##F##_SIZE); __v; })
 /* struct fib_nh_common from its start (nhc_dev) to the gateway's end, and
  * for IPv4's struct fib_nh on to nh_parent; a nexthop object's (ip
  * nexthop) has no nh_parent: the type is not read */
@@ -1487,10 +1488,9 @@ static __always_inline void fib_seen_done(struct fib_lookups *l, struct fib_look
 #define FLOW4_SPAN_OFF MIN_OF(MIN_OF(L_FLOW4_IIF_OFF, L_FLOW4_PROTO_OFF), \
                               MIN_OF(MIN_OF(L_FLOW4_SADDR_OFF, L_FLOW4_DADDR_OFF), \
                                      MIN_OF(L_FLOW4_SPORT_OFF, L_FLOW4_DPORT_OFF)))
-#define FLOW4_END(F) (L_##F##_OFF + L_##F##_SIZE)
-#define FLOW4_SPAN_LEN (MAX_OF(MAX_OF(FLOW4_END(FLOW4_IIF), FLOW4_END(FLOW4_PROTO)), \
-                               MAX_OF(MAX_OF(FLOW4_END(FLOW4_SADDR), FLOW4_END(FLOW4_DADDR)), \
-                                      MAX_OF(FLOW4_END(FLOW4_SPORT), FLOW4_END(FLOW4_DPORT)))) \
+#define FLOW4_SPAN_LEN (MAX_OF(MAX_OF(L_END(FLOW4_IIF), L_END(FLOW4_PROTO)), \
+                               MAX_OF(MAX_OF(L_END(FLOW4_SADDR), L_END(FLOW4_DADDR)), \
+                                      MAX_OF(L_END(FLOW4_SPORT), L_END(FLOW4_DPORT)))) \
                         - FLOW4_SPAN_OFF)
 _Static_assert(FLOW4_SPAN_LEN <= 128, "struct flowi4 grew");
 
@@ -1527,9 +1527,8 @@ int on_fib_lookup(struct bpf_raw_tracepoint_args *ctx)
 /* the struct flowi6 fields read at once: the common part to the ports */
 #define FLOW6_SPAN_OFF MIN_OF(MIN_OF(L_FLOW6_IIF_OFF, L_FLOW6_PROTO_OFF), \
                               MIN_OF(L_FLOW6_SADDR_OFF, L_FLOW6_DADDR_OFF))
-#define FLOW6_END(F) (L_##F##_OFF + L_##F##_SIZE)
-#define FLOW6_SPAN_LEN (MAX_OF(MAX_OF(FLOW6_END(FLOW6_SPORT), FLOW6_END(FLOW6_DPORT)), \
-                               MAX_OF(FLOW6_END(FLOW6_SADDR), FLOW6_END(FLOW6_DADDR))) \
+#define FLOW6_SPAN_LEN (MAX_OF(MAX_OF(L_END(FLOW6_SPORT), L_END(FLOW6_DPORT)), \
+                               MAX_OF(L_END(FLOW6_SADDR), L_END(FLOW6_DADDR))) \
                         - FLOW6_SPAN_OFF)
 /* struct fib6_result: the next hop, the route, its type */
 #define RES6_SPAN_LEN MAX_OF(MAX_OF(L_RES6_NH_OFF + 8, L_RES6_F6I_OFF + 8), L_RES6_TYPE_OFF + 1)
@@ -2266,16 +2265,13 @@ int on_ipvs_schedule(struct pt_regs *ctx)
     return 0;
 }
 
-/* struct ip_vs_conn from its dport to its daf, read at once */
-#define IPVS_END(F) (L_##F##_OFF + L_##F##_SIZE)
+/* struct ip_vs_conn from its dport to its daf, read at once (SPAN_AT) */
 #define IPVS_CONN_SPAN_OFF MIN_OF(MIN_OF(L_IPVS_CONN_DPORT_OFF, L_IPVS_CONN_DADDR_OFF), \
                                   MIN_OF(L_IPVS_CONN_FLAGS_OFF, L_IPVS_CONN_DAF_OFF))
-#define IPVS_CONN_SPAN_LEN (MAX_OF(MAX_OF(IPVS_END(IPVS_CONN_DPORT), IPVS_END(IPVS_CONN_DADDR)), \
-                                   MAX_OF(IPVS_END(IPVS_CONN_FLAGS), IPVS_END(IPVS_CONN_DAF))) \
+#define IPVS_CONN_SPAN_LEN (MAX_OF(MAX_OF(L_END(IPVS_CONN_DPORT), L_END(IPVS_CONN_DADDR)), \
+                                   MAX_OF(L_END(IPVS_CONN_FLAGS), L_END(IPVS_CONN_DAF))) \
                             - IPVS_CONN_SPAN_OFF)
 _Static_assert(IPVS_CONN_SPAN_LEN <= 96 && L_IPVS_CONN_DADDR_SIZE == 16, "struct ip_vs_conn grew");
-#define IPVS_AT(span, F) ({ u64 __v = 0; \
-    __builtin_memcpy(&__v, (span) + L_##F##_OFF - IPVS_CONN_SPAN_OFF, L_##F##_SIZE); __v; })
 #define IP_VS_CONN_F_FWD_MASK 0x0007
 
 int on_ipvs_schedule_return(struct pt_regs *ctx)
@@ -2295,9 +2291,10 @@ int on_ipvs_schedule_return(struct pt_regs *ctx)
         u8 conn[IPVS_CONN_SPAN_LEN];
         if (!bpf_probe_read_kernel(conn, sizeof(conn), cp + IPVS_CONN_SPAN_OFF)) {
             e->ipvs_known = IPVS_CHOSE;
-            e->ipvs_rport = IPVS_AT(conn, IPVS_CONN_DPORT);
-            e->ipvs_fwd = IPVS_AT(conn, IPVS_CONN_FLAGS) & IP_VS_CONN_F_FWD_MASK;
-            e->ipvs_daf = IPVS_AT(conn, IPVS_CONN_DAF);
+            e->ipvs_rport = SPAN_AT(conn, IPVS_CONN_SPAN_OFF, IPVS_CONN_DPORT);
+            e->ipvs_fwd = SPAN_AT(conn, IPVS_CONN_SPAN_OFF, IPVS_CONN_FLAGS)
+                          & IP_VS_CONN_F_FWD_MASK;
+            e->ipvs_daf = SPAN_AT(conn, IPVS_CONN_SPAN_OFF, IPVS_CONN_DAF);
             __builtin_memcpy(e->ipvs_raddr, conn + L_IPVS_CONN_DADDR_OFF - IPVS_CONN_SPAN_OFF, 16);
         }
     }
