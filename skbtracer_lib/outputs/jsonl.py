@@ -265,16 +265,12 @@ class _SavedHeader:
 
 
 class SavedFields:
-    """Saved fields (routing.fields_of, ipvs.fields_of) as the row suffixes
-    read an event's."""
-
-    def __init__(self, fields):
-        self.__dict__.update(fields)
-class SavedRoute:
-    """A saved "route" and "neigh" as routing.row_suffix and
-    neighbours.row_suffix read an event's route_* and neigh_* fields."""
+    """A saved event's "ipvs", "route" and "neigh" as ipvs.row_suffix,
+    routing.row_suffix and neighbours.row_suffix read an event's ipvs_*,
+    route_* and neigh_* fields."""
 
     def __init__(self, obj):
+        self.__dict__.update(ipvs.fields_of(obj.get("ipvs")))
         self.__dict__.update(routing.fields_of(obj.get("route")))
         self.__dict__.update(neighbours.fields_of(obj.get("neigh")))
         self.family, self.ifname = obj.get("family"), obj.get("ifname")
@@ -302,10 +298,9 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
             WHY_NUMBERS.get(why["sent"], 0), why["icmp_type"], why["icmp_code"], why["mtu"])
     else:
         trace = prefix + obj["func"]
-    if obj.get("ipvs"):
-        trace += ipvs.row_suffix(SavedFields(ipvs.fields_of(obj["ipvs"])))
-    if obj.get("neigh") or obj.get("route"):
-        saved = SavedRoute(obj)
+    if obj.get("ipvs") or obj.get("neigh") or obj.get("route"):
+        saved = SavedFields(obj)
+        trace += ipvs.row_suffix(saved) if obj.get("ipvs") else ""
         trace += neighbours.row_suffix(saved) if obj.get("neigh") else ""
         trace += routing.row_suffix(saved) if obj.get("route") else ""
     netns = obj["netns"] if netns_column is None else netns_column
