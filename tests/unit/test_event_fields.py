@@ -17,10 +17,10 @@ import pytest
 import skbt_unit_helpers  # noqa: F401  (repository on sys.path)
 from event_struct import NotAMember, differences, members
 
-from skbtracer_lib.events import decode, fields, textrow
+from skbtracer_lib.events import decode, fields, ipvs, textrow
 from skbtracer_lib.events.fields import FIELDS, Field
 from skbtracer_lib.events.textrow import Clock, RowFormatter
-from skbtracer_lib.events.vocabulary import KINDS, WHY_ICMP, WHY_RESET
+from skbtracer_lib.events.vocabulary import KINDS, WHY_ICMP, WHY_NEIGH, WHY_RESET
 from skbtracer_lib.outputs import jsonl
 from skbtracer_lib.program import probes
 
@@ -272,5 +272,14 @@ def test_the_kinds_skbtracer_c_defines_are_vocabulary_s():
 def test_the_why_numbers_skbtracer_c_defines_are_vocabulary_s():
     """--why rows: skbtracer.c's WHY_* are vocabulary.WHY_NAMES' numbers."""
     defined = {name.lower(): int(number) for name, number in
-               re.findall(r"^#define WHY_(\w+)\s+(\d+)\s*$", c_text(), re.M)}
-    assert defined == {"icmp": WHY_ICMP, "reset": WHY_RESET}
+               re.findall(r"^#define WHY_(\w+)\s+(\d+)\s*(?:/\*.*\*/)?$", c_text(), re.M)}
+    assert defined == {"icmp": WHY_ICMP, "reset": WHY_RESET, "neigh": WHY_NEIGH}
+
+
+def test_the_ipvs_decisions_skbtracer_c_defines_are_ipvs_s():
+    """--iptable's IPVS rows: skbtracer.c's IPVS_CHOSE/IPVS_NO_DEST are
+    events/ipvs.py's CHOSE/NO_DEST."""
+    defined = {name: int(number) for name, number in
+               re.findall(r"^#define IPVS_(CHOSE|NO_DEST)\s+(\d+)\s*(?:/\*.*\*/)?$", c_text(),
+                          re.M)}
+    assert defined == {"CHOSE": ipvs.CHOSE, "NO_DEST": ipvs.NO_DEST}
