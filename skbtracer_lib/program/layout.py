@@ -297,12 +297,13 @@ class Layouts:
         """Can a packet's neighbour be read (struct neighbour)? (ok, reason)"""
         return self._optional(NEIGH_FIELDS)
 
-    def _optional(self, *tables):
-        """Add the fields of tables where BTF has them all: (ok, reason)."""
+    def _optional(self, *tables, module=None):
+        """Add the fields of tables (module's BTF, else vmlinux's) where BTF
+        has them all: (ok, reason)."""
         if self.source == "btf":
             try:
                 for table in tables:
-                    self._add_fields(table, None)
+                    self._add_fields(table, module)
             except BTFError as e:
                 return False, "no layout in BTF: %s" % e
         return True, ""
@@ -313,11 +314,7 @@ class Layouts:
             return False, "struct ip_vs_conn's layout is read from BTF only"
         if module and self.btf.module(module) is None:
             return False, "this kernel has no BTF for the %s module (5.10 and older)" % module
-        try:
-            self._add_fields(IPVS_FIELDS, module)
-        except BTFError as e:
-            return False, "no layout in BTF: %s" % e
-        return True, ""
+        return self._optional(IPVS_FIELDS, module=module)
 
     def netfilter(self, module, is_nft):
         """Can the netfilter probes of module be built? (ok, reason)"""
@@ -325,13 +322,10 @@ class Layouts:
             fields, flag = NFT_FIELDS, macros.HAVE_NFT_LAYOUT
         else:
             fields, flag = XT_FIELDS, macros.HAVE_XT_LAYOUT
-        if self.source == "btf":
-            try:
-                self._add_fields(fields, module)
-            except BTFError as e:
-                return False, "no layout in BTF: %s" % e
-        self.defines[flag] = 1
-        return True, ""
+        ok, why = self._optional(fields, module=module)
+        if ok:
+            self.defines[flag] = 1
+        return ok, why
 
 
 def choose(requested):
