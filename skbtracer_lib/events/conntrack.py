@@ -59,20 +59,21 @@ def fault_code(name):
 RAW_TABLE = "raw"
 
 
-def drop_words(fault, nfct, netfilter_drop, nf_table, conntrack_here):
+def drop_words(fault, nfct, netfilter_drop, nf_table, conntrack_here, invalid_rule=False):
     """The story's words on conntrack's part in a drop, or "".
     fault: the event's ct_fault; nfct: its skb's _nfct; netfilter_drop: the
     drop was netfilter's (reason NETFILTER_DROP, or a DROP verdict row);
     nf_table: the table of that verdict row (None without one);
     conntrack_here: a row in the drop's namespace carried an entry
-    (conntrack is at work there)."""
+    (conntrack is at work there); invalid_rule: the rule that dropped it
+    matches the INVALID state (--nftrace named it)."""
     if fault:
         return FAULTS[fault][1] if fault in FAULTS else "conntrack fault %d" % fault
     if nfct or not netfilter_drop:
         return ""
     if nf_table == RAW_TABLE:
         return "no conntrack entry yet (the raw table runs before conntrack)"
-    if conntrack_here:
+    if conntrack_here or invalid_rule:
         return "no conntrack entry: INVALID"
     return "no conntrack entry: INVALID, or not seen by conntrack"
 

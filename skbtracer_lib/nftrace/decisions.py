@@ -132,6 +132,20 @@ def rule_words(decision):
     return text
 
 
+# a rule that matches conntrack's INVALID state: in `nft list` text, in `iptables -S` text
+INVALID_MATCH = re.compile(r"\bct state (\{ )?([a-z]+, )*invalid\b|--c?t?state (\S+,)?INVALID\b")
+
+
+def rule_matches_invalid(decision):
+    """True when the deciding rule matches conntrack's INVALID state: a drop
+    by it was of a packet conntrack found INVALID, for certain."""
+    rule = getattr(decision, "rule", None)
+    if rule is None:
+        return False
+    return bool(INVALID_MATCH.search(_NFT_COMMENT.sub("", rule.text or "")) or
+                INVALID_MATCH.search(_XT_COMMENT.sub("", rule.iptables or "")))
+
+
 def quoted(comment):
     """A comment in double quotes, escaped as names are (one line, no
     controls) but for its spaces: a kube-proxy comment reads as one."""

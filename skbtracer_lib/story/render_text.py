@@ -2,7 +2,7 @@
 the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
 from ..events import conntrack
-from ..nftrace.decisions import Unknown, rule_words
+from ..nftrace.decisions import Unknown, rule_matches_invalid, rule_words
 from ..events.vocabulary import KIND_IPTABLE, endpoint_text, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
 from .paths import Fork, factor_suffix, hops, packet_tree
@@ -85,16 +85,16 @@ class Story(StoryModel):
             text += ": %s" % reason
         if end.location:
             text += " (%s)" % self.symbolize(end.location)
-        ct = self.conntrack_text(end, reason)
+        decision = self.rules.decision_at(end.skb, end.ts_ns) if self.rules else None
+        ct = self.conntrack_text(end, reason, rule_matches_invalid(decision))
         if ct:
             text += ": %s" % ct
-        decision = self.rules.decision_at(end.skb, end.ts_ns) if self.rules else None
         if decision is not None:        # --nftrace
             words = rule_words(decision)
             text += (", " if isinstance(decision, Unknown) else " by ") + words
         return text
 
-    def conntrack_text(self, end, reason):
+    def conntrack_text(self, end, reason, invalid_rule=False):
         """conntrack's part in a drop (conntrack.drop_words), or ""."""
         if not end.ct_fault and not self.conntrack_read:
             return ""
@@ -102,7 +102,8 @@ class Story(StoryModel):
         netfilter = (reason == NETFILTER_DROP or end.nf_table is not None or
                      bool(end.location) and self.symbolize(end.location).startswith(NF_HOOK_SLOW))
         return conntrack.drop_words(end.ct_fault, end.nfct, netfilter, end.nf_table,
-                                    netfilter and end.netns in self.conntrack_netns)
+                                    netfilter and end.netns in self.conntrack_netns,
+                                    invalid_rule)
 
     def packet_end_text(self, packet):
         """How its copies ended; where one got through, the drops of others

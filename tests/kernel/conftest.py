@@ -38,6 +38,10 @@ EXPECTED = FLAVOURS[GUEST].expected if GUEST else host_expected()
 BACKEND = EXPECTED.backend
 TRACEPOINTS = EXPECTED.tracepoints      # how skbtracer attaches tracepoints: -v's word
 HAVE_DROP_REASONS = EXPECTED.drop_reasons
+# --nftrace is user space and netlink, the same with every probe backend: the guests skip it
+NFTRACE_HOST_ONLY = ("host only: --nftrace reads the kernel's nftables trace over netlink in user "
+                     "space, the same with every probe backend, and a tracer start costs a compile "
+                     "in the guest")
 # Route-row function names per backend for "the packet arrived on this device"
 ARRIVAL = {"kprobe": {"netif_rx", "__netif_receive_skb", "ip_rcv"},
            "tracepoint": {"netif_rx", "netif_receive_skb"}}[BACKEND]

@@ -17,24 +17,28 @@
   race is bounded; where it does not reproduce the test is skipped saying so, never passed (the
   skip is allowed on 5.10 and 6.12; 6.1 must reproduce it: 38 of 200 rounds failed there).
 
+- INVALID with the rule that dropped it: `--nftrace` (host only, iptables-nft) names kube-proxy's
+  rule on the same DROPPED line that says INVALID.
+
 Two tracer starts: `--drop --route -H client --ct` for the INVALID ACK and the full table (the
 route rows carry entries: the story knows conntrack is at work), and `--drop --ct` alone for the
-race (both pods send).
+race (both pods send); on the host a third, `--nftrace`, for the INVALID ACK's rule.
 """
 
 import json
 import re
 import subprocess
+import time
 
 import pytest
-from conftest import BACKEND, GUEST, HAVE_DROP_REASONS
+from conftest import BACKEND, GUEST, HAVE_DROP_REASONS, NFTRACE_HOST_ONLY
 
 from skbtracer_lib.story import MAX_FLAG_LINES
 from testbed.conntrack import PARTIAL_COMMAND, ConntrackLab
 from testbed.topology import IP, cleanup_stale
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun
 
-INVALID_SPORT, HELPER_SPORT, FULL_SPORT = 47301, 47302, 43000
+INVALID_SPORT, HELPER_SPORT, FULL_SPORT, NFTRACE_SPORT = 47301, 47302, 43000, 47303
 FULL_SPARE = 3
 # Under TCG a round costs far more; the bounds are what CI can afford, not what the race needs.
 RACE_ROUNDS, RACE_SECONDS = (600, 90.0) if GUEST else (1000, 30.0)
@@ -193,3 +197,36 @@ def test_ct_state_inv_keeps_the_invalid_ack(client_run):
     ack = [o for o in kept if o["sport"] == INVALID_SPORT]
     assert ack == [o for o in events if o["sport"] == INVALID_SPORT], ack
     assert [o["kind"] for o in ack].count("drop") == 1
+
+
+@pytest.fixture(scope="module")
+def nftrace_run(lab):
+    """The INVALID ACK again, traced in node1 with --nftrace: the rule that dropped it."""
+    if BACKEND == "kprobe":
+        pytest.skip(NFTRACE_HOST_ONLY)
+    args = ["-N", lab.node.cluster.ns["node1"], "-H", IP["client"], "--proto", "tcp", "--drop",
+            "--route", "--ct", "--nftrace", "--story-per-packet", "--width", "1000"]
+    with TracerRun(args) as run:
+        invalid = lab.invalid_tcp(sport=NFTRACE_SPORT)
+        time.sleep(0.5)         # the trace's netlink messages trail the drop row
+    return run, invalid
+
+
+def test_invalid_drop_names_its_rule(lab, nftrace_run):
+    """The DROPPED line names kube-proxy's KUBE-FORWARD rule by its nft handle (the one whose
+    counter the ACK moved) and, since that rule matches INVALID, says INVALID for certain: no
+    row of this run carried an entry to tell that conntrack is at work."""
+    run, invalid = nftrace_run
+    assert run.returncode == 0, run.stderr
+    assert invalid.rule_packets == 1, invalid
+    listing = lab.node.exec("node1", ["nft", "-a", "list", "chain", "ip", "filter",
+                                      "KUBE-FORWARD"]).stdout
+    handles = [m.group(1) for line in listing.splitlines() if "ct state invalid" in line
+               and " drop" in line for m in [re.search(r"# handle (\d+)$", line)] if m]
+    assert len(handles) == 1, listing
+    lines = [line for line in run.stderr.splitlines()
+             if line.startswith("DROPPED:") and ":%d->" % NFTRACE_SPORT in line]
+    assert len(lines) == 1, run.stderr
+    # the rule matches INVALID, so the story says it for certain (no "or not seen by conntrack")
+    assert ": no conntrack entry: INVALID by filter/KUBE-FORWARD handle %s #" % handles[0] \
+        in lines[0], lines[0]

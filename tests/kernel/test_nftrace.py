@@ -14,14 +14,11 @@ import time
 
 import pytest
 
-from conftest import BACKEND
+from conftest import BACKEND, NFTRACE_HOST_ONLY
 from testbed.topology import IP, SeedCluster
 from testbed.tracer import SKBTRACER, TracerRun
 
-pytestmark = pytest.mark.skipif(BACKEND == "kprobe", reason="host only: --nftrace reads the "
-                                "kernel's nftables trace over netlink in user space, the same "
-                                "with every probe backend, and a tracer start costs a compile "
-                                "in the guest")
+pytestmark = pytest.mark.skipif(BACKEND == "kprobe", reason=NFTRACE_HOST_ONLY)
 
 TABLE = "table inet skbtracer_trace"
 SEP_COMMENT, DROP_COMMENT = "default/svc:dns", "test/firewall:drop"

@@ -343,6 +343,15 @@ def test_drop_words(fault, nfct, netfilter, table, here, words):
     assert (words in said) if words else said == ""
 
 
+def test_a_rule_matching_invalid_makes_it_certain():
+    """--nftrace named a rule that matches INVALID: no "or not seen by conntrack", though no row
+    of the namespace carried an entry; the raw table's drop and a tracked packet stay as they were."""
+    assert conntrack.drop_words(0, 0, True, None, False, invalid_rule=True) == \
+        "no conntrack entry: INVALID"
+    assert conntrack.drop_words(0, CONN | 2, True, "filter", False, invalid_rule=True) == ""
+    assert "raw table" in conntrack.drop_words(0, 0, True, "raw", False, invalid_rule=True)
+
+
 def test_fault_names_read_back():
     for code, (name, _words) in conntrack.FAULTS.items():
         assert conntrack.fault_name(code) == name and conntrack.fault_code(name) == code

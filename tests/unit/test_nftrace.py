@@ -363,3 +363,24 @@ def test_the_story_names_the_rule_of_a_drop_verdict_and_of_the_dnat():
         '(DNAT ->10.244.1.3:9000 by nat/KUBE-SEP-T handle 12 #1 "default/svc:dns")')
     assert told.netfilter_text(second) == (
         'filter FORWARD DROP by filter/FORWARD handle 3 "own \\"nft\\"\\x0acomment"')
+
+
+@pytest.mark.parametrize("text, iptables, invalid", [
+    ("ct state invalid counter packets 0 bytes 0 drop", None, True),
+    ("ct state { established, invalid } drop", None, True),
+    ("ct state established,related accept", None, False),
+    ('meta l4proto tcp comment "ct state invalid" drop', None, False),      # a comment says it
+    ("ct state invalid counter drop", "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP", True),
+    ("xt match state drop", "-A FORWARD -m state --state INVALID -j DROP", True),
+    ("counter drop", '-A FORWARD -m comment --comment "--ctstate INVALID" -j DROP', False),
+])
+def test_a_rule_that_matches_invalid_is_known(text, iptables, invalid):
+    """The story says INVALID for certain when the rule that dropped the packet matches that state
+    (kube-proxy's KUBE-FORWARD rule), in nft's text or iptables -S's; comments do not count."""
+    rule = ruleset.Rule("ip", "filter", "KUBE-FORWARD", 7, 1, text, None, iptables)
+    decision = Decision("ip", "filter", "KUBE-FORWARD", "FORWARD", "forward", "drop", False, 7, rule,
+                        None, 0)
+    assert decisions.rule_matches_invalid(decision) is invalid
+    assert decisions.rule_matches_invalid(decision._replace(rule=None, policy=True)) is False
+    assert decisions.rule_matches_invalid(Unknown("not traced")) is False
+    assert decisions.rule_matches_invalid(None) is False
