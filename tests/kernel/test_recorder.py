@@ -8,10 +8,12 @@ rule in server2 drops, and one held back past --slow by a token bucket (tc
 tbf: the host has no netem) on server2's eth0 that one datagram just before
 it emptied. Each trouble's whole path is printed (its first rows are in the
 sender's namespace), nothing of the background. And a stuck skb with no
-later row: a datagram to an address in node2's pod range that no pod has
-waits in node2's ARP queue until the neighbour fails (~3 s); --slow's sweep
-tells its path while the kernel still holds it (ip neigh: INCOMPLETE), and
-the drop that ends it adds its one row, not the path again. And a path
+later row: the token bucket's datagram is told by --slow's sweep while tc
+still holds it (backlog 1p), and its later rows follow, none twice. A
+datagram to an address in node2's pod range that no pod has waits in
+node2's ARP queue until the neighbour fails (~3 s): with kprobes the sweep
+tells it while ip neigh says INCOMPLETE; on tracepoints its last row is a
+receive point (where a socket's queue looks alike), told at its drop. And a path
 longer than the record keeps: a datagram along a chain of namespaces,
 dropped at its end; its first row told says how many were not kept. A second run with a tiny
 --recorder-size and hundreds of skbs held in the token bucket's queue: the skbs the
