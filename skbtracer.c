@@ -331,6 +331,9 @@ struct event_t {
     u8  neigh_family;   /* AF_INET (ARP), AF_INET6 (ND); 0: no neighbour told */
     u8  neigh_state;    /* NUD_* at the row: INCOMPLETE queued, FAILED dropped... */
     u8  neigh_addr[16];
+    /* --on-trouble: the first row told of a record that outgrew its
+     * RECORDER_SIGHTINGS: how many earlier sightings were not kept */
+    u32 unkept;
 };
 #define ROUTE_KNOWN      1
 #define ROUTE_HAS_PREFIX 2
@@ -1732,6 +1735,8 @@ struct flight {
     u16 icmp_id;
     u8  family;
     u8  l4proto;
+    u8  tcp_flags;      /* the packet's, for the rows the sweep rebuilds (recorder.Sweep) */
+    u8  icmp_type;
     u8  troubled;       /* TROUBLE_*: its rows are sent as they happen */
     struct sighting s[RECORDER_SIGHTINGS];
 };
@@ -1743,6 +1748,21 @@ BPF_PERCPU_ARRAY(flight_new, struct flight, 1);
 /* a recorded row rebuilt as an event (too big for the stack with the trouble row's) */
 BPF_PERCPU_ARRAY(told_event, struct event_t, 1);
 BPF_PERCPU_ARRAY(recorder_counts, u64, RECORDER_COUNTS);
+#ifdef RECORDER_SLOW_NS
+/* --slow's sweep (userspace, recorder.Sweep) of stuck skbs, those with no
+ * later row to be told at: flying indexes the records in flight (skb ->
+ * first_ns; a record's first row adds it, its free removes it) so that the
+ * sweep reads a few small entries, not the records; slow_claims: who told a
+ * record slow, the sweep (told: the sightings it sent) or this program
+ * (told 0), whoever inserted first (BPF_NOEXIST: one of the two, once). */
+BPF_TABLE("lru_hash", u64, u64, flying, RECORDER_ENTRIES);
+struct slow_claim {
+    u64 first_ns;       /* the record's: a claim of an earlier skb at the address is stale */
+    u32 told;           /* by the sweep: the rows it sent; 0: by the kernel */
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u64, struct slow_claim, slow_claims, RECORDER_ENTRIES);
+#endif
 
 /* one packet at one receive point of one device: its first skb there */
 struct place_key {
@@ -1803,10 +1823,15 @@ static __always_inline struct flight *flight_of(struct event_t *e, u64 payload)
     n->icmp_id = e->icmp_id;
     n->family = e->family;
     n->l4proto = e->l4proto;
+    n->tcp_flags = e->tcp_flags;
+    n->icmp_type = e->icmp_type;
     n->troubled = 0;
     if (flights.update(&key, n))
         return 0;
     recorder_count(RECORDER_COUNT_STARTED);
+#ifdef RECORDER_SLOW_NS
+    flying.update(&key, &e->ts_ns);
+#endif
     return flights.lookup(&key);
 }
 
@@ -1833,17 +1858,21 @@ static __always_inline void rebuild_row(struct event_t *to, struct sighting *fro
 
 /* Send f's recorded rows from the first not yet sent up to (not including)
  * upto, as events of skb rebuilt on the row e (the packet's fields that do
- * not change, its conntrack entry's where it is the same one). */
+ * not change, its conntrack entry's where it is the same one); kept: how
+ * many rows before upto the ring still holds (one fewer where e itself was
+ * noted in the slot after them). */
 static __always_inline void tell_recorded(void *ctx, struct event_t *e, struct flight *f,
-                                          u64 skb, u32 upto)
+                                          u64 skb, u32 upto, u32 kept)
 {
     int zero = 0;
     struct event_t *t = told_event.lookup(&zero);
     if (!t)
         return;
-    u32 from = f->told;
-    if (upto > RECORDER_SIGHTINGS && from < upto - RECORDER_SIGHTINGS)
-        from = upto - RECORDER_SIGHTINGS;      /* older rows were overwritten */
+    u32 from = f->told, unkept = 0;
+    if (upto > kept && from < upto - kept) {
+        unkept = upto - kept - from;
+        from = upto - kept;                     /* older rows were overwritten */
+    }
     for (int k = 0; k < RECORDER_SIGHTINGS; k++) {
         u32 n = from + k;
         if (n >= upto)
@@ -1861,6 +1890,7 @@ static __always_inline void tell_recorded(void *ctx, struct event_t *e, struct f
         t->ct_fault = 0;
         t->why = 0;
         t->route_known = 0;
+        t->unkept = k ? 0 : unkept;
         emit(ctx, t);
     }
     if (upto > f->told)
@@ -1890,9 +1920,37 @@ static __always_inline u64 arrived_before(struct event_t *e, u64 payload)
     if (p && e->ts_ns - p->ts_ns <= RECORDER_DUPLICATE_NS)
         return p->skb;
     struct place_seen here = { .skb = e->skb, .ts_ns = e->ts_ns };
-    places.update(&k, &here);
+    if (!places.update(&k, &here) && !p)
+        recorder_count(RECORDER_COUNT_PLACES);     /* a new key: the LRU evicts the rest */
     return 0;
 }
+
+#ifdef RECORDER_SLOW_NS
+/* Has the sweep told f (skb's record, in flight longer than --slow) slow?
+ * Then f->told is raised to the sightings it sent: the rows from there on
+ * are sent here as they come. Else, where claim, this program claims the
+ * telling, and the sweep will not. A claim left by an earlier skb at the
+ * address (another first_ns) is stale: overwritten. */
+static __always_inline int told_by_sweep(struct flight *f, u64 skb, int claim)
+{
+    struct slow_claim mine = { .first_ns = f->first_ns };
+    if (claim && !slow_claims.insert(&skb, &mine))
+        return 0;
+    struct slow_claim *c = slow_claims.lookup(&skb);
+    if (!c)
+        return 0;
+    if (c->first_ns != f->first_ns) {
+        if (claim)
+            *c = mine;
+        return 0;
+    }
+    if (!c->told)
+        return 0;           /* this program's own, of an earlier row */
+    if (c->told > f->told && c->told <= f->seen)
+        f->told = c->told;
+    return 1;
+}
+#endif
 
 /* The row e of a wanted skb: recorded; with its record sent when it is trouble. */
 static __always_inline void record(void *ctx, struct event_t *e)
@@ -1911,8 +1969,13 @@ static __always_inline void record(void *ctx, struct event_t *e)
     else if (RECORDER_PLACE(e->probe) && (first = arrived_before(e, payload)))
         trouble = TROUBLE_DUPLICATE;
 #ifdef RECORDER_SLOW_NS
-    else if (!RECORDER_UNTIMED(e->probe) && e->ts_ns - f->first_ns > RECORDER_SLOW_NS)
-        trouble = TROUBLE_SLOW;
+    if (!f->troubled && e->ts_ns - f->first_ns > RECORDER_SLOW_NS) {
+        int timed = !RECORDER_UNTIMED(e->probe);
+        if (told_by_sweep(f, e->skb, trouble || timed))
+            f->troubled = TROUBLE_SLOW;     /* counted by the sweep */
+        else if (!trouble && timed)
+            trouble = TROUBLE_SLOW;
+    }
 #endif
     if (!trouble && !f->troubled)
         return;
@@ -1926,10 +1989,10 @@ static __always_inline void record(void *ctx, struct event_t *e)
         struct flight *other = flights.lookup(&first);
         if (other && other->seen) {
             other->troubled |= TROUBLE_DUPLICATE;
-            tell_recorded(ctx, e, other, first, other->seen);
+            tell_recorded(ctx, e, other, first, other->seen, RECORDER_SIGHTINGS);
         }
     }
-    tell_recorded(ctx, e, f, e->skb, seen);
+    tell_recorded(ctx, e, f, e->skb, seen, RECORDER_SIGHTINGS - 1);
     f->told = seen + 1;
     emit(ctx, e);
 }
@@ -2473,6 +2536,9 @@ static __always_inline void forget_skb(void *skb)
     if (f && !f->freed_ns) {
         f->freed_ns = bpf_ktime_get_ns();
         recorder_count(RECORDER_COUNT_ENDED);
+#ifdef RECORDER_SLOW_NS
+        flying.delete(&key);
+#endif
     }
 #endif
 }

@@ -53,7 +53,9 @@ def measure(pair, variant, args, seconds, pps):
         tracer.wait_quiet(limit=30)
         with node.BpfRunStats() as stats:
             before = node.prog_stats(tracer.proc.pid)
+            cpu_before = _cpu_seconds(tracer.proc.pid)
             r = paced(pair, seconds, pps) if pps else pair.flood(seconds)
+            cpu = _cpu_seconds(tracer.proc.pid) - cpu_before
             after = node.prog_stats(tracer.proc.pid)
         tracer.wait_quiet(limit=30)
     if not stats.enabled:
@@ -61,7 +63,15 @@ def measure(pair, variant, args, seconds, pps):
     ns = sum(after[p][0] - before.get(p, (0, 0))[0] for p in after)
     runs = sum(after[p][1] - before.get(p, (0, 0))[1] for p in after)
     return {"ns_per_hit": ns / runs if runs else None, "hits": runs, "received": r["received"],
-            "rows": tracer.exit_rows, "lost": tracer.exit_lost}
+            "rows": tracer.exit_rows, "lost": tracer.exit_lost,
+            "tracer_cpu_per_s": cpu / r.get("seconds", seconds)}
+
+
+def _cpu_seconds(pid):
+    """The process's user + system CPU time so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():

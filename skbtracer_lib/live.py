@@ -244,6 +244,8 @@ class LiveEvents:
         self.ended_ns = None
         self.modules_checked = time.monotonic()
         self.summary = IntervalSummary(cfg.interval, err) if cfg.interval else None
+        self.sweep = None           # --slow: the recorder's sweep of stuck skbs
+        self.poll_ms = POLL_TIMEOUT_MS
 
     def attach(self, session):
         """Hand the events to session (its sinks: JSON lines or not)."""
@@ -268,6 +270,9 @@ class LiveEvents:
             records = self.records
             batch = records.ring_batch if records.rows_in_c is not None else None
             reader = self.loaded.open_reader(records.on_raw, self.on_lost, batch=batch)
+            if self.cfg.on_trouble and self.cfg.slow_ns is not None:
+                self.sweep = self.loaded.recorder_sweep(self.cfg.slow_ns, records.on_raw)
+                self.poll_ms = min(POLL_TIMEOUT_MS, max(1, self.sweep.period_ns // 10**6))
             if session.start(self.start_object()):
                 self._say_tracing()
                 self._poll(reader, session)
@@ -283,7 +288,7 @@ class LiveEvents:
         duration = self.cfg.duration
         deadline = None if duration is None else time.monotonic() + duration
         while not self.stopping and not session.done:
-            timeout = POLL_TIMEOUT_MS
+            timeout = self.poll_ms
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:       # as a signal stops it: what is in the ring is read
@@ -304,7 +309,10 @@ class LiveEvents:
         reader.read()
 
     def _between_polls(self):
-        """Flush what the poll wrote; the work that is not per event."""
+        """Flush what the poll (and --slow's sweep) wrote; the work that is
+        not per event."""
+        if self.sweep is not None:
+            self.sweep.tick()
         self.session.flush()
         self.names.retry()
         self._watch_modules()

@@ -16,6 +16,7 @@ import json
 import sys
 
 from .calico import TUNNELS, CalicoCluster, tunnel_unavailable
+from .shape import Shape
 from .overlay import FlannelCluster
 from .routing import RoutingLab
 
@@ -85,3 +86,29 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class Chain(Shape):
+    """HOPS namespaces in a line, each routing to the next over a veth pair
+    (10.253.i.1/30 -> 10.253.i.2/30); the last has no route onwards, so a
+    datagram from the first to FAR is forwarded HOPS - 2 times and dropped
+    for want of a route: a path of ~4 rows per hop (--on-trouble's paths
+    longer than its record's sightings)."""
+
+    HOPS = 10
+    ROLES = tuple("hop%d" % i for i in range(HOPS))
+    FAR = "10.254.0.1"
+
+    def _build(self) -> None:
+        for i in range(self.HOPS - 1):
+            here, there = self.ROLES[i], self.ROLES[i + 1]
+            self.exec(here, ["ip", "link", "add", "right", "type", "veth", "peer", "name", "left",
+                             "netns", self.ns[there]])
+            self.exec(here, ["ip", "addr", "add", "10.253.%d.1/30" % i, "dev", "right"])
+            self.exec(there, ["ip", "addr", "add", "10.253.%d.2/30" % i, "dev", "left"])
+            self.exec(here, ["ip", "link", "set", "right", "up"])
+            self.exec(there, ["ip", "link", "set", "left", "up"])
+            self.exec(here, ["ip", "route", "add", self.FAR, "via", "10.253.%d.2" % i])
+            if i:                       # the first sends; the rest forward
+                self.sysctl(here, "net.ipv4.ip_forward", 1)
+        self.sysctl(self.ROLES[-1], "net.ipv4.ip_forward", 1)

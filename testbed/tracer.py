@@ -149,6 +149,10 @@ class TracerRun:
             if watch_header and line.startswith(HEADER_START):
                 self._ready.set()
 
+    def output_so_far(self):
+        """The lines of stdout read so far, while it runs."""
+        return list(self._out)
+
     def terminate(self):
         """SIGTERM, as a service manager ends it; then wait() for its exit."""
         self.proc.send_signal(signal.SIGTERM)

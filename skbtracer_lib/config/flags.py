@@ -158,7 +158,8 @@ FLAGS = (
               "in flight longer than --slow; no row for normal packets"),
     Flag("--slow", metavar="DURATION",
          help="--on-trouble: a packet still in flight DURATION (e.g. 100ms, 2s, 500us) after "
-              "its first row is trouble, told at its next row"),
+              "its first row is trouble, told at its next row or, stuck with no later row, by "
+              "a sweep every DURATION/4"),
     Flag("--recorder-size", metavar="N",
          help="--on-trouble: packets recorded at once (default %d, %d-%d; ~3.6 KiB each); "
               "beyond, the oldest are forgotten, and counted" % (

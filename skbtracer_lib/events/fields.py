@@ -150,6 +150,8 @@ FIELDS = (
     Field("neigh_family", "u8",  1,     NUMBER,      HAND),     # 2 (ARP), 10 (ND); 0: none
     Field("neigh_state", "u8",   1,     NUMBER,      HAND),     # NUD_* at the row
     Field("neigh_addr",  "u8",   16,    BYTES,       HAND),
+    # --on-trouble: sightings before this row its record could not keep (recorder.py)
+    Field("unkept",      "u32",  1,     NUMBER,      HAND),
 )
 
 

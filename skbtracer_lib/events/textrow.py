@@ -144,7 +144,8 @@ TRACE_FIELDS = ("pkt_type", "kind", "probe", "pf", "hook", "verdict", "table", "
                 "route_table", "route_err", "route_type", "route_gw_family", "route_gw",
                 "route_dev", "route_prefix_len", "route_prefix", "neigh_family", "neigh_state",
                 "neigh_addr", "neigh_waited_us", "ipvs_known", "ipvs_fwd", "ipvs_daf", "ipvs_rport",
-                "ipvs_raddr", "ipvs_sched", "tunnel", "tunnel_id", "tunnel_saddr", "tunnel_daddr")
+                "ipvs_raddr", "ipvs_sched", "tunnel", "tunnel_id", "tunnel_saddr", "tunnel_daddr",
+                "unkept")
 ROW_FIELDS = ("netns", "ifname", "dmac", "family", "l4proto", "tcp_flags", "icmp_type", "saddr",
               "sport", "daddr", "dport") + TRACE_FIELDS
 _ROW_KEY = fields.key_of([fields.at(name) for name in ROW_FIELDS])
@@ -260,7 +261,8 @@ class RowFormatter:
         """TRACE_INFO after the skb address; --iptable: IPVS's choice
         (ipvs.row_suffix); --why: the neighbour it waited for and the routing
         decision the row took after it; an encapsulated packet's ends in its
-        tunnel (tunnel.row_suffix)."""
+        tunnel (tunnel.row_suffix); --on-trouble's first row told of a path
+        longer than its record in what it could not keep (unkept_suffix)."""
         text = self._trace_after_skb(e)
         if e.ipvs_known:
             text += ipvs.row_suffix(e)
@@ -268,7 +270,9 @@ class RowFormatter:
             text += neighbours.row_suffix(e)
         if e.route_known:
             text += routing.row_suffix(e)
-        return text + tunnel.row_suffix(e) if e.tunnel else text
+        if e.tunnel:
+            text += tunnel.row_suffix(e)
+        return text + unkept_suffix(e.unkept) if e.unkept else text
 
     def _trace_after_skb(self, e):
         prefix = ".%d:" % e.pkt_type
@@ -322,6 +326,12 @@ class RowFormatter:
     @staticmethod
     def stack_lines(symbols):
         return ["    %s" % s for s in symbols]
+
+
+def unkept_suffix(unkept):
+    """--on-trouble: what the first row told of a record that outgrew its
+    sightings ends in: the sightings before it that were not kept."""
+    return " (%d more sightings not kept)" % unkept
 
 
 _ARGUMENT = re.compile(r"%[sd]")

@@ -16,7 +16,8 @@ import uuid
 from .. import __version__
 from ..events import conntrack, fields, ipvs, neighbours, routing, tunnel
 from ..events.fields import JSON_FIELDS
-from ..events.textrow import RowColumns, drop_info, full_row, pkt_info, verdict_info
+from ..events.textrow import (RowColumns, drop_info, full_row, pkt_info, unkept_suffix,
+                              verdict_info)
 from ..events.vocabulary import (KIND_DROP, KIND_IPTABLE, KIND_ROUTE, KIND_WHY, KINDS, L4_NAMES,
                                  NF_PROTOCOLS, PKT_TYPES, PORTED, TCP, TCP_FLAG_BITS, TCP_FLAGS,
                                  WHY_ICMP, WHY_NAMES, WHY_NEIGH, WHY_NUMBERS, sent_back_words, why_mtu,
@@ -171,6 +172,8 @@ class JsonFormatter:
                 obj["rule"] = decision.json()
         if e.neigh_family:          # --why: only rows that tell a neighbour
             obj["neigh"] = neighbours.json_object(e)
+        if e.unkept:                # --on-trouble: a path longer than its record's sightings
+            obj["unkept"] = e.unkept
         if stack is not None:
             obj["stack"] = list(stack)
         return obj
@@ -180,7 +183,7 @@ class JsonFormatter:
         of --json. Text that is not ours (names, functions, tables) goes
         through json's own string encoder."""
         if (e.kind != KIND_ROUTE or stack is not None or e.route_known or e.ipvs_known
-                or e.tunnel or e.neigh_family):
+                or e.tunnel or e.neigh_family or e.unkept):
             return _dumps(self.event(e, stack))
         wall = self.clock.wall_ns(e.ts_ns)
         l4 = e.l4proto
@@ -304,6 +307,8 @@ def row_columns(obj, time_column, netns_column=None, trace_suffix=""):
         trace += neighbours.row_suffix(saved) if obj.get("neigh") else ""
         trace += routing.row_suffix(saved) if obj.get("route") else ""
     netns = obj["netns"] if netns_column is None else netns_column
+    trace += tunnel.saved_row_suffix(obj.get("tunnel"))
+    if obj.get("unkept"):
+        trace += unkept_suffix(obj["unkept"])
     return RowColumns(time_column, netns, obj["ifname"], obj["dmac"].replace(":", ""),
-                      pkt_info(_SavedHeader(obj)), obj["skb"],
-                      trace + tunnel.saved_row_suffix(obj.get("tunnel")) + trace_suffix)
+                      pkt_info(_SavedHeader(obj)), obj["skb"], trace + trace_suffix)

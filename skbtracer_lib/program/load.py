@@ -32,6 +32,7 @@ class Loaded:
         self.attached = []     # (probe, type, target)
         self.skipped = list(program.plan.skipped)
         self.tp_btf_fds = {}   # tracepoint: (program fd, link fd)
+        self.sweep = None      # --slow: recorder.Sweep, once asked for
         self.bpf = BPF(text=program.text)
         symbols = KernelSymbols(self.bpf)
         self.symbolize, self.stack = symbols.symbolize, symbols.stack
@@ -167,7 +168,15 @@ class Loaded:
 
     def recorder_counts(self):
         """--on-trouble: recorder.Counts.read(), troubles told and skbs forgotten."""
-        return recorder.Counts(self.bpf).read()
+        return recorder.Counts(self.bpf, self.sweep).read()
+
+    def recorder_sweep(self, slow_ns, tell):
+        """--slow: the recorder's recorder.Sweep, telling tell(raw) the rows
+        of stuck skbs (made once)."""
+        if self.sweep is None:
+            self.sweep = recorder.Sweep(self.bpf, slow_ns,
+                                        recorder.arrived_probes(self.program.plan.probes), tell)
+        return self.sweep
 
     def lost_events(self):
         """Events the kernel could not put into the ring, all CPUs."""

@@ -82,6 +82,8 @@ RECORDER_COUNT_DROPS = _macro("RECORDER_COUNT_DROPS", NUMBER, "counter: drops to
 RECORDER_COUNT_DUPLICATES = _macro("RECORDER_COUNT_DUPLICATES", NUMBER,
                                    "counter: duplicates told")
 RECORDER_COUNT_SLOW = _macro("RECORDER_COUNT_SLOW", NUMBER, "counter: slow skbs told")
+RECORDER_COUNT_PLACES = _macro("RECORDER_COUNT_PLACES", NUMBER,
+                               "counter: places noted (new keys of the places map)")
 RECORDER_SLOW_NS = _macro("RECORDER_SLOW_NS", NUMBER, "--slow: in flight longer is trouble")
 RECORDER_DUPLICATE_NS = _macro("RECORDER_DUPLICATE_NS", NUMBER,
                                "a copy arriving where one arrived this long ago is a duplicate")
@@ -248,7 +250,11 @@ MAP_STACKS = "stacks"
 MAP_PROBE_IDS = "probe_ids"
 MAP_FLIGHTS = "flights"
 MAP_RECORDER_COUNTS = "recorder_counts"
-MAPS = (MAP_EVENTS, MAP_LOST_EVENTS, MAP_STACKS, MAP_PROBE_IDS, MAP_FLIGHTS, MAP_RECORDER_COUNTS)
+MAP_PLACES = "places"
+MAP_FLYING = "flying"
+MAP_SLOW_CLAIMS = "slow_claims"
+MAPS = (MAP_EVENTS, MAP_LOST_EVENTS, MAP_STACKS, MAP_PROBE_IDS, MAP_FLIGHTS, MAP_RECORDER_COUNTS,
+        MAP_PLACES, MAP_FLYING, MAP_SLOW_CLAIMS)
 
 # where skbtracer.c takes the translated filter expression, which defines
 # pcap_match(view) for each of pcapfilter.VIEWS; skbtracer.c calls them

@@ -127,6 +127,7 @@ class Rebuilder:
             setattr(e, name, value)
         for name, value in neighbours.fields_of(obj.get("neigh")).items():
             setattr(e, name, value)
+        e.unkept = obj.get("unkept") or 0       # --on-trouble: only rows that have it
         if "ct" in obj:
             self.conntrack_saved = True
         for name, value in conntrack.fields_of(obj.get("ct")).items():

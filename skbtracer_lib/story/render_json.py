@@ -62,7 +62,7 @@ def _header(header):
 
 
 def _copy(story, copy):
-    return {
+    obj = {
         "skb": "%x" % copy.skb,
         "parent": "%x" % copy.parent.skb if copy.parent is not None else None,
         "first_ktime_ns": copy.birth,
@@ -71,6 +71,10 @@ def _copy(story, copy):
         "interfaces": [_place(story, *hop) for hop in story.hops(copy)],
         "end": _end(story, copy.end),
     }
+    unkept = sum(getattr(e, "unkept", 0) for e in copy.events)
+    if unkept:              # --on-trouble: a path longer than its record's sightings
+        obj["unkept"] = unkept
+    return obj
 
 
 def _summary(story, packet):

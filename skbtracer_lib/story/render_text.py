@@ -2,6 +2,7 @@
 the DUPLICATE / DROPPED / VANISHED lines (tell.py lays them out at exit)."""
 
 from ..events import conntrack
+from ..events.textrow import unkept_suffix
 from ..nftrace.decisions import Unknown, rule_matches_invalid, rule_words
 from ..events.vocabulary import KIND_IPTABLE, endpoint_text, pf_prefix, proto_letter
 from .model import EndKind, Place, SocketPlace, StoryModel
@@ -14,6 +15,12 @@ NODE_CROSSING = "\0=>"     # marks a hop on another node than the one before
 # the drop reason netfilter gives a packet a hook dropped (5.17+)
 NETFILTER_DROP = "NETFILTER_DROP"
 NF_HOOK_SLOW = "nf_hook_slow+"      # where a hook's NF_DROP frees the skb (every kernel)
+
+
+def unkept_sightings(packet):
+    """--on-trouble: the sightings of the packet's skbs their records could
+    not keep (the rows' unkept)."""
+    return sum(getattr(e, "unkept", 0) for copy in packet.copies for e in copy.events)
 
 
 class Story(StoryModel):
@@ -159,7 +166,9 @@ class Story(StoryModel):
         return hops(copy, start, stop)
 
     def path_text(self, packet):
-        return self._tree_text(packet_tree(packet, self.node_of is not None)) or "-"
+        text = self._tree_text(packet_tree(packet, self.node_of is not None)) or "-"
+        unkept = unkept_sightings(packet)
+        return unkept_suffix(unkept).lstrip() + " " + text if unkept else text
 
     def _tree_text(self, tree, previous_netns=None):
         parts = []

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 # the types struct event_t uses: size (and alignment) in bytes
 C_SIZES = {"u64": 8, "u32": 4, "s32": 4, "u16": 2, "u8": 1, "char": 1}
-_STRUCT = re.compile(r"^struct event_t \{\n(.*?)^\};", re.M | re.S)
+_STRUCT = r"^struct %s \{\n(.*?)^\};"
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _MEMBER = re.compile(r"(\w+)\s+(\w+)\s*(?:\[\s*(\d+)\s*\])?")
 
@@ -25,11 +25,12 @@ class NotAMember(ValueError):
     """A line of the struct this reader does not understand."""
 
 
-def members(c_text):
-    """(members of struct event_t in order, with C's offsets; its size)."""
-    found = _STRUCT.search(c_text)
+def members(c_text, struct="event_t"):
+    """(members of struct event_t (or another of these types only) in
+    order, with C's offsets; its size)."""
+    found = re.search(_STRUCT % struct, c_text, re.M | re.S)
     if found is None:
-        raise NotAMember("no struct event_t in the C text")
+        raise NotAMember("no struct %s in the C text" % struct)
     body = _COMMENT.sub("", found.group(1))
     result, offset, widest = [], 0, 1
     for statement in body.split(";"):
@@ -38,7 +39,7 @@ def members(c_text):
             continue
         member = _MEMBER.fullmatch(statement)
         if member is None or member.group(1) not in C_SIZES:
-            raise NotAMember("struct event_t: cannot read %r" % statement)
+            raise NotAMember("struct %s: cannot read %r" % (struct, statement))
         ctype, name, count = member.group(1), member.group(2), int(member.group(3) or 1)
         size = C_SIZES[ctype]
         offset = -(-offset // size) * size          # aligned to its type's size

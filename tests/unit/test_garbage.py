@@ -27,7 +27,8 @@ ROW = re.compile(r"^\[[0-9:]{8}\]\[\S+ *\] +\S* +[0-9a-f]{12} \S+ +[0-9a-f]+\.\d
                  r"( reason=\S+)?( location=\S+)?( type=\d+ code=\d+( mtu=\d+)?)?"
                  r"( ipvs=\S+)?( neigh=\S+:\S+( waited=\S+)?)?"
                  r"( (rpf_)?route=\S+:\S+( dst=\S+)?( via=\S+)?( dev=\S+)?)?"
-                 r"( \S+( vni \d+)? [0-9.]+->[0-9.]+)?$")   # a tunnel's outer header
+                 r"( \S+( vni \d+)? [0-9.]+->[0-9.]+)?"    # a tunnel's outer header
+                 r"( \(\d+ more sightings not kept\))?$")   # --on-trouble
 IFNAME = fields.at("ifname").span
 
 

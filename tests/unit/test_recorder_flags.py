@@ -87,11 +87,13 @@ def test_ebpf_shows_the_recorder():
 
 
 def test_summary_line():
-    counts = {"started": 9, "ended": 4, "drops": 2, "duplicates": 1, "slow": 0, "forgotten": 3}
+    counts = {"started": 9, "ended": 4, "drops": 2, "duplicates": 1, "slow": 0, "forgotten": 3,
+              "places_forgotten": 7}
     assert recorder.summary(counts) == ("3 troubles told (2 drops, 1 duplicates, 0 slow), "
-                                        "3 skbs forgotten")
-    before = dict(counts, drops=1, forgotten=1)
+                                        "3 skbs forgotten, 7 places forgotten")
+    before = dict(counts, drops=1, forgotten=1, places_forgotten=2)
     assert recorder.summary(counts, before) == (
-        "3 troubles told (+1) (2 drops, 1 duplicates, 0 slow), 3 skbs forgotten (+2)")
+        "3 troubles told (+1) (2 drops, 1 duplicates, 0 slow), 3 skbs forgotten (+2), "
+        "7 places forgotten (+5)")
     assert recorder.memory_bytes(2) == 2 * (recorder.FLIGHT_HEAD_BYTES
                                             + recorder.SIGHTINGS * recorder.SIGHTING_BYTES)
