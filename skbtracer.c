@@ -669,6 +669,11 @@ static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int
 #ifdef L_SKB_SPAN_HAS_NFCT
     at->nfct = SKB_FIELD(SKB_NFCT);
     at->nfct_read = 1;
+#elif defined(CT_READ_NFCT)
+    if (direct) {   /* free here; nfct_of would read it with a helper call (-H's conn_match) */
+        at->nfct = DREAD(skb, SKB_NFCT);
+        at->nfct_read = 1;
+    }
 #endif
 #ifdef L_SKB_SPAN_HAS_VLAN
     at->vlan_proto = SKB_FIELD(SKB_VLAN_PROTO);
