@@ -1099,8 +1099,8 @@ static __always_inline int learned_addresses(u8 family, u8 *saddr, u8 *daddr)
 {
     int zero = 0;
     struct learned_set *set = learned.lookup(&zero);
-    if (!set)
-        return 0;
+    if (!set || !set->next)
+        return 0;       /* nothing learned yet (slots fill from the first): no compares */
     u64 s[2] = {}, d[2] = {};
     __builtin_memcpy(s, saddr, 4);
     __builtin_memcpy(d, daddr, 4);
