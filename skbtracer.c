@@ -672,6 +672,11 @@ static __always_inline u8 find_packet(void *skb, struct layers *at, u8 *hdr, int
 #ifdef L_SKB_SPAN_HAS_NFCT
     at->nfct = SKB_FIELD(SKB_NFCT);
     at->nfct_read = 1;
+#elif defined(CT_READ_NFCT)
+    if (direct) {   /* free here; nfct_of would read it with a helper call (-H's conn_match) */
+        at->nfct = DREAD(skb, SKB_NFCT);
+        at->nfct_read = 1;
+    }
 #endif
 #ifdef L_SKB_SPAN_HAS_VLAN
     at->vlan_proto = SKB_FIELD(SKB_VLAN_PROTO);
@@ -1097,8 +1102,8 @@ static __always_inline int learned_addresses(u8 family, u8 *saddr, u8 *daddr)
 {
     int zero = 0;
     struct learned_set *set = learned.lookup(&zero);
-    if (!set)
-        return 0;
+    if (!set || !set->next)
+        return 0;       /* nothing learned yet (slots fill from the first): no compares */
     u64 s[2] = {}, d[2] = {};
     __builtin_memcpy(s, saddr, 4);
     __builtin_memcpy(d, daddr, 4);

@@ -278,8 +278,10 @@ class DrainedTracer:
     Started means attached: its header line was printed (the definition
     testbed.tracer.TracerRun uses for startup_seconds)."""
 
-    def __init__(self, args, cpus=None, python=PYTHON, stop_timeout=60, script=SKBTRACER):
+    def __init__(self, args, cpus=None, python=PYTHON, stop_timeout=60, script=SKBTRACER,
+                 env=None):
         self.args = list(args)
+        self.env = dict(os.environ, **env) if env else None   # added to ours
         self.script = script                 # bench/empty_probes.py: the floor
         self.stop_timeout = stop_timeout     # --all detaches for a minute under TCG
         self.cpus = cpus
@@ -295,7 +297,7 @@ class DrainedTracer:
     def start(self, timeout=600):
         started = time.monotonic()
         self.proc = subprocess.Popen([self.python, self.script] + self.args,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
         if self.cpus:
             try:
                 os.sched_setaffinity(self.proc.pid, self.cpus)

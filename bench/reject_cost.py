@@ -18,7 +18,9 @@ read). Where the kernel runs BTF-typed raw tracepoints (tp_btf), skbtracer
 and the references attach the tracepoints as tp_btf, and a fourth
 reference, 'tp_btf', loads the skb's data pointer by a plain load and
 makes one read at data: the floor of a filter on tp_btf; 'empty raw' is
-the empty programs as raw tracepoints (what tp_btf costs itself).
+the empty programs as raw tracepoints (what tp_btf costs itself), and
+'skbt raw' is skbtracer with raw tracepoints (SKBTRACER_TP_BTF=0): the
+same commit before and after tp_btf.
 --before DIR adds an older checkout's skbtracer.py.
 Figures:
   ns/hit     the kernel's own accounting (kernel.bpf_stats_enabled):
@@ -85,8 +87,8 @@ class Reading:
         self.sock.settimeout(None)
 
 
-def measure(pair, script, args, seconds, pps):
-    with DrainedTracer(args, script=script).start() as tracer:
+def measure(pair, script, args, seconds, pps, env=None):
+    with DrainedTracer(args, script=script, env=env).start() as tracer:
         pair.flood(1.0)
         tracer.wait_quiet(limit=30)
         flood, ns, runs = traced_flood(pair, tracer, seconds)
@@ -165,26 +167,29 @@ def main(argv=None):
             if name in SETS and (name != "all" or kernel.kprobes_available())]
     if not sets:
         ap.error("--sets: none of %s here" % args.sets)
-    variants = [("skbtracer", os.path.join(REPO, "skbtracer.py"), []),
+    tracer = os.path.join(REPO, "skbtracer.py")
+    variants = [("skbtracer", tracer, []),
                 ("empty", EMPTY, []), ("1 read", EMPTY, ["--reads", "1"]),
                 ("2 reads", EMPTY, ["--reads", "2"])]
     if tp_btf.check()[0]:
         variants += [("tp_btf", EMPTY, ["--reads", "btf"]), ("empty raw", EMPTY, ["--raw"])]
+        # the same commit with raw tracepoints: what tp_btf saves skbtracer itself
+        variants.insert(1, ("skbt raw", tracer, [], {tp_btf.FORCE_RAW_ENV: "0"}))
     if args.before:
         variants.insert(1, ("before", os.path.join(os.path.abspath(args.before), "skbtracer.py"), []))
     if args.header_only:
-        variants.insert(1, ("hdr-only", os.path.join(REPO, "skbtracer.py"), ["--header-only"]))
+        variants.insert(1, ("hdr-only", tracer, ["--header-only"]))
     results = {}
     with VethPair() as pair:
         if args.tracked:
             track_connections(pair)
         for round_ in range(args.rounds):
             for name, flags in sets:
-                for who, script, prefix in variants:
+                for who, script, prefix, *env in variants:
                     if "--header-only" in prefix and not {"-H", "-P", "--proto"} & set(flags):
                         continue    # an expression alone: no -H to match connections by
                     log("round %d: %s %s" % (round_ + 1, who, name))
-                    r = measure(pair, script, prefix + flags, args.seconds, args.pps)
+                    r = measure(pair, script, prefix + flags, args.seconds, args.pps, *env)
                     results.setdefault((name, who), []).append(r)
     report(results, sets, [v[0] for v in variants], args)
     return 0
@@ -236,9 +241,10 @@ def report(results, sets, variants, args):
                   "(tp_btf's own cost): %+.1f ns" % (
                       med(results[(name, "tp_btf")], "ns_per_hit") - med(two, "ns_per_hit"),
                       med(empty, "ns_per_hit") - med(results[(name, "empty raw")], "ns_per_hit")))
-        if (name, "before") in results:
-            print("  skbtracer / before, per round: %.3fx" % ratio(
-                results[(name, "skbtracer")], results[(name, "before")], "ns_per_hit"))
+        for older in ("skbt raw", "before"):
+            if (name, older) in results:
+                print("  skbtracer / %s, per round: %.3fx" % (older, ratio(
+                    results[(name, "skbtracer")], results[(name, older)], "ns_per_hit")))
     print("\nx empty and pps: per-round ratios to the empty programs, median; "
           "goal: excess <= 25 ns/hit")
 

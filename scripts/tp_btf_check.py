@@ -10,7 +10,10 @@ the kernel, as root, and prints what it says:
   2. an empty tp_btf program through bpf(2): load, attach;
   3. the same with the skb's head, data and network_header read by plain
      loads and the IP header by one bpf_probe_read_kernel;
-  4. for comparison, fentry on the kernel function consume_skb.
+  4. 8-byte plain loads across neighbouring members (from protocol, within
+     sk_buff's headers group; from tail, a top-level member, into the
+     next): which spans the verifier allows (it checks member bounds);
+  5. for comparison, fentry on the kernel function consume_skb.
 Exit status 0 when 3 loads and attaches, 1 otherwise.
 """
 
@@ -36,6 +39,15 @@ int direct_loads(u64 *ctx)
     return ip[0] & 1;
 }
 int empty(u64 *ctx) { return 0; }
+"""
+# one 8-byte load at a field's offset, in assembly (bcc would rewrite a C dereference)
+SPAN_LOAD = """
+int span_load(u64 *ctx)
+{
+    u64 v;
+    asm volatile("%%0 = *(u64 *)(%%1 + %%2)" : "=r"(v) : "r"(ctx[SKB_ARG]), "i"(%d));
+    return v & 1;
+}
 """
 FENTRY_FUNCTION = "consume_skb"
 BPF_TRACE_FENTRY = 24
@@ -113,6 +125,13 @@ def main(argv):
     say("bcc load_func(TRACING, TRACE_RAW_TP)", try_bcc(bpf, event))
     ok, result = try_load_attach(lambda: tp_btf.load(bpf, "direct_loads", event))
     say("tp_btf %s, skb fields by plain loads" % event, result)
+    defines = layout.Layouts("btf").defines
+    for field in ("SKB_PROTOCOL", "SKB_TAIL"):
+        span = BPF(text="#define SKB_ARG %d\n" % skb_arg
+                   + SPAN_LOAD % defines["L_%s_OFF" % field])
+        say("tp_btf %s, 8 bytes from %s" % (event, field.lower()),
+            try_load_attach(lambda: tp_btf.load(span, "span_load", event))[1])
+        span.cleanup()
     say("fentry %s (for comparison)" % FENTRY_FUNCTION, fentry(bpf)[1])
     bpf.cleanup()
     return 0 if ok else 1

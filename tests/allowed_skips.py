@@ -19,6 +19,8 @@ HOST_COVERS = {
     "host only: how events reach userspace is the same for every probe, and a tracer start "
     "costs a compile in the guest",
     "host only: how -w ends involves no probes, and a tracer start costs a compile in the guest",
+    "host only: tp_btf and raw tracepoints run the same C, and a tracer start costs a compile "
+    "in the guest",
     "host only: how -c ends the story involves no probes, and a tracer start costs a compile "
     "in the guest",
     "host only: Service names are read from the ruleset in user space, and a tracer start costs "

@@ -116,6 +116,8 @@ def choose_tracepoints(plan, layouts, refused=None):
         return tp_btf.RAW, ""
     if refused:
         return tp_btf.RAW, refused
+    if os.environ.get(tp_btf.FORCE_RAW_ENV) == "0":
+        return tp_btf.RAW, "%s=0 in the environment" % tp_btf.FORCE_RAW_ENV
     if layouts.source != "btf":
         return tp_btf.RAW, "the struct layouts are not from BTF"
     ok, why = tp_btf.usable(events)

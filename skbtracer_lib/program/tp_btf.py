@@ -29,6 +29,9 @@ CHECK_EVENT = "kfree_skb"        # any tracepoint of vmlinux would do
 # how a probe plan's tracepoints are attached (probes.Probe.attach's types)
 RAW = "raw_tracepoint"
 TP_BTF = "tp_btf"
+# SKBTRACER_TP_BTF=0: raw tracepoints anyway (the rows-alike test and
+# bench/reject_cost.py compare the two on one commit)
+FORCE_RAW_ENV = "SKBTRACER_TP_BTF"
 
 
 class TpBtfError(Exception):

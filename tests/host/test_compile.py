@@ -406,11 +406,15 @@ def test_tracepoints_are_tp_btf_reading_the_skb_by_plain_loads(header_tree):
     assert "#define %s 1" % macros.TP_BTF in program.text
     kinds = {kind for p in program.plan.probes for kind, _t, _f in p.attach}
     assert kinds == {tp_btf.TP_BTF}
-    offset = layout.Layouts("btf").defines["L_SKB_PROTOCOL_OFF"]
+    defines = layout.Layouts("btf").defines
     bpf = BPF(text=program.text)
     try:
         text = bpf.disassemble_func(program.plan.probes[0].attach[0][2])
-        assert re.search(r"= \*\(u16\*\)\(r\d+ \+%d\)" % offset, text), text
+        assert re.search(r"= \*\(u16\*\)\(r\d+ \+%d\)" % defines["L_SKB_PROTOCOL_OFF"], text), text
+        if "#define %s " % macros.CT_MATCH in program.text:
+            # -H's connection match: skb->_nfct by a plain load too (in the span's
+            # fields or not), never a helper call
+            assert re.search(r"= \*\(u64\*\)\(r\d+ \+%d\)" % defines["L_SKB_NFCT_OFF"], text), text
         assert len(load_all(bpf, program)) == sum(len(p.attach) for p in program.plan.probes)
     finally:
         bpf.cleanup()
