@@ -269,7 +269,8 @@ def test_pcapng_comments_carry_both_headers(traced):
     """-w: a packet block holds the skb as it is (the outer frame on the underlay); its comment is
     the row: the inner flow (PKT_INFO) and the tunnel's kind, VNI and outer addresses."""
     t = traced
-    shape_ns = set(t.ns.values())
+    # the rows' NETWORK_NS: inodes
+    shape_ns = {"[%d]" % o["netns"] for o in t.events if o["netns_name"] in t.ns.values()}
     tunneled = []
     for linktype, frame, comment in _pcapng_packets(t.pcap_path):
         packet = decode(frame, linktype)
