@@ -598,17 +598,12 @@ static __always_inline int pcap_load(struct pcap_view *v, u32 off, u32 size, u32
 
 BPF_PERCPU_ARRAY(pcap_views, struct pcap_view, 1);
 
-/* Does the packet match the expression? From its Ethernet header where it
- * has one, else from its IP header. */
-static __always_inline int pcap_filter(void *skb, struct layers *at)
+/* Does the view from start (an Ethernet header if l2, else an IP header)
+ * to the linear data's end match the expression? tag: an offloaded 802.1Q
+ * tag (pcap_view.tag), for the outer Ethernet header only. */
+static __always_inline int pcap_view_match(struct pcap_view *v, void *skb, struct layers *at,
+                                           void *start, void *end, int l2, u32 tag)
 {
-    int zero = 0;
-    struct pcap_view *v = pcap_views.lookup(&zero);
-    if (!v)
-        return 0;
-    void *eth = ethernet_header(at);
-    void *start = eth ? eth : at->l3;
-    void *end = linear_end(skb, at);
     if (end <= start)
         return 0;
     v->start = (u64)start;
@@ -616,7 +611,28 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
 #ifdef PCAP_NEEDS_LEN
     v->wirelen = (u32)KREAD(skb, SKB_LEN) + (at->data - start);
 #endif
-    v->tag = 0;
+    v->tag = tag;
+    if (tag && PCAP_TAG_INSERTED(v)) {
+        v->caplen += 4;
+        v->wirelen += 4;
+    }
+    pcap_fill(v);
+    return l2 ? pcap_match_l2(v) : pcap_match_l3(v);
+}
+
+/* Does the packet match the expression? From its Ethernet header where it
+ * has one, else from its IP header; an encapsulated packet (inner: its
+ * inner IP header, find_inner's) also from its inner Ethernet header
+ * (VXLAN, Geneve: inner_l2) or its inner IP header (IPIP, SIT). */
+static __always_inline int pcap_filter(void *skb, struct layers *at, void *inner, int inner_l2)
+{
+    int zero = 0;
+    struct pcap_view *v = pcap_views.lookup(&zero);
+    if (!v)
+        return 0;
+    void *eth = ethernet_header(at);
+    void *end = linear_end(skb, at);
+    u32 tag = 0;
 #ifdef L_SKB_VLAN_TCI_OFF
     if (eth) {
 #ifdef L_SKB_SPAN_HAS_VLAN
@@ -633,17 +649,15 @@ static __always_inline int pcap_filter(void *skb, struct layers *at)
 #else
         int present = tpid != 0;    /* 6.2+: vlan_all != 0 */
 #endif
-        if (present) {
-            v->tag = (u32)((tpid & 0xff) << 8 | tpid >> 8) << 16 | tci;
-            if (PCAP_TAG_INSERTED(v)) {
-                v->caplen += 4;
-                v->wirelen += 4;
-            }
-        }
+        if (present)
+            tag = (u32)((tpid & 0xff) << 8 | tpid >> 8) << 16 | tci;
     }
 #endif
-    pcap_fill(v);
-    return eth ? pcap_match_l2(v) : pcap_match_l3(v);
+    if (pcap_view_match(v, skb, at, eth ? eth : at->l3, end, eth != 0, tag))
+        return 1;
+    if (!inner)
+        return 0;   /* not encapsulated: one compare more than before */
+    return pcap_view_match(v, skb, at, inner_l2 ? inner - ETH_HLEN : inner, end, inner_l2, 0);
 }
 #endif /* PCAP_FILTER */
 
@@ -1287,7 +1301,10 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
 #endif
     }
 #ifdef PCAP_FILTER
-    if (check_address && !pcap_filter(skb, &at))
+    /* an encapsulated packet's inner headers (l3) too */
+    void *pcap_inner = tun.type ? l3 : 0;
+    int pcap_inner_l2 = tun.type == TUNNEL_VXLAN || tun.type == TUNNEL_GENEVE;
+    if (check_address && !pcap_filter(skb, &at, pcap_inner, pcap_inner_l2))
         return 0;   /* before the transport header is read, as -H */
 #endif
     /* the packet is wanted (or may be): only now is the event slot used */
@@ -1321,7 +1338,7 @@ static __always_inline struct event_t *prepare(void *skb, u16 probe, u8 kind, in
             return 0;
     }
 #if defined(PCAP_FILTER) && defined(KEEP)
-    if (!force && !pcap_filter(skb, &at))
+    if (!force && !pcap_filter(skb, &at, pcap_inner, pcap_inner_l2))
         return 0;   /* without --keep, applied before the event slot was used */
 #endif
     fill_context(skb, e);

@@ -32,6 +32,7 @@ CLUSTER_CIDR = "10.244.0.0/16"
 NODE_OF = {"node1": "node2", "node2": "node1"}  # each node's peer
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 UDP_PORT = 9000
+PING_IDENT = 4242  # the pods' echo id (ping -e): what --icmpid is tested with
 IFF_UP = 1
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
@@ -98,7 +99,8 @@ def pod_scenarios(shape, src: str, dst: str, family: int = 4, path: tuple = (), 
     return [
         Scenario(f"udp{suffix}", src, ip, "udp", UDP_PORT, to=dst, path=path, kernel=kernel),
         Scenario(f"tcp{suffix}", src, ip, "tcp", UDP_PORT, to=dst, path=path, kernel=kernel),
-        Scenario(f"ping{suffix}", src, ip, "icmp", to=dst, path=path, kernel=kernel),
+        Scenario(f"ping{suffix}", src, ip, "icmp", options={"ident": PING_IDENT}, to=dst, path=path,
+                 kernel=kernel),
     ]
 
 

@@ -256,8 +256,9 @@ class Shape:
         return "sent"
 
     def ping(self, pod: str, dst: str, port: int = 0, count: int = 1, timeout: int = 1, size: int | None = None,
-             ttl: int | None = None, df: bool | None = None, **_) -> bool:
+             ttl: int | None = None, df: bool | None = None, ident: int | None = None, **_) -> bool:
         argv = ["ping", "-n", "-c", str(count), "-W", str(timeout)]
+        argv += ["-e", str(ident)] if ident is not None else []
         argv += ["-s", str(size)] if size is not None else []
         argv += ["-t", str(ttl)] if ttl is not None else []
         argv += ["-M", "do" if df else "dont"] if df is not None else []

@@ -13,6 +13,12 @@ Shapes (testbed/overlay.py, testbed/calico.py), each with UDP, TCP and ping from
 - calico-sit: sit1, IPv6 pods over the IPv4 underlay.
 One tracer for the IPv4 shapes (every pod-b has the same address), one for SIT; and, on the host
 only, flannel's UDP under one tracer per node (-N, --node) read back together by -r: one path.
+The IPv4 tracer writes -w too: each tunnel packet's pcapng comment carries both headers. Beside
+it, started together (the compiles overlap), a tracer of the pods' ping by filters that only the
+inner packet meets on the underlay (--proto icmp, --icmpid, the expression `icmp`) and -N of
+node2 and pod-b only, with --keep: the echo request is first seen inside the tunnel on node2's
+eth0 and followed through decapsulation to pod-b; the reply, first seen in pod-b, through
+encapsulation and node1's decapsulation to pod-a.
 
 Runs on: the host (VXLAN only: its kernel has no ipip, geneve or sit module) and the 6.1 guest
 (all of them; CI). It passes in the 5.10 and 6.12 guests too, but is not in their stage lists
@@ -20,6 +26,7 @@ Runs on: the host (VXLAN only: its kernel has no ipip, geneve or sit module) and
 
 import json
 import re
+import struct
 import subprocess
 import time
 from contextlib import ExitStack
@@ -29,8 +36,9 @@ import pytest
 from conftest import BACKEND
 
 from testbed.calico import TUNNELS, CalicoCluster, tunnel_unavailable
-from testbed.overlay import UNDERLAY, FlannelCluster
-from testbed.tracer import PYTHON, SKBTRACER, TracerRun
+from testbed.packets import decode
+from testbed.overlay import PING_IDENT, UNDERLAY, FlannelCluster
+from testbed.tracer import PYTHON, SKBTRACER, TracerRun, tracing_together
 
 UNDERLAY_LINKS = (("node1", "eth0"), ("node2", "eth0"))
 
@@ -76,6 +84,8 @@ class Traced:
     ns: dict            # role -> namespace name
     pod_b: str
     json_path: str
+    pcap_path: str
+    filtered: list      # the inner-filter --keep tracer's JSON event objects (IPv4 only)
 
 
 def _exchange(capture):
@@ -92,7 +102,9 @@ def _trace(family, tmp_path_factory):
     runnable = [o for o in overlays if o.name not in result]
     if not runnable:
         return result
-    json_path = str(tmp_path_factory.mktemp("tunnels%d" % family) / "tunnels.jsonl")
+    where = tmp_path_factory.mktemp("tunnels%d" % family)
+    json_path, pcap_path, filtered_path = (str(where / name) for name in
+                                           ("tunnels.jsonl", "tunnels.pcapng", "filtered.jsonl"))
     with ExitStack() as stack:
         shapes = {o.name: stack.enter_context(o.build()) for o in runnable}
         pod_b = {s.pods["pod-b"].ip4 if family == 4 else s.pods["pod-b"].ip6 for s in shapes.values()}
@@ -100,7 +112,15 @@ def _trace(family, tmp_path_factory):
         pod_b = pod_b.pop()
         sent = {name: {} for name in shapes}
         why = ["--route", "--drop", "--why"] if OVER_MTU in shapes else []
-        with TracerRun(why + ["--json=" + json_path, "--width", "1000", "-H", pod_b]) as run:
+        run = TracerRun(why + ["--json=" + json_path, "-w", pcap_path, "--width", "1000", "-H", pod_b])
+        runs = [run]
+        if family == 4:
+            runs.append(TracerRun(["--keep", "--proto", "icmp", "--icmpid", str(PING_IDENT),
+                                   "--json=" + filtered_path]
+                                  + [arg for shape in shapes.values()
+                                     for role in ("node2", "pod-b") for arg in ("-N", shape.ns[role])]
+                                  + ["icmp"]))
+        with tracing_together(runs):
             for o in runnable:
                 shape = shapes[o.name]
                 for scenario in o.scenarios() + (("over-mtu",) if o.name == OVER_MTU else ()):
@@ -111,14 +131,22 @@ def _trace(family, tmp_path_factory):
                     sent[o.name][scenario] = (sc, outcome, packets, (start, time.time_ns()),
                                               _exchange(caps[(sc.src, "eth0")]))
         namespaces = {name: dict(shape.ns) for name, shape in shapes.items()}
-    with open(json_path) as f:
-        objects = [json.loads(line) for line in f]
+    objects = _objects(json_path)
     events = [o for o in objects if o.get("type") == "event"]
     summaries = [o for o in objects if o.get("type") == "summary"]
+    filtered = None
+    if family == 4:
+        assert runs[1].returncode == 0 and "Traceback" not in runs[1].stderr, runs[1].stderr
+        filtered = [o for o in _objects(filtered_path) if o.get("type") == "event"]
     for o in runnable:
         result[o.name] = Traced(o, run, events, summaries, sent[o.name], namespaces[o.name], pod_b,
-                                json_path)
+                                json_path, pcap_path, filtered)
     return result
+
+
+def _objects(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +192,11 @@ def _brief(o):
     return (o["netns_name"], o["ifname"], o["func"], o["skb"], o["saddr"], o["daddr"], o.get("tunnel"))
 
 
-def _window(t, scenario):
+def _window(t, scenario, events=None):
+    """The shape's events (t.events, or those given) while the scenario ran."""
     _sc, _outcome, _packets, (start, end), _sender = t.sent[scenario]
-    return [o for o in t.events if start <= o["time_ns"] <= end and o["netns_name"] in t.ns.values()]
+    return [o for o in (t.events if events is None else events)
+            if start <= o["time_ns"] <= end and o["netns_name"] in t.ns.values()]
 
 
 @_cases()
@@ -213,6 +243,80 @@ def test_tunnel_device_rows_show_the_inner_packet_until_it_is_encapsulated(trace
         assert _row(o) in wire, (_row(o), wire)
         assert any(x["skb"] == o["skb"] and x["netns_name"] == o["netns_name"] and not x.get("tunnel")
                    for x in device[:i]), [_brief(x) for x in device]
+
+
+def _pcapng_packets(path):
+    """(link type, frame, comment) of every packet block of a -w file (dpkt's block classes)."""
+    from dpkt import pcapng
+    with open(path, "rb") as f:
+        data = f.read()
+    linktypes, packets, at = [], [], 0
+    while at < len(data):
+        kind, length = struct.unpack_from("<II", data, at)
+        block = data[at:at + length]
+        at += length
+        if kind == pcapng.PCAPNG_BT_IDB:
+            linktypes.append(pcapng.InterfaceDescriptionBlockLE(block).linktype)
+        elif kind == pcapng.PCAPNG_BT_EPB:
+            epb = pcapng.EnhancedPacketBlockLE(block)
+            comment = [o.data for o in epb.opts if o.code == pcapng.PCAPNG_OPT_COMMENT]
+            packets.append((linktypes[epb.iface_id], epb.pkt_data, comment[0].decode() if comment else ""))
+    return packets
+
+
+@pytest.mark.parametrize("traced", [o.name for o in OVERLAYS], indirect=True)
+def test_pcapng_comments_carry_both_headers(traced):
+    """-w: a packet block holds the skb as it is (the outer frame on the underlay); its comment is
+    the row: the inner flow (PKT_INFO) and the tunnel's kind, VNI and outer addresses."""
+    t = traced
+    # the rows' NETWORK_NS: inodes
+    shape_ns = {"[%d]" % o["netns"] for o in t.events if o["netns_name"] in t.ns.values()}
+    tunneled = []
+    for linktype, frame, comment in _pcapng_packets(t.pcap_path):
+        packet = decode(frame, linktype)
+        if packet and packet.tunnel and packet.tunnel.kind == t.overlay.kind and \
+                any(ns in comment for ns in shape_ns):
+            tunneled.append((packet, comment))
+    assert tunneled
+    for packet, comment in tunneled:
+        o, i = packet.outer, packet.inner
+        vni = " vni %d" % packet.tunnel.vni if packet.tunnel.vni is not None else ""
+        assert comment.endswith(" %s%s %s->%s" % (packet.tunnel.kind, vni, o.src, o.dst)), comment
+        assert re.search(r" \S+:\[?%s\]?(:\d+)?->\[?%s\]?" % (re.escape(i.src), re.escape(i.dst)), comment), \
+            comment
+
+
+IPV4_SHAPES = [o.name for o in OVERLAYS if o.family == 4]
+
+
+def _skbs_at(events, netns, ifname, tunnel=None):
+    return {o["skb"] for o in events if o["netns_name"] == netns and o["ifname"] == ifname
+            and (tunnel is None or bool(o.get("tunnel")) == tunnel)}
+
+
+@pytest.mark.parametrize("traced", IPV4_SHAPES, indirect=True)
+def test_inner_filters_select_on_the_underlay_and_keep_follows_across_the_tunnel(traced):
+    """--keep --proto icmp --icmpid ID -N node2 -N pod-b 'icmp': on the underlay only the inner
+    packet is ICMP. The echo request is first seen on node2's eth0, still encapsulated, and
+    followed (the same skb) through decapsulation to pod-b's eth0; node1 and pod-a never see it.
+    The reply, first seen in pod-b, is followed through encapsulation, across the underlay and
+    node1's decapsulation to pod-a's eth0."""
+    t = traced
+    ns = t.ns
+    window = _window(t, "ping", t.filtered)
+    assert window, t.run.stderr
+    assert all(o["l4proto"] == 1 and o["icmp_id"] == PING_IDENT for o in window), \
+        {(o["l4proto"], o["icmp_id"]) for o in window}
+    requests = [o for o in window if o["icmp_type"] == 8]
+    replies = [o for o in window if o["icmp_type"] == 0]
+    assert not [o for o in requests if o["netns_name"] in (ns["node1"], ns["pod-a"])], \
+        [_brief(o) for o in requests]
+    encapsulated = _skbs_at(requests, ns["node2"], "eth0", tunnel=True)
+    assert {o["tunnel"]["type"] for o in requests if o.get("tunnel")} == {t.overlay.kind}
+    assert encapsulated & _skbs_at(requests, ns["pod-b"], "eth0"), [_brief(o) for o in requests]
+    across = (_skbs_at(replies, ns["pod-b"], "eth0") & _skbs_at(replies, ns["node1"], "eth0", tunnel=True)
+              & _skbs_at(replies, ns["pod-a"], "eth0", tunnel=False))
+    assert across, [_brief(o) for o in replies]
 
 
 def _keyed_tunnel(o):

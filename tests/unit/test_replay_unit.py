@@ -203,6 +203,29 @@ def test_filter_expression_on_saved_headers(tmp_path):
     assert len(out.splitlines()) == 1 + 4     # ttl 63: node1/eth0 x2, node2/eth0 x2
 
 
+def test_filter_expression_on_a_saved_tunnel_event_sees_both_headers():
+    """As live: an encapsulated event matches by its inner packet or its outer one."""
+    from skbtracer_lib.program.pcapfilter import Expression
+    from skbtracer_lib.replay.packets import ExpressionJudge
+    vxlan = {"family": 4, "l4proto": 17, "saddr": "10.244.1.2", "daddr": "10.244.2.2", "sport": 41000,
+             "dport": 5353, "ttl": 63, "len": 60,
+             "tunnel": {"type": "vxlan", "vni": 1, "saddr": "192.168.0.1", "daddr": "192.168.0.2",
+                        "sport": 50000, "dport": 8472}}
+    ipip = dict(vxlan, tunnel={"type": "ipip", "vni": None, "saddr": "192.168.0.1",
+                               "daddr": "192.168.0.2", "sport": None, "dport": None})
+
+    def judge(text, o):
+        return ExpressionJudge(Expression(text, live=False))(o)
+
+    for text in ("udp dst port 5353", "udp dst port 8472", "dst host 192.168.0.2", "dst host 10.244.2.2",
+                 "udp[8] == 8 and udp[14] == 1"):   # VXLAN's flags and VNI
+        assert judge(text, vxlan), text
+    for text in ("udp port 4789", "tcp", "ip proto 4", "host 192.168.0.3"):
+        assert not judge(text, vxlan), text
+    assert judge("ip proto 4 and dst host 192.168.0.2", ipip) and judge("udp port 5353", ipip)
+    assert not judge("udp port 8472", ipip)
+
+
 # ---------------------------------------------------------------- latency
 
 def test_percentile_nearest_rank():
