@@ -1461,9 +1461,22 @@ struct fib_lookups {
     struct fib_lookup_seen error;
     u64 last_skb;       /* the skb of the last row submitted on this CPU */
     u64 last_daddr[2];  /* and its packet's destination */
+    /* kprobes: an ICMP error being sent (__icmp_send, icmp6_send entered,
+     * not yet returned) because of a packet to icmp_daddr: its relookups of
+     * that packet's way (XFRM's, on IPv4) are not that packet's decision */
+    u64 icmp_ts;
+    u64 icmp_daddr[2];
     u32 next;           /* where the next lookup goes (mod FIB_SEEN) */
 };
 BPF_PERCPU_ARRAY(fib_lookups, struct fib_lookups, 1);
+
+/* Is a lookup to daddr ICMP's own, made while it sends an error because of
+ * a packet to daddr? Bounded by SAME_CHAIN_NS should a return be missed. */
+static __always_inline int icmp_own_lookup(struct fib_lookups *l, u64 daddr0, u64 daddr1)
+{
+    return l->icmp_ts && l->icmp_daddr[0] == daddr0 && l->icmp_daddr[1] == daddr1 &&
+           bpf_ktime_get_ns() - l->icmp_ts < SAME_CHAIN_NS;
+}
 
 /* struct fib_nh_common from its start (nhc_dev) to the gateway's end, and
  * for IPv4's struct fib_nh on to nh_parent; a nexthop object's (ip
@@ -1532,6 +1545,8 @@ int on_fib_lookup(struct bpf_raw_tracepoint_args *ctx)
     u32 iif = SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_IIF);
     if (!iif)
         return 0;       /* inet_addr_type's question, not a route for a packet */
+    if (icmp_own_lookup(l, (u32)SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_DADDR), 0))
+        return 0;
     struct fib_lookup_seen *s = fib_seen_slot(l, (void *)ctx->args[2]);
     s->family = 4;
     s->saddr[0] = (u32)SPAN_AT(flow, FLOW4_SPAN_OFF, FLOW4_SADDR);
@@ -1576,6 +1591,10 @@ int on_fib6_lookup(struct bpf_raw_tracepoint_args *ctx)
     u32 iif = SPAN_AT(flow, FLOW6_SPAN_OFF, FLOW6_IIF);
     if (!iif)
         return 0;       /* no packet's: output routes have the loopback's */
+    u64 daddr6[2];
+    __builtin_memcpy(daddr6, flow + L_FLOW6_DADDR_OFF - FLOW6_SPAN_OFF, 16);
+    if (icmp_own_lookup(l, daddr6[0], daddr6[1]))
+        return 0;
     u8 res[RES6_SPAN_LEN];
     if (bpf_probe_read_kernel(res, sizeof(res), (void *)ctx->args[1]))
         return 0;
@@ -2107,7 +2126,7 @@ int route_##id(struct bpf_raw_tracepoint_args *ctx) \
  * tcp_v4/v6_send_reset where the tracepoint misses resets without a socket). */
 #ifdef MODE_WHY
 static __always_inline int on_why(void *ctx, void *skb, u16 probe, u8 why, u32 type, u32 code,
-                                  u32 info, int direct)
+                                  u32 info, int direct, int at_entry)
 {
     struct event_t *e = prepare(skb, probe, KIND_WHY, 0, direct);
     if (!e)
@@ -2119,6 +2138,18 @@ static __always_inline int on_why(void *ctx, void *skb, u16 probe, u8 why, u32 t
     e->why_code = code;
     e->why_info = info;
     submit(ctx, e);
+#if defined(ROUTE_DECISIONS) || defined(ROUTE6_DECISIONS)
+    /* a kprobe at the sender's entry: its lookups follow the row (the
+     * tracepoint comes after them); on_icmp_sent ends them at its return */
+    if (at_entry) {
+        int zero = 0;
+        struct fib_lookups *l = fib_lookups.lookup(&zero);
+        if (l) {
+            __builtin_memcpy(l->icmp_daddr, e->daddr, 16);
+            l->icmp_ts = bpf_ktime_get_ns();
+        }
+    }
+#endif
     return 0;
 }
 
@@ -2126,12 +2157,12 @@ static __always_inline int on_why(void *ctx, void *skb, u16 probe, u8 why, u32 t
 #define WHY_ICMP_TP(id) \
 int why_icmp_##id(struct bpf_raw_tracepoint_args *ctx) \
 { return on_why(ctx, (void *)ctx->args[0], id, WHY_ICMP, ctx->args[1], ctx->args[2], 0, \
-                DIRECT_SKB); }
+                DIRECT_SKB, 0); }
 
 /* tcp:tcp_send_reset(sk, skb[, reason]): skb is NULL for resets of a socket's own */
 #define WHY_RESET_TP(id) \
 int why_reset_##id(struct bpf_raw_tracepoint_args *ctx) \
-{ return on_why(ctx, (void *)ctx->args[1], id, WHY_RESET, 0, 0, 0, DIRECT_SKB); }
+{ return on_why(ctx, (void *)ctx->args[1], id, WHY_RESET, 0, 0, 0, DIRECT_SKB, 0); }
 
 /* __icmp_send(skb_in, type, code, __be32 info, opt) and
  * icmp6_send(skb, type, code, __u32 info, ...): info is the MTU of frag
@@ -2140,12 +2171,24 @@ int why_reset_##id(struct bpf_raw_tracepoint_args *ctx) \
 int why_icmp_##id(struct pt_regs *ctx) \
 { u32 info = PT_REGS_PARM4(ctx); \
   return on_why(ctx, (void *)PT_REGS_PARM1(ctx), id, WHY_ICMP, PT_REGS_PARM2(ctx), \
-                PT_REGS_PARM3(ctx), info_be ? __builtin_bswap32(info) : info, 0); }
+                PT_REGS_PARM3(ctx), info_be ? __builtin_bswap32(info) : info, 0, 1); }
 
 /* tcp_v4_send_reset(sk, skb[, reason]), tcp_v6_send_reset: skb_arg is the skb's position */
 #define WHY_RESET_KPROBE(id, skb_arg) \
 int why_reset_##id(struct pt_regs *ctx) \
-{ return on_why(ctx, (void *)PT_REGS_PARM##skb_arg(ctx), id, WHY_RESET, 0, 0, 0, 0); }
+{ return on_why(ctx, (void *)PT_REGS_PARM##skb_arg(ctx), id, WHY_RESET, 0, 0, 0, 0, 0); }
+
+#if defined(ROUTE_DECISIONS) || defined(ROUTE6_DECISIONS)
+/* kretprobe on __icmp_send, icmp6_send: the lookups after are packets' again */
+int on_icmp_sent(struct pt_regs *ctx)
+{
+    int zero = 0;
+    struct fib_lookups *l = fib_lookups.lookup(&zero);
+    if (l)
+        l->icmp_ts = 0;
+    return 0;
+}
+#endif
 #endif /* MODE_WHY */
 
 /* ------------------------------------------------------------------ */

@@ -33,10 +33,6 @@ HOST_COVERS = {
     # names are the drop rows both backends make alike
     "host only: --nftrace reads the kernel's nftables trace over netlink in user space, the same "
     "with every probe backend, and a tracer start costs a compile in the guest",
-    # not planned with kprobes yet (skbtracer_lib/program/probes.py _plan_route_decisions)
-    "host only: routing decisions are told on the tracepoint backend only, for now",
-    "host only: neighbour waits and IPv6 routing decisions are told on the tracepoint backend "
-    "only, for now",
 }
 
 ALLOWED_SKIPS = {

@@ -239,9 +239,11 @@ ON_FIB_LOOKUP = "on_fib_lookup"
 ON_FIB6_LOOKUP = "on_fib6_lookup"
 ON_IPVS_SCHEDULE = "on_ipvs_schedule"
 ON_IPVS_SCHEDULE_RETURN = "on_ipvs_schedule_return"
+ON_ICMP_SENT = "on_icmp_sent"
 C_FUNCTIONS = (ON_KFREE_SKB, ON_CONSUME_SKB, ON_CLONE_ENTER, ON_CLONE_RETURN, ON_CT_CONFIRM,
                ON_CT_CONFIRM_RETURN, ON_CT_HELPER_LOG, ON_CT_ALLOC, ON_CT_ALLOC_RETURN,
-               ON_FIB_LOOKUP, ON_FIB6_LOOKUP, ON_IPVS_SCHEDULE, ON_IPVS_SCHEDULE_RETURN)
+               ON_FIB_LOOKUP, ON_FIB6_LOOKUP, ON_IPVS_SCHEDULE, ON_IPVS_SCHEDULE_RETURN,
+               ON_ICMP_SENT)
 
 # maps skbtracer.c declares that Python reads by name
 MAP_EVENTS = "events"

@@ -399,15 +399,11 @@ def _plan_why_tracepoint(plan, event, instantiator, note):
 
 def _plan_route_decisions(plan, layouts, backend):
     """--why: the routing decision on the packet's rows (skbtracer.c
-    on_fib_lookup, on_fib6_lookup, take_route), on the tracepoint backend.
-    With kprobes the guests showed ICMP's own lookups of a flow (after the
-    kprobe at __icmp_send's entry made the packet's row) told as the
-    packet's: not planned there until they are told apart."""
-    if backend == "kprobe":
-        plan.notes.append("--why: no routing decisions with kprobes yet (ICMP's own route "
-                          "lookups would be told as the packet's); the tracepoint backend "
-                          "has them")
-        return
+    on_fib_lookup, on_fib6_lookup, take_route), from the same tracepoints
+    on both backends. With kprobes, an ICMP error's row is made at
+    __icmp_send's (icmp6_send's) entry, before the lookups ICMP makes for
+    it: a kretprobe ends them (on_icmp_sent), and those to the packet's own
+    destination meanwhile are not taken as the packet's (icmp_own_lookup)."""
     for (category, event), macro, layout, c_function, family in (
             (FIB_LOOKUP_TP, macros.ROUTE_DECISIONS, layouts.fib, macros.ON_FIB_LOOKUP, "IPv4"),
             (FIB6_LOOKUP_TP, macros.ROUTE6_DECISIONS, layouts.fib6, macros.ON_FIB6_LOOKUP,
@@ -425,18 +421,22 @@ def _plan_route_decisions(plan, layouts, backend):
         if macro == macros.ROUTE_DECISIONS and rpfilter is not None:
             plan.defines[macros.DROP_REASON_RPFILTER] = rpfilter
         plan.add(event, "helper",
-                 note="%s route lookups, tied to the packet's next row on the same CPU" % family,
+                 note="tracepoint %s:%s: %s route lookups, tied to the packet's next row on "
+                      "the same CPU" % (category, event, family),
                  attach=[(tp_btf.RAW, event, c_function)])
+    if backend == "kprobe" and (macros.ROUTE_DECISIONS in plan.defines or
+                                macros.ROUTE6_DECISIONS in plan.defines):
+        senders = {function for function, _info, _skb in ICMP_FUNCTIONS}
+        for probe in plan.probes:
+            if probe.kind == "why" and probe.name in senders:
+                probe.attach.append(("kretprobe", probe.name, macros.ON_ICMP_SENT))
+                probe.note += "; its return ends ICMP's own route lookups"
 
 
-def _plan_neighbours(plan, layouts, backend, cfg):
+def _plan_neighbours(plan, layouts, cfg):
     """--why: a packet queued for ARP/ND resolution as a row (skbtracer.c
     why_neigh), and on its drop row the neighbour, its state and the wait
-    (neigh_take), on the tracepoint backend (not tried with kprobes yet)."""
-    if backend == "kprobe":
-        plan.notes.append("--why: no neighbour waits with kprobes yet; the tracepoint "
-                          "backend has them")
-        return
+    (neigh_take); the same tracepoint on both backends."""
     if tracepoint_params(*NEIGH_QUEUED_TP) is None:
         plan.notes.append("--why: no neighbour waits: this kernel has no %s:%s tracepoint"
                           % NEIGH_QUEUED_TP)
@@ -543,7 +543,7 @@ def plan_probes(cfg, backend, layouts):
     if "why" in cfg.modes:
         _plan_why(plan, backend)        # before --all, which leaves out what is planned
         _plan_route_decisions(plan, layouts, backend)
-        _plan_neighbours(plan, layouts, backend, cfg)
+        _plan_neighbours(plan, layouts, cfg)
     if chosen:
         _plan_functions(plan, cfg)
     if backend == "kprobe" and (builtin_route or chosen):

@@ -365,27 +365,39 @@ def test_functions_compile_and_verify_as_kprobes_and_kprobe_multi(header_tree, f
 # kernels without icmp:icmp_send (5.10), or whose tcp:tcp_send_reset has no
 # reason and misses resets without a socket (5.10, 6.1): (tracepoint -> its
 # argument count, or None), and the kprobes --why then plans; both have
-# fib:fib_table_lookup(tb_id, flp, nhc, err) for the routing decisions
+# fib:fib_table_lookup(tb_id, flp, nhc, err), fib6:fib6_table_lookup(net,
+# res, table, flp) and neigh:neigh_event_send_done(n, rc) for the routing
+# decisions and neighbour waits, as tracepoints beside the kprobes
+DECISIONS = {"fib_table_lookup": 4, "fib6_table_lookup": 4, "neigh_event_send_done": 2}
 WHY_KERNELS = {
-    "5.10": ({"icmp_send": None, "tcp_send_reset": 2, "fib_table_lookup": 4},
-             {"__icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset"}),
-    "6.1": ({"icmp_send": 3, "tcp_send_reset": 2, "fib_table_lookup": 4},
-            {"icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset"}),
+    "5.10": (dict(DECISIONS, icmp_send=None, tcp_send_reset=2),
+             {"__icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset",
+              "neigh_event_send_done"}),
+    "6.1": (dict(DECISIONS, icmp_send=3, tcp_send_reset=2),
+            {"icmp_send", "icmp6_send", "tcp_v4_send_reset", "tcp_v6_send_reset",
+             "neigh_event_send_done"}),
 }
 
 
 @pytest.mark.parametrize("kernel_like", list(WHY_KERNELS))
 def test_why_kprobes_compile_and_verify(header_tree, kernel_like, monkeypatch):
     """--why on the kprobe backend of a kernel older than this host's: the
-    kprobes on __icmp_send, icmp6_send and tcp_v4/v6_send_reset pass the
-    verifier (this host has the functions, not the kprobes to attach them)."""
+    kprobes on __icmp_send, icmp6_send and tcp_v4/v6_send_reset, the ICMP
+    senders' kretprobes that end ICMP's own route lookups, and the routing
+    and neighbour tracepoints pass the verifier (this host has the
+    functions, not the kprobes to attach them)."""
     from skbtracer_lib.program import probes
     params, wanted = WHY_KERNELS[kernel_like]
     monkeypatch.setattr(probes, "tracepoint_params", lambda _category, event: params[event])
-    program = Program(config.parse_args(["--why", "--route", "-H", "10.0.0.1"]),
+    program = Program(config.parse_args(["--why", "--route", "--drop", "-H", "10.0.0.1"]),
                       backend="kprobe")
     planned = {p.name for p in program.plan.probes if p.kind == "why"}
     assert planned == wanted, program.plan.skipped
+    helpers = {p.name for p in program.plan.probes if p.kind == "helper"}
+    assert {"fib_table_lookup", "fib6_table_lookup"} <= helpers, program.plan.notes
+    returns = {target for p in program.plan.probes for kind, target, fn in p.attach
+               if fn == macros.ON_ICMP_SENT}
+    assert returns == wanted & {"__icmp_send", "icmp6_send"}
     assert len(compile_and_load(program)) == sum(len(p.attach) for p in program.plan.probes)
 
 

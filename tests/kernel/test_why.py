@@ -20,14 +20,15 @@ decision, not the other flow's.
 
 Runs on: the host (tracepoints icmp:icmp_send, tcp:tcp_send_reset) and the
 guests (5.10: kprobes on __icmp_send and tcp_v4_send_reset; 6.1: the
-icmp_send tracepoint and the reset kprobes; 6.12: both tracepoints)."""
+icmp_send tracepoint and the reset kprobes; 6.12: both tracepoints); the
+routing decisions from fib:fib_table_lookup on all of them (with a kprobe on
+__icmp_send, its kretprobe ends ICMP's own lookups of the packet's way)."""
 
 import dataclasses
 import json
 import subprocess
 
 import pytest
-from conftest import BACKEND
 
 from testbed.routing import RoutingLab
 from testbed.tracer import PYTHON, SKBTRACER, TracerRun
@@ -44,10 +45,6 @@ WANTED = {
 ROUTED = {"route-main": 42621, "route-policy": 42622, "blackhole": 42623, "prohibit": 42624,
           "unreachable": 42625, "no-route": 42626}
 PINNED = "two-flows-one-cpu"
-# routing decisions: the tracepoint backend only (probes.py _plan_route_decisions)
-ROUTING = BACKEND != "kprobe"
-host_routing = pytest.mark.skipif(not ROUTING, reason="host only: routing decisions are told on "
-                                  "the tracepoint backend only, for now")
 # what came back (Shape's reply kinds) -> the row's ICMP type and code; None: a reset
 REPLY_TYPE_CODE = {("icmp", 3, 3): (3, 3), ("icmp", 11, 0): (11, 0), ("icmp", 3, 4): (3, 4),
                    ("rst",): None}
@@ -65,15 +62,13 @@ def traced(tmp_path_factory):
         with TracerRun(["--why", "--route", "--drop", "--json=%s" % json_path,
                         "--story-per-packet", "--width", "1000"] + netns
                        + ["--", "net 10.244.1.0/24"]) as run:
-            routed = list(ROUTED.items()) if ROUTING else []
-            for name, sport in [(n, w[0]) for n, w in WANTED.items()] + routed:
+            for name, sport in [(n, w[0]) for n, w in WANTED.items()] + list(ROUTED.items()):
                 sc = lab.scenario(name)
                 sc = dataclasses.replace(sc, options=dict(sc.options, sport=sport))
                 outcomes[name], _caps = lab.run(sc)
-            if ROUTING:
-                outcomes[PINNED], _caps = lab.run(lab.scenario(PINNED))
+            outcomes[PINNED], _caps = lab.run(lab.scenario(PINNED))
         judged = {name: lab.route_get(lab.scenario(name).dst, lab.pods[lab.scenario(name).src].ip4)
-                  for name, _sport in routed}
+                  for name in ROUTED}
         yield lab, dict(outcomes, judged=judged), run, json_path
 
 
@@ -144,7 +139,7 @@ def test_json_carries_the_fields_and_r_tells_the_same(traced):
     by_sport = {e["sport"]: e["why"] for e in why}
     # and the ICMP errors of the routing scenarios' error routes
     assert set(by_sport) == {sport for sport, _w, _f in WANTED.values()} | {
-        ROUTED[name] for name in ("prohibit", "unreachable", "no-route") if ROUTING}, why
+        ROUTED[name] for name in ("prohibit", "unreachable", "no-route")}, why
     assert by_sport[WANTED["tcp-reset"][0]]["sent"] == "tcp_reset"
     port = by_sport[WANTED["port-unreachable"][0]]
     assert (port["sent"], port["icmp_type"], port["icmp_code"]) == ("icmp", 3, 3)
@@ -174,8 +169,8 @@ def router_rows(lab, events, **header):
 
 
 def decision(route):
-    """What a decision says (iif aside: ICMP's own lookups of the packet's flow, which a
-    kprobe on __icmp_send's entry leaves to the packet's drop row, are output routes)."""
+    """What a decision says (iif aside: ICMP's own lookups of the packet's way, made before
+    the icmp:icmp_send tracepoint's row takes the newest, are output routes)."""
     return {k: v for k, v in route.items() if k != "iif"}
 
 
@@ -191,7 +186,6 @@ def expected_words(lab, name, judged):
 
 
 @pytest.mark.parametrize("name", list(ROUTED))
-@host_routing
 def test_the_routing_decision_is_the_one_ip_route_get_gives(traced, name):
     lab, outcomes, run, path = traced
     assert outcomes[name].mismatches() == [], "the lab itself: %s" % outcomes[name].mismatches()
@@ -221,7 +215,6 @@ def test_the_routing_decision_is_the_one_ip_route_get_gives(traced, name):
                for r in run.rows if ":%d->" % ROUTED[name] in r.pkt), run.stdout
 
 
-@host_routing
 def test_two_flows_on_one_cpu_each_packet_its_own_decision(traced):
     lab, outcomes, _run, path = traced
     outcome = outcomes[PINNED]
@@ -244,7 +237,6 @@ def test_two_flows_on_one_cpu_each_packet_its_own_decision(traced):
             {(table, "unicast", judged["oif"])}
 
 
-@host_routing
 def test_r_tells_the_decisions_again(traced):
     lab, outcomes, run, path = traced
     replay = subprocess.run([PYTHON, SKBTRACER, "-r", str(path), "--story-per-packet",

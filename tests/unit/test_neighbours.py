@@ -125,13 +125,13 @@ class NeighLayouts:
     (2, True, "tracepoint", {"why"}, True, "without --drop"),
     (None, True, "tracepoint", {"why", "drop"}, False, "no neigh:neigh_event_send_done"),
     (2, False, "tracepoint", {"why", "drop"}, False, "no layout in BTF"),
-    (2, True, "kprobe", {"why", "drop"}, False, "no neighbour waits with kprobes yet"),
+    (2, True, "kprobe", {"why", "drop"}, True, None),
 ])
 def test_the_plan(monkeypatch, params, layouts_ok, backend, modes, planned, note):
     monkeypatch.setattr(probes, "tracepoint_params", lambda _category, _event: params)
     monkeypatch.setattr(probes, "drop_reasons", lambda: REASONS)
     plan = probes.ProbePlan(backend)
-    probes._plan_neighbours(plan, NeighLayouts(layouts_ok), backend, SimpleNamespace(modes=modes))
+    probes._plan_neighbours(plan, NeighLayouts(layouts_ok), SimpleNamespace(modes=modes))
     assert (macros.NEIGH_WAITS in plan.defines) == planned
     assert [p.name for p in plan.probes] == (["neigh_event_send_done"] if planned else [])
     if planned:     # the reasons this kernel has; NEIGH_DEAD it has not

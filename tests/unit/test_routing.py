@@ -137,7 +137,7 @@ class FibLayouts:
     (4, True, "tracepoint", True, None),
     (None, True, "tracepoint", False, "no fib:fib_table_lookup tracepoint"),
     (4, False, "tracepoint", False, "no layout in BTF"),
-    (4, True, "kprobe", False, "no routing decisions with kprobes yet"),
+    (4, True, "kprobe", True, None),
 ])
 def test_the_plan(monkeypatch, params, layouts_ok, backend, planned, note):
     monkeypatch.setattr(probes, "tracepoint_params", lambda _category, _event: params)
@@ -213,3 +213,17 @@ def test_an_rp_filter_drop_names_the_way_back():
         node = "n"
     again = Rebuilder(False).event(Run(), obj, obj["ktime_ns"])
     assert routing.json_object(again) == obj["route"]
+
+
+@pytest.mark.parametrize("backend, returns", [("kprobe", True), ("tracepoint", False)])
+def test_icmp_senders_kprobed_end_their_own_lookups(monkeypatch, backend, returns):
+    """With kprobes, an ICMP error's row comes at its sender's entry, before ICMP's own lookups:
+    a kretprobe on the sender ends them (skbtracer.c on_icmp_sent); tracepoints need none."""
+    monkeypatch.setattr(probes, "tracepoint_params", lambda _category, _event: 4)
+    plan = probes.ProbePlan(backend)
+    sender = plan.add("icmp6_send", "why", attach=[("kprobe", "icmp6_send", "why_icmp_0")])
+    reset = plan.add("tcp_v4_send_reset", "why",
+                     attach=[("kprobe", "tcp_v4_send_reset", "why_reset_1")])
+    probes._plan_route_decisions(plan, FibLayouts(), backend)
+    assert (("kretprobe", "icmp6_send", macros.ON_ICMP_SENT) in sender.attach) == returns
+    assert [kind for kind, _t, _f in reset.attach] == ["kprobe"]
