@@ -53,7 +53,7 @@ LOCAL_STAGES = {"unit": ["tests/unit"],
 GUEST_FLAVOURS = ["6.1", "5.10", "6.12"]
 # Every bcc compile costs seconds under TCG: the 6.1 kernel runs all of
 # tests/kernel, the others the seed's scenarios and the drop reasons, and
-# 6.12 (kprobe-multi links) --all/--func too.
+# 6.12 (kprobe-multi links) --all/--func and the flight recorder too.
 SCENARIOS_AND_DROPS = ["tests/kernel/test_scenarios.py", "tests/kernel/test_drops.py",
                        "tests/kernel/test_conntrack_drops.py"]
 # 6.1 runs all of tests/kernel in two boots, so that the two lanes of guests
@@ -68,7 +68,9 @@ GUEST_STAGES = {
     "guest-6.1": ("6.1", ["tests/kernel"] + ["--ignore=" + path for path in SIXONE_B]),
     "guest-6.1b": ("6.1", SIXONE_B),
     "guest-5.10": ("5.10", SCENARIOS_AND_DROPS),
-    "guest-6.12": ("6.12", SCENARIOS_AND_DROPS + ["tests/kernel/test_allfuncs.py"]),
+    # --on-trouble's record and sweep on the kprobe-multi kernel too (issue 27)
+    "guest-6.12": ("6.12", SCENARIOS_AND_DROPS + ["tests/kernel/test_allfuncs.py",
+                                                   "tests/kernel/test_recorder.py"]),
 }
 # seconds per guest run, boot included: about 3x what each takes on a quiet
 # machine, for a loaded one

@@ -17,7 +17,10 @@ receive point (where a socket's queue looks alike), told at its drop. And a path
 longer than the record keeps: a datagram along a chain of namespaces,
 dropped at its end; its first row told says how many were not kept. A second run with a tiny
 --recorder-size and hundreds of skbs held in the token bucket's queue: the skbs the
-recorder forgot are counted and said at exit."""
+recorder forgot are counted and said at exit.
+
+Runs on: host (tracepoints), guest-6.1 and guest-6.12 (kprobes; 6.12 with
+kprobe-multi links). Two tracer starts on each."""
 
 import re
 import time
