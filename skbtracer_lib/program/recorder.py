@@ -34,6 +34,11 @@ MIN_SLOW_NS, MAX_SLOW_NS = 1_000, 3600 * 10**9
 SLOW_UNITS = {"us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "": 10**9}
 
 
+# --slow times the way to a socket: not a free, nor the wait in a socket's
+# queue for the reader (the C's RECORDER_UNTIMED)
+UNTIMED_POINTS = FREE_POINTS | set(SOCKET_POINTS)
+
+
 def memory_bytes(entries):
     """The records' kernel memory for --recorder-size entries."""
     return entries * (FLIGHT_HEAD_BYTES + SIGHTINGS * SIGHTING_BYTES)
@@ -41,10 +46,8 @@ def memory_bytes(entries):
 
 def defines(cfg, probes):
     """The C's #defines for --on-trouble; probes: the plan's (id, name, extra)."""
-    places = [p.id for p in probes if p.name in RX_POINTS and not p.extra]
-    # --slow times the way to a socket: not the wait in its queue for the reader
-    untimed = [p.id for p in probes if p.name in FREE_POINTS | set(SOCKET_POINTS)
-               and not p.extra]
+    places = _ids_at(probes, RX_POINTS)
+    untimed = _ids_at(probes, UNTIMED_POINTS)
     d = {macros.RECORDER: 1,
          macros.RECORDER_ENTRIES: cfg.recorder_size,
          macros.RECORDER_SIGHTINGS: SIGHTINGS,
@@ -58,6 +61,11 @@ def defines(cfg, probes):
     if cfg.slow_ns is not None:
         d[macros.RECORDER_SLOW_NS] = "%dULL" % cfg.slow_ns
     return d
+
+
+def _ids_at(probes, names):
+    """The ids of the plan's own probes (not --all's extras) at names, in order."""
+    return [p.id for p in probes if p.name in names and not p.extra]
 
 
 def _any_of(ids):
@@ -142,8 +150,7 @@ MIN_SWEEP_NS, MAX_SWEEP_NS = 10 * 10**6, 10**9
 # a record whose last row is at one of these is not in the network's hands:
 # freed, handed to its transport protocol or to a socket (waiting for the
 # reader is not --slow's, as the C's RECORDER_UNTIMED)
-ARRIVED_POINTS = FREE_POINTS | set(SOCKET_POINTS) | (LOCAL_POINTS - {"ip_local_deliver",
-                                                                    "ip6_input"})
+ARRIVED_POINTS = UNTIMED_POINTS | (LOCAL_POINTS - {"ip_local_deliver", "ip6_input"})
 BPF_NOEXIST = 1
 
 
@@ -156,11 +163,8 @@ def arrived_probes(probes):
     where no probe sees local delivery (the tracepoint backend), the
     receive points' too: after one, a datagram waiting in its socket's
     queue for the reader and a stuck skb look alike (no row until the read)."""
-    own = [p for p in probes if not p.extra]
-    arrived = set(ARRIVED_POINTS)
-    if not any(p.name in LOCAL_POINTS for p in own):
-        arrived |= RX_POINTS
-    return frozenset(p.id for p in own if p.name in arrived)
+    arrived = ARRIVED_POINTS if _ids_at(probes, LOCAL_POINTS) else ARRIVED_POINTS | RX_POINTS
+    return frozenset(_ids_at(probes, arrived))
 
 
 def entries(table):
