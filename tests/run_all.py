@@ -63,18 +63,17 @@ SCENARIOS_AND_DROPS = ["tests/kernel/test_scenarios.py", "tests/kernel/test_drop
 SIXONE_B = ["tests/kernel/test_allfuncs.py", "tests/kernel/test_reliability.py",
             "tests/kernel/test_story_scale.py", "tests/kernel/test_why.py",
             "tests/kernel/test_neigh.py"]
-# stage -> (kernel flavour, pytest arguments), in the order the lanes take them
+# stage -> (kernel flavour, pytest arguments, timeout), in the order the
+# lanes take them; the timeout is seconds per guest run, boot included:
+# about 3x what each takes on a quiet machine, for a loaded one
 GUEST_STAGES = {
-    "guest-6.1": ("6.1", ["tests/kernel"] + ["--ignore=" + path for path in SIXONE_B]),
-    "guest-6.1b": ("6.1", SIXONE_B),
-    "guest-5.10": ("5.10", SCENARIOS_AND_DROPS),
+    "guest-6.1": ("6.1", ["tests/kernel"] + ["--ignore=" + path for path in SIXONE_B], 3600),
+    "guest-6.1b": ("6.1", SIXONE_B, 2700),
+    "guest-5.10": ("5.10", SCENARIOS_AND_DROPS, 1200),
     # --on-trouble's record and sweep on the kprobe-multi kernel too (issue 27)
     "guest-6.12": ("6.12", SCENARIOS_AND_DROPS + ["tests/kernel/test_allfuncs.py",
-                                                   "tests/kernel/test_recorder.py"]),
+                                                   "tests/kernel/test_recorder.py"], 1500),
 }
-# seconds per guest run, boot included: about 3x what each takes on a quiet
-# machine, for a loaded one
-GUEST_TIMEOUT = {"guest-6.1": 2700, "guest-6.1b": 2700, "guest-5.10": 1200, "guest-6.12": 1500}
 STAGES = list(LOCAL_STAGES) + list(GUEST_STAGES)
 
 SKIP_LINE = re.compile(r"^SKIPPED \[(\d+)\] (\S+?): (.*)$")
@@ -193,12 +192,12 @@ def run_guest(stage, stream=True):
     guest's pytest output appears as it runs; else all of it at the end
     (a stage run beside a streaming one)."""
     started = time.monotonic()
-    flavour, paths = GUEST_STAGES[stage.name]
+    flavour, paths, timeout = GUEST_STAGES[stage.name]
     try:
         from testbed import qemu
         qemu.prepare(flavour)
-        result = qemu.run(" ".join(PYTEST + paths), flavour=flavour,
-                          timeout=GUEST_TIMEOUT[stage.name], cwd=REPO, stream=stream)
+        result = qemu.run(" ".join(PYTEST + paths), flavour=flavour, timeout=timeout, cwd=REPO,
+                          stream=stream)
     except Exception as e:
         stage.problems.append("cannot run the guest: %s: %s" % (type(e).__name__, e))
         stage.seconds = time.monotonic() - started
